@@ -1,0 +1,14 @@
+"""Every number the method fixes, with its unit, in one place."""
+
+from __future__ import annotations
+
+SAMPLE_RATE = 16_000  # Hz: WavLM's input rate and the published vocoder's output rate
+HOP = 320  # samples per feature frame: 20 ms at 16 kHz
+FRAME_RATE = SAMPLE_RATE // HOP  # 50 Hz
+RECEPTIVE_FIELD = 400  # samples: the WavLM conv front end needs this many for its first frame (25 ms)
+WAVLM_LAYER = 6  # kNN-VC matches on the output of transformer block 6 (hidden_states[6])
+FEATURE_DIM = 1024  # WavLM-Large width
+DEFAULT_K = 4  # neighbours averaged per source frame
+DEFAULT_LOUDNESS = -16.0  # LUFS (ITU-R BS.1770), as the original
+DEFAULT_WAVLM = "microsoft/wavlm-large"
+DEFAULT_VOCODER = "prematched"

@@ -1,0 +1,1 @@
+"""A standalone HiFi-GAN vocoder for kNN-VC features. It never imports knnvc."""
