@@ -1,0 +1,152 @@
+"""WavLM up to transformer layer 6: raw 16 kHz waveform in, (T, D) frames at 50 Hz out.
+
+The model is transformers' ``WavLMModel`` cut to its first 6 transformer layers. With the pre-LN ("stable layer
+norm") encoder of WavLM-Large the encoder's final layer norm is replaced by the identity, so the model's last
+hidden state is exactly ``hidden_states[6]`` of the full model: the output of the 6th transformer block, which
+is what kNN-VC matches on. The waveform goes in raw, never layer-normalised, as the published vocoder expects.
+
+This module does no file I/O: ``knnvc.checkpoints`` builds the model from files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import WavLMModel
+
+from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
+from knnvc.errors import AudioError
+
+log = logging.getLogger(__name__)
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames WavLM emits for ``num_samples`` samples at 16 kHz: one per 320 once the first 400 are in."""
+    if num_samples < RECEPTIVE_FIELD:
+        return 0
+    return (num_samples - RECEPTIVE_FIELD) // HOP + 1
+
+
+def truncate_wavlm(model: WavLMModel, layer: int = WAVLM_LAYER) -> WavLMModel:
+    """Keep transformer layers ``1..layer`` so the last hidden state equals ``hidden_states[layer]``.
+
+    Works in place and returns the model, in eval mode.
+    """
+    n_layers = len(model.encoder.layers)
+    if not 1 <= layer <= n_layers:
+        raise ValueError(f"layer must be within 1..{n_layers}, got {layer}")
+    model.encoder.layers = nn.ModuleList(list(model.encoder.layers)[:layer])
+    if model.config.do_stable_layer_norm:
+        # Pre-LN encoders apply their layer norm after the last layer; hidden_states[layer] has none.
+        model.encoder.layer_norm = nn.Identity()
+    model.config.num_hidden_layers = layer
+    return model.eval()
+
+
+def fold_weight_norm(model: nn.Module) -> None:
+    """Replace weight-norm parametrizations (the positional conv's) with plain weights, in place."""
+    for module in model.modules():
+        if torch.nn.utils.parametrize.is_parametrized(module, "weight"):
+            torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short, stable hash of the weights, used to refuse voices built with another encoder.
+
+    Hashes every tensor's name and shape and a strided sample of its values (fast even at full size).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 256)
+        sample = flat[::step].to("cpu", torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class WavLMEncoder(nn.Module):
+    """Layer-6 WavLM features. ``name`` says where the weights came from; ``fingerprint`` identifies them."""
+
+    def __init__(self, model: WavLMModel, name: str, layer: int = WAVLM_LAYER) -> None:
+        super().__init__()
+        self.model = truncate_wavlm(model, layer)
+        fold_weight_norm(self.model)
+        self.name = name
+        self.layer = layer
+        self.fingerprint = fingerprint(self.model)
+
+    @property
+    def dim(self) -> int:
+        """Feature width D (1024 for WavLM-Large)."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Encode a right-padded batch.
+
+        Args:
+            wavs: (B, N) raw waveforms at 16 kHz, zero-padded on the right.
+            lengths: (B,) valid samples per item; ``None`` means every item fills N.
+
+        Returns:
+            features (B, T, D) at 50 Hz, and (B,) valid frames per item. Frames past an item's valid count
+            are padding and carry no meaning.
+        """
+        batch, total = wavs.shape
+        if lengths is None:
+            lengths = torch.full((batch,), total, dtype=torch.long, device=wavs.device)
+        frames = torch.tensor([num_frames(int(n)) for n in lengths], dtype=torch.long, device=wavs.device)
+        mask = None
+        if bool((lengths < total).any()):
+            positions = torch.arange(total, device=wavs.device)
+            mask = (positions[None, :] < lengths[:, None]).long()
+        with warnings.catch_warnings():
+            # torch warns that transformers mixes a bool padding mask with a float position bias; it is exact.
+            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
+            out = self.model(wavs.to(self.dtype), attention_mask=mask)
+        return out.last_hidden_state, frames
+
+    @torch.inference_mode()
+    def encode_batch(self, wavs: Sequence[Tensor]) -> list[Tensor]:
+        """Encode several 1-D waveforms at once; each result equals encoding that waveform alone.
+
+        Args:
+            wavs: 1-D raw waveforms at 16 kHz, each at least 400 samples (25 ms).
+
+        Returns:
+            one (T_i, D) tensor at 50 Hz per input, on the encoder's device.
+        """
+        if not wavs:
+            return []
+        for wav in wavs:
+            if wav.dim() != 1:
+                raise AudioError(f"expected a 1-D waveform, got shape {tuple(wav.shape)}")
+            if wav.numel() < RECEPTIVE_FIELD:
+                raise AudioError(
+                    f"audio of {wav.numel()} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, "
+                    "25 ms at 16 kHz)"
+                )
+        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long, device=self.device)
+        padded = torch.zeros(len(wavs), int(lengths.max()), dtype=self.dtype, device=self.device)
+        for i, wav in enumerate(wavs):
+            padded[i, : wav.numel()] = wav.to(self.device, self.dtype)
+        feats, frames = self(padded, lengths)
+        return [feats[i, : int(frames[i])] for i in range(len(wavs))]
+
+    def encode(self, wav: Tensor) -> Tensor:
+        """Encode one raw waveform: (N,) at 16 kHz -> (T, D) at 50 Hz, T = (N - 400) // 320 + 1."""
+        return self.encode_batch([wav])[0]
