@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the reference data copied from the original kNN-VC run (see fixtures/README.md)."""
+"""Shared fixtures: paths to the reference data from the original kNN-VC run (see fixtures/README.md)."""
 
 from __future__ import annotations
 
