@@ -1,0 +1,370 @@
+"""The weights registry: cache folder, real HTTP downloads from a local server, integrity, offline use."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from knnvc import weights
+from knnvc.errors import WeightsError
+
+
+def _checkpoint_bytes() -> bytes:
+    buf = io.BytesIO()
+    torch.manual_seed(0)
+    torch.save({"generator": {"conv.weight": torch.randn(64, 32), "conv.bias": torch.randn(64)}}, buf)
+    return buf.getvalue()
+
+
+BODY = _checkpoint_bytes()
+
+
+class _Server:
+    """A local HTTP server serving ``body``; ``truncate`` sends half of it under the full Content-Length."""
+
+    def __init__(self) -> None:
+        self.body = BODY
+        self.truncate = False
+        self.hits = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.hits += 1
+                if self.path != "/ckpt.pt":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body[: len(server.body) // 2] if server.truncate else server.body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        host, port = self.httpd.server_address[:2]
+        self.url = f"http://{host!s}:{port}/ckpt.pt"
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server()
+    thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    cache = tmp_path / "knnvc-cache"
+    monkeypatch.setenv("KNNVC_CACHE", str(cache))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    for var in ("KNNVC_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    return cache
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def local_entry(monkeypatch: pytest.MonkeyPatch, server: _Server) -> weights.WeightsEntry:
+    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=server.url)
+    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
+    return entry
+
+
+def test_registry_names_every_published_checkpoint() -> None:
+    assert weights.REGISTRY["microsoft/wavlm-large"].kind == "wavlm"
+    assert weights.get_entry("wavlm-large").name == "microsoft/wavlm-large"
+    assert weights.REGISTRY["prematched"].location.endswith("/v0.1/prematch_g_02500000.pt")
+    assert weights.REGISTRY["regular"].location.endswith("/v0.1/g_02500000.pt")
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert weights.cache_dir() == tmp_path / "knnvc-cache"
+    monkeypatch.delenv("KNNVC_CACHE")
+    assert weights.cache_dir() == tmp_path / "xdg" / "knnvc"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert weights.cache_dir() == tmp_path / "home" / ".cache" / "knnvc"
+    assert not (tmp_path / "home").exists()
+
+
+def test_is_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not weights.is_offline()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert weights.is_offline()
+    assert not weights.is_offline(False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("KNNVC_OFFLINE", "TRUE")
+    assert weights.is_offline()
+
+
+def test_download_into_cache_with_progress_then_cache_hit(
+    server: _Server, local_entry: weights.WeightsEntry, env: Path
+) -> None:
+    calls: list[tuple[int, int | None]] = []
+    path = weights.resolve_vocoder("prematched", progress=lambda done, total: calls.append((done, total)))
+    assert path == env / "prematch_g_02500000.pt"
+    assert path.read_bytes() == BODY
+    assert calls[-1] == (len(BODY), len(BODY))
+    assert all(total == len(BODY) for _, total in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert list(env.iterdir()) == [path]  # no temp file left behind
+    assert weights.load_checkpoint(path)["generator"]["conv.bias"].shape == (64,)
+
+    assert weights.resolve_vocoder("prematched") == path
+    assert weights.resolve_vocoder("PREMATCHED", offline=True) == path
+    assert server.hits == 1
+
+
+def test_truncated_download_leaves_nothing(
+    server: _Server, local_entry: weights.WeightsEntry, env: Path
+) -> None:
+    server.truncate = True
+    with pytest.raises(WeightsError, match="truncated"):
+        weights.resolve_vocoder("prematched")
+    assert not env.exists() or list(env.iterdir()) == []
+
+
+def test_sha256_mismatch_leaves_nothing(server: _Server, tmp_path: Path) -> None:
+    dest = tmp_path / "out" / "x.pt"
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        weights.download_file(server.url, dest, sha256="0" * 64)
+    assert list(dest.parent.iterdir()) == []
+    good = hashlib.sha256(BODY).hexdigest()
+    assert weights.download_file(server.url, dest, sha256=good).read_bytes() == BODY
+
+
+def test_http_error_and_unreachable_name_the_url(server: _Server, tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="HTTP 404") as info:
+        weights.download_file(server.url + ".missing", tmp_path / "x.pt")
+    assert server.url in str(info.value)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(WeightsError, match=f"127.0.0.1:{port}"):
+        weights.download_file(f"http://127.0.0.1:{port}/x.pt", tmp_path / "y.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_cache_refetched_online_refused_offline(
+    server: _Server, local_entry: weights.WeightsEntry, env: Path
+) -> None:
+    env.mkdir(parents=True)
+    cached = env / "prematch_g_02500000.pt"
+    cached.write_bytes(BODY[: len(BODY) - 100])
+    with pytest.raises(WeightsError, match="corrupt") as info:
+        weights.resolve_vocoder("prematched", offline=True)
+    assert str(cached) in str(info.value) and "knnvc download" in str(info.value)
+    assert server.hits == 0
+    assert weights.resolve_vocoder("prematched") == cached
+    assert cached.read_bytes() == BODY and server.hits == 1
+
+
+def test_sha256_checked_for_cached_file(
+    monkeypatch: pytest.MonkeyPatch, local_entry: weights.WeightsEntry, env: Path, server: _Server
+) -> None:
+    good = dataclasses.replace(local_entry, sha256=hashlib.sha256(BODY).hexdigest())
+    monkeypatch.setitem(weights.REGISTRY, "prematched", good)
+    path = weights.resolve_vocoder("prematched")
+    monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(good, sha256="f" * 64))
+    with pytest.raises(WeightsError, match="corrupt.*sha256"):
+        weights.resolve_vocoder("prematched", offline=True)
+    assert path.exists()
+
+
+def test_offline_missing_names_url_and_download_command(env: Path, no_network: None) -> None:
+    with pytest.raises(WeightsError) as info:
+        weights.resolve_vocoder("regular", offline=True)
+    message = str(info.value)
+    assert weights.REGISTRY["regular"].location in message
+    assert "knnvc download" in message and str(env / "g_02500000.pt") in message
+
+
+def test_local_vocoder_paths_pass_through(tmp_path: Path) -> None:
+    single = tmp_path / "one"
+    single.mkdir()
+    (single / "model.pt").write_bytes(BODY)
+    assert weights.resolve_vocoder(single / "model.pt") == single / "model.pt"
+    assert weights.resolve_vocoder(str(single)) == single / "model.pt"
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("g_00100000.pt", "g_02500000.pt", "do_02500000.pt"):
+        (run / name).write_bytes(BODY)
+    assert weights.resolve_vocoder(run) == run / "g_02500000.pt"
+    (run / "best_g.pt").write_bytes(BODY)
+    assert weights.resolve_vocoder(run) == run / "best_g.pt"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsError, match="no generator"):
+        weights.resolve_vocoder(empty)
+
+
+def test_unknown_names_list_valid_ones() -> None:
+    with pytest.raises(WeightsError, match="prematched, regular"):
+        weights.resolve_vocoder("nope")
+    with pytest.raises(WeightsError, match="valid"):
+        weights.resolve_vocoder("microsoft/wavlm-large")  # a WavLM is not a vocoder
+
+
+def _hf_folder(folder: Path, weights_file: str = "pytorch_model.bin") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / weights_file).write_bytes(b"x")
+    return folder
+
+
+def test_local_wavlm_paths(tmp_path: Path, no_network: None) -> None:
+    original = tmp_path / "WavLM-Large.pt"
+    original.write_bytes(BODY)
+    assert weights.resolve_wavlm(original) == original
+    hf = _hf_folder(tmp_path / "hf-model")
+    assert weights.resolve_wavlm(str(hf)) == hf
+    (hf / "config.json").unlink()
+    with pytest.raises(WeightsError, match="config.json"):
+        weights.resolve_wavlm(hf)
+    with pytest.raises(WeightsError, match="no such file"):
+        weights.resolve_wavlm(tmp_path / "missing.pt")
+
+
+def test_offline_hub_id_not_cached(monkeypatch: pytest.MonkeyPatch, no_network: None) -> None:
+    with pytest.raises(WeightsError, match="knnvc download"):
+        weights.resolve_wavlm("microsoft/wavlm-large", offline=True)
+    monkeypatch.setenv("KNNVC_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="not .*in the Hugging Face cache"):
+        weights.resolve_wavlm("wavlm-large")
+
+
+def _fake_hub_cache(tmp_path: Path, files: list[str]) -> Path:
+    repo = tmp_path / "hf" / "hub" / "models--microsoft--wavlm-large"
+    commit = "a" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_bytes(b"{}")
+    return snapshot
+
+
+def test_cached_hub_snapshot_and_status(tmp_path: Path, env: Path, no_network: None) -> None:
+    assert [cached for _, cached, _ in weights.cached_status()] == [False, False, False]
+    snapshot = _fake_hub_cache(tmp_path, ["config.json", "pytorch_model.bin"])
+    assert weights.resolve_wavlm("microsoft/wavlm-large", offline=True) == snapshot
+    env.mkdir()
+    (env / "g_02500000.pt").write_bytes(BODY)
+    status = {entry.name: (cached, where) for entry, cached, where in weights.cached_status()}
+    assert status == {
+        "microsoft/wavlm-large": (True, snapshot),
+        "prematched": (False, None),
+        "regular": (True, env / "g_02500000.pt"),
+    }
+
+
+def test_incomplete_hub_snapshot_offline(tmp_path: Path, no_network: None) -> None:
+    _fake_hub_cache(tmp_path, ["config.json"])
+    with pytest.raises(WeightsError, match="incomplete"):
+        weights.resolve_wavlm("microsoft/wavlm-large", offline=True)
+
+
+def test_hub_prefers_safetensors_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub
+
+    calls: list[list[str]] = []
+    has_safetensors = {"value": True}
+
+    def fake(repo_id: str, **kwargs: Any) -> str:
+        calls.append(list(kwargs["allow_patterns"]))
+        assert kwargs["local_files_only"] is False and kwargs["cache_dir"] == tmp_path / "hf" / "hub"
+        folder = tmp_path / f"snap{len(calls)}"
+        use_st = has_safetensors["value"] and "*.safetensors" in kwargs["allow_patterns"]
+        if not use_st and "pytorch_model.bin" not in kwargs["allow_patterns"]:
+            folder.mkdir()
+            (folder / "config.json").write_text("{}")
+            return str(folder)
+        return str(_hf_folder(folder, "model.safetensors" if use_st else "pytorch_model.bin"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert weights.resolve_wavlm("microsoft/wavlm-large") == tmp_path / "snap1"
+    assert len(calls) == 1 and "*.safetensors" in calls[0]
+    has_safetensors["value"] = False
+    assert weights.resolve_wavlm("microsoft/wavlm-large") == tmp_path / "snap3"
+    assert "pytorch_model.bin" in calls[-1] and len(calls) == 3
+
+
+def test_hub_errors_become_weights_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def unreachable(repo_id: str, **kwargs: Any) -> str:
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(WeightsError, match="cannot reach the Hugging Face Hub"):
+        weights.resolve_wavlm("microsoft/wavlm-large")
+    with pytest.raises(WeightsError, match="no such file"):
+        weights.resolve_wavlm("./not-here")
+
+
+def test_download_all(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry, tmp_path: Path
+) -> None:
+    regular = dataclasses.replace(weights.REGISTRY["regular"], location=server.url)
+    monkeypatch.setitem(weights.REGISTRY, "regular", regular)
+    snapshot = _fake_hub_cache(tmp_path, ["config.json", "model.safetensors"])
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(snapshot))
+    seen: list[str] = []
+
+    def factory(entry: weights.WeightsEntry) -> weights.Progress:
+        seen.append(entry.name)
+        return lambda done, total: None
+
+    got = weights.download_all(progress_factory=factory)
+    assert got["microsoft/wavlm-large"] == snapshot
+    assert Path(got["regular"]).read_bytes() == BODY and Path(got["prematched"]).read_bytes() == BODY
+    assert seen == ["prematched", "regular"] and server.hits == 2
+    assert weights.download_all(names=["regular"]) == {"regular": got["regular"]}
+    assert server.hits == 2
+
+
+class Evil:
+    pass
+
+
+def test_load_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"generator": Evil()}, path)
+    with pytest.raises(WeightsError, match="evil.pt"):
+        weights.load_checkpoint(path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(BODY[: len(BODY) // 2])
+    with pytest.raises(WeightsError, match="truncated.pt"):
+        weights.load_checkpoint(truncated)
+    with pytest.raises(WeightsError, match="missing.pt"):
+        weights.load_checkpoint(tmp_path / "missing.pt")
