@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError, safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -120,7 +120,7 @@ class Voice:
             with safe_open(str(path), framework="pt") as fh:
                 meta = json.loads((fh.metadata() or {})["knnvc"])
                 tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
-        except (SafetensorsError, OSError, ValueError, KeyError) as exc:
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
             raise VoiceError(f"{path}: not a knnvc voice file ({exc})") from exc
         if meta.get("format") != FORMAT or "frames" not in tensors:
             raise VoiceError(f"{path}: not a knnvc voice file (format {meta.get('format')!r})")

@@ -1,0 +1,5 @@
+"""``python -m knnvc`` runs the CLI."""
+
+from knnvc.cli import app
+
+app()

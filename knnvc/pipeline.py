@@ -1,0 +1,273 @@
+"""The object users hold: encoder + matcher + vocoder on one device, built once, used for many conversions.
+
+    >>> from knnvc import KnnVC
+    >>> vc = KnnVC.from_pretrained(device="auto")
+    >>> voice = vc.build_voice(["target/01.wav", "target/02.wav"])
+    >>> wav = vc.convert("source.wav", voice)          # (N,) float32 at 16 kHz, -16 LUFS
+
+The pipeline owns ordering, batching and devices; the stages (``audio``, ``encoder``, ``matcher``, ``vocoder``)
+own the computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from knnvc import audio
+from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, HOP, SAMPLE_RATE
+from knnvc.encoder import WavLMEncoder
+from knnvc.errors import AudioError, DeviceError, UsageError
+from knnvc.matcher import knn_regression
+from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
+from vocoder import Generator
+
+log = logging.getLogger(__name__)
+
+AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent raises ``DeviceError``."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("--device mps was asked for, but this machine has no MPS backend; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp32 on CPU/MPS and bf16 on CUDA; half precisions are refused on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    if device.type == "cpu" and precision != "fp32":
+        raise UsageError(f"--precision {precision} needs a GPU; on CPU use fp32")
+    return PRECISIONS[precision]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class KnnVC:
+    """kNN-VC: WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
+
+    Args:
+        encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
+        vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features.
+        device: auto, cpu, cuda, cuda:N or mps.
+        precision: auto, fp32, bf16 or fp16 for the encoder and vocoder; matching is always fp32.
+        batch_size: waveforms encoded together.
+    """
+
+    def __init__(
+        self,
+        encoder: WavLMEncoder,
+        vocoder: Generator,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+    ) -> None:
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.encoder = encoder.to(self.device, self.dtype).eval()
+        self.vocoder = vocoder.to(self.device, self.dtype).eval()
+        self.batch_size = batch_size
+        if vocoder.config.input_dim != encoder.dim:
+            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        wavlm: str | Path = DEFAULT_WAVLM,
+        vocoder: str | Path = DEFAULT_VOCODER,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+        offline: bool | None = None,
+    ) -> KnnVC:
+        """Load WavLM and a vocoder by registry name, hub id or local path (downloading lazily)."""
+        from knnvc.checkpoints import load_encoder, load_vocoder
+
+        dev = resolve_device(device)  # fail on a bad device before any download
+        return cls(
+            load_encoder(wavlm, offline=offline),
+            load_vocoder(vocoder, offline=offline),
+            device=dev,
+            precision=precision,
+            batch_size=batch_size,
+        )
+
+    # -- audio in ---------------------------------------------------------------------------------------
+    def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """A path, array or tensor -> (N,) float32 mono at 16 kHz. Arrays and tensors need ``sample_rate``."""
+        if isinstance(source, (str, os.PathLike)):
+            return audio.load(Path(source))
+        if sample_rate is None:
+            raise UsageError("in-memory audio needs its sample_rate")
+        return audio.to_mono_16k(source, sample_rate)
+
+    # -- stages -----------------------------------------------------------------------------------------
+    def encode(self, source: AudioInput, sample_rate: int | None = None) -> Tensor:
+        """Layer-6 features of one input: (T, D) at 50 Hz, fp32, on the pipeline's device."""
+        return self.encode_many([self.load_audio(source, sample_rate)])[0]
+
+    def encode_many(self, wavs: Sequence[np.ndarray]) -> list[Tensor]:
+        """Encode 16 kHz mono waveforms in length-sorted batches; results keep the input order, (T_i, D) fp32."""
+        order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+        out: list[Tensor | None] = [None] * len(wavs)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            feats = self.encoder.encode_batch([torch.from_numpy(np.ascontiguousarray(wavs[i])) for i in chunk])
+            for i, f in zip(chunk, feats):
+                out[i] = f.float()
+        return [f for f in out if f is not None]
+
+    def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
+        """kNN regression of (T, D) source frames onto the voice's matching set -> (T, D) fp32."""
+        voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+        if voice.num_frames < k:
+            raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={k}")
+        keys = voice.frames.to(self.device, torch.float32)
+        return knn_regression(features.to(self.device, torch.float32), keys, k)
+
+    @torch.inference_mode()
+    def vocode(self, features: Tensor) -> np.ndarray:
+        """(T, D) frames at 50 Hz -> (T * 320,) float32 waveform at 16 kHz."""
+        wav = self.vocoder(features.to(self.device, self.dtype)[None])
+        return wav.reshape(-1).float().cpu().numpy()
+
+    # -- voices -----------------------------------------------------------------------------------------
+    def build_voice(
+        self,
+        references: AudioInput | Sequence[AudioInput],
+        *,
+        trim: bool = True,
+        sample_rate: int | None = None,
+        name: str | None = None,
+    ) -> Voice:
+        """Matching set from reference speech: a file, a folder, or a list of paths/arrays/tensors.
+
+        Each reference has its leading and trailing silence trimmed (unless ``trim=False``); their frames are
+        concatenated in the given order (a folder: sorted by path).
+        """
+        items = self._reference_items(references)
+        wavs, sources = [], []
+        for label, item in items:
+            wav = self.load_audio(item, sample_rate)
+            if trim:
+                wav = audio.trim_silence(wav)
+                if len(wav) == 0:
+                    raise AudioError(f"{label}: no speech found in this reference; check it, or pass --no-trim")
+            wavs.append(wav)
+            digest = file_sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
+            sources.append(SourceFile(path=label, sha256=digest, seconds=round(len(wav) / SAMPLE_RATE, 3)))
+        frames = torch.cat(self.encode_many(wavs)).cpu()
+        default_name = Path(items[0][0]).stem if len(items) == 1 else Path(items[0][0]).parent.name
+        return Voice(
+            frames=frames,
+            encoder=self.encoder.name,
+            encoder_fingerprint=self.encoder.fingerprint,
+            layer=self.encoder.layer,
+            sources=tuple(sources),
+            name=name or default_name or "voice",
+        )
+
+    def _reference_items(self, references: AudioInput | Sequence[AudioInput]) -> list[tuple[str, AudioInput]]:
+        if isinstance(references, (str, os.PathLike, np.ndarray, Tensor)):
+            references = [references]
+        items: list[tuple[str, AudioInput]] = []
+        for i, ref in enumerate(references):
+            if isinstance(ref, (str, os.PathLike)) and Path(ref).is_dir():
+                found = audio.audio_files(Path(ref))
+                if not found:
+                    raise AudioError(f"{ref}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
+                items += [(str(p), p) for p in found]
+            elif isinstance(ref, (str, os.PathLike)):
+                items.append((str(ref), ref))
+            else:
+                items.append((f"<array {i}>", ref))
+        if not items:
+            raise UsageError("no references given")
+        return items
+
+    def voice_from(self, target: Voice | AudioInput | Sequence[AudioInput], *, trim: bool = True) -> Voice:
+        """A ``Voice`` as is, a ``.voice`` file loaded, or references built into a voice."""
+        if isinstance(target, Voice):
+            return target
+        if isinstance(target, (str, os.PathLike)) and str(target).endswith(VOICE_SUFFIX):
+            return Voice.load(target)
+        return self.build_voice(target, trim=trim)
+
+    # -- conversion -------------------------------------------------------------------------------------
+    def convert(
+        self,
+        source: AudioInput,
+        target: Voice | AudioInput | Sequence[AudioInput],
+        *,
+        k: int = DEFAULT_K,
+        loudness: float | None = DEFAULT_LOUDNESS,
+        trim: bool = True,
+        sample_rate: int | None = None,
+    ) -> np.ndarray:
+        """Say ``source``'s words in ``target``'s voice.
+
+        Args:
+            source: path, or array/tensor with ``sample_rate``.
+            target: a ``Voice``, a ``.voice`` file, or reference audio (file, folder, list).
+            k: neighbours averaged per frame.
+            loudness: output loudness in LUFS, or None to leave the vocoder's level.
+            trim: trim silence from the ends of each reference (ignored for saved voices).
+
+        Returns:
+            (N,) float32 at 16 kHz, as long as the source: the vocoder covers its whole 20 ms frames and the
+            remaining < 25 ms tail is silence.
+        """
+        voice = self.voice_from(target, trim=trim)
+        wav = self.load_audio(source, sample_rate)
+        features = self.encode_many([wav])[0]
+        out = self.vocode(self.match(features, voice, k))
+        out = np.pad(out, (0, len(wav) - len(features) * HOP))
+        return audio.normalise_loudness(out, loudness) if loudness is not None else out
+
+    def convert_file(
+        self,
+        source: str | os.PathLike,
+        target: Voice | AudioInput | Sequence[AudioInput],
+        output: str | os.PathLike,
+        *,
+        output_sample_rate: int = SAMPLE_RATE,
+        **options: object,
+    ) -> Path:
+        """Convert ``source`` and write it atomically to ``output`` (format from the extension)."""
+        wav = self.convert(source, target, **options)  # type: ignore[arg-type]
+        return audio.save(Path(output), wav, sample_rate=output_sample_rate, source_rate=SAMPLE_RATE)
