@@ -1,0 +1,348 @@
+"""The audio front end: decode, downmix, resample, trim silence, loudness, atomic save.
+
+The currency is a (N,) float32 numpy array at 16 kHz (``SAMPLE_RATE``), never layer-normalised or rescaled:
+a 16 kHz mono file comes out of ``load`` bit-identical to ``soundfile.read(path, dtype="float32")``.
+Resampling is soxr ("HQ", 20-bit precision); downmixing is the mean of the channels. Silence trimming is
+silero-vad (see ``knnvc.vad`` for why it replaces the original's sox VAD). Nothing here touches the models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from knnvc.constants import DEFAULT_LOUDNESS, SAMPLE_RATE
+from knnvc.errors import AudioError, OutputError
+from knnvc.vad import speech_bounds
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+_FORMATS = sf.available_formats()
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {".wav", ".flac", ".ogg", ".oga"}
+    | ({".mp3"} if "MP3" in _FORMATS else set())
+    | ({".aif", ".aiff"} if "AIFF" in _FORMATS else set())
+    | ({".opus"} if "OPUS" in sf.available_subtypes("OGG") else set())
+)
+"""File extensions (lower case, with the dot) that ``load`` and ``audio_files`` accept."""
+
+OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_24"),
+    ".ogg": ("OGG", "VORBIS"),
+}
+"""Output extension -> (libsndfile format, subtype) used by ``save``."""
+
+MAX_CHANNELS = 8  # in-memory arrays: the channel axis is the smaller one and holds at most this many
+RESAMPLE_QUALITY = "HQ"  # soxr: 20-bit precision, linear phase
+TRIM_MARGIN_S = 0.1  # s of audio kept before the first and after the last detected speech
+PEAK_CEILING = 10 ** (-1 / 20)  # -1 dBFS (0.891): sample-peak guard after loudness gain (EBU R128 headroom)
+LOUDNESS_BLOCK_S = 0.4  # s: BS.1770 gating block; shorter audio is tiled to measure it
+
+
+def load(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an audio file to mono at ``sample_rate``.
+
+    Any libsndfile format and subtype (integer or float), any channel count (averaged), any rate (soxr).
+
+    Returns:
+        (N,) float32, C-contiguous, at ``sample_rate`` Hz.
+
+    Raises:
+        AudioError: missing path, a folder, unreadable or corrupt data, no samples, NaN/Inf samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file; give a file inside it")
+    try:
+        data, rate = sf.read(path, always_2d=True, dtype="float32")
+    except sf.LibsndfileError as exc:
+        raise AudioError(
+            f"cannot decode {path} ({exc.error_string.rstrip('.')}); convert it to WAV or FLAC"
+        ) from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
+    if data.size == 0:
+        raise AudioError(f"{path} contains no audio samples; record or export it again")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path} contains NaN or infinite samples; re-export it as PCM WAV or FLAC")
+    logger.debug("loaded %s: %d frames x %d channels at %d Hz", path, data.shape[0], data.shape[1], rate)
+    return _resample(_downmix(data), int(rate), sample_rate)
+
+
+def duration_seconds(path: str | os.PathLike[str]) -> float:
+    """Duration of an audio file in seconds, read from its header (no decoding). Raises AudioError."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, OSError, RuntimeError) as exc:
+        raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
+    return float(info.frames) / float(info.samplerate)
+
+
+def to_mono_16k(audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+    """Convert in-memory audio to (N,) float32 mono at 16 kHz.
+
+    Args:
+        audio: numpy array or torch tensor, shape (N,), (C, N) or (N, C). For 2-D input the channel axis is
+            the smaller one (the first on a tie) and must hold at most ``MAX_CHANNELS``; leading size-1 axes
+            beyond two are dropped. Float samples are taken as they are; integer PCM is scaled to [-1, 1)
+            by its type's range (int16 / 32768, uint8 centred on 128).
+        sample_rate: the input's rate in Hz (required: arrays carry none).
+
+    Returns:
+        (N',) float32, C-contiguous, at 16 kHz; bit-identical to the input when it is already float32 mono
+        16 kHz.
+
+    Raises:
+        AudioError: empty input, NaN/Inf samples, a shape with no clear channel axis, a non-numeric type.
+    """
+    if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+        raise AudioError(f"sample rate must be a positive integer in Hz, got {sample_rate!r}")
+    array = _pcm_to_float(_to_numpy(audio))
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 1:
+        frames = array[:, None]
+    elif array.ndim == 2:
+        channels_first = array.shape[0] <= array.shape[1]
+        if min(array.shape) > MAX_CHANNELS:
+            raise AudioError(
+                f"cannot tell channels from samples in audio of shape {tuple(array.shape)}; "
+                f"pass (N,), (C, N) or (N, C) with at most {MAX_CHANNELS} channels"
+            )
+        frames = array.T if channels_first else array
+    else:
+        raise AudioError(f"audio must be (N,), (C, N) or (N, C), got shape {tuple(array.shape)}")
+    if frames.size == 0:
+        raise AudioError("the audio contains no samples")
+    if not np.isfinite(frames).all():
+        raise AudioError("the audio contains NaN or infinite samples")
+    return _resample(_downmix(frames), int(sample_rate), SAMPLE_RATE)
+
+
+def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Cut leading and trailing silence, keeping ``TRIM_MARGIN_S`` around the speech; never the middle.
+
+    Args:
+        wav: (N,) float32 mono at ``sample_rate`` Hz.
+
+    Returns:
+        (M,) float32 copy at ``sample_rate``, M <= N. EMPTY (M == 0) when silero-vad finds no speech at all:
+        the caller decides whether that is an error (a reference with no speech is one).
+    """
+    bounds = speech_bounds(wav, sample_rate)
+    if bounds is None:
+        logger.debug("no speech found in %.2f s of audio", wav.shape[0] / sample_rate)
+        return np.zeros(0, dtype=np.float32)
+    margin = round(TRIM_MARGIN_S * sample_rate)
+    start, end = max(0, bounds[0] - margin), min(wav.shape[0], bounds[1] + margin)
+    return np.array(wav[start:end], dtype=np.float32, copy=True)
+
+
+def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Integrated loudness (ITU-R BS.1770, pyloudnorm) of (N,) audio in LUFS; ``-inf`` for silence/empty.
+
+    Audio shorter than one 0.4 s gating block is measured tiled (repeated) to that length.
+    """
+    import pyloudnorm as pyln
+
+    if wav.size == 0:
+        return float("-inf")
+    data = np.asarray(wav, dtype=np.float64)
+    block = int(np.ceil(LOUDNESS_BLOCK_S * sample_rate)) + 1
+    if data.shape[0] < block:
+        data = np.tile(data, -(-block // data.shape[0]))
+    return float(pyln.Meter(sample_rate).integrated_loudness(data))
+
+
+def normalise_loudness(
+    wav: np.ndarray,
+    target_lufs: float | None = DEFAULT_LOUDNESS,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    peak_ceiling: float = PEAK_CEILING,
+) -> np.ndarray:
+    """Scale (N,) audio to ``target_lufs`` integrated loudness, then guard the peak.
+
+    One gain for the whole signal (no compression): if reaching the target would put the sample peak above
+    ``peak_ceiling`` (default -1 dBFS), the gain is lowered so the peak equals it and the result is quieter
+    than the target. Returns the input itself when ``target_lufs`` is None, the audio is empty, or it is
+    silent (loudness below BS.1770's -70 LUFS gate). Never produces NaN.
+
+    Returns:
+        (N,) float32 at ``sample_rate``.
+
+    Raises:
+        AudioError: NaN/Inf samples in the input.
+    """
+    if target_lufs is None or wav.size == 0:
+        return wav
+    if not np.isfinite(wav).all():
+        raise AudioError("cannot normalise loudness: the audio contains NaN or infinite samples")
+    loudness = loudness_lufs(wav, sample_rate)
+    if not np.isfinite(loudness):
+        return wav
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    peak = float(np.max(np.abs(wav))) * gain
+    if peak > peak_ceiling:
+        logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
+        gain *= peak_ceiling / peak
+    return (np.asarray(wav, dtype=np.float64) * gain).astype(np.float32)
+
+
+def save(
+    path: str | os.PathLike[str],
+    wav: np.ndarray,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    source_rate: int = SAMPLE_RATE,
+) -> Path:
+    """Write (N,) float32 audio at ``source_rate`` to ``path`` at ``sample_rate``, atomically.
+
+    The format follows the extension (see ``OUTPUT_FORMATS``: .wav 16-bit PCM, .flac 24-bit, .ogg Vorbis).
+    Samples are resampled (soxr) if the rates differ and clipped to [-1, 1]. The file is encoded in memory,
+    written to a hidden ``.<name>.<random>.tmp`` in the same folder, fsynced and renamed over ``path``, so
+    ``path`` is never a partial file. Parent folders are created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputError: unsupported extension, bad audio, or any failure to write (permission, full disk...);
+            no temporary file is left behind.
+    """
+    path = Path(path)
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputError(
+            f"cannot write {path}: unsupported extension; use one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    if sample_rate <= 0 or source_rate <= 0:
+        raise OutputError(
+            f"cannot write {path}: sample rates must be positive ({source_rate} -> {sample_rate})"
+        )
+    data = np.asarray(wav, dtype=np.float32)
+    if data.ndim != 1 or not np.isfinite(data).all():
+        raise OutputError(f"cannot write {path}: the audio must be 1-D with finite samples")
+    data = np.clip(_resample(data, source_rate, sample_rate), -1.0, 1.0)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
+        with open(tmp, "xb") as file:
+            file.write(buffer.getbuffer())
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError | sf.LibsndfileError):
+            raise OutputError(_write_failure(path, exc)) from exc
+        raise
+    _fsync_folder(path.parent)
+    logger.debug("wrote %s (%d samples at %d Hz)", path, data.shape[0], sample_rate)
+    return path
+
+
+def audio_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every audio file under ``folder``, recursively, sorted by path.
+
+    Only ``AUDIO_EXTENSIONS`` (case-insensitive) count; hidden files and folders (names starting with '.',
+    which includes ``save``'s temporary files) are skipped.
+
+    Raises:
+        AudioError: ``folder`` is missing or not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise AudioError(f"{root}: no such folder; check the path")
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    ]
+    return sorted(found)
+
+
+def _downmix(frames: np.ndarray) -> np.ndarray:
+    """(N, C) float -> (N,) float32 by the mean over channels (mono passes through untouched)."""
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
+    return np.ascontiguousarray(frames.mean(axis=1, dtype=np.float64), dtype=np.float32)
+
+
+def _resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """(N,) float32 at ``source_rate`` -> (round(N * target / source),) float32 at ``target_rate``."""
+    if source_rate <= 0 or target_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")
+    if source_rate == target_rate:
+        return np.ascontiguousarray(wav, dtype=np.float32)
+    out = soxr.resample(wav, source_rate, target_rate, quality=RESAMPLE_QUALITY)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _to_numpy(audio: Any) -> np.ndarray:
+    """A numpy array or torch tensor (any device, any float type) as a numpy array."""
+    if hasattr(audio, "detach") and hasattr(audio, "cpu"):
+        tensor = audio.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        return np.asarray(tensor.numpy())
+    if isinstance(audio, np.ndarray):
+        return audio
+    raise AudioError(f"audio must be a numpy array or a torch tensor, got {type(audio).__name__}")
+
+
+def _pcm_to_float(array: np.ndarray) -> np.ndarray:
+    """Float arrays as they are; integer PCM scaled to [-1, 1) by the range of its type."""
+    if array.dtype.kind == "f":
+        return array
+    if array.dtype.kind in "iu" and array.dtype.itemsize <= 4:
+        half = float(2 ** (8 * array.dtype.itemsize - 1))
+        offset = half if array.dtype.kind == "u" else 0.0
+        return ((array.astype(np.float64) - offset) / half).astype(np.float32)
+    raise AudioError(f"audio samples must be float or integer PCM, got {array.dtype}")
+
+
+def _write_failure(path: Path, exc: BaseException) -> str:
+    """One line saying why ``path`` could not be written, and what to do."""
+    if isinstance(exc, PermissionError):
+        return f"cannot write {path}: permission denied; choose a folder you can write to"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {path}: the disk is full; free some space or choose another folder"
+    if isinstance(exc, IsADirectoryError):
+        return f"cannot write {path}: it is a folder; give a file name"
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        return f"cannot write {path}: a part of its folder path is a file; choose another folder"
+    if isinstance(exc, sf.LibsndfileError):
+        return f"cannot encode {path}: {exc.error_string}"
+    return f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}"
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort; not possible on every platform)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
