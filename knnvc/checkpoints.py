@@ -77,9 +77,11 @@ def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER) -> WavLME
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model, info = WavLMModel.from_pretrained(
+        loaded: Any = WavLMModel.from_pretrained(
             location, num_hidden_layers=layer, output_loading_info=True, dtype=torch.float32
         )
+        model: WavLMModel = loaded[0]
+        info: dict[str, list[Any]] = loaded[1]
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{name}: cannot load as a Hugging Face WavLM model: {exc}") from exc
     finally:

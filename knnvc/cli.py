@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -90,7 +90,7 @@ def convert(
     source: Annotated[Path, typer.Argument(help="Source audio file, or a folder searched recursively.")],
     reference: Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")],
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Output file (for one source) or folder.")
+        Path | None, typer.Option("--output", "-o", help="Output file (for one source) or folder.")
     ] = None,
     wavlm: WavlmOpt = DEFAULT_WAVLM,
     vocoder: VocoderOpt = DEFAULT_VOCODER,
@@ -114,15 +114,25 @@ def convert(
 
         target_lufs = parse_loudness(loudness)
         vc = make_pipeline(
-            wavlm=wavlm, vocoder=vocoder, device=device, precision=precision, batch_size=batch_size,
+            wavlm=wavlm,
+            vocoder=vocoder,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
             offline=offline or None,
         )
         voice = vc.voice_from(reference, trim=trim)
         jobs = batch.plan(source, output, voice.name)
         report = _run_with_progress(
             lambda progress: batch.run(
-                vc, jobs, voice, overwrite=overwrite, output_sample_rate=sample_rate, progress=progress,
-                k=k, loudness=target_lufs,
+                vc,
+                jobs,
+                voice,
+                overwrite=overwrite,
+                output_sample_rate=sample_rate,
+                progress=progress,
+                k=k,
+                loudness=target_lufs,
             ),
             total=len(jobs),
             quiet=quiet or json_out,
@@ -160,8 +170,10 @@ def _finish(report: Any, *, single: bool, json_out: bool, quiet: bool) -> None:
         for col in ("converted", "skipped", "failed", "audio s", "wall s", "x real time"):
             table.add_column(col, justify="right")
         s = report.summary()
-        table.add_row(*(str(s[c]) for c in ("converted", "skipped", "failed", "audio_seconds", "wall_seconds")),
-                      f"{s['realtime_factor']:.1f}")
+        table.add_row(
+            *(str(s[c]) for c in ("converted", "skipped", "failed", "audio_seconds", "wall_seconds")),
+            f"{s['realtime_factor']:.1f}",
+        )
         err.print(table)
     if report.interrupted:
         err.print("[yellow]interrupted: finished files are kept; rerun the same command to convert the rest[/]")
@@ -172,7 +184,7 @@ def _finish(report: Any, *, single: bool, json_out: bool, quiet: bool) -> None:
 
 @app.command()
 def download(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Registry names (default: all).")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Registry names (default: all).")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Prefetch the published weights into the caches (needs internet)."""
@@ -183,6 +195,84 @@ def download(
         result = weights.download_all(names=names or None)
         for name, location in result.items():
             out.print(f"{name}: {location}", highlight=False)
+
+
+@app.command()
+def info(
+    device: DeviceOpt = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Versions, the chosen device, cache folders and which weights are cached."""
+    with handle_errors(False):
+        from knnvc.sysinfo import system_info
+
+        data = system_info(device)
+        if json_out:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None)
+        for key in ("knnvc", "python", "torch", "transformers", "device", "cuda", "knnvc_cache", "hf_cache", "offline"):
+            table.add_row(key, str(data[key]))
+        out.print(table)
+        weights = Table("weights", "kind", "cached", "where")
+        for row in data["weights"]:
+            weights.add_row(row["name"], row["kind"], "yes" if row["cached"] else "no", row["path"] or row["source"])
+        out.print(weights)
+
+
+@voice_app.command("build")
+def voice_build(
+    references: Annotated[list[Path], typer.Argument(help="Reference files and/or folders of the target speaker.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write NAME.voice.")],
+    name: Annotated[str | None, typer.Option("--name", help="Voice name (default: the output's stem).")] = None,
+    wavlm: WavlmOpt = DEFAULT_WAVLM,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    trim: TrimOpt = True,
+    batch_size: BatchOpt = 8,
+    offline: OfflineOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Encode reference speech once and save it as a reusable voice (safetensors + JSON metadata)."""
+    setup_logging(verbose, False)
+    with handle_errors(verbose):
+        from knnvc.checkpoints import load_encoder
+        from knnvc.pipeline import VoiceBuilder
+
+        if output.suffix != ".voice":
+            raise UsageError(f"{output}: voice files end in .voice")
+        encoder = load_encoder(wavlm, offline=offline or None)
+        builder = VoiceBuilder(encoder, device=device, precision=precision, batch_size=batch_size)
+        voice = builder.build_voice(list(references), trim=trim, name=name or output.stem)
+        voice.save(output)
+        err.print(f"wrote {output}: {voice.num_frames} frames, {voice.seconds:.1f} s of speech", highlight=False)
+
+
+@voice_app.command("info")
+def voice_info(
+    path: Annotated[Path, typer.Argument(help="A .voice file.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Print a saved voice's metadata."""
+    with handle_errors(False):
+        from knnvc.voice import Voice
+
+        meta = Voice.load(path).metadata()
+        if json_out:
+            typer.echo(json.dumps(meta, indent=2))
+            return
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None)
+        for key in ("name", "encoder", "encoder_fingerprint", "layer", "frames", "dim", "speech_seconds", "created"):
+            table.add_row(key, str(meta[key]))
+        out.print(table)
+        sources = Table("source", "seconds", "sha256")
+        for src in meta["sources"]:
+            sources.add_row(src["path"], f"{src['seconds']:.2f}", src["sha256"][:16])
+        out.print(sources)
 
 
 def _register_subcommands() -> None:

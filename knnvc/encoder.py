@@ -43,7 +43,7 @@ def truncate_wavlm(model: WavLMModel, layer: int = WAVLM_LAYER) -> WavLMModel:
     model.encoder.layers = nn.ModuleList(list(model.encoder.layers)[:layer])
     if model.config.do_stable_layer_norm:
         # Pre-LN encoders apply their layer norm after the last layer; hidden_states[layer] has none.
-        model.encoder.layer_norm = nn.Identity()
+        model.encoder.layer_norm = nn.Identity()  # type: ignore[assignment]
     model.config.num_hidden_layers = layer
     return model.eval()
 

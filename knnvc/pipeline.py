@@ -32,7 +32,7 @@ from vocoder import Generator
 
 log = logging.getLogger(__name__)
 
-AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
+AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -74,21 +74,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class KnnVC:
-    """kNN-VC: WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
+class VoiceBuilder:
+    """Encoder half of the pipeline: audio in, layer-6 features and voices out (no vocoder needed).
 
     Args:
         encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
-        vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features.
         device: auto, cpu, cuda, cuda:N or mps.
-        precision: auto, fp32, bf16 or fp16 for the encoder and vocoder; matching is always fp32.
+        precision: auto, fp32, bf16 or fp16 for the networks; matching is always fp32.
         batch_size: waveforms encoded together.
     """
 
     def __init__(
         self,
         encoder: WavLMEncoder,
-        vocoder: Generator,
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -99,33 +97,7 @@ class KnnVC:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.encoder = encoder.to(self.device, self.dtype).eval()
-        self.vocoder = vocoder.to(self.device, self.dtype).eval()
         self.batch_size = batch_size
-        if vocoder.config.input_dim != encoder.dim:
-            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        wavlm: str | Path = DEFAULT_WAVLM,
-        vocoder: str | Path = DEFAULT_VOCODER,
-        *,
-        device: str = "auto",
-        precision: str = "auto",
-        batch_size: int = 8,
-        offline: bool | None = None,
-    ) -> KnnVC:
-        """Load WavLM and a vocoder by registry name, hub id or local path (downloading lazily)."""
-        from knnvc.checkpoints import load_encoder, load_vocoder
-
-        dev = resolve_device(device)  # fail on a bad device before any download
-        return cls(
-            load_encoder(wavlm, offline=offline),
-            load_vocoder(vocoder, offline=offline),
-            device=dev,
-            precision=precision,
-            batch_size=batch_size,
-        )
 
     # -- audio in ---------------------------------------------------------------------------------------
     def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -148,23 +120,9 @@ class KnnVC:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             feats = self.encoder.encode_batch([torch.from_numpy(np.ascontiguousarray(wavs[i])) for i in chunk])
-            for i, f in zip(chunk, feats):
+            for i, f in zip(chunk, feats, strict=True):
                 out[i] = f.float()
         return [f for f in out if f is not None]
-
-    def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
-        """kNN regression of (T, D) source frames onto the voice's matching set -> (T, D) fp32."""
-        voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
-        if voice.num_frames < k:
-            raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={k}")
-        keys = voice.frames.to(self.device, torch.float32)
-        return knn_regression(features.to(self.device, torch.float32), keys, k)
-
-    @torch.inference_mode()
-    def vocode(self, features: Tensor) -> np.ndarray:
-        """(T, D) frames at 50 Hz -> (T * 320,) float32 waveform at 16 kHz."""
-        wav = self.vocoder(features.to(self.device, self.dtype)[None])
-        return wav.reshape(-1).float().cpu().numpy()
 
     # -- voices -----------------------------------------------------------------------------------------
     def build_voice(
@@ -210,7 +168,9 @@ class KnnVC:
             if isinstance(ref, (str, os.PathLike)) and Path(ref).is_dir():
                 found = audio.audio_files(Path(ref))
                 if not found:
-                    raise AudioError(f"{ref}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
+                    raise AudioError(
+                        f"{ref}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
+                    )
                 items += [(str(p), p) for p in found]
             elif isinstance(ref, (str, os.PathLike)):
                 items.append((str(ref), ref))
@@ -225,8 +185,69 @@ class KnnVC:
         if isinstance(target, Voice):
             return target
         if isinstance(target, (str, os.PathLike)) and str(target).endswith(VOICE_SUFFIX):
-            return Voice.load(target)
+            return Voice.load(Path(target))
         return self.build_voice(target, trim=trim)
+
+
+class KnnVC(VoiceBuilder):
+    """kNN-VC: WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
+
+    Args:
+        encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
+        vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features.
+        device, precision, batch_size: as for ``VoiceBuilder``.
+    """
+
+    def __init__(
+        self,
+        encoder: WavLMEncoder,
+        vocoder: Generator,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+    ) -> None:
+        super().__init__(encoder, device=device, precision=precision, batch_size=batch_size)
+        if vocoder.config.input_dim != encoder.dim:
+            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
+        self.vocoder = vocoder.to(self.device, self.dtype).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        wavlm: str | Path = DEFAULT_WAVLM,
+        vocoder: str | Path = DEFAULT_VOCODER,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+        offline: bool | None = None,
+    ) -> KnnVC:
+        """Load WavLM and a vocoder by registry name, hub id or local path (downloading lazily)."""
+        from knnvc.checkpoints import load_encoder, load_vocoder
+
+        dev = resolve_device(device)  # fail on a bad device before any download
+        return cls(
+            load_encoder(wavlm, offline=offline),
+            load_vocoder(vocoder, offline=offline),
+            device=dev,
+            precision=precision,
+            batch_size=batch_size,
+        )
+
+    def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
+        """kNN regression of (T, D) source frames onto the voice's matching set -> (T, D) fp32."""
+        voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+        if voice.num_frames < k:
+            raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={k}")
+        keys = voice.frames.to(self.device, torch.float32)
+        return knn_regression(features.to(self.device, torch.float32), keys, k)
+
+    @torch.inference_mode()
+    def vocode(self, features: Tensor) -> np.ndarray:
+        """(T, D) frames at 50 Hz -> (T * 320,) float32 waveform at 16 kHz."""
+        wav = self.vocoder(features.to(self.device, self.dtype)[None])
+        return wav.reshape(-1).float().cpu().numpy()
 
     # -- conversion -------------------------------------------------------------------------------------
     def convert(

@@ -58,7 +58,9 @@ def test_hf_directory_with_legacy_weight_norm_names(tmp_path: Path, reference_ou
     hf_dir = original_to_hf(TINY_WAVLM, tmp_path / "hf")
     state = load_file(hf_dir / "model.safetensors")
     legacy = {
-        k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
         for k, v in state.items()
     }
     assert any(k.endswith("weight_g") for k in legacy)
@@ -92,7 +94,7 @@ def test_matching_set_without_trim(encoder: WavLMEncoder, reference_outputs: dic
 def test_padded_batch_equals_items_alone(encoder: WavLMEncoder) -> None:
     wavs = [read(p) for p in sorted(REF_DIR.glob("*.wav"))] + [read(SOURCE_WAV)[:5000], read(SOURCE_WAV)[:401]]
     batched = encoder.encode_batch(wavs)
-    for wav, feats in zip(wavs, batched):
+    for wav, feats in zip(wavs, batched, strict=True):
         alone = encoder.encode(wav)
         assert feats.shape == alone.shape == (num_frames(len(wav)), encoder.dim)
         assert rel_err(feats, alone) < 1e-5

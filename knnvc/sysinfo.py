@@ -1,0 +1,40 @@
+"""What ``knnvc info`` reports: versions, device, caches and which weights are cached. No network."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+
+def system_info(device: str = "auto") -> dict[str, Any]:
+    """A JSON-able description of this installation."""
+    import torch
+    import transformers
+
+    from knnvc import __version__, weights
+    from knnvc.pipeline import resolve_device
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    rows = [
+        {
+            "name": entry.name,
+            "kind": entry.kind,
+            "cached": cached,
+            "path": str(path) if path else None,
+            "source": entry.location,
+        }
+        for entry, cached, path in weights.cached_status()
+    ]
+    return {
+        "knnvc": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(resolve_device(device)),
+        "cuda": cuda,
+        "threads": torch.get_num_threads(),
+        "knnvc_cache": str(weights.cache_dir()),
+        "hf_cache": str(weights.hf_cache_dir()),
+        "offline": weights.is_offline(),
+        "weights": rows,
+    }
