@@ -1,7 +1,163 @@
-"""``knnvc train``: prematch features and train a HiFi-GAN vocoder (issue 5/5). Heavy imports stay inside commands."""
+"""``knnvc train``: prematch features, then train a HiFi-GAN vocoder on them (see docs/training.md).
+
+Heavy imports (torch, the encoder, ``vocoder.train``) stay inside the commands so ``knnvc --help`` is instant.
+Library errors become one line and their exit code through ``knnvc.cli.handle_errors``.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from knnvc.prematch import PrematchReport
+
 train_app = typer.Typer(help="Train your own vocoder: prematch features, then train HiFi-GAN.", no_args_is_help=True)
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+
+
+@train_app.command("prematch")
+def prematch_command(
+    data_dir: Annotated[Path, typer.Argument(help="Speaker folders (speaker/chapter/utt), or the manifest root.")],
+    out_dir: Annotated[Path, typer.Argument(help="Features folder to write (rerun to resume).")],
+    wavlm: Annotated[str, typer.Option("--wavlm", help="WavLM: hub id, HF folder or WavLM-Large.pt.")] = DEFAULT_WAVLM,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="CSV with the columns path,speaker (instead of folders).")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Nearest frames averaged.")] = DEFAULT_K,
+    device: DeviceOpt = "auto",
+    sample_rate: Annotated[
+        int, typer.Option("--sample-rate", help="Rate of the stored target audio (a multiple of 50 Hz).")
+    ] = SAMPLE_RATE,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Waveforms encoded together.")] = 8,
+    min_frames: Annotated[int, typer.Option("--min-frames", min=1, help="Skip shorter utterances (50 Hz).")] = 10,
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
+    from knnvc.cli import err, handle_errors, setup_logging
+
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        from rich.progress import Progress
+
+        from knnvc.prematch import prematch
+
+        with Progress(console=err, transient=True, disable=quiet) as bar:
+            task = bar.add_task("prematching", total=None)
+
+            def on_speaker(done: int, total: int, speaker: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"speaker {speaker}")
+
+            report = prematch(
+                data_dir, out_dir, wavlm=wavlm, manifest=manifest, k=k, device=device, sample_rate=sample_rate,
+                batch_size=batch_size, min_frames=min_frames, offline=offline or None, on_speaker=on_speaker,
+            )
+        if not quiet:
+            _print_prematch(report)
+
+
+def _print_prematch(report: PrematchReport) -> None:
+    from knnvc.cli import err
+
+    err.print(
+        f"{report.out_dir}: {report.written} utterances written, {report.existing} already done, "
+        f"{len(report.skipped)} skipped ({report.speakers} speakers)", highlight=False,
+    )
+    if report.skipped:
+        err.print(f"skipped utterances and reasons: {report.out_dir / 'skipped.json'}", highlight=False)
+
+
+def _read_overrides(path: Path | None) -> dict[str, Any]:
+    from knnvc.errors import UsageError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--config {path}: cannot read a JSON object ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _resolve_init(init: str | None, offline: bool) -> Path | None:
+    """A registry name (``prematched``) or a generator file/folder -> the checkpoint file."""
+    if init is None:
+        return None
+    from knnvc.weights import resolve_vocoder
+
+    return resolve_vocoder(init, offline=offline or None)
+
+
+@train_app.command("vocoder")
+def vocoder_command(
+    features_dir: Annotated[Path, typer.Argument(help="Folder written by `knnvc train prematch`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, logs, samples (resumed if present).")],
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Total steps to reach.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Segments per GPU per step.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="JSON of vocoder and training overrides (upsample_rates...).")
+    ] = None,
+    init: Annotated[
+        str | None, typer.Option("--init", help="Generator to fine-tune from: 'prematched' or a checkpoint.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (for --init).")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
+    from knnvc.cli import err, handle_errors, setup_logging
+
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
+        result = _train(features_dir, out, _read_overrides(config), {k: v for k, v in flags.items() if v},
+                        _resolve_init(init, offline), device, quiet)
+        if not quiet:
+            err.print(f"stopped at step {result.step}; generator: {result.generator_path}", highlight=False)
+
+
+def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: Mapping[str, Any],
+           init: Path | None, device: str, quiet: bool) -> Any:
+    """Run the trainer with a progress bar; map its errors to knnvc's."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from knnvc.cli import err
+    from knnvc.errors import UsageError, WeightsError
+    from vocoder import VocoderLoadError
+    from vocoder.train import TrainConfig, TrainingError, split_overrides
+    from vocoder.train.trainer import train
+
+    try:
+        vocoder_overrides, train_overrides = split_overrides(overrides)
+        cfg = TrainConfig.from_dict({**train_overrides, **flags})
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
+            task = bar.add_task("training", total=cfg.max_steps)
+
+            def on_step(step: int, losses: Mapping[str, float]) -> None:
+                bar.update(task, completed=step, description=f"mel {losses['g_mel']:.3f} d {losses['d_total']:.2f}")
+
+            return train(features_dir, out, cfg, vocoder_overrides=vocoder_overrides, init=init, device=device,
+                         on_step=on_step)
+    except TrainingError as exc:
+        raise UsageError(str(exc)) from exc
+    except VocoderLoadError as exc:
+        raise WeightsError(str(exc)) from exc

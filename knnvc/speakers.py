@@ -1,0 +1,95 @@
+"""Who speaks each training utterance: from the folder structure or from a CSV manifest.
+
+Folders: ``DATA_DIR/<speaker>/.../<utt>.<ext>`` (LibriSpeech's ``speaker/chapter/utt``): the speaker is the first
+folder under DATA_DIR, whatever the depth below it, so a speaker's chapters are pooled together.
+Manifest: a CSV with a header and the columns ``path,speaker``; relative paths are relative to DATA_DIR.
+Each utterance gets an ``id`` (a relative path without extension) that names its output file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from knnvc import audio
+from knnvc.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One input file: ``id`` names its output (``OUT_DIR/<id>.safetensors``)."""
+
+    id: str
+    speaker: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An utterance left out of the features, and why."""
+
+    path: str
+    speaker: str
+    reason: str
+
+
+def _check_speaker(name: str, where: str) -> str:
+    name = name.strip()
+    if not name or name in {".", ".."} or name.startswith(".") or "/" in name or "\\" in name:
+        raise UsageError(f"{where}: speaker {name!r} is not usable as a folder name")
+    return name
+
+
+def _from_folders(data_dir: Path) -> tuple[list[Utterance], list[Skipped]]:
+    """Speaker = the first folder under DATA_DIR; id = the path under DATA_DIR without its extension."""
+    utts, skipped = [], []
+    for path in audio.audio_files(data_dir):
+        rel = PurePosixPath(path.relative_to(data_dir).as_posix())
+        if len(rel.parts) < 2:
+            skipped.append(Skipped(str(path), "", "not inside a speaker folder"))
+            continue
+        utts.append(Utterance(str(rel.with_suffix("")), _check_speaker(rel.parts[0], str(path)), path))
+    return utts, skipped
+
+
+def _from_manifest(data_dir: Path, manifest: Path) -> list[Utterance]:
+    """Rows ``path,speaker``; id = ``<speaker>/<path under DATA_DIR, or file stem>`` without extension."""
+    try:
+        with manifest.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"cannot read manifest {manifest}: {exc}") from exc
+    if rows and not {"path", "speaker"} <= set(rows[0]):
+        raise UsageError(f"manifest {manifest} needs the columns path,speaker; found {sorted(rows[0])}")
+    utts = []
+    for line, row in enumerate(rows, start=2):
+        speaker = _check_speaker(row["speaker"] or "", f"{manifest}:{line}")
+        path = Path(row["path"] or "").expanduser()
+        path = path if path.is_absolute() else data_dir / path
+        try:
+            rel = PurePosixPath(path.resolve().relative_to(data_dir.resolve()).as_posix()).with_suffix("")
+        except ValueError:
+            rel = PurePosixPath(path.stem)
+        ident = str(rel) if rel.parts[0] == speaker else f"{speaker}/{rel}"
+        utts.append(Utterance(ident, speaker, path))
+    return utts
+
+
+def discover(data_dir: str | os.PathLike[str], manifest: str | os.PathLike[str] | None = None,
+             ) -> tuple[list[Utterance], list[Skipped]]:
+    """The utterances to prematch (sorted by id) and the files left out; raises UsageError when none."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"{data_dir}: no such folder")
+    utts, skipped = (_from_manifest(data_dir, Path(manifest)), []) if manifest else _from_folders(data_dir)
+    seen: dict[str, Path] = {}
+    for u in utts:
+        if u.id in seen:
+            raise UsageError(f"two utterances map to the same id {u.id!r}: {seen[u.id]} and {u.path}")
+        seen[u.id] = u.path
+    if not utts:
+        raise UsageError(f"no audio found in {data_dir}" + (f" via {manifest}" if manifest else
+                         " (expected DATA_DIR/<speaker>/.../<utterance> files)"))
+    return sorted(utts, key=lambda u: u.id), skipped
