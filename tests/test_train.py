@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,6 +212,18 @@ def test_resume_continues_step_and_optimiser(run20: Path, features_dir: Path, co
     straight = torch.load(run20 / "g_00000020.pt", weights_only=True)["generator"]
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_two_processes_on_cpu(features_dir: Path, config_file: Path, tmp_path: Path) -> None:
+    """The torchrun entry point with two gloo processes: the DDP path runs and rank 0 writes the checkpoint."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vocoder.train",
+           str(features_dir), "--out", str(run), "--steps", "2", "--config", str(config_file), "--device", "cpu"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 of 2" in done.stderr
+    assert load_generator(run / "g_00000002.pt").config.input_dim == 96
 
 
 def test_other_sample_rate(data_dir: Path, tmp_path: Path) -> None:
