@@ -22,14 +22,20 @@ __all__ = [
     "VoiceError",
     "WeightsError",
     "__version__",
+    "convert",
 ]
 
 if TYPE_CHECKING:
+    from knnvc.api import convert
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
 
 
 def __getattr__(name: str) -> Any:
+    if name == "convert":
+        from knnvc.api import convert
+
+        return convert
     if name == "KnnVC":
         from knnvc.pipeline import KnnVC
 

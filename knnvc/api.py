@@ -1,0 +1,182 @@
+"""One-off use: ``knnvc.convert(source, reference, **options)``, and the model cache behind it and the CLI.
+
+    >>> import knnvc
+    >>> wav = knnvc.convert("source.wav", "target_speaker/")                  # (N,) float32 at 16 kHz
+    >>> knnvc.convert(array, "alice.voice", sample_rate=44_100, output="out.flac")
+
+Loaded models are kept in a small module-level cache keyed by (weights, device, precision), so repeated calls
+(and repeated CLI invocations in one process) load each model once. For many conversions in a program, hold a
+``KnnVC`` yourself (``load_pipeline`` returns one from the cache). Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE
+from knnvc.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from knnvc.pipeline import AudioInput, KnnVC, VoiceBuilder
+    from knnvc.voice import Voice
+    from knnvc.windows import Progress
+
+MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered
+MAX_SAMPLE_RATE = 192_000  # Hz: the highest output rate offered
+
+_MODELS: dict[tuple[str, str, str, str], Any] = {}
+"""(kind, weights key, device, dtype) -> a loaded encoder or vocoder, on that device in that precision."""
+
+
+def check_options(*, k: int = DEFAULT_K, output_sample_rate: int = SAMPLE_RATE, batch_size: int = 1) -> None:
+    """Raise ``UsageError`` for option values that cannot work, before any model is loaded."""
+    if k < 1:
+        raise UsageError(f"k must be at least 1 (neighbours averaged per frame), got {k}")
+    if not MIN_SAMPLE_RATE <= output_sample_rate <= MAX_SAMPLE_RATE:
+        raise UsageError(
+            f"output sample rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, got {output_sample_rate}"
+        )
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+
+
+def _weights_key(name: str | Path) -> str:
+    """A local path by its absolute location and modification time (an edited file reloads); else the name."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return f"{path.resolve()}@{path.stat().st_mtime_ns}"
+    return str(name)
+
+
+def _cached(kind: str, name: str | Path, device: str, precision: str, offline: bool | None) -> Any:
+    from knnvc.checkpoints import load_encoder, load_vocoder
+    from knnvc.pipeline import resolve_device, resolve_precision
+
+    dev = resolve_device(device)  # fail on a bad device or precision before any download
+    dtype = resolve_precision(precision, dev)
+    key = (kind, _weights_key(name), str(dev), str(dtype))
+    if key not in _MODELS:
+        model = load_encoder(name, offline=offline) if kind == "wavlm" else load_vocoder(name, offline=offline)
+        _MODELS[key] = model.to(dev, dtype).eval()
+    return _MODELS[key]
+
+
+def load_pipeline(
+    wavlm: str | Path = DEFAULT_WAVLM,
+    vocoder: str | Path = DEFAULT_VOCODER,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 8,
+    offline: bool | None = None,
+) -> KnnVC:
+    """A ``KnnVC`` whose encoder and vocoder come from the cache (loaded, or downloaded, on first use)."""
+    from knnvc.pipeline import KnnVC
+
+    encoder = _cached("wavlm", wavlm, device, precision, offline)
+    generator = _cached("vocoder", vocoder, device, precision, offline)
+    return KnnVC(encoder, generator, device=device, precision=precision, batch_size=batch_size)
+
+
+def load_voice_builder(
+    wavlm: str | Path = DEFAULT_WAVLM,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 8,
+    offline: bool | None = None,
+) -> VoiceBuilder:
+    """The encoder half only (no vocoder is loaded): enough to build and save voices."""
+    from knnvc.pipeline import VoiceBuilder
+
+    encoder = _cached("wavlm", wavlm, device, precision, offline)
+    return VoiceBuilder(encoder, device=device, precision=precision, batch_size=batch_size)
+
+
+def clear_cache() -> None:
+    """Forget every cached model (frees their memory once nothing else holds them)."""
+    _MODELS.clear()
+
+
+def resolve_voice(
+    builder: VoiceBuilder,
+    reference: Voice | AudioInput | Sequence[AudioInput],
+    *,
+    trim: bool = True,
+    sample_rate: int | None = None,
+    name: str | None = None,
+) -> Voice:
+    """A ``Voice`` as is, a ``.voice`` file loaded, or reference audio (paths, arrays, tensors) encoded."""
+    from knnvc.voice import VOICE_SUFFIX, Voice
+
+    if isinstance(reference, Voice):
+        return reference
+    if isinstance(reference, (str, os.PathLike)) and str(reference).endswith(VOICE_SUFFIX):
+        return Voice.load(Path(reference))
+    return builder.build_voice(reference, trim=trim, sample_rate=sample_rate, name=name)
+
+
+def convert(
+    source: AudioInput,
+    reference: Voice | AudioInput | Sequence[AudioInput],
+    *,
+    sample_rate: int | None = None,
+    reference_sample_rate: int | None = None,
+    output: str | os.PathLike[str] | None = None,
+    output_sample_rate: int = SAMPLE_RATE,
+    k: int = DEFAULT_K,
+    loudness: float | None = DEFAULT_LOUDNESS,
+    trim: bool = True,
+    wavlm: str | Path = DEFAULT_WAVLM,
+    vocoder: str | Path = DEFAULT_VOCODER,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 8,
+    offline: bool | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Say ``source``'s words in ``reference``'s voice: everything ``knnvc convert`` does for one input.
+
+    Args:
+        source: a path, or a numpy array / torch tensor ((N,), (C, N) or (N, C)) with ``sample_rate``.
+        reference: a ``Voice``, a ``.voice`` file, reference audio (a file, a folder, arrays/tensors with
+            ``reference_sample_rate``) or a list of those.
+        output: also write the result here, atomically (format from the extension: .wav, .flac, .ogg).
+        output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default 16 kHz.
+        k, loudness, trim: as for ``KnnVC.convert`` (``loudness=None`` keeps the vocoder's level).
+        wavlm, vocoder, device, precision, batch_size, offline: as for ``KnnVC.from_pretrained``.
+        progress: ``progress(stage, done, total)`` over the windows of long audio.
+
+    Returns:
+        (N,) float32 at ``output_sample_rate``, as long as the source.
+    """
+    from knnvc import audio
+
+    check_options(k=k, output_sample_rate=output_sample_rate, batch_size=batch_size)
+    vc = load_pipeline(
+        wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline
+    )
+    voice = resolve_voice(vc, reference, trim=trim, sample_rate=reference_sample_rate)
+    extra: dict[str, Any] = {} if progress is None else {"progress": progress}
+    wav = vc.convert(source, voice, k=k, loudness=loudness, sample_rate=sample_rate, **extra)
+    if output is not None:
+        audio.save(Path(output), wav, sample_rate=output_sample_rate, source_rate=SAMPLE_RATE)
+    return resample(wav, SAMPLE_RATE, output_sample_rate)
+
+
+def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """(N,) float32 from ``source_rate`` to ``target_rate`` with soxr (the same quality as the front end)."""
+    import numpy as np
+    import soxr
+
+    from knnvc.audio import RESAMPLE_QUALITY
+
+    if source_rate == target_rate:
+        return wav
+    out = soxr.resample(wav, source_rate, target_rate, quality=RESAMPLE_QUALITY)
+    return np.ascontiguousarray(out, dtype=np.float32)
