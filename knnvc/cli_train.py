@@ -41,6 +41,9 @@ def prematch_command(
     ] = SAMPLE_RATE,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Waveforms encoded together.")] = 8,
     min_frames: Annotated[int, typer.Option("--min-frames", min=1, help="Skip shorter utterances (50 Hz).")] = 10,
+    max_pool_minutes: Annotated[
+        float, typer.Option("--max-pool-minutes", min=1, help="Match bigger speakers in pools of this size.")
+    ] = 60.0,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -62,7 +65,8 @@ def prematch_command(
 
             report = prematch(
                 data_dir, out_dir, wavlm=wavlm, manifest=manifest, k=k, device=device, sample_rate=sample_rate,
-                batch_size=batch_size, min_frames=min_frames, offline=offline or None, on_speaker=on_speaker,
+                batch_size=batch_size, min_frames=min_frames, max_pool_minutes=max_pool_minutes,
+                offline=offline or None, on_speaker=on_speaker,
             )
         if not quiet:
             _print_prematch(report)
@@ -75,6 +79,9 @@ def _print_prematch(report: PrematchReport) -> None:
         f"{report.out_dir}: {report.written} utterances written, {report.existing} already done, "
         f"{len(report.skipped)} skipped ({report.speakers} speakers)", highlight=False,
     )
+    if report.below_rate:
+        err.print(f"[yellow]warning:[/] {report.below_rate} utterances were recorded below the target rate and "
+                  "upsampled", highlight=False)
     if report.skipped:
         err.print(f"skipped utterances and reasons: {report.out_dir / 'skipped.json'}", highlight=False)
 

@@ -31,7 +31,7 @@ from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.encoder import num_frames
 from knnvc.errors import AudioError, OutputError, UsageError
 from knnvc.matcher import knn_regression
-from knnvc.speakers import Skipped, Utterance, discover
+from knnvc.speakers import Skipped, Utterance, discover, pool_groups
 from vocoder.train.data import (
     SUFFIX,
     Entry,
@@ -51,6 +51,7 @@ __all__ = ["MIN_FRAMES", "PrematchReport", "Skipped", "Utterance", "discover", "
 logger = logging.getLogger(__name__)
 
 MIN_FRAMES = 10  # 0.2 s: shorter utterances are skipped (and cannot be encoded below 400 samples anyway)
+MAX_POOL_MINUTES = 60.0  # a bigger speaker is matched in pools of about this size (WavLM-Large: 0.7 GB fp32)
 SKIPPED_NAME = "skipped.json"
 SpeakerCallback = Callable[[int, int, str], None]  # (speakers done, speakers in all, current speaker)
 
@@ -64,6 +65,7 @@ class PrematchReport:
     written: int = 0
     existing: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    below_rate: int = 0  # utterances written whose file is recorded below the target rate (upsampled)
 
 
 def prematch_features(features: Sequence[Tensor], k: int = DEFAULT_K) -> list[Tensor]:
@@ -201,8 +203,8 @@ def _target_audio(run: _Run, utt: Utterance, wav16: Tensor, frames: int) -> Tens
     else:
         wav = torch.from_numpy(audio.load(utt.path, sample_rate=run.sample_rate))
         if _native_rate(utt.path) < run.sample_rate:
-            logger.warning("%s is recorded below %d Hz: the vocoder will learn its missing highs",
-                           utt.path, run.sample_rate)
+            run.report.below_rate += 1
+            logger.debug("%s is recorded below %d Hz", utt.path, run.sample_rate)
     need = frames * hop_for(run.sample_rate)
     return torch.nn.functional.pad(wav[:need], (0, max(0, need - wav.shape[0])))
 
@@ -259,6 +261,21 @@ def _save_progress(run: _Run) -> None:
         raise OutputError(f"cannot write the index of {run.out_dir}: {exc}") from exc
 
 
+def _run_speakers(run: _Run, utts: Sequence[Utterance], max_pool_seconds: float,
+                  on_speaker: SpeakerCallback | None) -> None:
+    """Prematch speaker by speaker (pool by pool within a big speaker), saving the index after each."""
+    by_speaker: dict[str, list[Utterance]] = {}
+    for utt in utts:
+        by_speaker.setdefault(utt.speaker, []).append(utt)
+    run.report.speakers = len(by_speaker)
+    for n, (speaker, items) in enumerate(sorted(by_speaker.items()), start=1):
+        for group in pool_groups(items, max_pool_seconds):
+            _speaker(run, speaker, group)
+            _save_progress(run)
+        if on_speaker is not None:
+            on_speaker(n, len(by_speaker), speaker)
+
+
 def prematch(
     data_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -271,6 +288,7 @@ def prematch(
     sample_rate: int = SAMPLE_RATE,
     batch_size: int = 8,
     min_frames: int = MIN_FRAMES,
+    max_pool_minutes: float = MAX_POOL_MINUTES,
     offline: bool | None = None,
     on_speaker: SpeakerCallback | None = None,
 ) -> PrematchReport:
@@ -285,6 +303,7 @@ def prematch(
         sample_rate: rate of the stored target audio (resampled from the original files with soxr).
         batch_size: waveforms encoded together.
         min_frames: utterances with fewer 50 Hz frames are skipped and reported.
+        max_pool_minutes: a speaker with more audio is matched in separate pools of about this size (memory).
 
     Raises:
         UsageError (bad folders, manifest, settings), WeightsError, DeviceError, OutputError.
@@ -304,21 +323,17 @@ def prematch(
         encoder = load_encoder(wavlm, offline=offline)
     encoder = encoder.to(resolve_device(device)).eval()
     settings = {"k": k, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint, "layer": WAVLM_LAYER,
-                "feature_dim": encoder.dim, "sample_rate": sample_rate, "pool": "other utterances of the speaker"}
+                "feature_dim": encoder.dim, "sample_rate": sample_rate, "pool": "other utterances of the speaker",
+                "max_pool_minutes": max_pool_minutes}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries, old_skipped = _resume_state(out, settings)
     run = _Run(encoder, out, k, sample_rate, batch_size, min_frames, settings, entries, old_skipped,
                PrematchReport(out, skipped=list(skipped)))
-    by_speaker: dict[str, list[Utterance]] = {}
-    for utt in utts:
-        by_speaker.setdefault(utt.speaker, []).append(utt)
-    run.report.speakers = len(by_speaker)
-    for n, (speaker, items) in enumerate(sorted(by_speaker.items()), start=1):
-        _speaker(run, speaker, items)
-        _save_progress(run)
-        if on_speaker is not None:
-            on_speaker(n, len(by_speaker), speaker)
+    _run_speakers(run, utts, max_pool_minutes * 60, on_speaker)
+    if run.report.below_rate:
+        logger.warning("%d utterances are recorded below %d Hz and were upsampled: the vocoder will learn their "
+                       "missing high frequencies", run.report.below_rate, sample_rate)
     logger.info("prematch: %d written, %d already done, %d skipped", run.report.written, run.report.existing,
                 len(run.report.skipped))
     return run.report

@@ -9,12 +9,14 @@ Each utterance gets an ``id`` (a relative path without extension) that names its
 from __future__ import annotations
 
 import csv
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from knnvc import audio
-from knnvc.errors import UsageError
+from knnvc.errors import AudioError, UsageError
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,35 @@ def discover(data_dir: str | os.PathLike[str], manifest: str | os.PathLike[str] 
         raise UsageError(f"no audio found in {data_dir}" + (f" via {manifest}" if manifest else
                          " (expected DATA_DIR/<speaker>/.../<utterance> files)"))
     return sorted(utts, key=lambda u: u.id), skipped
+
+
+def pool_groups(utts: Sequence[Utterance], max_seconds: float) -> list[list[Utterance]]:
+    """Split one speaker's utterances into pools of at most about ``max_seconds`` of audio each.
+
+    A speaker under the limit is one pool (LibriSpeech speakers have ~25 min). A bigger one (a 24 h
+    single-speaker corpus) is cut, in id order, into ``ceil(total / max_seconds)`` groups of about equal
+    duration, so that memory and matching time stay bounded; a group never has fewer than two utterances.
+    Durations come from the file headers; unreadable files count as zero (they are reported later).
+    """
+    durations = []
+    for utt in utts:
+        try:
+            durations.append(audio.duration_seconds(utt.path))
+        except AudioError:
+            durations.append(0.0)
+    total = sum(durations)
+    n_groups = max(1, math.ceil(total / max_seconds)) if max_seconds > 0 else 1
+    if n_groups == 1:
+        return [list(utts)]
+    target = total / n_groups
+    groups: list[list[Utterance]] = [[]]
+    filled = 0.0
+    for utt, seconds in zip(utts, durations, strict=True):
+        if filled >= target and len(groups[-1]) >= 2:
+            groups.append([])
+            filled = 0.0
+        groups[-1].append(utt)
+        filled += seconds
+    if len(groups) > 1 and len(groups[-1]) < 2:
+        groups[-2].extend(groups.pop())
+    return groups

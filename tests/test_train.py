@@ -133,6 +133,18 @@ def test_pool_is_the_other_utterances_of_the_speaker() -> None:
     torch.testing.assert_close(mean, b.mean(0).expand_as(a))
 
 
+def test_big_speakers_are_matched_in_bounded_pools(tmp_path: Path) -> None:
+    from knnvc.speakers import Utterance, pool_groups
+
+    utts = []
+    for i, seconds in enumerate([1, 1, 1, 1, 1, 1, 3]):
+        sf.write(tmp_path / f"u{i}.wav", np.zeros(16000 * seconds, dtype=np.float32), 16000)
+        utts.append(Utterance(f"s/u{i}", "s", tmp_path / f"u{i}.wav"))
+    assert pool_groups(utts, 60.0) == [utts]
+    groups = pool_groups(utts, 3.0)  # 9 s -> pools of about 3 s; the lone 3 s utterance joins the last pool
+    assert [[u.id[-1] for u in g] for g in groups] == [["0", "1", "2"], ["3", "4", "5", "6"]]
+
+
 def test_manifest_speakers(tmp_path: Path, data_dir: Path) -> None:
     manifest = tmp_path / "m.csv"
     with manifest.open("w", newline="") as f:
@@ -232,8 +244,9 @@ def test_other_sample_rate(data_dir: Path, tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     shutil.copytree(data_dir / "spk1", data / "spk1")
-    prematch(data, tmp_path / "f24", encoder=load_encoder(TINY_WAVLM), device="cpu", sample_rate=24000)
+    report = prematch(data, tmp_path / "f24", encoder=load_encoder(TINY_WAVLM), device="cpu", sample_rate=24000)
     index = read_index(tmp_path / "f24")
+    assert report.below_rate == len(index.entries) == 3  # the fixtures are 16 kHz files: reported as upsampled
     feats, audio = read_utterance(tmp_path / "f24" / index.entries[0].file)
     assert index.hop == 480 and audio.shape[0] == feats.shape[0] * 480
     cfg = TrainConfig.from_dict({**FAST, "segment_size": 8 * 480, "max_steps": 2, "checkpoint_every": 2})
