@@ -265,6 +265,22 @@ def test_vocoder_configs_per_rate() -> None:
         vocoder_config_for(16010, 1024)
 
 
+def test_published_hyperparameters_and_original_config_file() -> None:
+    from conftest import TINY_VOCODER_CONFIG
+
+    from vocoder.train import split_overrides
+
+    cfg = TrainConfig()
+    published = (2e-4, 0.8, 0.99, 0.999, 7040, 16)
+    assert (cfg.learning_rate, cfg.adam_b1, cfg.adam_b2, cfg.lr_decay, cfg.segment_size, cfg.batch_size) == published
+    assert cfg.segment_frames(16000) == 22 and cfg.stft_sizes(16000) == (1024, 1024) and cfg.mel_weight == 45
+    vocoder_keys, train_keys = split_overrides(json.loads(TINY_VOCODER_CONFIG.read_text()))  # original key names
+    assert vocoder_config_for(16000, 96, vocoder_keys).hidden_dim == 48
+    assert TrainConfig.from_dict(train_keys).batch_size == 16
+    with pytest.raises(TrainingError, match="unknown config keys"):
+        split_overrides({"learning_rat": 1e-4})
+
+
 def test_mel_filterbank_matches_slaney() -> None:
     from transformers.audio_utils import mel_filter_bank
 

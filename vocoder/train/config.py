@@ -26,7 +26,7 @@ UPSAMPLE_PRESETS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 # Keys of the original HiFi-GAN config.json that have no meaning here (or are checked elsewhere).
-IGNORED_KEYS = frozenset({"num_gpus", "dist_config", "num_freq", "hop_size", "fmax", "resblock_dilation_sizes_"})
+IGNORED_KEYS = frozenset({"num_gpus", "dist_config", "num_freq", "hop_size", "fmax"})
 
 
 @dataclass(frozen=True)
