@@ -155,19 +155,20 @@ def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
-    """Integrated loudness (ITU-R BS.1770, pyloudnorm) of (N,) audio in LUFS; ``-inf`` for silence/empty.
+    """Integrated loudness (ITU-R BS.1770, as pyloudnorm) of (N,) audio in LUFS; ``-inf`` for silence/empty.
 
-    Audio shorter than one 0.4 s gating block is measured tiled (repeated) to that length.
+    Measured in bounded memory (``knnvc.loudness``). Audio shorter than one 0.4 s gating block is measured
+    tiled (repeated) to that length.
     """
-    import pyloudnorm as pyln
+    from knnvc.loudness import integrated_loudness
 
     if wav.size == 0:
         return float("-inf")
-    data = np.asarray(wav, dtype=np.float64)
+    data = wav
     block = int(np.ceil(LOUDNESS_BLOCK_S * sample_rate)) + 1
     if data.shape[0] < block:
         data = np.tile(data, -(-block // data.shape[0]))
-    return float(pyln.Meter(sample_rate).integrated_loudness(data))
+    return integrated_loudness(data, sample_rate)
 
 
 def normalise_loudness(
@@ -202,7 +203,7 @@ def normalise_loudness(
     if peak > peak_ceiling:
         logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
         gain *= peak_ceiling / peak
-    return (np.asarray(wav, dtype=np.float64) * gain).astype(np.float32)
+    return np.multiply(wav, np.float32(gain), dtype=np.float32)
 
 
 def save(

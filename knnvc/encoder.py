@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import types
 import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import WavLMModel
 
@@ -55,6 +57,37 @@ def fold_weight_norm(model: nn.Module) -> None:
             torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
+def _fused_attention(
+    self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None, gated_position_bias: Tensor
+) -> tuple[Tensor, None]:
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    Stands in for transformers' ``WavLMAttention.torch_multi_head_self_attention``, which asks torch for the
+    attention weights and so forbids fused kernels. Same maths: the gated relative position bias (computed by
+    transformers, unchanged) is added to the scaled scores and padded keys are masked.
+    hidden_states (B, T, C); gated_position_bias (B * heads, T, T); attention_mask (B, T) with 1 = valid.
+    """
+    batch, length, width = hidden_states.shape
+    heads = int(self.num_heads)  # type: ignore[arg-type]
+
+    def split(x: Tensor) -> Tensor:
+        return x.view(batch, length, heads, width // heads).transpose(1, 2)
+
+    q, k, v = (split(proj(hidden_states)) for proj in (self.q_proj, self.k_proj, self.v_proj))  # type: ignore[operator]
+    bias = gated_position_bias.view(batch, heads, length, length).to(q.dtype)
+    if attention_mask is not None:
+        bias = bias.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return self.out_proj(out.transpose(1, 2).reshape(batch, length, width)), None  # type: ignore[operator]
+
+
+def use_fused_attention(model: WavLMModel) -> None:
+    """Route every attention layer of ``model`` through ``_fused_attention`` (in place)."""
+    for layer in model.encoder.layers:
+        attention = layer.attention
+        attention.torch_multi_head_self_attention = types.MethodType(_fused_attention, attention)
+
+
 def fingerprint(model: nn.Module) -> str:
     """A short, stable hash of the weights, used to refuse voices built with another encoder.
 
@@ -78,6 +111,7 @@ class WavLMEncoder(nn.Module):
         super().__init__()
         self.model = truncate_wavlm(model, layer)
         fold_weight_norm(self.model)
+        use_fused_attention(self.model)
         self.name = name
         self.layer = layer
         self.fingerprint = fingerprint(self.model)

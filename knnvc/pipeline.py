@@ -22,9 +22,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from knnvc import audio
-from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, HOP, SAMPLE_RATE
-from knnvc.encoder import WavLMEncoder
+from knnvc import audio, windows
+from knnvc.constants import (
+    DEFAULT_K,
+    DEFAULT_LOUDNESS,
+    DEFAULT_VOCODER,
+    DEFAULT_WAVLM,
+    FRAME_RATE,
+    HOP,
+    RECEPTIVE_FIELD,
+    SAMPLE_RATE,
+)
+from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, DeviceError, UsageError
 from knnvc.matcher import knn_regression
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
@@ -81,7 +90,9 @@ class VoiceBuilder:
         encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
         device: auto, cpu, cuda, cuda:N or mps.
         precision: auto, fp32, bf16 or fp16 for the networks; matching is always fp32.
-        batch_size: waveforms encoded together.
+        batch_size: waveforms (or windows of long audio) encoded together.
+        window_seconds: audio longer than this (plus context) is encoded in windows this long.
+        context_seconds: context on each side of a window, computed and dropped.
     """
 
     def __init__(
@@ -91,13 +102,19 @@ class VoiceBuilder:
         device: str | torch.device = "auto",
         precision: str = "auto",
         batch_size: int = 8,
+        window_seconds: float = windows.ENCODER_CORE / FRAME_RATE,
+        context_seconds: float = windows.ENCODER_CONTEXT / FRAME_RATE,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        if window_seconds < 1 or context_seconds < 0:
+            raise UsageError("the encoder window must be at least 1 s and its context at least 0 s")
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.encoder = encoder.to(self.device, self.dtype).eval()
         self.batch_size = batch_size
+        self.window = round(window_seconds * FRAME_RATE)  # frames kept per encoder window
+        self.context = round(context_seconds * FRAME_RATE)  # frames of context on each side
 
     # -- audio in ---------------------------------------------------------------------------------------
     def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -109,19 +126,43 @@ class VoiceBuilder:
         return audio.to_mono_16k(source, sample_rate)
 
     # -- stages -----------------------------------------------------------------------------------------
-    def encode(self, source: AudioInput, sample_rate: int | None = None) -> Tensor:
+    def encode(
+        self, source: AudioInput, sample_rate: int | None = None, progress: windows.Progress | None = None
+    ) -> Tensor:
         """Layer-6 features of one input: (T, D) at 50 Hz, fp32, on the pipeline's device."""
-        return self.encode_many([self.load_audio(source, sample_rate)])[0]
+        return self.encode_many([self.load_audio(source, sample_rate)], progress=progress)[0]
 
-    def encode_many(self, wavs: Sequence[np.ndarray]) -> list[Tensor]:
-        """Encode 16 kHz mono waveforms in length-sorted batches; results keep the input order, (T_i, D) fp32."""
-        order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+    def _encode_batch(self, wavs: list[Tensor]) -> list[Tensor]:
+        return [f.float() for f in self.encoder.encode_batch(wavs)]
+
+    def encode_many(self, wavs: Sequence[np.ndarray], progress: windows.Progress | None = None) -> list[Tensor]:
+        """Encode 16 kHz mono waveforms; results keep the input order, (T_i, D) fp32 at 50 Hz.
+
+        Inputs that fit in one window are batched by length; longer ones are encoded in overlapping windows
+        (``knnvc.windows``), their windows batched, so memory stays flat in the input's length.
+        """
+        for i, wav in enumerate(wavs):
+            if len(wav) < RECEPTIVE_FIELD:
+                raise AudioError(
+                    f"input {i}: {len(wav)} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, 25 ms)"
+                )
         out: list[Tensor | None] = [None] * len(wavs)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            feats = self.encoder.encode_batch([torch.from_numpy(np.ascontiguousarray(wavs[i])) for i in chunk])
+        short = [i for i, w in enumerate(wavs) if num_frames(len(w)) <= self.window + 2 * self.context]
+        for i in set(range(len(wavs))) - set(short):
+            out[i] = windows.encode_windowed(
+                self._encode_batch,
+                torch.from_numpy(np.ascontiguousarray(wavs[i])),
+                batch_size=self.batch_size,
+                core=self.window,
+                context=self.context,
+                progress=progress,
+            )
+        short.sort(key=lambda i: len(wavs[i]))
+        for start in range(0, len(short), self.batch_size):
+            chunk = short[start : start + self.batch_size]
+            feats = self._encode_batch([torch.from_numpy(np.ascontiguousarray(wavs[i])) for i in chunk])
             for i, f in zip(chunk, feats, strict=True):
-                out[i] = f.float()
+                out[i] = f
         return [f for f in out if f is not None]
 
     # -- voices -----------------------------------------------------------------------------------------
@@ -195,7 +236,7 @@ class KnnVC(VoiceBuilder):
     Args:
         encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
         vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features.
-        device, precision, batch_size: as for ``VoiceBuilder``.
+        device, precision, batch_size, window_seconds, context_seconds: as for ``VoiceBuilder``.
     """
 
     def __init__(
@@ -206,8 +247,17 @@ class KnnVC(VoiceBuilder):
         device: str | torch.device = "auto",
         precision: str = "auto",
         batch_size: int = 8,
+        window_seconds: float = windows.ENCODER_CORE / FRAME_RATE,
+        context_seconds: float = windows.ENCODER_CONTEXT / FRAME_RATE,
     ) -> None:
-        super().__init__(encoder, device=device, precision=precision, batch_size=batch_size)
+        super().__init__(
+            encoder,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            window_seconds=window_seconds,
+            context_seconds=context_seconds,
+        )
         if vocoder.config.input_dim != encoder.dim:
             raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
         self.vocoder = vocoder.to(self.device, self.dtype).eval()
@@ -222,17 +272,23 @@ class KnnVC(VoiceBuilder):
         precision: str = "auto",
         batch_size: int = 8,
         offline: bool | None = None,
+        **window: float,
     ) -> KnnVC:
-        """Load WavLM and a vocoder by registry name, hub id or local path (downloading lazily)."""
+        """Load WavLM and a vocoder by registry name, hub id or local path (downloading lazily).
+
+        ``window`` takes ``window_seconds`` and ``context_seconds`` (see ``VoiceBuilder``).
+        """
         from knnvc.checkpoints import load_encoder, load_vocoder
 
         dev = resolve_device(device)  # fail on a bad device before any download
+        resolve_precision(precision, dev)
         return cls(
             load_encoder(wavlm, offline=offline),
             load_vocoder(vocoder, offline=offline),
             device=dev,
             precision=precision,
             batch_size=batch_size,
+            **window,
         )
 
     def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
@@ -244,10 +300,19 @@ class KnnVC(VoiceBuilder):
         return knn_regression(features.to(self.device, torch.float32), keys, k)
 
     @torch.inference_mode()
-    def vocode(self, features: Tensor) -> np.ndarray:
-        """(T, D) frames at 50 Hz -> (T * 320,) float32 waveform at 16 kHz."""
-        wav = self.vocoder(features.to(self.device, self.dtype)[None])
-        return wav.reshape(-1).float().cpu().numpy()
+    def _vocode_batch(self, features: Tensor) -> Tensor:
+        return self.vocoder(features.to(self.dtype)).reshape(features.shape[0], -1)
+
+    def vocode(self, features: Tensor, progress: windows.Progress | None = None) -> np.ndarray:
+        """(T, D) frames at 50 Hz -> (T * 320,) float32 waveform at 16 kHz, in windows of 10 s."""
+        wav = windows.vocode_windowed(
+            self._vocode_batch,
+            features.to(self.device),
+            hop=self.vocoder.config.hop,
+            batch_size=self.batch_size,
+            progress=progress,
+        )
+        return wav.cpu().numpy()
 
     # -- conversion -------------------------------------------------------------------------------------
     def convert(
@@ -259,6 +324,7 @@ class KnnVC(VoiceBuilder):
         loudness: float | None = DEFAULT_LOUDNESS,
         trim: bool = True,
         sample_rate: int | None = None,
+        progress: windows.Progress | None = None,
     ) -> np.ndarray:
         """Say ``source``'s words in ``target``'s voice.
 
@@ -268,6 +334,7 @@ class KnnVC(VoiceBuilder):
             k: neighbours averaged per frame.
             loudness: output loudness in LUFS, or None to leave the vocoder's level.
             trim: trim silence from the ends of each reference (ignored for saved voices).
+            progress: called as ``progress(stage, done, total)`` over the windows of a long source.
 
         Returns:
             (N,) float32 at 16 kHz, as long as the source: the vocoder covers its whole 20 ms frames and the
@@ -275,8 +342,8 @@ class KnnVC(VoiceBuilder):
         """
         voice = self.voice_from(target, trim=trim)
         wav = self.load_audio(source, sample_rate)
-        features = self.encode_many([wav])[0]
-        out = self.vocode(self.match(features, voice, k))
+        features = self.encode_many([wav], progress=progress)[0]
+        out = self.vocode(self.match(features, voice, k), progress=progress)
         out = np.pad(out, (0, len(wav) - len(features) * HOP))
         return audio.normalise_loudness(out, loudness) if loudness is not None else out
 

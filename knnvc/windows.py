@@ -1,0 +1,123 @@
+"""Overlapping windows for long audio, so memory stays flat however long the input is.
+
+A long input is cut into windows of ``core`` frames with ``context`` extra frames on each side. Each window
+is computed alone, its context is dropped, and the cores are stitched, so every frame is computed with at
+least ``context`` frames of real neighbours around it. Window edges sit on the 20 ms frame grid, so windowed
+frames line up exactly with whole-file frames.
+
+- Encoder: WavLM's attention sees the whole window, so frames differ slightly from whole-file encoding; with a
+  few seconds of context the difference is small (measured by the benchmark and tested).
+- Vocoder: HiFi-GAN is convolutional with a receptive field of about +/-11 frames, so with 25 frames of
+  context the windowed waveform equals the whole-file one up to float rounding.
+
+An input no longer than ``core + 2 * context`` frames is a single window: exactly the whole-file result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD
+
+ENCODER_CORE = 20 * FRAME_RATE  # frames: 20 s kept per encoder window
+ENCODER_CONTEXT = 3 * FRAME_RATE  # frames: 3 s of context on each side (26 s windows)
+VOCODER_CORE = 10 * FRAME_RATE  # frames: 10 s of output per vocoder window
+VOCODER_CONTEXT = 25  # frames: 0.5 s on each side, over twice HiFi-GAN's receptive field
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): ``stage`` is "encode" or "vocode"; counts are windows."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames ``[start, stop)`` are computed; frames ``[keep_start, keep_stop)`` are kept (global indices)."""
+
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+
+    def sample_span(self) -> tuple[int, int]:
+        """Samples at 16 kHz whose WavLM frames are exactly ``[start, stop)``."""
+        return self.start * HOP, (self.stop - 1) * HOP + RECEPTIVE_FIELD
+
+
+def plan(total: int, core: int, context: int) -> list[Window]:
+    """Windows covering frames ``[0, total)``; a single whole window when it fits in ``core + 2 * context``."""
+    if core < 1 or context < 0:
+        raise ValueError(f"window core must be >= 1 and context >= 0 frames, got {core} and {context}")
+    if total <= core + 2 * context:
+        return [Window(0, total, 0, total)]
+    windows = []
+    for keep_start in range(0, total, core):
+        keep_stop = min(total, keep_start + core)
+        windows.append(Window(max(0, keep_start - context), min(total, keep_stop + context), keep_start, keep_stop))
+    return windows
+
+
+def encode_windowed(
+    encode_batch: Callable[[list[Tensor]], list[Tensor]],
+    wav: Tensor,
+    *,
+    batch_size: int,
+    core: int = ENCODER_CORE,
+    context: int = ENCODER_CONTEXT,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Layer-6 frames of one long (N,) waveform at 16 kHz: (T, D) at 50 Hz, in windows of ``core`` frames.
+
+    ``encode_batch`` encodes a list of 1-D waveforms to (T_i, D) frames, each as if alone.
+    """
+    total = (wav.numel() - RECEPTIVE_FIELD) // HOP + 1
+    windows = plan(total, core, context)
+    parts: list[Tensor] = []
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        feats = encode_batch([wav[slice(*w.sample_span())] for w in group])
+        for w, f in zip(group, feats, strict=True):
+            parts.append(f[w.keep_start - w.start : w.keep_stop - w.start])
+        if progress is not None:
+            progress("encode", first + len(group), len(windows))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def vocode_windowed(
+    vocode_batch: Callable[[Tensor], Tensor],
+    features: Tensor,
+    *,
+    hop: int,
+    batch_size: int,
+    core: int = VOCODER_CORE,
+    context: int = VOCODER_CONTEXT,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Waveform for (T, D) frames: (T * hop,) samples, vocoded in windows of ``core`` frames.
+
+    ``vocode_batch`` maps (B, T_w, D) frames to (B, T_w * hop) samples. Windows of equal length are batched.
+    """
+    windows = plan(features.shape[0], core, context)
+    out = torch.empty(features.shape[0] * hop, dtype=torch.float32, device=features.device)
+    groups: dict[int, list[Window]] = {}
+    for w in windows:
+        groups.setdefault(w.stop - w.start, []).append(w)
+    done = 0
+    for same_length in groups.values():
+        for first in range(0, len(same_length), batch_size):
+            group = same_length[first : first + batch_size]
+            wavs = vocode_batch(torch.stack([features[w.start : w.stop] for w in group]))
+            for w, y in zip(group, wavs, strict=True):
+                lo, hi = (w.keep_start - w.start) * hop, (w.keep_stop - w.start) * hop
+                out[w.keep_start * hop : w.keep_stop * hop] = y[lo:hi].float()
+            done += len(group)
+            if progress is not None:
+                progress("vocode", done, len(windows))
+    return out
+
+
+def seams(windows: Sequence[Window]) -> list[int]:
+    """Frame indices where one window's kept frames end and the next one's begin."""
+    return [w.keep_stop for w in windows[:-1]]

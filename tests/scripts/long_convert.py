@@ -1,0 +1,74 @@
+"""Convert a long synthetic input on CPU with micro models and report peak memory (run as a subprocess).
+
+usage: python tests/scripts/long_convert.py SOURCE.wav OUT.wav
+Prints JSON: the resident memory just before the conversion and the peak during it (bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import WavLMConfig, WavLMModel
+
+from knnvc.constants import SAMPLE_RATE
+from knnvc.encoder import WavLMEncoder
+from knnvc.pipeline import KnnVC
+from vocoder import Generator, HifiganConfig
+
+
+def micro_pipeline() -> KnnVC:
+    torch.manual_seed(0)
+    config = WavLMConfig(
+        conv_dim=[16] * 7,
+        conv_bias=True,
+        feat_extract_norm="layer",
+        hidden_size=32,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        intermediate_size=64,
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    encoder = WavLMEncoder(WavLMModel(config), name="micro")
+    vocoder = Generator(
+        HifiganConfig(
+            input_dim=32,
+            hidden_dim=8,
+            upsample_initial_channel=16,
+            resblock_kernel_sizes=(3,),
+            resblock_dilation_sizes=((1,),),
+        )
+    ).fold_weight_norm()
+    return KnnVC(encoder, vocoder.eval(), device="cpu", window_seconds=5, context_seconds=1, batch_size=4)
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def main() -> None:
+    source, out = Path(sys.argv[1]), Path(sys.argv[2])
+    vc = micro_pipeline()
+    rng = np.random.default_rng(0)
+    ref = (0.1 * rng.standard_normal(30 * SAMPLE_RATE)).astype(np.float32)
+    voice = vc.build_voice(ref, sample_rate=SAMPLE_RATE, trim=False)
+    vc.convert(ref, voice, sample_rate=SAMPLE_RATE)  # warm-up: allocator pools, lazy imports
+    before = current_rss()
+    assert peak_rss() < before + 64 * 2**20, "the warm-up peak must not hide the conversion's"
+    vc.convert_file(source, voice, out, loudness=None if "--no-loudness" in sys.argv else -16.0)
+    print(json.dumps({"rss_before": before, "rss_peak": peak_rss()}))
+
+
+if __name__ == "__main__":
+    main()
