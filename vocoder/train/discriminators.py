@@ -7,8 +7,10 @@ Both take a batch of waveforms (B, 1, N) and return, per sub-discriminator, its 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 LRELU_SLOPE = 0.1
@@ -59,6 +61,7 @@ class ScaleDiscriminator(nn.Module):
 
     def __init__(self, scale: float = 1.0, use_spectral_norm: bool = False) -> None:
         super().__init__()
+        self.use_spectral_norm = use_spectral_norm
         norm = spectral_norm if use_spectral_norm else weight_norm
         c = [_channels(16, scale, 4)] + [_channels(w, scale, 16) for w in (64, 256, 1024, 1024, 1024)]
         self.convs = nn.ModuleList(
@@ -74,7 +77,20 @@ class ScaleDiscriminator(nn.Module):
         self.conv_post = norm(nn.Conv1d(c[5], 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """(B, 1, N) -> score (B, L) and feature maps."""
+        """(B, 1, N) -> score (B, L) and feature maps.
+
+        Spectral norm's weights are computed once per call in fp32, outside any autocast: under CUDA autocast
+        its power iteration's ``mv`` would run in bf16 and its ``vdot`` with the fp32 vector ``u`` would fail.
+        """
+        if not self.use_spectral_norm:
+            return self._forward(x)
+        with parametrize.cached():
+            with torch.autocast(x.device.type, enabled=False):
+                for conv in [*self.convs, self.conv_post]:
+                    conv.weight  # noqa: B018 - fills the cache
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         fmaps: list[Tensor] = []
         for conv in self.convs:
             x = F.leaky_relu(conv(x), LRELU_SLOPE)
