@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knnvc import audio
-from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import AudioError, KnnvcError, OutputError, UsageError
 
 if TYPE_CHECKING:
@@ -205,7 +204,7 @@ def run(
                 notify(Progress("skip", i, len(jobs), job))
                 continue
             notify(Progress("start", i, len(jobs), job))
-            event = _convert_one(vc, job, voice, output_sample_rate or SAMPLE_RATE, options, report)
+            event = _convert_one(vc, job, voice, output_sample_rate or vc.sample_rate, options, report)
             notify(Progress(event[0], i, len(jobs), job, seconds=event[1], audio_seconds=event[2], error=event[3]))
     except KeyboardInterrupt:
         report.interrupted = True
@@ -220,12 +219,12 @@ def _convert_one(
     t0 = time.perf_counter()
     try:
         wav = vc.convert(job.source, voice, **options)
-        audio.save(job.output, wav, sample_rate=rate, source_rate=SAMPLE_RATE)
+        audio.save(job.output, wav, sample_rate=rate, source_rate=vc.sample_rate)
     except KnnvcError as exc:
         log.debug("failed: %s", job.source, exc_info=True)
         report.failed.append(Failure(job.source, exc))
         return "fail", time.perf_counter() - t0, 0.0, exc
-    seconds = len(wav) / SAMPLE_RATE
+    seconds = len(wav) / vc.sample_rate
     report.converted.append(job)
     report.audio_seconds += seconds
     return "done", time.perf_counter() - t0, seconds, None

@@ -15,6 +15,7 @@ import logging
 import types
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,7 @@ def _fused_attention(
 def use_fused_attention(model: WavLMModel) -> None:
     """Route every attention layer of ``model`` through ``_fused_attention`` (in place)."""
     for layer in model.encoder.layers:
-        attention = layer.attention
+        attention: Any = layer.attention
         attention.torch_multi_head_self_attention = types.MethodType(_fused_attention, attention)
 
 

@@ -29,7 +29,6 @@ from knnvc.constants import (
     DEFAULT_VOCODER,
     DEFAULT_WAVLM,
     FRAME_RATE,
-    HOP,
     RECEPTIVE_FIELD,
     SAMPLE_RATE,
 )
@@ -291,6 +290,11 @@ class KnnVC(VoiceBuilder):
             **window,
         )
 
+    @property
+    def sample_rate(self) -> int:
+        """Output rate of ``convert`` and ``vocode``: the vocoder's (16 kHz for the published ones)."""
+        return int(self.vocoder.config.sample_rate)
+
     def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
         """kNN regression of (T, D) source frames onto the voice's matching set -> (T, D) fp32."""
         voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
@@ -304,7 +308,7 @@ class KnnVC(VoiceBuilder):
         return self.vocoder(features.to(self.dtype)).reshape(features.shape[0], -1)
 
     def vocode(self, features: Tensor, progress: windows.Progress | None = None) -> np.ndarray:
-        """(T, D) frames at 50 Hz -> (T * 320,) float32 waveform at 16 kHz, in windows of 10 s."""
+        """(T, D) frames at 50 Hz -> (T * hop,) float32 waveform at ``sample_rate``, in windows of 10 s."""
         wav = windows.vocode_windowed(
             self._vocode_batch,
             features.to(self.device),
@@ -337,14 +341,15 @@ class KnnVC(VoiceBuilder):
             progress: called as ``progress(stage, done, total)`` over the windows of a long source.
 
         Returns:
-            (N,) float32 at 16 kHz, as long as the source: the vocoder covers its whole 20 ms frames and the
-            remaining < 25 ms tail is silence.
+            (N,) float32 at ``self.sample_rate`` (the vocoder's, 16 kHz for the published ones), as long as the
+            source: the vocoder covers its whole 20 ms frames and the remaining < 25 ms tail is silence.
         """
         voice = self.voice_from(target, trim=trim)
         wav = self.load_audio(source, sample_rate)
         features = self.encode_many([wav], progress=progress)[0]
         out = self.vocode(self.match(features, voice, k), progress=progress)
-        out = np.pad(out, (0, len(wav) - len(features) * HOP))
+        # Pad the < 25 ms tail the vocoder's whole frames do not cover, so the output is as long as the source.
+        out = np.pad(out, (0, max(0, round(len(wav) * self.sample_rate / SAMPLE_RATE) - len(out))))
         return audio.normalise_loudness(out, loudness) if loudness is not None else out
 
     def convert_file(
@@ -353,9 +358,13 @@ class KnnVC(VoiceBuilder):
         target: Voice | AudioInput | Sequence[AudioInput],
         output: str | os.PathLike,
         *,
-        output_sample_rate: int = SAMPLE_RATE,
+        output_sample_rate: int | None = None,
         **options: object,
     ) -> Path:
-        """Convert ``source`` and write it atomically to ``output`` (format from the extension)."""
+        """Convert ``source`` and write it atomically to ``output`` (format from the extension).
+
+        ``output_sample_rate`` defaults to the vocoder's rate; other rates are resampled with soxr.
+        """
         wav = self.convert(source, target, **options)  # type: ignore[arg-type]
-        return audio.save(Path(output), wav, sample_rate=output_sample_rate, source_rate=SAMPLE_RATE)
+        rate = output_sample_rate or self.sample_rate
+        return audio.save(Path(output), wav, sample_rate=rate, source_rate=self.sample_rate)
