@@ -24,7 +24,8 @@ from bench.layouts import write_prematch_vocoder, write_wavlm_large
 from bench.reference import ReferenceMode, full_wavlm
 from knnvc import batch
 from knnvc.checkpoints import load_encoder, load_vocoder
-from knnvc.pipeline import KnnVC, resolve_device
+from knnvc.devices import resolve_device
+from knnvc.pipeline import KnnVC
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

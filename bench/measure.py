@@ -17,8 +17,9 @@ import torch
 
 from knnvc import audio, windows
 from knnvc.checkpoints import load_encoder, load_vocoder
+from knnvc.devices import PRECISIONS
 from knnvc.matcher import knn_indices
-from knnvc.pipeline import PRECISIONS, KnnVC, VoiceBuilder
+from knnvc.pipeline import KnnVC, VoiceBuilder
 from knnvc.voice import Voice
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"

@@ -32,8 +32,9 @@ from knnvc.constants import (
     RECEPTIVE_FIELD,
     SAMPLE_RATE,
 )
+from knnvc.devices import resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames
-from knnvc.errors import AudioError, DeviceError, UsageError
+from knnvc.errors import AudioError, UsageError
 from knnvc.matcher import knn_regression
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
 from vocoder import Generator
@@ -41,37 +42,6 @@ from vocoder import Generator
 log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent raises ``DeviceError``."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("--device mps was asked for, but this machine has no MPS backend; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` is fp32 on CPU/MPS and bf16 on CUDA; half precisions are refused on CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
-    if device.type == "cpu" and precision != "fp32":
-        raise UsageError(f"--precision {precision} needs a GPU; on CPU use fp32")
-    return PRECISIONS[precision]
 
 
 def file_sha256(path: Path) -> str:
@@ -346,11 +316,28 @@ class KnnVC(VoiceBuilder):
         """
         voice = self.voice_from(target, trim=trim)
         wav = self.load_audio(source, sample_rate)
-        features = self.encode_many([wav], progress=progress)[0]
-        out = self.vocode(self.match(features, voice, k), progress=progress)
-        # Pad the < 25 ms tail the vocoder's whole frames do not cover, so the output is as long as the source.
-        out = np.pad(out, (0, max(0, round(len(wav) * self.sample_rate / SAMPLE_RATE) - len(out))))
-        return audio.normalise_loudness(out, loudness) if loudness is not None else out
+        return self.convert_batch([wav], voice, k=k, loudness=loudness, progress=progress)[0]
+
+    def convert_batch(
+        self,
+        wavs: Sequence[np.ndarray],
+        voice: Voice,
+        *,
+        k: int = DEFAULT_K,
+        loudness: float | None = DEFAULT_LOUDNESS,
+        progress: windows.Progress | None = None,
+    ) -> list[np.ndarray]:
+        """Convert several (N_i,) 16 kHz waveforms against one voice, encoding them in length-sorted batches.
+
+        Each result equals ``convert`` of that waveform alone: (N_i,) float32 at ``self.sample_rate``.
+        """
+        outputs = []
+        for wav, features in zip(wavs, self.encode_many(wavs, progress=progress), strict=True):
+            out = self.vocode(self.match(features, voice, k), progress=progress)
+            # Pad the < 25 ms tail that whole vocoder frames do not cover: the output is as long as the source.
+            out = np.pad(out, (0, max(0, round(len(wav) * self.sample_rate / SAMPLE_RATE) - len(out))))
+            outputs.append(audio.normalise_loudness(out, loudness) if loudness is not None else out)
+        return outputs
 
     def convert_file(
         self,

@@ -12,7 +12,7 @@ def system_info(device: str = "auto") -> dict[str, Any]:
     import transformers
 
     from knnvc import __version__, weights
-    from knnvc.pipeline import resolve_device
+    from knnvc.devices import resolve_device
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     rows = [

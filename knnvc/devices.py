@@ -1,0 +1,39 @@
+"""Devices and precisions: what ``auto`` means, and clear errors for devices that are not there."""
+
+from __future__ import annotations
+
+import torch
+
+from knnvc.errors import DeviceError, UsageError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent raises ``DeviceError``."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("--device mps was asked for, but this machine has no MPS backend; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp32 on CPU/MPS and bf16 on CUDA; half precisions are refused on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    if device.type == "cpu" and precision != "fp32":
+        raise UsageError(f"--precision {precision} needs a GPU; on CPU use fp32")
+    return PRECISIONS[precision]
