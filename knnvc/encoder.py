@@ -175,11 +175,14 @@ class WavLMEncoder(nn.Module):
                     f"audio of {wav.numel()} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, "
                     "25 ms at 16 kHz)"
                 )
-        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long, device=self.device)
-        padded = torch.zeros(len(wavs), int(lengths.max()), dtype=self.dtype, device=self.device)
+        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+        # Assemble the batch on the host (pinned when a GPU waits for it), then copy it over in one transfer.
+        on_gpu = self.device.type == "cuda"
+        padded = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32, pin_memory=on_gpu)
         for i, wav in enumerate(wavs):
-            padded[i, : wav.numel()] = wav.to(self.device, self.dtype)
-        feats, frames = self(padded, lengths)
+            padded[i, : wav.numel()] = wav
+        padded = padded.to(self.device, non_blocking=on_gpu)
+        feats, frames = self(padded, lengths.to(self.device))
         return [feats[i, : int(frames[i])] for i in range(len(wavs))]
 
     def encode(self, wav: Tensor) -> Tensor:
