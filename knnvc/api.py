@@ -158,6 +158,10 @@ def convert(
     from knnvc import audio
 
     check_options(k=k, output_sample_rate=output_sample_rate, batch_size=batch_size)
+    if output is not None and Path(output).suffix.lower() not in audio.OUTPUT_FORMATS:
+        raise UsageError(f"{output}: output files end in {', '.join(audio.OUTPUT_FORMATS)}")
+    if sample_rate is None and not isinstance(source, (str, os.PathLike)):
+        raise UsageError("an in-memory source (array or tensor) needs its sample_rate")
     vc = load_pipeline(
         wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline
     )

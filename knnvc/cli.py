@@ -134,11 +134,13 @@ def convert(
     """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume."""
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
-        from knnvc import api, batch
+        from knnvc import api
+
+        target_lufs = parse_loudness(loudness)  # bad values fail here, before anything heavy is imported
+        api.check_options(k=k, output_sample_rate=sample_rate, batch_size=batch_size)
+        from knnvc import batch
         from knnvc.voice import VOICE_SUFFIX, Voice
 
-        target_lufs = parse_loudness(loudness)
-        api.check_options(k=k, output_sample_rate=sample_rate, batch_size=batch_size)
         saved = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else None
         name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
         jobs = batch.plan(source, output, name, extension=fmt)

@@ -1,0 +1,169 @@
+"""``knnvc.convert`` for one-off use (paths, arrays, tensors, saved voices), its model cache, and the Python
+route to every CLI command (voices, batches, info, download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+import knnvc
+from knnvc import api, batch
+from knnvc.errors import DeviceError, UsageError
+from knnvc.pipeline import KnnVC
+from knnvc.voice import Voice
+from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
+
+TINY: dict[str, Any] = {"wavlm": TINY_WAVLM, "vocoder": TINY_VOCODER, "device": "cpu"}
+REFS = sorted(REF_DIR.glob("*.wav"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny models gain nothing from threads; on shared cores torch's spinning threads cost 5-10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vc() -> KnnVC:
+    return api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def expected(vc: KnnVC) -> np.ndarray:
+    """The pipeline object used directly: references untrimmed, default k and loudness."""
+    return vc.convert(SOURCE_WAV, vc.build_voice(REF_DIR, trim=False))
+
+
+def test_lazy_export() -> None:
+    assert knnvc.convert is api.convert
+
+
+def test_paths(expected: np.ndarray) -> None:
+    assert np.array_equal(knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, **TINY), expected)
+    refs = [str(p) for p in REFS]
+    assert np.array_equal(knnvc.convert(str(SOURCE_WAV), refs, trim=False, **TINY), expected)
+
+
+def test_same_as_a_fresh_pipeline(expected: np.ndarray) -> None:
+    fresh = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    assert np.array_equal(fresh.convert(SOURCE_WAV, fresh.build_voice(REF_DIR, trim=False)), expected)
+
+
+def test_arrays_and_tensors(tmp_path: Path, expected: np.ndarray) -> None:
+    pcm, rate = sf.read(SOURCE_WAV, dtype="int16")
+    assert np.array_equal(knnvc.convert(pcm, REF_DIR, sample_rate=rate, trim=False, **TINY), expected)
+    mono = soxr.resample(pcm.astype(np.float32) / 32768, rate, 44_100).astype(np.float32)
+    stereo = np.stack([mono, 0.25 * mono], axis=1)  # (N, 2) at 44.1 kHz
+    sf.write(tmp_path / "stereo.wav", stereo, 44_100, subtype="FLOAT")
+    from_file = knnvc.convert(tmp_path / "stereo.wav", REF_DIR, trim=False, **TINY)
+    from_array = knnvc.convert(stereo, REF_DIR, sample_rate=44_100, trim=False, **TINY)
+    from_tensor = knnvc.convert(torch.from_numpy(stereo.T.copy()), REF_DIR, sample_rate=44_100, trim=False, **TINY)
+    assert np.array_equal(from_array, from_file) and np.array_equal(from_tensor, from_file)
+    refs = [sf.read(p, dtype="float32")[0] for p in REFS]
+    for reference in (refs, [torch.from_numpy(r) for r in refs]):
+        wav = knnvc.convert(SOURCE_WAV, reference, reference_sample_rate=16_000, trim=False, **TINY)
+        assert np.array_equal(wav, expected)
+
+
+def test_in_memory_audio_needs_its_rate() -> None:
+    with pytest.raises(UsageError, match="sample_rate"):
+        knnvc.convert(np.zeros(16_000, np.float32), REF_DIR, **TINY)
+    with pytest.raises(UsageError, match="sample_rate"):
+        knnvc.convert(SOURCE_WAV, [np.zeros(16_000, np.float32)], trim=False, **TINY)
+
+
+def test_output_file_and_rate(tmp_path: Path, expected: np.ndarray) -> None:
+    out = tmp_path / "deep" / "out.flac"
+    wav = knnvc.convert(SOURCE_WAV, REF_DIR, output=out, output_sample_rate=24_000, trim=False, **TINY)
+    assert len(wav) == round(len(expected) * 1.5)
+    written, rate = sf.read(out, dtype="float32")
+    assert rate == 24_000 and len(written) == len(wav)
+    assert np.abs(written - np.clip(wav, -1, 1)).max() < 1e-6  # 24-bit FLAC
+    with pytest.raises(UsageError, match="output files end in"):
+        knnvc.convert(SOURCE_WAV, REF_DIR, output=tmp_path / "out.mp3", **TINY)
+
+
+def test_saved_voice(tmp_path: Path, expected: np.ndarray) -> None:
+    builder = api.load_voice_builder(TINY_WAVLM, device="cpu")
+    voice = builder.build_voice(REF_DIR, trim=False, name="alice")
+    path = voice.save(tmp_path / "alice.voice")
+    assert np.array_equal(knnvc.convert(SOURCE_WAV, path, **TINY), expected)
+    assert np.array_equal(knnvc.convert(SOURCE_WAV, Voice.load(path), **TINY), expected)
+    assert Voice.load(path).metadata()["name"] == "alice"
+
+
+def test_options_and_progress(vc: KnnVC, expected: np.ndarray) -> None:
+    events: list[tuple[str, int, int]] = []
+    wav = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, progress=lambda *e: events.append(e), **TINY)
+    assert np.array_equal(wav, expected) and ("vocode", 1, 1) in events
+    raw = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, loudness=None, k=2, **TINY)
+    assert np.array_equal(raw, vc.convert(SOURCE_WAV, vc.build_voice(REF_DIR, trim=False), loudness=None, k=2))
+    with pytest.raises(UsageError, match="k must be at least 1"):
+        knnvc.convert(SOURCE_WAV, REF_DIR, k=0, **TINY)
+    with pytest.raises(UsageError, match="sample rate"):
+        knnvc.convert(SOURCE_WAV, REF_DIR, output_sample_rate=100, **TINY)
+    with pytest.raises(UsageError, match="needs a GPU"):
+        knnvc.convert(SOURCE_WAV, REF_DIR, precision="fp16", **TINY)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_absent_device() -> None:
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        knnvc.convert(SOURCE_WAV, REF_DIR, wavlm=TINY_WAVLM, vocoder=TINY_VOCODER, device="cuda")
+
+
+def test_model_cache(tmp_path: Path, vc: KnnVC) -> None:
+    again = api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="auto" if not torch.cuda.is_available() else "cpu",
+                              batch_size=2)  # fmt: skip
+    assert again.encoder is vc.encoder and again.vocoder is vc.vocoder and again.batch_size == 2
+    assert api.load_voice_builder(TINY_WAVLM, device="cpu").encoder is vc.encoder
+    copy = tmp_path / "vocoder.pt"
+    shutil.copy(TINY_VOCODER, copy)
+    shutil.copy(TINY_VOCODER.parent / "config.json", tmp_path / "config.json")
+    first = api.load_pipeline(TINY_WAVLM, copy, device="cpu").vocoder
+    assert api.load_pipeline(TINY_WAVLM, copy, device="cpu").vocoder is first
+    os.utime(copy, ns=(0, 1))  # an edited checkpoint is loaded again
+    assert api.load_pipeline(TINY_WAVLM, copy, device="cpu").vocoder is not first
+    api.clear_cache()
+    assert api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu").encoder is not vc.encoder
+
+
+def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
+    """What `knnvc convert FOLDER REF -o OUT` does, step by step."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(SOURCE_WAV, src / "one.wav")
+    shutil.copy(REFS[0], src / "sub" / "two.wav")
+    voice = vc.build_voice(REF_DIR, trim=False)
+    jobs = batch.plan(src, tmp_path / "out", voice.name, extension="flac")
+    assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["one.flac", "sub/two.flac"]
+    chunks: list[tuple[str, int, int]] = []
+    events: list[batch.Progress] = []
+    report = batch.run(vc, jobs, voice, progress=events.append, on_chunk=lambda *c: chunks.append(c), k=4)
+    assert report.ok and len(report.converted) == 2 and report.audio_seconds > 6
+    assert [e.stage for e in events] == ["start", "done", "start", "done"] and ("vocode", 1, 1) in chunks
+    assert report.summary()["realtime_factor"] == pytest.approx(report.wall_seconds / report.audio_seconds, rel=1e-2)
+    assert batch.pending(jobs) == [] and len(batch.pending(jobs, overwrite=True)) == 2
+    assert batch.run(vc, jobs, voice).summary()["skipped"] == 2
+
+
+def test_info_and_download_from_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from knnvc import weights
+    from knnvc.sysinfo import system_info
+
+    monkeypatch.setenv("KNNVC_CACHE", str(tmp_path))
+    data = system_info("cpu")
+    assert data["device"] == "cpu" and data["knnvc_cache"] == str(tmp_path) and data["weights"]
+    assert callable(weights.download_all)
