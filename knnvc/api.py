@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE
+from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -33,11 +33,11 @@ _MODELS: dict[tuple[str, str, str, str], Any] = {}
 """(kind, weights key, device, dtype) -> a loaded encoder or vocoder, on that device in that precision."""
 
 
-def check_options(*, k: int = DEFAULT_K, output_sample_rate: int = SAMPLE_RATE, batch_size: int = 1) -> None:
+def check_options(*, k: int = DEFAULT_K, output_sample_rate: int | None = None, batch_size: int = 1) -> None:
     """Raise ``UsageError`` for option values that cannot work, before any model is loaded."""
     if k < 1:
         raise UsageError(f"k must be at least 1 (neighbours averaged per frame), got {k}")
-    if not MIN_SAMPLE_RATE <= output_sample_rate <= MAX_SAMPLE_RATE:
+    if output_sample_rate is not None and not MIN_SAMPLE_RATE <= output_sample_rate <= MAX_SAMPLE_RATE:
         raise UsageError(
             f"output sample rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, got {output_sample_rate}"
         )
@@ -128,7 +128,7 @@ def convert(
     sample_rate: int | None = None,
     reference_sample_rate: int | None = None,
     output: str | os.PathLike[str] | None = None,
-    output_sample_rate: int = SAMPLE_RATE,
+    output_sample_rate: int | None = None,
     k: int = DEFAULT_K,
     loudness: float | None = DEFAULT_LOUDNESS,
     trim: bool = True,
@@ -147,7 +147,8 @@ def convert(
         reference: a ``Voice``, a ``.voice`` file, reference audio (a file, a folder, arrays/tensors with
             ``reference_sample_rate``) or a list of those.
         output: also write the result here, atomically (format from the extension: .wav, .flac, .ogg).
-        output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default 16 kHz.
+        output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default: the vocoder's
+            (16 kHz for the published ones).
         k, loudness, trim: as for ``KnnVC.convert`` (``loudness=None`` keeps the vocoder's level).
         wavlm, vocoder, device, precision, batch_size, offline: as for ``KnnVC.from_pretrained``.
         progress: ``progress(stage, done, total)`` over the windows of long audio.
@@ -168,9 +169,10 @@ def convert(
     voice = resolve_voice(vc, reference, trim=trim, sample_rate=reference_sample_rate)
     extra: dict[str, Any] = {} if progress is None else {"progress": progress}
     wav = vc.convert(source, voice, k=k, loudness=loudness, sample_rate=sample_rate, **extra)
+    rate = output_sample_rate or vc.sample_rate
     if output is not None:
-        audio.save(Path(output), wav, sample_rate=output_sample_rate, source_rate=SAMPLE_RATE)
-    return resample(wav, SAMPLE_RATE, output_sample_rate)
+        audio.save(Path(output), wav, sample_rate=rate, source_rate=vc.sample_rate)
+    return resample(wav, vc.sample_rate, rate)
 
 
 def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

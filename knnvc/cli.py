@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import KnnvcError, UsageError
 
 if TYPE_CHECKING:
@@ -120,7 +120,9 @@ def convert(
     k: Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")] = DEFAULT_K,
     trim: TrimOpt = True,
     loudness: Annotated[str, typer.Option("--loudness", help="Output loudness in LUFS, or 'none'.")] = "-16",
-    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Output sample rate in Hz (soxr).")] = SAMPLE_RATE,
+    sample_rate: Annotated[
+        int | None, typer.Option("--sample-rate", help="Output rate in Hz (soxr) [default: the vocoder's, 16000].")
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
@@ -273,6 +275,8 @@ def download(
 
         from knnvc import weights
 
+        for name in names or []:
+            weights.get_entry(name)  # unknown names fail before anything is drawn
         columns = (TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=err, transient=True) as bar:
 
@@ -295,13 +299,13 @@ def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
         if json_out:
             typer.echo(json.dumps(data, indent=2))
             return
-        from rich.table import Table
+        from rich.table import Column, Table
 
         table = Table(show_header=False, box=None)
         for key in ("knnvc", "python", "torch", "transformers", "device", "cuda", "knnvc_cache", "hf_cache", "offline"):
             table.add_row(key, str(data[key]))
         out.print(table)
-        weights = Table("weights", "kind", "cached", "where")
+        weights = Table("weights", "kind", "cached", Column("where", overflow="fold"))
         for row in data["weights"]:
             weights.add_row(row["name"], row["kind"], "yes" if row["cached"] else "no", row["path"] or row["source"])
         out.print(weights)
@@ -349,13 +353,13 @@ def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], jso
         if json_out:
             typer.echo(json.dumps(meta, indent=2))
             return
-        from rich.table import Table
+        from rich.table import Column, Table
 
         table = Table(show_header=False, box=None)
         for key in ("name", "encoder", "encoder_fingerprint", "layer", "frames", "dim", "speech_seconds", "created"):
             table.add_row(key, str(meta[key]))
         out.print(table)
-        sources = Table("source", "seconds", "sha256")
+        sources = Table(Column("source", overflow="fold"), "seconds", "sha256")
         for src in meta["sources"]:
             sources.add_row(src["path"], f"{src['seconds']:.2f}", src["sha256"][:16])
         out.print(sources)

@@ -430,3 +430,23 @@ def test_subprocesses(tmp_path: Path, saved_voice: Path) -> None:
     stdout, stderr, code = done["bad"]
     assert code == UsageError.exit_code and stdout == ""
     assert stderr.splitlines() == ["error: --loudness takes a LUFS value such as -16, or 'none'; got 'abc'"]
+
+
+def test_progress_view_tracks_files_and_windows(tmp_path: Path) -> None:
+    from knnvc import batch
+    from knnvc.cli import BatchView
+
+    jobs = [batch.Job(SOURCE_WAV, tmp_path / "a.wav"), batch.Job(REF_DIR / "ref_01.wav", tmp_path / "b.wav")]
+    with BatchView(jobs, show=True, verbose=False) as view:
+        assert view.bar is not None
+        files, windows = view.bar.tasks
+        assert files.total == pytest.approx(SOURCE_SECONDS + sf.info(str(REF_DIR / "ref_01.wav")).duration)
+        view.on_event(batch.Progress("start", 0, 2, jobs[0]))
+        view.on_chunk("encode", 1, 3)  # a long file: its windows get their own bar
+        assert windows.visible and (windows.completed, windows.total) == (1, 3) and "encode" in windows.description
+        view.on_event(batch.Progress("done", 0, 2, jobs[0], seconds=0.5, audio_seconds=SOURCE_SECONDS))
+        assert not windows.visible and files.completed == pytest.approx(SOURCE_SECONDS)
+        assert files.fields["info"] == "1/2 files"
+    with BatchView(jobs, show=False, verbose=False) as quiet:
+        quiet.on_chunk("vocode", 1, 2)
+        assert quiet.bar is None
