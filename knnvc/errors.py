@@ -1,12 +1,50 @@
-"""Typed errors. The CLI maps each class to one line and one exit code; nothing below it exits."""
+"""Typed errors. The CLI maps each class to one line and one exit code; nothing below it exits.
+
+Every message is one line that names the file (or option) at fault and says what to do about it.
+
+Exit codes of the ``knnvc`` command (also in the README, "Errors and exit codes"):
+
+==== ======================= ==========================================================================
+code meaning                 raised by / when
+==== ======================= ==========================================================================
+0    success                 every file converted, or was already there (skipped)
+1    some files failed       a batch ran to the end but some files could not be converted; each is
+                             listed on stderr (``failed: FILE: why``) and in ``--json``'s ``failures``
+2    ``UsageError``          an option or argument that cannot work (also typer's own usage errors)
+3    ``AudioError``          a source or reference that is missing, not audio, corrupt, empty, too
+                             short (< 400 samples at 16 kHz), NaN/Inf, or a reference with no speech
+4    ``WeightsError``        model weights missing, not cached while offline, corrupt, or pickled code
+5    ``VoiceError``          a ``.voice`` file that is unreadable or built with another encoder
+6    ``OutputError``         an output that cannot be written; ``DiskFullError`` (a full disk) also
+                             stops a batch at once, keeping the files already written
+7    ``DeviceError``         a device that is absent, or out of memory even at batch 1 and the
+                             smallest window
+130  interrupted             Ctrl-C (SIGINT) or SIGTERM: the file being written is abandoned (never
+                             half-written), finished files are kept, and rerunning resumes
+==== ======================= ==========================================================================
+
+SIGTERM deliberately reuses 130 rather than 143: for knnvc both mean "stopped on request, rerun to resume",
+and a script needs to test one code. (Before a batch starts, while models load, SIGTERM keeps its default
+action and ends the process, which has written nothing yet.)
+"""
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # a batch finished, but some of its files failed
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM (128 + SIGINT)
+
 
 class KnnvcError(Exception):
-    """Base class of every error knnvc raises on purpose."""
+    """Base class of every error knnvc raises on purpose. Its message is always one line."""
 
     exit_code: int = 1
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if "\n" not in text and "\r" not in text:
+            return text
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 class UsageError(KnnvcError):
@@ -39,7 +77,25 @@ class OutputError(KnnvcError):
     exit_code = 6
 
 
+class DiskFullError(OutputError):
+    """The disk (or quota) is full. A batch stops at once: every later file would fail the same way."""
+
+
 class DeviceError(KnnvcError):
     """A requested device that is absent, or a run that did not fit in its memory."""
 
     exit_code = 7
+
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_PARTIAL: "some files in a batch failed",
+    UsageError.exit_code: "usage error",
+    AudioError.exit_code: "bad input audio",
+    WeightsError.exit_code: "weights missing or corrupt",
+    VoiceError.exit_code: "bad or incompatible voice",
+    OutputError.exit_code: "cannot write an output",
+    DeviceError.exit_code: "device absent or out of memory",
+    EXIT_INTERRUPTED: "interrupted (SIGINT or SIGTERM)",
+}
+"""Every exit status ``knnvc`` uses, and what it means."""

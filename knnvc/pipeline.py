@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from knnvc import audio, windows
+from knnvc import audio, oom, windows
 from knnvc.constants import (
     DEFAULT_K,
     DEFAULT_LOUDNESS,
@@ -89,7 +89,7 @@ class VoiceBuilder:
     def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """A path, array or tensor -> (N,) float32 mono at 16 kHz. Arrays and tensors need ``sample_rate``."""
         if isinstance(source, (str, os.PathLike)):
-            return audio.load(Path(source))
+            return audio.load(Path(source), min_samples=RECEPTIVE_FIELD)
         if sample_rate is None:
             raise UsageError("in-memory audio needs its sample_rate")
         return audio.to_mono_16k(source, sample_rate)
@@ -101,9 +101,11 @@ class VoiceBuilder:
         """Layer-6 features of one input: (T, D) at 50 Hz, fp32, on the pipeline's device."""
         return self.encode_many([self.load_audio(source, sample_rate)], progress=progress)[0]
 
+    @oom.splits_batches("encoding")  # out of memory: halve the batch, then (below) the window
     def _encode_batch(self, wavs: list[Tensor]) -> list[Tensor]:
         return [f.float() for f in self.encoder.encode_batch(wavs)]
 
+    @oom.retries_smaller("encoding")
     def encode_many(self, wavs: Sequence[np.ndarray], progress: windows.Progress | None = None) -> list[Tensor]:
         """Encode 16 kHz mono waveforms; results keep the input order, (T_i, D) fp32 at 50 Hz.
 
@@ -265,6 +267,7 @@ class KnnVC(VoiceBuilder):
         """Output rate of ``convert`` and ``vocode``: the vocoder's (16 kHz for the published ones)."""
         return int(self.vocoder.config.sample_rate)
 
+    @oom.retries_smaller("matching")
     def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
         """kNN regression of (T, D) source frames onto the voice's matching set -> (T, D) fp32."""
         voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
@@ -274,9 +277,11 @@ class KnnVC(VoiceBuilder):
         return knn_regression(features.to(self.device, torch.float32), keys, k)
 
     @torch.inference_mode()
+    @oom.splits_batches("vocoding")
     def _vocode_batch(self, features: Tensor) -> Tensor:
         return self.vocoder(features.to(self.dtype)).reshape(features.shape[0], -1)
 
+    @oom.retries_smaller("vocoding")
     def vocode(self, features: Tensor, progress: windows.Progress | None = None) -> np.ndarray:
         """(T, D) frames at 50 Hz -> (T * hop,) float32 waveform at ``sample_rate``, in windows of 10 s."""
         wav = windows.vocode_windowed(
@@ -284,6 +289,7 @@ class KnnVC(VoiceBuilder):
             features.to(self.device),
             hop=self.vocoder.config.hop,
             batch_size=self.batch_size,
+            core=oom.vocoder_core(self),
             progress=progress,
         )
         return wav.cpu().numpy()

@@ -6,6 +6,7 @@ unpickles anything. This module does not encode audio; the pipeline builds voice
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from knnvc.constants import FRAME_RATE
-from knnvc.errors import OutputError, VoiceError
+from knnvc.errors import DiskFullError, OutputError, VoiceError
 
 FORMAT = "knnvc-voice/1"
 VOICE_SUFFIX = ".voice"
@@ -83,7 +84,10 @@ class Voice:
     def check_compatible(self, encoder_fingerprint: str, layer: int, encoder_name: str = "") -> None:
         """Raise ``VoiceError`` unless this voice was built with the same encoder weights and layer."""
         if self.layer != layer:
-            raise VoiceError(f"voice {self.name!r} holds layer-{self.layer} features; this encoder gives layer {layer}")
+            raise VoiceError(
+                f"voice {self.name!r} holds layer-{self.layer} features, this encoder gives layer {layer}; "
+                "rebuild it with `knnvc voice build`"
+            )
         if self.encoder_fingerprint != encoder_fingerprint:
             raise VoiceError(
                 f"voice {self.name!r} was built with encoder {self.encoder} (weights {self.encoder_fingerprint}), "
@@ -92,43 +96,74 @@ class Voice:
             )
 
     def save(self, path: str | Path) -> Path:
-        """Write the voice atomically as safetensors; returns the path."""
+        """Write the voice atomically as safetensors (a temporary file renamed into place); returns the path.
+
+        Raises:
+            OutputError: the file cannot be written (``DiskFullError`` when the disk is full); no partial or
+                temporary file is left behind.
+        """
         path = Path(path)
         meta = {"knnvc": json.dumps(self.metadata())}
+        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
-            try:
-                save_file({"frames": self.frames.detach().to("cpu").contiguous()}, tmp, metadata=meta)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            save_file({"frames": self.frames.detach().to("cpu").contiguous()}, tmp, metadata=meta)
+            os.replace(tmp, path)
         except OSError as exc:
-            raise OutputError(f"{path}: cannot write voice: {exc.strerror or exc}") from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"{path}: cannot write voice: the disk is full; free some space") from exc
+            raise OutputError(
+                f"{path}: cannot write voice ({exc.strerror or exc}); choose a folder you can write to"
+            ) from exc
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Voice:
-        """Read a voice written by ``save``; raise ``VoiceError`` for anything else."""
+        """Read a voice written by ``save``; raise ``VoiceError`` (one line, naming ``path``) for anything else."""
         path = Path(path)
+        if path.is_dir():
+            raise VoiceError(f"{path} is a folder, not a voice file; give a NAME.voice file")
         if not path.is_file():
-            raise VoiceError(f"{path}: no such voice file")
+            raise VoiceError(f"{path}: no such voice file; check the path or build it with `knnvc voice build`")
+        rebuild = "rebuild it with `knnvc voice build`"
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = json.loads((fh.metadata() or {})["knnvc"])
                 tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError, KeyError) as exc:
-            raise VoiceError(f"{path}: not a knnvc voice file ({exc})") from exc
-        if meta.get("format") != FORMAT or "frames" not in tensors:
-            raise VoiceError(f"{path}: not a knnvc voice file (format {meta.get('format')!r})")
-        return cls(
-            frames=tensors["frames"],
-            encoder=meta["encoder"],
-            encoder_fingerprint=meta["encoder_fingerprint"],
-            layer=int(meta["layer"]),
-            sources=tuple(SourceFile(**s) for s in meta["sources"]),
-            name=meta["name"],
-            created=meta["created"],
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise VoiceError(f"{path}: not a knnvc voice file, or a damaged one ({exc}); {rebuild}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "frames" not in tensors:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise VoiceError(f"{path}: not a knnvc voice file (format {found!r}, expected {FORMAT!r}); {rebuild}")
+        try:
+            voice = cls(
+                frames=tensors["frames"],
+                encoder=str(meta["encoder"]),
+                encoder_fingerprint=str(meta["encoder_fingerprint"]),
+                layer=int(meta["layer"]),
+                sources=tuple(SourceFile(**s) for s in meta["sources"]),
+                name=str(meta["name"]),
+                created=str(meta["created"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VoiceError(f"{path}: damaged voice metadata ({exc!r}); {rebuild}") from exc
+        _check_frames(path, voice.frames, meta.get("dim"))
+        return voice
+
+
+def _check_frames(path: Path, frames: Tensor, dim: object) -> None:
+    """A voice's frames must be a non-empty (M, D) float matrix of finite values, D as its metadata says."""
+    if frames.ndim != 2 or frames.shape[0] == 0 or not frames.is_floating_point():
+        raise VoiceError(
+            f"{path}: damaged voice (frames of shape {tuple(frames.shape)}, {frames.dtype}); "
+            "rebuild it with `knnvc voice build`"
         )
+    if dim is not None and frames.shape[1] != dim:
+        raise VoiceError(f"{path}: damaged voice ({frames.shape[1]}-d frames, metadata says {dim}); rebuild it")
+    if not bool(frames.isfinite().all()):
+        raise VoiceError(f"{path}: damaged voice (NaN or infinite frames); rebuild it with `knnvc voice build`")

@@ -354,9 +354,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise WeightsError(f"{path}: refused to load (not only tensors, or corrupt): {exc}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise WeightsError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {exc}") from exc
+        raise WeightsError(
+            f"{path}: refused to load: it holds pickled code, not only tensors, or is corrupt "
+            f"({_first_line(exc)}); use a checkpoint of plain tensors from a source you trust"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{path}: not a readable torch checkpoint, truncated or corrupt ({_first_line(exc)}); "
+            "download it again (delete the file first)"
+        ) from exc
     if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
+        raise WeightsError(f"{path}: expected a dict checkpoint, got {type(state).__name__}; check the file")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's are paragraphs)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
