@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knnvc import audio
-from knnvc.errors import AudioError, KnnvcError, OutputError, UsageError
+from knnvc.errors import AudioError, DiskFullError, KnnvcError, OutputError, UsageError
+from knnvc.interrupt import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
@@ -55,6 +56,7 @@ class Report:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     interrupted: bool = False
+    stopped: KnnvcError | None = None  # an error that ended the batch early (a full disk)
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,7 @@ class Report:
             "realtime_factor": round(self.realtime_factor, 4),
             "speed": round(self.speed, 2),
             "interrupted": self.interrupted,
+            "stopped": None if self.stopped is None else str(self.stopped),
             "outputs": [str(j.output) for j in self.converted],
             "skipped_outputs": [str(j.output) for j in self.skipped],
             "failures": [{"file": str(f.source), "error": str(f.error)} for f in self.failed],
@@ -174,6 +177,7 @@ def accepts_progress(vc: Any) -> bool:
     return "progress" in inspect.signature(vc.convert).parameters
 
 
+@sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)
 def run(
     vc: KnnVC,
     jobs: list[Job],
@@ -190,7 +194,8 @@ def run(
     ``progress`` gets a ``Progress`` event per file; ``on_chunk(stage, done, total)`` is passed to
     ``KnnVC.convert`` as its ``progress`` (windows within one file) when the pipeline supports it. ``options``
     go to ``KnnVC.convert`` (k, loudness). KeyboardInterrupt stops after the current file has been written or
-    abandoned (never half-written) and marks the report interrupted.
+    abandoned (never half-written) and marks the report interrupted; SIGTERM does the same. A full disk
+    (``DiskFullError``) stops the batch at once and is recorded as ``report.stopped``.
     """
     report = Report(total=len(jobs))
     notify = progress or (lambda event: None)
@@ -206,6 +211,9 @@ def run(
             notify(Progress("start", i, len(jobs), job))
             event = _convert_one(vc, job, voice, output_sample_rate or vc.sample_rate, options, report)
             notify(Progress(event[0], i, len(jobs), job, seconds=event[1], audio_seconds=event[2], error=event[3]))
+            if isinstance(event[3], DiskFullError):  # every later file would fail the same way
+                report.stopped = event[3]
+                break
     except KeyboardInterrupt:
         report.interrupted = True
     report.wall_seconds = time.perf_counter() - started

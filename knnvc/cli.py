@@ -259,6 +259,9 @@ def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose
     if report.interrupted:
         say("interrupted:", "yellow", "finished files are kept; rerun the same command to convert the rest")
         raise typer.Exit(EXIT_INTERRUPTED)
+    if report.stopped is not None:  # a full disk: the batch stopped at once
+        say("stopped:", "bold red", "finished files are kept; fix the error above, then rerun to convert the rest")
+        raise typer.Exit(report.stopped.exit_code)
     if report.failed:
         raise typer.Exit(report.failed[0].error.exit_code if single else EXIT_PARTIAL)
 
