@@ -8,10 +8,10 @@ Everything human goes to stderr; stdout carries only data (``--json``, ``info``,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -227,7 +227,7 @@ class BatchView:
                             visible=True, info=f"{done}/{total}")  # fmt: skip
 
 
-def _safe_duration(measure: Any, path: Path) -> float:
+def _safe_duration(measure: Callable[[Path], float], path: Path) -> float:
     """The header's duration, or 0 for a file whose header cannot be read (it will fail to convert anyway)."""
     try:
         return float(measure(path))

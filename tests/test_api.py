@@ -58,7 +58,8 @@ def test_paths(expected: np.ndarray) -> None:
 
 def test_same_as_a_fresh_pipeline(expected: np.ndarray) -> None:
     fresh = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
-    assert np.array_equal(fresh.convert(SOURCE_WAV, fresh.build_voice(REF_DIR, trim=False)), expected)
+    # Not bit-exact: CPU kernels chosen under another thread count can differ in the last bit.
+    assert np.allclose(fresh.convert(SOURCE_WAV, fresh.build_voice(REF_DIR, trim=False)), expected, rtol=0, atol=1e-5)
 
 
 def test_arrays_and_tensors(tmp_path: Path, expected: np.ndarray) -> None:
