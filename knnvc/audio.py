@@ -82,11 +82,12 @@ def load(
     if path.is_dir():
         raise AudioError(f"{path} is a folder, not an audio file; give a file inside it")
     try:
-        with sf.SoundFile(path) as file:
+        with sf.SoundFile(_native(path)) as file:
             frames_read, wav = _decode(file, path, sample_rate)
     except sf.LibsndfileError as exc:
         raise AudioError(
-            f"cannot decode {path} ({exc.error_string.rstrip('.')}); convert it to WAV or FLAC"
+            f"cannot decode {path} ({exc.error_string.rstrip('.')}); if it is audio, it is damaged: "
+            "re-export it as WAV or FLAC"
         ) from exc
     except (OSError, RuntimeError, ValueError) as exc:
         raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
@@ -153,7 +154,7 @@ class _Growable:
 def duration_seconds(path: str | os.PathLike[str]) -> float:
     """Duration of an audio file in seconds, read from its header (no decoding). Raises AudioError."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(_native(Path(path)))
     except (sf.LibsndfileError, OSError, RuntimeError) as exc:
         raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
     return float(info.frames) / float(info.samplerate)
@@ -347,6 +348,11 @@ def audio_files(folder: str | os.PathLike[str]) -> list[Path]:
         and p.is_file()
     ]
     return sorted(found)
+
+
+def _native(path: Path) -> str | bytes:
+    """The path as libsndfile takes it: bytes on POSIX, so that names which are not valid UTF-8 open too."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
 
 
 def _downmix(frames: np.ndarray) -> np.ndarray:
