@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
-from knnvc.errors import KnnvcError, UsageError
+from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError, UsageError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -37,8 +37,6 @@ app.add_typer(voice_app, name="voice")
 
 err = Console(stderr=True)
 out = Console()
-EXIT_INTERRUPTED = 130
-EXIT_PARTIAL = 1
 
 WavlmOpt = Annotated[str, typer.Option("--wavlm", help="WavLM: hub id, HF folder or original WavLM-Large.pt.")]
 VocoderOpt = Annotated[
