@@ -6,17 +6,18 @@ unpickles anything. This module does not encode audio; the pipeline builds voice
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from knnvc.constants import FRAME_RATE
@@ -104,22 +105,16 @@ class Voice:
         """
         path = Path(path)
         meta = {"knnvc": json.dumps(self.metadata())}
-        tmp: str | None = None
+        data = safetensors_bytes({"frames": self.frames.detach().to("cpu").contiguous()}, metadata=meta)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            save_file({"frames": self.frames.detach().to("cpu").contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
+            _write_atomically(path, data)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"{path}: cannot write voice: the disk is full; free some space") from exc
             raise OutputError(
                 f"{path}: cannot write voice ({exc.strerror or exc}); choose a folder you can write to"
             ) from exc
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod
@@ -167,3 +162,21 @@ def _check_frames(path: Path, frames: Tensor, dim: object) -> None:
         raise VoiceError(f"{path}: damaged voice ({frames.shape[1]}-d frames, metadata says {dim}); rebuild it")
     if not bool(frames.isfinite().all()):
         raise VoiceError(f"{path}: damaged voice (NaN or infinite frames); rebuild it with `knnvc voice build`")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary file beside ``path``, fsync it and rename it over ``path``.
+
+    Any failure or interruption (Ctrl-C, SIGTERM) removes the temporary file; ``path`` is never partial.
+    """
+    tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
