@@ -57,6 +57,7 @@ class Voice:
     sources: tuple[SourceFile, ...] = ()
     name: str = "voice"
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    origin: str = field(default="", compare=False, repr=False)  # the file it was loaded from, for messages
 
     @property
     def num_frames(self) -> int:
@@ -86,12 +87,13 @@ class Voice:
         """Raise ``VoiceError`` unless this voice was built with the same encoder weights and layer."""
         if self.layer != layer:
             raise VoiceError(
-                f"voice {self.name!r} holds layer-{self.layer} features, this encoder gives layer {layer}; "
-                "rebuild it with `knnvc voice build`"
+                f"voice {self.origin or repr(self.name)} holds layer-{self.layer} features, this encoder gives "
+                f"layer {layer}; rebuild it with `knnvc voice build`"
             )
         if self.encoder_fingerprint != encoder_fingerprint:
             raise VoiceError(
-                f"voice {self.name!r} was built with encoder {self.encoder} (weights {self.encoder_fingerprint}), "
+                f"voice {self.origin or repr(self.name)} was built with encoder {self.encoder} "
+                f"(weights {self.encoder_fingerprint}), "
                 f"not the loaded {encoder_name or 'encoder'} (weights {encoder_fingerprint}); rebuild it with "
                 "`knnvc voice build` or load the same WavLM weights"
             )
@@ -144,6 +146,7 @@ class Voice:
                 sources=tuple(SourceFile(**s) for s in meta["sources"]),
                 name=str(meta["name"]),
                 created=str(meta["created"]),
+                origin=str(path),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VoiceError(f"{path}: damaged voice metadata ({exc!r}); {rebuild}") from exc
