@@ -10,12 +10,16 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from knnvc import audio
 from knnvc.errors import AudioError, DiskFullError, KnnvcError, OutputError, UsageError
@@ -172,6 +176,89 @@ def pending(jobs: list[Job], *, overwrite: bool = False) -> list[Job]:
     return list(jobs) if overwrite else [j for j in jobs if not j.output.exists()]
 
 
+class Overlap:
+    """Decode sources ahead of the compute and write outputs behind it, in worker threads.
+
+    libsndfile, soxr and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working
+    while the next group is decoded and the last one is encoded to disk. Writes stay atomic (``audio.save``);
+    leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
+    """
+
+    def __init__(self, vc: KnnVC, rate: int, workers: int = 2) -> None:
+        self.vc, self.rate = vc, rate
+        self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
+        # One writer keeps outputs in order, so a full disk stops the batch at the first file it hits.
+        self._writers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnvc-write")
+        self._writes: list[tuple[int, Job, Future[float | None]]] = []
+        self._disk_full = threading.Event()
+        self.interrupted = False
+
+    def __enter__(self) -> Overlap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._readers.shutdown(wait=True, cancel_futures=True)
+        self._writers.shutdown(wait=True)
+
+    def _load(self, job: Job) -> np.ndarray | KnnvcError:
+        try:
+            return self.vc.load_audio(job.source)
+        except KnnvcError as exc:
+            return exc
+
+    def groups(
+        self, todo: list[tuple[int, Job]], size: int
+    ) -> Iterator[list[tuple[int, Job, np.ndarray | KnnvcError]]]:
+        """Decoded groups of up to ``size`` jobs, in order; the next group is decoded while one is used."""
+        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        futures = [[(i, job, self._readers.submit(self._load, job)) for i, job in chunk] for chunk in chunks[:1]]
+        for n in range(len(chunks)):
+            if n + 1 < len(chunks):
+                futures.append([(i, job, self._readers.submit(self._load, job)) for i, job in chunks[n + 1]])
+            yield [(i, job, future.result()) for i, job, future in futures[n]]
+            futures[n] = []
+
+    def _save(self, job: Job, wav: np.ndarray) -> float | None:
+        """Write one output; None when a full disk already stopped the batch (the job is left for a rerun)."""
+        if self._disk_full.is_set():
+            return None
+        try:
+            audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.vc.sample_rate)
+        except DiskFullError:
+            self._disk_full.set()
+            raise
+        return len(wav) / self.vc.sample_rate
+
+    def write(self, i: int, job: Job, wav: np.ndarray) -> None:
+        self._writes.append((i, job, self._writers.submit(self._save, job, wav)))
+
+    def _outcomes(self, wait: bool) -> list[tuple[int, Job, float | KnnvcError]]:
+        done: list[tuple[int, Job, float | KnnvcError]] = []
+        kept: list[tuple[int, Job, Future[float | None]]] = []
+        for i, job, future in self._writes:
+            if not (wait or future.done()):
+                kept.append((i, job, future))
+                continue
+            try:
+                seconds = future.result()
+                if seconds is not None:  # None: never attempted, the disk was full
+                    done.append((i, job, seconds))
+            except KnnvcError as exc:
+                done.append((i, job, exc))
+            except KeyboardInterrupt:  # raised inside a write: that file is abandoned (atomically), stop
+                self.interrupted = True
+        self._writes = kept
+        return done
+
+    def finished(self) -> list[tuple[int, Job, float | KnnvcError]]:
+        """Writes completed so far: (index, job, audio seconds or the error)."""
+        return self._outcomes(wait=False)
+
+    def finish(self) -> list[tuple[int, Job, float | KnnvcError]]:
+        """Wait for every write handed over and return their outcomes."""
+        return self._outcomes(wait=True)
+
+
 def accepts_progress(vc: Any) -> bool:
     """Whether ``vc.convert`` takes a ``progress`` callback (progress within one long file)."""
     return "progress" in inspect.signature(vc.convert).parameters
@@ -201,38 +288,76 @@ def run(
     notify = progress or (lambda event: None)
     if on_chunk is not None and accepts_progress(vc):
         options = {**options, "progress": on_chunk}
+    rate = output_sample_rate or vc.sample_rate
+    todo: list[tuple[int, Job]] = []
+    for i, job in enumerate(jobs):
+        if job.output.exists() and not overwrite:
+            report.skipped.append(job)
+            notify(Progress("skip", i, len(jobs), job))
+        else:
+            todo.append((i, job))
     started = time.perf_counter()
-    try:
-        for i, job in enumerate(jobs):
-            if job.output.exists() and not overwrite:
-                report.skipped.append(job)
-                notify(Progress("skip", i, len(jobs), job))
-                continue
-            notify(Progress("start", i, len(jobs), job))
-            event = _convert_one(vc, job, voice, output_sample_rate or vc.sample_rate, options, report)
-            notify(Progress(event[0], i, len(jobs), job, seconds=event[1], audio_seconds=event[2], error=event[3]))
-            if isinstance(event[3], DiskFullError):  # every later file would fail the same way
-                report.stopped = event[3]
-                break
-    except KeyboardInterrupt:
-        report.interrupted = True
+    with Overlap(vc, rate) as overlap:
+        try:
+            for group in overlap.groups(todo, vc.batch_size):
+                if report.stopped is not None:
+                    break
+                _convert_group(vc, group, voice, overlap, options, report, notify)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        for i, job, outcome in overlap.finish():  # outputs already handed to the writer complete atomically
+            _record(report, notify, i, job, outcome)
+        report.interrupted = report.interrupted or overlap.interrupted
     report.wall_seconds = time.perf_counter() - started
     return report
 
 
-def _convert_one(
-    vc: KnnVC, job: Job, voice: Voice, rate: int, options: dict[str, Any], report: Report
-) -> tuple[str, float, float, KnnvcError | None]:
-    """Convert and save one job, recording it in ``report``; returns (stage, wall s, audio s, error)."""
-    t0 = time.perf_counter()
+def _convert_group(
+    vc: KnnVC,
+    group: list[tuple[int, Job, np.ndarray | KnnvcError]],
+    voice: Voice,
+    overlap: Overlap,
+    options: dict[str, Any],
+    report: Report,
+    notify: Callable[[Progress], None],
+) -> None:
+    """Convert one group of decoded sources together; decoding errors and a failing batch go file by file."""
+    ready = [(i, job, wav) for i, job, wav in group if isinstance(wav, np.ndarray)]
+    for i, job, wav in group:
+        if not isinstance(wav, np.ndarray):
+            _record(report, notify, i, job, wav)
+        else:
+            notify(Progress("start", i, report.total, job))
     try:
-        wav = vc.convert(job.source, voice, **options)
-        audio.save(job.output, wav, sample_rate=rate, source_rate=vc.sample_rate)
+        outs = vc.convert_batch([w for _, _, w in ready], voice, **options) if ready else []
     except KnnvcError as exc:
-        log.debug("failed: %s", job.source, exc_info=True)
-        report.failed.append(Failure(job.source, exc))
-        return "fail", time.perf_counter() - t0, 0.0, exc
-    seconds = len(wav) / vc.sample_rate
+        if len(ready) == 1:
+            _record(report, notify, ready[0][0], ready[0][1], exc)
+            return
+        outs = None  # find which file failed: convert them one by one
+    for n, (i, job, wav) in enumerate(ready):
+        if outs is None:
+            try:
+                out = vc.convert_batch([wav], voice, **options)[0]
+            except KnnvcError as exc:
+                _record(report, notify, i, job, exc)
+                continue
+        else:
+            out = outs[n]
+        overlap.write(i, job, out)
+    for i, job, outcome in overlap.finished():
+        _record(report, notify, i, job, outcome)
+
+
+def _record(report: Report, notify: Callable[[Progress], None], i: int, job: Job, outcome: float | KnnvcError) -> None:
+    """Record a finished job: its audio seconds, or its error."""
+    if isinstance(outcome, KnnvcError):
+        log.debug("failed: %s", job.source, exc_info=outcome)
+        report.failed.append(Failure(job.source, outcome))
+        notify(Progress("fail", i, report.total, job, error=outcome))
+        if isinstance(outcome, DiskFullError) and report.stopped is None:  # every later file would fail too
+            report.stopped = outcome
+        return
     report.converted.append(job)
-    report.audio_seconds += seconds
-    return "done", time.perf_counter() - t0, seconds, None
+    report.audio_seconds += outcome
+    notify(Progress("done", i, report.total, job, audio_seconds=outcome))

@@ -204,9 +204,13 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
 
     class Fake:
         sample_rate = SR
+        batch_size = 2
 
-        def convert(self, source: Path, voice: object, **options: object) -> np.ndarray:
+        def load_audio(self, source: Path) -> np.ndarray:
             return np.zeros(SR // 10, dtype=np.float32)
+
+        def convert_batch(self, wavs: list[np.ndarray], voice: object, **options: object) -> list[np.ndarray]:
+            return [np.zeros(SR // 10, dtype=np.float32) for _ in wavs]
 
     jobs = [batch.Job(tmp_path / f"{i}.wav", tmp_path / "out" / f"{i}.flac") for i in range(3)]
     voice = Voice(frames=torch.zeros(4, 8), encoder="x", encoder_fingerprint="y", layer=6)
