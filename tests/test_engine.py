@@ -175,3 +175,22 @@ def test_pipeline_loudness_and_arrays(pipeline: KnnVC) -> None:
         assert abs(measured - -16.0) < 0.5
     else:  # the guard capped the gain: quieter than the target, never clipped
         assert measured < -15.5
+
+
+def test_other_rate_vocoder_converts_at_its_rate(tmp_path: Path, encoder: WavLMEncoder) -> None:
+    """A 24 kHz vocoder (hop 480 = 10*8*3*2) gives 24 kHz output as long as the source."""
+    from vocoder import Generator, HifiganConfig
+
+    config = HifiganConfig(
+        input_dim=96, hidden_dim=16, upsample_initial_channel=32, upsample_rates=(10, 8, 3, 2),
+        upsample_kernel_sizes=(20, 16, 5, 4), sample_rate=24_000,
+    )  # fmt: skip
+    assert config.hop == 480
+    vc = KnnVC(encoder, Generator(config).fold_weight_norm().eval(), device="cpu")
+    assert vc.sample_rate == 24_000
+    source_len = len(read(SOURCE_WAV))
+    out = vc.convert(SOURCE_WAV, REF_DIR, trim=False)
+    assert out.shape == (source_len * 3 // 2,)
+    path = vc.convert_file(SOURCE_WAV, REF_DIR, tmp_path / "out.wav", trim=False)
+    info = sf.info(str(path))
+    assert info.samplerate == 24_000 and info.frames == source_len * 3 // 2
