@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,18 @@ import soundfile as sf
 from knnvc import audio
 from knnvc.constants import RECEPTIVE_FIELD
 from knnvc.errors import AudioError
-from tests.fault_tools import FAST, SR, cli, json_summary, one_line, temp_files, tiny_voice_file, tone, write_audio
+from tests.fault_tools import (
+    FAST,
+    SR,
+    cli,
+    json_summary,
+    one_line,
+    temp_files,
+    tiny_voice_file,
+    tone,
+    torch_threads,
+    write_audio,
+)
 
 RATES = [8_000, 11_025, 16_000, 22_050, 32_000, 44_100, 48_000, 88_200, 96_000, 176_400, 192_000]
 SUBTYPES = [
@@ -31,6 +43,12 @@ SUBTYPES = [
     ("WAV", "ULAW"),
     ("AIFF", "PCM_16"),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import soundfile as sf
 
 from knnvc.errors import EXIT_INTERRUPTED
 from knnvc.interrupt import Terminated, sigterm_as_interrupt
-from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, tiny_voice_file, write_audio
+from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, tiny_voice_file, torch_threads, write_audio
 
 FILES = 30
 SECONDS = 1.0
@@ -53,8 +53,8 @@ class Run:
         self.src, self.out, self.signum = root / "src", root / "out", signum
         for i in range(FILES):
             write_audio(self.src / f"part {i // 10}" / f"take_{i:02d}.wav", SECONDS)
-        self.args = [self.src, voice, "-o", self.out, *FAST, "--json"]
-        env = {**os.environ, "KNNVC_OFFLINE": "1"}
+        self.args = [self.src, voice, "-o", self.out, *FAST, "--json", "--batch-size", "2"]
+        env = {**os.environ, "KNNVC_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one core each: two run at once
         with sigint_not_ignored():
             self.proc = subprocess.Popen(
                 [*knnvc_command(), "convert", *map(str, self.args)],
@@ -71,6 +71,12 @@ class Run:
             assert time.monotonic() < deadline, "no outputs appeared"
             time.sleep(0.02)
         self.proc.send_signal(self.signum)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import builtins
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,23 @@ from knnvc import audio, batch
 from knnvc.errors import EXIT_INTERRUPTED, DiskFullError, OutputError
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, TINY_WAVLM
-from tests.fault_tools import FAST, SR, cli, json_summary, one_line, temp_files, tiny_voice_file, write_audio
+from tests.fault_tools import (
+    FAST,
+    SR,
+    cli,
+    json_summary,
+    one_line,
+    temp_files,
+    tiny_voice_file,
+    torch_threads,
+    write_audio,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,23 @@ import soundfile as sf
 from knnvc import batch
 from knnvc.errors import AudioError, OutputError, UsageError, VoiceError
 from tests.conftest import REF_DIR, SOURCE_WAV
-from tests.fault_tools import FAST, check_clean, cli, json_summary, one_line, temp_files, tone, write_audio
+from tests.fault_tools import (
+    FAST,
+    check_clean,
+    cli,
+    json_summary,
+    one_line,
+    temp_files,
+    tone,
+    torch_threads,
+    write_audio,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
 
 
 def test_missing_source_and_reference(tmp_path: Path) -> None:
