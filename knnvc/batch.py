@@ -166,7 +166,7 @@ def _mirror(source: Path, root: Path, ext: str) -> list[Job]:
         keep_own = clashes[rel.with_suffix("")] > 1 and rel.suffix.lower() != ext
         target = root / (rel.with_name(rel.name + ext) if keep_own else rel.with_suffix(ext))
         if top not in target.resolve().parents:
-            raise OutputError(f"{path}: its output {target} would escape {root}")
+            raise OutputError(f"{path}: its output {target} would escape {root} (a link?); choose another -o folder")
         jobs.append(Job(path, target))
     return jobs
 
