@@ -15,24 +15,16 @@ import torch
 from transformers import WavLMModel
 
 from knnvc import audio
-from knnvc.checkpoints import _check_keys
+from knnvc.checkpoints import read_original, wavlm_model
 from knnvc.constants import WAVLM_LAYER
 from knnvc.matcher import knn_regression
-from knnvc.wavlm_convert import convert_original_state_dict, hf_config_from_original
-from knnvc.weights import load_checkpoint
 from vocoder import Generator
 
 
 def full_wavlm(path: Path, device: torch.device) -> WavLMModel:
-    """All layers of an original-format WavLM checkpoint, fp32, eval mode, HF's own attention."""
-    ckpt = load_checkpoint(path)
-    config = hf_config_from_original(dict(ckpt["cfg"]))
-    state = convert_original_state_dict(ckpt["model"])
-    with torch.device("meta"):
-        model = WavLMModel(config)
-    _check_keys(str(path), {k: v.shape for k, v in model.state_dict().items()}, state)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device).eval()
+    """All layers of an original-format WavLM checkpoint, fp32, eval mode, transformers' own attention."""
+    config, state = read_original(path)
+    return wavlm_model(config, state, config.num_hidden_layers).to(device).eval()
 
 
 class ReferenceMode:

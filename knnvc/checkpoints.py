@@ -49,8 +49,11 @@ def _check_keys(name: str, expected: dict[str, torch.Size], got: dict[str, torch
         raise WeightsError(f"{name}: not a WavLM checkpoint of the layout its config describes: {'; '.join(problems)}")
 
 
-def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``)."""
+def read_original(path: Path) -> tuple[WavLMConfig, dict[str, torch.Tensor]]:
+    """An original-format WavLM checkpoint as a transformers config and a renamed state dict.
+
+    Every key and shape is checked strictly against the full-depth model its config describes.
+    """
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
         raise WeightsError(f"{path}: not an original WavLM checkpoint (expected the keys 'cfg' and 'model')")
@@ -59,12 +62,23 @@ def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER) -> WavLMEncoder:
     with torch.device("meta"):
         full = WavLMModel(config)
     _check_keys(str(path), {k: v.shape for k, v in full.state_dict().items()}, state)
-    config.num_hidden_layers = layer
+    return config, state
+
+
+def wavlm_model(config: WavLMConfig, state: dict[str, torch.Tensor], layers: int) -> WavLMModel:
+    """A ``WavLMModel`` with its first ``layers`` transformer layers, every tensor taken from ``state``."""
+    config.num_hidden_layers = layers
     with torch.device("meta"):
-        model = WavLMModel(config)  # no random init: every tensor comes from the checkpoint below
-    kept = {k: v.float() for k, v in state.items() if _keep_key(k, layer)}
+        model = WavLMModel(config)  # no random init: the weights come from the checkpoint
+    kept = {k: v.float() for k, v in state.items() if _keep_key(k, layers)}
     model.load_state_dict(kept, strict=True, assign=True)
-    return WavLMEncoder(model.float(), name=str(path), layer=layer)
+    return model.float()
+
+
+def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER) -> WavLMEncoder:
+    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``)."""
+    config, state = read_original(path)
+    return WavLMEncoder(wavlm_model(config, state, layer), name=str(path), layer=layer)
 
 
 def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER) -> WavLMEncoder:
@@ -115,14 +129,6 @@ def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progr
 
 def original_to_hf(path: str | Path, out_dir: str | Path) -> Path:
     """Convert an original-format WavLM checkpoint (all layers) into a Hugging Face model folder."""
-    ckpt = load_checkpoint(Path(path))
-    if not isinstance(ckpt, dict) or "cfg" not in ckpt or "model" not in ckpt:
-        raise WeightsError(f"{path}: not an original WavLM checkpoint (expected the keys 'cfg' and 'model')")
-    config = hf_config_from_original(dict(ckpt["cfg"]))
-    state = convert_original_state_dict(ckpt["model"])
-    with torch.device("meta"):
-        model = WavLMModel(config)
-    _check_keys(str(path), {k: v.shape for k, v in model.state_dict().items()}, state)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.save_pretrained(out_dir)
+    config, state = read_original(Path(path))
+    wavlm_model(config, state, config.num_hidden_layers).save_pretrained(out_dir)
     return Path(out_dir)

@@ -7,6 +7,8 @@ blocked over the queries and over the matching set, so the largest intermediate 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,6 +61,15 @@ def _block_indices(query: Tensor, keys_n: Tensor, k: int, key_block: int) -> Ten
     return best[1]
 
 
+def _blocked(query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int) -> Iterator[tuple[int, Tensor]]:
+    """(first query row, (Qb, k) neighbour indices) for each block of the flattened (Q, D) queries."""
+    _check(query, keys, k)
+    flat = query.reshape(-1, query.shape[-1])
+    keys_n = F.normalize(keys, dim=-1)
+    for q0 in range(0, flat.shape[0], query_block):
+        yield q0, _block_indices(flat[q0 : q0 + query_block], keys_n, k, key_block)
+
+
 def knn_indices(
     query: Tensor,
     keys: Tensor,
@@ -77,12 +88,9 @@ def knn_indices(
     Returns:
         (Q, k) or (B, Q, k) int64 indices into ``keys``, on the inputs' device.
     """
-    _check(query, keys, k)
-    flat = query.reshape(-1, query.shape[-1])
-    keys_n = F.normalize(keys, dim=-1)
-    out = torch.empty(flat.shape[0], k, dtype=torch.long, device=query.device)
-    for q0 in range(0, flat.shape[0], query_block):
-        out[q0 : q0 + query_block] = _block_indices(flat[q0 : q0 + query_block], keys_n, k, key_block)
+    out = torch.empty(query.numel() // max(1, query.shape[-1]), k, dtype=torch.long, device=query.device)
+    for q0, idx in _blocked(query, keys, k, query_block, key_block):
+        out[q0 : q0 + idx.shape[0]] = idx
     return out.reshape(*query.shape[:-1], k)
 
 
@@ -104,11 +112,7 @@ def knn_regression(
     Returns:
         frames shaped like ``query``, in the matching set's dtype.
     """
-    _check(query, keys, k)
-    flat = query.reshape(-1, query.shape[-1])
-    keys_n = F.normalize(keys, dim=-1)
-    out = torch.empty(flat.shape[0], keys.shape[-1], dtype=keys.dtype, device=query.device)
-    for q0 in range(0, flat.shape[0], query_block):
-        idx = _block_indices(flat[q0 : q0 + query_block], keys_n, k, key_block)
-        out[q0 : q0 + query_block] = keys[idx].mean(dim=-2)
+    out = torch.empty(query.numel() // max(1, query.shape[-1]), keys.shape[-1], dtype=keys.dtype, device=query.device)
+    for q0, idx in _blocked(query, keys, k, query_block, key_block):
+        out[q0 : q0 + idx.shape[0]] = keys[idx].mean(dim=-2)
     return out.reshape(query.shape)
