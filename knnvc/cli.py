@@ -8,6 +8,7 @@ Everything human goes to stderr; stdout carries only data (``--json``, ``info``,
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -359,10 +360,17 @@ def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], jso
         table = Table(show_header=False, box=None)
         for key in ("name", "encoder", "encoder_fingerprint", "layer", "frames", "dim", "speech_seconds", "created"):
             table.add_row(key, str(meta[key]))
+        paths = [src["path"] for src in meta["sources"]]
+        try:
+            root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+        except ValueError:  # absolute and relative paths mixed
+            root = ""
+        table.add_row("sources in", root or ".")
         out.print(table)
         sources = Table(Column("source", overflow="fold"), "seconds", "sha256")
-        for src in meta["sources"]:
-            sources.add_row(src["path"], f"{src['seconds']:.2f}", src["sha256"][:16])
+        for src in meta["sources"]:  # relative to their common folder, so long paths stay readable
+            sources.add_row(os.path.relpath(src["path"], root) if root else src["path"], f"{src['seconds']:.2f}",
+                            src["sha256"][:16])  # fmt: skip
         out.print(sources)
 
 

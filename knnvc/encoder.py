@@ -111,11 +111,13 @@ class WavLMEncoder(nn.Module):
     def __init__(self, model: WavLMModel, name: str, layer: int = WAVLM_LAYER) -> None:
         super().__init__()
         self.model = truncate_wavlm(model, layer)
+        # Hash the weights as stored, before folding weight norm: the folded values depend on the reduction
+        # order of the thread count in use, and a voice must stay compatible across machines.
+        self.fingerprint = fingerprint(self.model)
         fold_weight_norm(self.model)
         use_fused_attention(self.model)
         self.name = name
         self.layer = layer
-        self.fingerprint = fingerprint(self.model)
 
     @property
     def dim(self) -> int:

@@ -194,3 +194,16 @@ def test_other_rate_vocoder_converts_at_its_rate(tmp_path: Path, encoder: WavLME
     path = vc.convert_file(SOURCE_WAV, REF_DIR, tmp_path / "out.wav", trim=False)
     info = sf.info(str(path))
     assert info.samplerate == 24_000 and info.frames == source_len * 3 // 2
+
+
+def test_fingerprint_does_not_depend_on_threads() -> None:
+    """A voice built on one machine must load on another: the hash ignores float reduction order."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = load_encoder(TINY_WAVLM).fingerprint
+        torch.set_num_threads(max(2, threads))
+        many = load_encoder(TINY_WAVLM).fingerprint
+    finally:
+        torch.set_num_threads(threads)
+    assert one == many
