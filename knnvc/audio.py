@@ -21,8 +21,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from knnvc.constants import DEFAULT_LOUDNESS, SAMPLE_RATE
+from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import AudioError, DiskFullError, OutputError
+from knnvc.loudness import PEAK_CEILING as PEAK_CEILING  # re-exported: loudness is part of the front end
+from knnvc.loudness import loudness_lufs as loudness_lufs
+from knnvc.loudness import normalise_loudness as normalise_loudness
 from knnvc.vad import speech_bounds
 
 if TYPE_CHECKING:
@@ -49,16 +52,12 @@ OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
 MAX_CHANNELS = 8  # in-memory arrays: the channel axis is the smaller one and holds at most this many
 RESAMPLE_QUALITY = "HQ"  # soxr: 20-bit precision, linear phase
 TRIM_MARGIN_S = 0.1  # s of audio kept before the first and after the last detected speech
-PEAK_CEILING = 10 ** (-1 / 20)  # -1 dBFS (0.891): sample-peak guard after loudness gain (EBU R128 headroom)
-LOUDNESS_BLOCK_S = 0.4  # s: BS.1770 gating block; shorter audio is tiled to measure it
 READ_BLOCK = 1 << 17  # frames decoded at a time by ``load`` (bounds its memory for long files)
 MIN_INPUT_RATE = 1_000  # Hz: lower rates in a header are taken as corruption (and would blow up on resampling)
 MAX_INPUT_RATE = 1_000_000  # Hz
 
 
-def load(
-    path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1
-) -> np.ndarray:
+def load(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
     """Decode an audio file to mono at ``sample_rate``, in bounded memory.
 
     Any libsndfile format and subtype (integer or float), any channel count (averaged), any rate from
@@ -220,58 +219,6 @@ def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return np.array(wav[start:end], dtype=np.float32, copy=True)
 
 
-def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
-    """Integrated loudness (ITU-R BS.1770, as pyloudnorm) of (N,) audio in LUFS; ``-inf`` for silence/empty.
-
-    Measured in bounded memory (``knnvc.loudness``). Audio shorter than one 0.4 s gating block is measured
-    tiled (repeated) to that length.
-    """
-    from knnvc.loudness import integrated_loudness
-
-    if wav.size == 0:
-        return float("-inf")
-    data = wav
-    block = int(np.ceil(LOUDNESS_BLOCK_S * sample_rate)) + 1
-    if data.shape[0] < block:
-        data = np.tile(data, -(-block // data.shape[0]))
-    return integrated_loudness(data, sample_rate)
-
-
-def normalise_loudness(
-    wav: np.ndarray,
-    target_lufs: float | None = DEFAULT_LOUDNESS,
-    sample_rate: int = SAMPLE_RATE,
-    *,
-    peak_ceiling: float = PEAK_CEILING,
-) -> np.ndarray:
-    """Scale (N,) audio to ``target_lufs`` integrated loudness, then guard the peak.
-
-    One gain for the whole signal (no compression): if reaching the target would put the sample peak above
-    ``peak_ceiling`` (default -1 dBFS), the gain is lowered so the peak equals it and the result is quieter
-    than the target. Returns the input itself when ``target_lufs`` is None, the audio is empty, or it is
-    silent (loudness below BS.1770's -70 LUFS gate). Never produces NaN.
-
-    Returns:
-        (N,) float32 at ``sample_rate``.
-
-    Raises:
-        AudioError: NaN/Inf samples in the input.
-    """
-    if target_lufs is None or wav.size == 0:
-        return wav
-    if not np.isfinite(wav).all():
-        raise AudioError("cannot normalise loudness: the audio contains NaN or infinite samples")
-    loudness = loudness_lufs(wav, sample_rate)
-    if not np.isfinite(loudness):
-        return wav
-    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
-    peak = float(np.max(np.abs(wav))) * gain
-    if peak > peak_ceiling:
-        logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
-        gain *= peak_ceiling / peak
-    return np.multiply(wav, np.float32(gain), dtype=np.float32)
-
-
 def save(
     path: str | os.PathLike[str],
     wav: np.ndarray,
@@ -296,13 +243,9 @@ def save(
     path = Path(path)
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise OutputError(
-            f"cannot write {path}: unsupported extension; use one of {', '.join(OUTPUT_FORMATS)}"
-        )
+        raise OutputError(f"cannot write {path}: unsupported extension; use one of {', '.join(OUTPUT_FORMATS)}")
     if sample_rate <= 0 or source_rate <= 0:
-        raise OutputError(
-            f"cannot write {path}: sample rates must be positive ({source_rate} -> {sample_rate})"
-        )
+        raise OutputError(f"cannot write {path}: sample rates must be positive ({source_rate} -> {sample_rate})")
     data = np.asarray(wav, dtype=np.float32)
     if data.ndim != 1 or not np.isfinite(data).all():
         raise OutputError(f"cannot write {path}: the audio must be 1-D with finite samples")

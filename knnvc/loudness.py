@@ -1,4 +1,4 @@
-"""ITU-R BS.1770-4 integrated loudness of mono audio, in bounded memory.
+"""Loudness: ITU-R BS.1770-4 integrated loudness of mono audio in bounded memory, and normalisation to a target.
 
 The same measurement as ``pyloudnorm.Meter(rate).integrated_loudness`` (K-weighting from RBJ biquads, 400 ms
 blocks with 75 % overlap, -70 LUFS absolute and -10 LU relative gates), but the K-weighting filters run over
@@ -8,16 +8,23 @@ the whole signal in float64 several times over, about 2 GB for an hour at 16 kHz
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 from scipy.signal import lfilter
+
+from knnvc.constants import DEFAULT_LOUDNESS, SAMPLE_RATE
+from knnvc.errors import AudioError
+
+logger = logging.getLogger(__name__)
 
 BLOCK_S = 0.4  # s: gating block
 STEP_S = 0.1  # s: block hop (75 % overlap)
 ABSOLUTE_GATE = -70.0  # LUFS
 RELATIVE_GATE = -10.0  # LU below the absolutely gated loudness
 CHUNK = 1 << 18  # samples filtered at a time (about 16 s at 16 kHz)
+PEAK_CEILING = 10 ** (-1 / 20)  # -1 dBFS (0.891): sample-peak guard after loudness gain (EBU R128 headroom)
 
 
 def _biquad(kind: str, gain_db: float, q: float, fc: float, rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,3 +92,53 @@ def integrated_loudness(wav: np.ndarray, rate: int) -> float:
     if not gated.any():
         return float("-inf")
     return float(-0.691 + 10.0 * np.log10(z[gated].mean()))
+
+
+def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Integrated loudness (ITU-R BS.1770, as pyloudnorm) of (N,) audio in LUFS; ``-inf`` for silence/empty.
+
+    Measured in bounded memory. Audio shorter than one 0.4 s gating block is measured
+    tiled (repeated) to that length.
+    """
+    if wav.size == 0:
+        return float("-inf")
+    data = wav
+    block = int(np.ceil(BLOCK_S * sample_rate)) + 1
+    if data.shape[0] < block:
+        data = np.tile(data, -(-block // data.shape[0]))
+    return integrated_loudness(data, sample_rate)
+
+
+def normalise_loudness(
+    wav: np.ndarray,
+    target_lufs: float | None = DEFAULT_LOUDNESS,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    peak_ceiling: float = PEAK_CEILING,
+) -> np.ndarray:
+    """Scale (N,) audio to ``target_lufs`` integrated loudness, then guard the peak.
+
+    One gain for the whole signal (no compression): if reaching the target would put the sample peak above
+    ``peak_ceiling`` (default -1 dBFS), the gain is lowered so the peak equals it and the result is quieter
+    than the target. Returns the input itself when ``target_lufs`` is None, the audio is empty, or it is
+    silent (loudness below BS.1770's -70 LUFS gate). Never produces NaN.
+
+    Returns:
+        (N,) float32 at ``sample_rate``.
+
+    Raises:
+        AudioError: NaN/Inf samples in the input.
+    """
+    if target_lufs is None or wav.size == 0:
+        return wav
+    if not np.isfinite(wav).all():
+        raise AudioError("cannot normalise loudness: the audio contains NaN or infinite samples")
+    loudness = loudness_lufs(wav, sample_rate)
+    if not np.isfinite(loudness):
+        return wav
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    peak = float(np.max(np.abs(wav))) * gain
+    if peak > peak_ceiling:
+        logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
+        gain *= peak_ceiling / peak
+    return np.multiply(wav, np.float32(gain), dtype=np.float32)
