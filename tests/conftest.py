@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def reference_outputs() -> dict[str, Any]:
     out: dict[str, Any] = torch.load(FIXTURES / "reference_outputs.pt", weights_only=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run a module on one torch thread: tiny models on a busy 2-core machine are ~10x faster so."""
+    from tests.fault_tools import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved voice (.voice file) built with the tiny WavLM from the fixture references."""
+    from tests.fault_tools import tiny_voice_file
+
+    return tiny_voice_file(tmp_path_factory.mktemp("voice"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,7 @@ from tests.fault_tools import (
     json_summary,
     one_line,
     temp_files,
-    tiny_voice_file,
     tone,
-    torch_threads,
     write_audio,
 )
 
@@ -44,16 +41,7 @@ SUBTYPES = [
     ("AIFF", "PCM_16"),
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_voice_file(tmp_path_factory.mktemp("voice"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -258,7 +246,7 @@ def test_one_hour_file_loads_in_bounded_memory(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert wav.shape == (3600 * SR,) and np.isfinite(wav[:: SR]).all()
+    assert wav.shape == (3600 * SR,) and np.isfinite(wav[::SR]).all()
     assert peak < 1.25 * wav.nbytes, f"peak {peak / 2**20:.0f} MiB for a {wav.nbytes / 2**20:.0f} MiB result"
     assert time.perf_counter() - started < 30
     path.unlink()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,11 @@ import pytest
 import soundfile as sf
 
 from knnvc.errors import EXIT_PARTIAL
-from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, tiny_voice_file, tone, torch_threads
+from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, tone
 
 GOOD, SECONDS = 180, 0.1
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _flac_bytes() -> bytes:
@@ -62,17 +64,6 @@ def make_batch(src: Path) -> tuple[list[str], list[str]]:
         write(src / rel)
         bad.append(rel)
     return good, bad
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_voice_file(tmp_path_factory.mktemp("voice"))
 
 
 def test_two_hundred_files_with_ten_percent_corrupt(tmp_path: Path, voice: Path) -> None:

@@ -22,10 +22,12 @@ import soundfile as sf
 
 from knnvc.errors import EXIT_INTERRUPTED
 from knnvc.interrupt import Terminated, sigterm_as_interrupt
-from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, tiny_voice_file, torch_threads, write_audio
+from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, write_audio
 
 FILES = 30
 SECONDS = 1.0
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def knnvc_command() -> list[str]:
@@ -71,17 +73,6 @@ class Run:
             assert time.monotonic() < deadline, "no outputs appeared"
             time.sleep(0.02)
         self.proc.send_signal(self.signum)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_voice_file(tmp_path_factory.mktemp("voice"))
 
 
 def test_sigint_and_sigterm_mid_batch_then_rerun(tmp_path: Path, voice: Path) -> None:

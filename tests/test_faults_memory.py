@@ -5,7 +5,7 @@ window, and only then fail with a ``DeviceError`` that names the file and says w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from knnvc.errors import DeviceError
 from knnvc.pipeline import KnnVC
 from knnvc.windows import ENCODER_CORE
 from tests.conftest import REF_DIR, SOURCE_WAV
-from tests.fault_tools import FAST, cli, one_line, tiny_pipeline, tiny_voice_file, tone, torch_threads, write_audio
+from tests.fault_tools import FAST, cli, one_line, tiny_pipeline, tiny_voice_file, tone, write_audio
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def out_of_memory() -> torch.OutOfMemoryError:
@@ -41,12 +43,6 @@ def fake_encoder(vc: KnnVC, monkeypatch: pytest.MonkeyPatch, fits: Callable[[lis
 
     monkeypatch.setattr(vc.encoder, "encode_batch", encode_batch)
     return calls
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 def test_batch_is_halved_and_results_are_unchanged(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:

@@ -10,7 +10,7 @@ import builtins
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,10 @@ from tests.fault_tools import (
     json_summary,
     one_line,
     temp_files,
-    tiny_voice_file,
-    torch_threads,
     write_audio,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_voice_file(tmp_path_factory.mktemp("voice"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sources(folder: Path, count: int, seconds: float = 0.3) -> list[Path]:
@@ -114,9 +103,7 @@ def test_outputs_are_only_ever_written_under_temporary_names(
     assert all(Path(a).parent == Path(b).parent for a, b in renamed)  # same folder: an atomic rename
 
 
-@pytest.mark.parametrize(
-    ("code", "words"), [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only")]
-)
+@pytest.mark.parametrize(("code", "words"), [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only")])
 def test_read_only_output_folder(
     tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch, code: int, words: str
 ) -> None:
@@ -173,9 +160,7 @@ def test_full_disk_stops_the_batch_and_a_rerun_finishes_it(
     assert (summary["converted"], summary["skipped"], summary["failed"]) == (4, 2, 0)
 
 
-def test_full_disk_for_a_single_file_and_a_voice(
-    tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_full_disk_for_a_single_file_and_a_voice(tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     existing = tmp_path / "out.wav"
     audio.save(existing, np.full(100, 0.5, dtype=np.float32))
     fail_file_fsync(monkeypatch, no_space, after=0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,10 @@ from tests.fault_tools import (
     one_line,
     temp_files,
     tone,
-    torch_threads,
     write_audio,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_missing_source_and_reference(tmp_path: Path) -> None:

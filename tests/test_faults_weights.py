@@ -27,22 +27,13 @@ from knnvc import api, weights
 from knnvc.errors import VoiceError, WeightsError
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_VOCODER_CONFIG, TINY_WAVLM
-from tests.fault_tools import FAST, cli, json_summary, one_line, tiny_voice_file, torch_threads, write_audio
+from tests.fault_tools import FAST, cli, json_summary, one_line, write_audio
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Evil:
     """Pickled as a class reference: ``torch.load(weights_only=True)`` must refuse to import it."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_voice_file(tmp_path_factory.mktemp("voice"))
 
 
 @pytest.fixture(scope="module")
