@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +29,19 @@ from vocoder.train.trainer import evaluate_mel, train
 
 runner = CliRunner()
 TINY_VOCODER = {"hidden_dim": 48, "upsample_initial_channel": 64}  # as tests/fixtures/vocoder_tiny
-FAST = {"segment_size": 2560, "discriminator_scale": 0.125, "val_utterances": 1, "num_workers": 0,
-        "checkpoint_every": 5, "keep_states": 4, "log_every": 1, "batch_size": 2}
+FAST = {
+    "segment_size": 2560,
+    "discriminator_scale": 0.125,
+    "val_utterances": 1,
+    "num_workers": 0,
+    "checkpoint_every": 5,
+    "keep_states": 4,
+    "log_every": 1,
+    "batch_size": 2,
+}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny convolutions on a shared 2-core machine run fastest, and steadiest, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,21 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def features_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("features")
-    result = runner.invoke(app, ["train", "prematch", str(data_dir), str(out), "--wavlm", str(TINY_WAVLM),
-                                 "--device", "cpu", "--batch-size", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "prematch",
+            str(data_dir),
+            str(out),
+            "--wavlm",
+            str(TINY_WAVLM),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -81,8 +95,22 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run20(features_dir: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run20")
-    result = runner.invoke(app, ["train", "vocoder", str(features_dir), "--out", str(run), "--steps", "20",
-                                 "--config", str(config_file), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "vocoder",
+            str(features_dir),
+            "--out",
+            str(run),
+            "--steps",
+            "20",
+            "--config",
+            str(config_file),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return run
 
@@ -91,8 +119,14 @@ def test_prematch_layout_and_report(features_dir: Path) -> None:
     index = read_index(features_dir)
     ids = [e.id for e in index.entries]
     # spk2's ch2 has one utterance: pooled by chapter it would be lost; pooled by speaker it is kept.
-    assert ids == ["spk1/ch1/ref_01", "spk1/ch1/ref_02", "spk1/ch1/ref_03",
-                   "spk2/ch1/src_0", "spk2/ch1/src_1", "spk2/ch2/src_2"]
+    assert ids == [
+        "spk1/ch1/ref_01",
+        "spk1/ch1/ref_02",
+        "spk1/ch1/ref_03",
+        "spk2/ch1/src_0",
+        "spk2/ch1/src_1",
+        "spk2/ch2/src_2",
+    ]
     assert (index.sample_rate, index.hop, index.feature_dim, index.settings["k"]) == (16000, 320, 96, 4)
     skipped = {Path(s["path"]).name: s["reason"] for s in json.loads((features_dir / "skipped.json").read_text())}
     assert set(skipped) == {"short.wav", "only.wav"}
@@ -155,7 +189,10 @@ def test_manifest_speakers(tmp_path: Path, data_dir: Path) -> None:
         writer.writerow(["spk2/ch2/src_2.wav", "bob"])
     utts, _ = discover(data_dir, manifest)
     assert [(u.id, u.speaker) for u in utts] == [
-        ("alice/spk1/ch1/ref_01", "alice"), ("alice/spk2/ch1/src_0", "alice"), ("bob/spk2/ch2/src_2", "bob")]
+        ("alice/spk1/ch1/ref_01", "alice"),
+        ("alice/spk2/ch1/src_0", "alice"),
+        ("bob/spk2/ch2/src_2", "bob"),
+    ]
     manifest.write_text("file,who\nx.wav,a\n")
     with pytest.raises(UsageError, match="path,speaker"):
         discover(data_dir, manifest)
@@ -188,17 +225,35 @@ def test_training_lowers_mel_loss_and_converts(run20: Path, features_dir: Path, 
     assert len(list((run20 / "samples" / "step_00000020").glob("*.wav"))) == 1
 
     out = tmp_path / "out.wav"
-    result = runner.invoke(app, ["convert", str(SOURCE_WAV), str(REF_DIR), "-o", str(out), "--wavlm", str(TINY_WAVLM),
-                                 "--vocoder", str(run20 / "g_00000020.pt"), "--device", "cpu", "--no-trim",
-                                 "--loudness", "none", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "convert",
+            str(SOURCE_WAV),
+            str(REF_DIR),
+            "-o",
+            str(out),
+            "--wavlm",
+            str(TINY_WAVLM),
+            "--vocoder",
+            str(run20 / "g_00000020.pt"),
+            "--device",
+            "cpu",
+            "--no-trim",
+            "--loudness",
+            "none",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     converted, rate = sf.read(out)
     assert rate == 16000 and converted.shape[0] == sf.info(SOURCE_WAV).frames
     assert np.isfinite(converted).all() and np.abs(converted).max() > 0
 
 
-def test_resume_continues_step_and_optimiser(run20: Path, features_dir: Path, config_file: Path,
-                                             tmp_path: Path) -> None:
+def test_resume_continues_step_and_optimiser(
+    run20: Path, features_dir: Path, config_file: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "resumed"
     run.mkdir()
     for name in ("state_00000015.pt", "run.json"):  # 5 of 6 utterances train, 2 a batch: 15 is mid-epoch
@@ -214,8 +269,22 @@ def test_resume_continues_step_and_optimiser(run20: Path, features_dir: Path, co
         torch.testing.assert_close(restored[key]["exp_avg_sq"], value["exp_avg_sq"], rtol=0, atol=0)
     assert parts.sched_g.state_dict() == saved["sched_g"]
 
-    result = runner.invoke(app, ["train", "vocoder", str(features_dir), "--out", str(run), "--steps", "20",
-                                 "--config", str(config_file), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "vocoder",
+            str(features_dir),
+            "--out",
+            str(run),
+            "--steps",
+            "20",
+            "--config",
+            str(config_file),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "g_mel" in r] == list(range(16, 21))
@@ -229,10 +298,32 @@ def test_resume_continues_step_and_optimiser(run20: Path, features_dir: Path, co
 def test_ddp_two_processes_on_cpu(features_dir: Path, config_file: Path, tmp_path: Path) -> None:
     """The torchrun entry point with two gloo processes: the DDP path runs and rank 0 writes the checkpoint."""
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vocoder.train",
-           str(features_dir), "--out", str(run), "--steps", "2", "--config", str(config_file), "--device", "cpu"]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).parents[1],
-                          capture_output=True, text=True, timeout=180)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "vocoder.train",
+        str(features_dir),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--config",
+        str(config_file),
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(
+        cmd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 of 2" in done.stderr
     assert load_generator(run / "g_00000002.pt").config.input_dim == 96
@@ -285,8 +376,15 @@ def test_mel_filterbank_matches_slaney() -> None:
     from transformers.audio_utils import mel_filter_bank
 
     ours = mel_filterbank(16000, 1024, 80, 0.0, 8000.0)
-    ref = mel_filter_bank(num_frequency_bins=513, num_mel_filters=80, min_frequency=0.0, max_frequency=8000.0,
-                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    ref = mel_filter_bank(
+        num_frequency_bins=513,
+        num_mel_filters=80,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     np.testing.assert_allclose(ours, ref.T, rtol=1e-4, atol=1e-7)
 
 

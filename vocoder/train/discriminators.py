@@ -26,6 +26,17 @@ def _channels(base: int, scale: float, multiple: int) -> int:
     return max(multiple, int(base * scale) // multiple * multiple)
 
 
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU conv stack then the output conv: (flattened score, every layer's feature map)."""
+    fmaps: list[Tensor] = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmaps.append(x)
+    x = post(x)
+    fmaps.append(x)
+    return x.flatten(1), fmaps
+
+
 class PeriodDiscriminator(nn.Module):
     """Looks at every ``period``-th sample: (B, 1, N) is folded to (B, 1, ceil(N / period), period)."""
 
@@ -47,13 +58,7 @@ class PeriodDiscriminator(nn.Module):
         if length % self.period:
             x = F.pad(x, (0, self.period - length % self.period), mode="reflect")
         x = x.view(batch, channels, -1, self.period)
-        fmaps: list[Tensor] = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -91,13 +96,7 @@ class ScaleDiscriminator(nn.Module):
             return self._forward(x)
 
     def _forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        fmaps: list[Tensor] = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return x.flatten(1), fmaps
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
