@@ -1,4 +1,4 @@
-"""One-off use: ``knnvc.convert(source, reference, **options)``, and the model cache behind it and the CLI.
+"""One-off use: ``knnvc.convert(source, reference, k=..., loudness=...)``, and the model cache behind it and the CLI.
 
     >>> import knnvc
     >>> wav = knnvc.convert("source.wav", "target_speaker/")                  # (N,) float32 at 16 kHz
@@ -26,21 +26,12 @@ if TYPE_CHECKING:
     from knnvc.voice import Voice
     from knnvc.windows import Progress
 
-MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered
-MAX_SAMPLE_RATE = 192_000  # Hz: the highest output rate offered
-
 _MODELS: dict[tuple[str, str, str, str], Any] = {}
 """(kind, weights key, device, dtype) -> a loaded encoder or vocoder, on that device in that precision."""
 
 
-def check_options(*, k: int = DEFAULT_K, output_sample_rate: int | None = None, batch_size: int = 1) -> None:
-    """Raise ``UsageError`` for option values that cannot work, before any model is loaded."""
-    if k < 1:
-        raise UsageError(f"k must be at least 1 (neighbours averaged per frame), got {k}")
-    if output_sample_rate is not None and not MIN_SAMPLE_RATE <= output_sample_rate <= MAX_SAMPLE_RATE:
-        raise UsageError(
-            f"output sample rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, got {output_sample_rate}"
-        )
+def check_options(*, batch_size: int = 1) -> None:
+    """Raise ``UsageError`` for a batch size that cannot work, before any model is loaded."""
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
 
@@ -103,24 +94,6 @@ def clear_cache() -> None:
     _MODELS.clear()
 
 
-def resolve_voice(
-    builder: VoiceBuilder,
-    reference: Voice | AudioInput | Sequence[AudioInput],
-    *,
-    trim: bool = True,
-    sample_rate: int | None = None,
-    name: str | None = None,
-) -> Voice:
-    """A ``Voice`` as is, a ``.voice`` file loaded, or reference audio (paths, arrays, tensors) encoded."""
-    from knnvc.voice import VOICE_SUFFIX, Voice
-
-    if isinstance(reference, Voice):
-        return reference
-    if isinstance(reference, (str, os.PathLike)) and str(reference).endswith(VOICE_SUFFIX):
-        return Voice.load(Path(reference))
-    return builder.build_voice(reference, trim=trim, sample_rate=sample_rate, name=name)
-
-
 def convert(
     source: AudioInput,
     reference: Voice | AudioInput | Sequence[AudioInput],
@@ -157,8 +130,10 @@ def convert(
         (N,) float32 at ``output_sample_rate``, as long as the source.
     """
     from knnvc import audio
+    from knnvc.options import ConvertOptions
 
-    check_options(k=k, output_sample_rate=output_sample_rate, batch_size=batch_size)
+    options = ConvertOptions(k=k, loudness=loudness, trim=trim, output_sample_rate=output_sample_rate)
+    check_options(batch_size=batch_size)
     if output is not None and Path(output).suffix.lower() not in audio.OUTPUT_FORMATS:
         raise UsageError(f"{output}: output files end in {', '.join(audio.OUTPUT_FORMATS)}")
     if sample_rate is None and not isinstance(source, (str, os.PathLike)):
@@ -166,23 +141,9 @@ def convert(
     vc = load_pipeline(
         wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline
     )
-    voice = resolve_voice(vc, reference, trim=trim, sample_rate=reference_sample_rate)
-    extra: dict[str, Any] = {} if progress is None else {"progress": progress}
-    wav = vc.convert(source, voice, k=k, loudness=loudness, sample_rate=sample_rate, **extra)
-    rate = output_sample_rate or vc.sample_rate
+    voice = vc.voice_from(reference, trim=trim, sample_rate=reference_sample_rate)
+    wav = vc.convert(source, voice, options, sample_rate=sample_rate, progress=progress)
     if output is not None:
-        audio.save(Path(output), wav, sample_rate=rate, source_rate=vc.sample_rate)
-    return resample(wav, vc.sample_rate, rate)
-
-
-def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    """(N,) float32 from ``source_rate`` to ``target_rate`` with soxr (the same quality as the front end)."""
-    import numpy as np
-    import soxr
-
-    from knnvc.audio import RESAMPLE_QUALITY
-
-    if source_rate == target_rate:
-        return wav
-    out = soxr.resample(wav, source_rate, target_rate, quality=RESAMPLE_QUALITY)
-    return np.ascontiguousarray(out, dtype=np.float32)
+        rate = vc.output_rate(options)
+        audio.save(Path(output), wav, sample_rate=rate, source_rate=rate)
+    return wav

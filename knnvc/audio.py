@@ -197,7 +197,7 @@ def to_mono_16k(audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarra
         raise AudioError("the audio contains no samples")
     if not np.isfinite(frames).all():
         raise AudioError("the audio contains NaN or infinite samples")
-    return _resample(_downmix(frames), int(sample_rate), SAMPLE_RATE)
+    return resample(_downmix(frames), int(sample_rate), SAMPLE_RATE)
 
 
 def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -249,7 +249,7 @@ def save(
     data = np.asarray(wav, dtype=np.float32)
     if data.ndim != 1 or not np.isfinite(data).all():
         raise OutputError(f"cannot write {path}: the audio must be 1-D with finite samples")
-    data = np.clip(_resample(data, source_rate, sample_rate), -1.0, 1.0)
+    data = np.clip(resample(data, source_rate, sample_rate), -1.0, 1.0)
     tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"  # hidden: folder listings skip it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def _downmix(frames: np.ndarray) -> np.ndarray:
     return total.astype(np.float32)
 
 
-def _resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
     """(N,) float32 at ``source_rate`` -> (round(N * target / source),) float32 at ``target_rate``."""
     if source_rate <= 0 or target_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")

@@ -7,7 +7,6 @@ thin layer over these two functions.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import threading
@@ -24,6 +23,7 @@ import numpy as np
 from knnvc import audio
 from knnvc.errors import AudioError, DiskFullError, KnnvcError, OutputError, UsageError
 from knnvc.interrupt import sigterm_as_interrupt
+from knnvc.options import ConvertOptions
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from knnvc.windows import Progress as ChunkProgress
 
 log = logging.getLogger(__name__)
+
+DEFAULT_OPTIONS = ConvertOptions()
 
 OUTPUT_EXTENSIONS = tuple(audio.OUTPUT_FORMATS)  # .wav, .flac, .ogg
 
@@ -223,11 +225,11 @@ class Overlap:
         if self._disk_full.is_set():
             return None
         try:
-            audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.vc.sample_rate)
+            audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
         except DiskFullError:
             self._disk_full.set()
             raise
-        return len(wav) / self.vc.sample_rate
+        return len(wav) / self.rate
 
     def write(self, i: int, job: Job, wav: np.ndarray) -> None:
         self._writes.append((i, job, self._writers.submit(self._save, job, wav)))
@@ -259,9 +261,15 @@ class Overlap:
         return self._outcomes(wait=True)
 
 
-def accepts_progress(vc: Any) -> bool:
-    """Whether ``vc.convert`` takes a ``progress`` callback (progress within one long file)."""
-    return "progress" in inspect.signature(vc.convert).parameters
+@dataclass(frozen=True)
+class _Settings:
+    """What every group of a batch is converted with."""
+
+    options: ConvertOptions
+    on_chunk: ChunkProgress | None
+
+    def convert(self, vc: KnnVC, wavs: list[np.ndarray], voice: Voice) -> list[np.ndarray]:
+        return vc.convert_batch(wavs, voice, self.options, progress=self.on_chunk)
 
 
 @sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)
@@ -269,26 +277,23 @@ def run(
     vc: KnnVC,
     jobs: list[Job],
     voice: Voice,
+    options: ConvertOptions = DEFAULT_OPTIONS,
     *,
     overwrite: bool = False,
-    output_sample_rate: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     on_chunk: ChunkProgress | None = None,
-    **options: Any,
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``progress`` gets a ``Progress`` event per file; ``on_chunk(stage, done, total)`` is passed to
-    ``KnnVC.convert`` as its ``progress`` (windows within one file) when the pipeline supports it. ``options``
-    go to ``KnnVC.convert`` (k, loudness). KeyboardInterrupt stops after the current file has been written or
-    abandoned (never half-written) and marks the report interrupted; SIGTERM does the same. A full disk
-    (``DiskFullError``) stops the batch at once and is recorded as ``report.stopped``.
+    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
+    event per file; ``on_chunk(stage, done, total)`` reports the windows within one file. KeyboardInterrupt stops
+    after the current file has been written or abandoned (never half-written) and marks the report interrupted;
+    SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
+    ``report.stopped``.
     """
     report = Report(total=len(jobs))
     notify = progress or (lambda event: None)
-    if on_chunk is not None and accepts_progress(vc):
-        options = {**options, "progress": on_chunk}
-    rate = output_sample_rate or vc.sample_rate
+    rate = vc.output_rate(options)
     todo: list[tuple[int, Job]] = []
     for i, job in enumerate(jobs):
         if job.output.exists() and not overwrite:
@@ -302,7 +307,7 @@ def run(
             for group in overlap.groups(todo, vc.batch_size):
                 if report.stopped is not None:
                     break
-                _convert_group(vc, group, voice, overlap, options, report, notify)
+                _convert_group(vc, group, voice, overlap, _Settings(options, on_chunk), report, notify)
         except KeyboardInterrupt:
             report.interrupted = True
         for i, job, outcome in overlap.finish():  # outputs already handed to the writer complete atomically
@@ -317,7 +322,7 @@ def _convert_group(
     group: list[tuple[int, Job, np.ndarray | KnnvcError]],
     voice: Voice,
     overlap: Overlap,
-    options: dict[str, Any],
+    settings: _Settings,
     report: Report,
     notify: Callable[[Progress], None],
 ) -> None:
@@ -329,7 +334,7 @@ def _convert_group(
         else:
             notify(Progress("start", i, report.total, job))
     try:
-        outs = vc.convert_batch([w for _, _, w in ready], voice, **options) if ready else []
+        outs = settings.convert(vc, [w for _, _, w in ready], voice) if ready else []
     except KnnvcError as exc:
         if len(ready) == 1:
             _record(report, notify, ready[0][0], ready[0][1], exc)
@@ -338,7 +343,7 @@ def _convert_group(
     for n, (i, job, wav) in enumerate(ready):
         if outs is None:
             try:
-                out = vc.convert_batch([wav], voice, **options)[0]
+                out = settings.convert(vc, [wav], voice)[0]
             except KnnvcError as exc:
                 _record(report, notify, i, job, exc)
                 continue

@@ -25,7 +25,6 @@ from torch import Tensor
 from knnvc import audio, oom, windows
 from knnvc.constants import (
     DEFAULT_K,
-    DEFAULT_LOUDNESS,
     DEFAULT_VOCODER,
     DEFAULT_WAVLM,
     FRAME_RATE,
@@ -36,10 +35,13 @@ from knnvc.devices import resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, UsageError
 from knnvc.matcher import knn_regression
+from knnvc.options import ConvertOptions
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
 from vocoder import Generator
 
 log = logging.getLogger(__name__)
+
+DEFAULT_OPTIONS = ConvertOptions()
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
 
@@ -192,13 +194,19 @@ class VoiceBuilder:
             raise UsageError("no references given")
         return items
 
-    def voice_from(self, target: Voice | AudioInput | Sequence[AudioInput], *, trim: bool = True) -> Voice:
-        """A ``Voice`` as is, a ``.voice`` file loaded, or references built into a voice."""
+    def voice_from(
+        self,
+        target: Voice | AudioInput | Sequence[AudioInput],
+        *,
+        trim: bool = True,
+        sample_rate: int | None = None,
+    ) -> Voice:
+        """A ``Voice`` as is, a ``.voice`` file loaded, or references (with ``sample_rate`` for arrays) built."""
         if isinstance(target, Voice):
             return target
         if isinstance(target, (str, os.PathLike)) and str(target).endswith(VOICE_SUFFIX):
             return Voice.load(Path(target))
-        return self.build_voice(target, trim=trim)
+        return self.build_voice(target, trim=trim, sample_rate=sample_rate)
 
 
 class KnnVC(VoiceBuilder):
@@ -295,14 +303,16 @@ class KnnVC(VoiceBuilder):
         return wav.cpu().numpy()
 
     # -- conversion -------------------------------------------------------------------------------------
+    def output_rate(self, options: ConvertOptions = DEFAULT_OPTIONS) -> int:
+        """Rate of what ``convert`` returns under ``options``: theirs, else the vocoder's."""
+        return options.output_sample_rate or self.sample_rate
+
     def convert(
         self,
         source: AudioInput,
         target: Voice | AudioInput | Sequence[AudioInput],
+        options: ConvertOptions = DEFAULT_OPTIONS,
         *,
-        k: int = DEFAULT_K,
-        loudness: float | None = DEFAULT_LOUDNESS,
-        trim: bool = True,
         sample_rate: int | None = None,
         progress: windows.Progress | None = None,
     ) -> np.ndarray:
@@ -311,53 +321,48 @@ class KnnVC(VoiceBuilder):
         Args:
             source: path, or array/tensor with ``sample_rate``.
             target: a ``Voice``, a ``.voice`` file, or reference audio (file, folder, list).
-            k: neighbours averaged per frame.
-            loudness: output loudness in LUFS, or None to leave the vocoder's level.
-            trim: trim silence from the ends of each reference (ignored for saved voices).
+            options: k, loudness, trim (for a voice built from audio here), output rate.
             progress: called as ``progress(stage, done, total)`` over the windows of a long source.
 
         Returns:
-            (N,) float32 at ``self.sample_rate`` (the vocoder's, 16 kHz for the published ones), as long as the
-            source: the vocoder covers its whole 20 ms frames and the remaining < 25 ms tail is silence.
+            (N,) float32 at ``self.output_rate(options)``, as long as the source: the vocoder covers its whole
+            20 ms frames and the remaining < 25 ms tail is silence.
         """
-        voice = self.voice_from(target, trim=trim)
+        voice = self.voice_from(target, trim=options.trim)
         wav = self.load_audio(source, sample_rate)
-        return self.convert_batch([wav], voice, k=k, loudness=loudness, progress=progress)[0]
+        return self.convert_batch([wav], voice, options, progress=progress)[0]
 
     def convert_batch(
         self,
         wavs: Sequence[np.ndarray],
         voice: Voice,
+        options: ConvertOptions = DEFAULT_OPTIONS,
         *,
-        k: int = DEFAULT_K,
-        loudness: float | None = DEFAULT_LOUDNESS,
         progress: windows.Progress | None = None,
     ) -> list[np.ndarray]:
         """Convert several (N_i,) 16 kHz waveforms against one voice, encoding them in length-sorted batches.
 
-        Each result equals ``convert`` of that waveform alone: (N_i,) float32 at ``self.sample_rate``.
+        Each result equals ``convert`` of that waveform alone: (N_i,) float32 at ``self.output_rate(options)``.
         """
         outputs = []
+        rate = self.output_rate(options)
         for wav, features in zip(wavs, self.encode_many(wavs, progress=progress), strict=True):
-            out = self.vocode(self.match(features, voice, k), progress=progress)
+            out = self.vocode(self.match(features, voice, options.k), progress=progress)
             # Pad the < 25 ms tail that whole vocoder frames do not cover: the output is as long as the source.
             out = np.pad(out, (0, max(0, round(len(wav) * self.sample_rate / SAMPLE_RATE) - len(out))))
-            outputs.append(audio.normalise_loudness(out, loudness) if loudness is not None else out)
+            if options.loudness is not None:
+                out = audio.normalise_loudness(out, options.loudness, self.sample_rate)
+            outputs.append(audio.resample(out, self.sample_rate, rate))
         return outputs
 
     def convert_file(
         self,
-        source: str | os.PathLike,
+        source: str | os.PathLike[str],
         target: Voice | AudioInput | Sequence[AudioInput],
-        output: str | os.PathLike,
-        *,
-        output_sample_rate: int | None = None,
-        **options: object,
+        output: str | os.PathLike[str],
+        options: ConvertOptions = DEFAULT_OPTIONS,
     ) -> Path:
-        """Convert ``source`` and write it atomically to ``output`` (format from the extension).
-
-        ``output_sample_rate`` defaults to the vocoder's rate; other rates are resampled with soxr.
-        """
-        wav = self.convert(source, target, **options)  # type: ignore[arg-type]
-        rate = output_sample_rate or self.sample_rate
-        return audio.save(Path(output), wav, sample_rate=rate, source_rate=self.sample_rate)
+        """Convert ``source`` and write it atomically to ``output`` (format from the extension)."""
+        wav = self.convert(source, target, options)
+        rate = self.output_rate(options)
+        return audio.save(Path(output), wav, sample_rate=rate, source_rate=rate)

@@ -17,6 +17,7 @@ import torch
 import knnvc
 from knnvc import api, batch
 from knnvc.errors import DeviceError, UsageError
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
@@ -103,7 +104,8 @@ def test_options_and_progress(vc: KnnVC, expected: np.ndarray) -> None:
     wav = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, progress=lambda *e: events.append(e), **TINY)
     assert np.array_equal(wav, expected) and ("vocode", 1, 1) in events
     raw = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, loudness=None, k=2, **TINY)
-    assert np.array_equal(raw, vc.convert(SOURCE_WAV, vc.build_voice(REF_DIR, trim=False), loudness=None, k=2))
+    voice = vc.build_voice(REF_DIR, trim=False)
+    assert np.array_equal(raw, vc.convert(SOURCE_WAV, voice, ConvertOptions(loudness=None, k=2)))
     with pytest.raises(UsageError, match="k must be at least 1"):
         knnvc.convert(SOURCE_WAV, REF_DIR, k=0, **TINY)
     with pytest.raises(UsageError, match="sample rate"):
@@ -145,7 +147,9 @@ def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
     assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["one.flac", "sub/two.flac"]
     chunks: list[tuple[str, int, int]] = []
     events: list[batch.Progress] = []
-    report = batch.run(vc, jobs, voice, progress=events.append, on_chunk=lambda *c: chunks.append(c), k=4)
+    report = batch.run(
+        vc, jobs, voice, ConvertOptions(k=4), progress=events.append, on_chunk=lambda *c: chunks.append(c)
+    )
     assert report.ok and len(report.converted) == 2 and report.audio_seconds > 6
     # Files are converted in groups (batched encoding): each file starts before it is done.
     for index in (0, 1):

@@ -8,6 +8,7 @@ import torch
 
 from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.matcher import knn_indices
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -28,7 +29,7 @@ def test_fp32_on_gpu_reproduces_the_original(reference_outputs: dict) -> None:
     feats = vc.encode(SOURCE_WAV).cpu()
     ref = reference_outputs["source_layer6"]
     assert float((feats - ref).norm() / ref.norm()) < 1e-4
-    out = vc.convert(SOURCE_WAV, REF_DIR, trim=False, loudness=None)
+    out = vc.convert(SOURCE_WAV, REF_DIR, ConvertOptions(trim=False, loudness=None))
     expected = reference_outputs["converted_wav"].numpy()
     assert np.linalg.norm(out[: len(expected)] - expected) / np.linalg.norm(expected) < 1e-3
 
@@ -40,7 +41,7 @@ def test_half_precision_agrees_with_fp32(precision: str) -> None:
     a = knn_indices(fp32.encode(SOURCE_WAV), keys).sort(-1).values
     b = knn_indices(half.encode(SOURCE_WAV), keys).sort(-1).values
     assert float((a == b).all(-1).float().mean()) > 0.8
-    out = half.convert(SOURCE_WAV, REF_DIR, trim=False)
+    out = half.convert(SOURCE_WAV, REF_DIR, ConvertOptions(trim=False))
     assert np.isfinite(out).all()
 
 

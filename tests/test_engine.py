@@ -14,6 +14,7 @@ from knnvc.audio import PEAK_CEILING
 from knnvc.checkpoints import load_encoder, load_vocoder, original_to_hf
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.matcher import cosine_distance, knn_indices, knn_regression
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -152,7 +153,7 @@ def test_vocoder_reproduces_converted_wav(pipeline: KnnVC, reference_outputs: di
 def test_pipeline_end_to_end_matches_the_original(pipeline: KnnVC, reference_outputs: dict) -> None:
     voice = pipeline.build_voice(REF_DIR, trim=False)
     assert voice.num_frames == 524
-    out = pipeline.convert(SOURCE_WAV, voice, k=4, loudness=None)
+    out = pipeline.convert(SOURCE_WAV, voice, ConvertOptions(k=4, loudness=None))
     source_len = len(read(SOURCE_WAV))
     assert out.shape == (source_len,)  # as long as the source; the original stops 256 samples short
     expected = reference_outputs["converted_wav"]
@@ -164,10 +165,10 @@ def test_pipeline_loudness_and_arrays(pipeline: KnnVC) -> None:
     import pyloudnorm
 
     wav = read(SOURCE_WAV)
-    from_array = pipeline.convert(wav.numpy(), REF_DIR, sample_rate=16_000, trim=False, loudness=None)
-    from_path = pipeline.convert(SOURCE_WAV, REF_DIR, trim=False, loudness=None)
+    from_array = pipeline.convert(wav.numpy(), REF_DIR, ConvertOptions(trim=False, loudness=None), sample_rate=16_000)
+    from_path = pipeline.convert(SOURCE_WAV, REF_DIR, ConvertOptions(trim=False, loudness=None))
     np.testing.assert_array_equal(from_array, from_path)
-    loud = pipeline.convert(SOURCE_WAV, REF_DIR, trim=False, loudness=-16.0)
+    loud = pipeline.convert(SOURCE_WAV, REF_DIR, ConvertOptions(trim=False, loudness=-16.0))
     measured = pyloudnorm.Meter(16_000).integrated_loudness(loud.astype(np.float64))
     peak = float(np.abs(loud).max())
     assert peak <= PEAK_CEILING + 1e-6
@@ -189,9 +190,9 @@ def test_other_rate_vocoder_converts_at_its_rate(tmp_path: Path, encoder: WavLME
     vc = KnnVC(encoder, Generator(config).fold_weight_norm().eval(), device="cpu")
     assert vc.sample_rate == 24_000
     source_len = len(read(SOURCE_WAV))
-    out = vc.convert(SOURCE_WAV, REF_DIR, trim=False)
+    out = vc.convert(SOURCE_WAV, REF_DIR, ConvertOptions(trim=False))
     assert out.shape == (source_len * 3 // 2,)
-    path = vc.convert_file(SOURCE_WAV, REF_DIR, tmp_path / "out.wav", trim=False)
+    path = vc.convert_file(SOURCE_WAV, REF_DIR, tmp_path / "out.wav", ConvertOptions(trim=False))
     info = sf.info(str(path))
     assert info.samplerate == 24_000 and info.frames == source_len * 3 // 2
 

@@ -18,6 +18,7 @@ from knnvc import oom
 from knnvc.constants import FRAME_RATE, SAMPLE_RATE
 from knnvc.encoder import num_frames
 from knnvc.errors import DeviceError
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from knnvc.windows import ENCODER_CORE
 from tests.conftest import REF_DIR, SOURCE_WAV
@@ -76,7 +77,7 @@ def test_window_is_halved_at_batch_size_one(monkeypatch: pytest.MonkeyPatch) -> 
     calls = fake_encoder(vc, monkeypatch, lambda wavs: len(wavs) == 1 and all(len(w) <= limit for w in wavs))
     voice = vc.build_voice(tone(2.0)[:, 0], sample_rate=SAMPLE_RATE, trim=False)
     wav = tone(9.0)[:, 0]
-    out = vc.convert(wav, voice, sample_rate=SAMPLE_RATE, loudness=None)
+    out = vc.convert(wav, voice, ConvertOptions(loudness=None), sample_rate=SAMPLE_RATE)
     assert out.shape == wav.shape
     assert vc.window == FRAME_RATE  # 4 s -> 2 s -> 1 s cores (+1 s context: 2 s windows)
     assert max(calls) > 1 and calls[-1] == 1

@@ -210,7 +210,10 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
         def load_audio(self, source: Path) -> np.ndarray:
             return np.zeros(SR // 10, dtype=np.float32)
 
-        def convert_batch(self, wavs: list[np.ndarray], voice: object, **options: object) -> list[np.ndarray]:
+        def output_rate(self, options: object) -> int:
+            return SR
+
+        def convert_batch(self, wavs: list[np.ndarray], voice: object, *args: object, **kw: object) -> list[np.ndarray]:
             return [np.zeros(SR // 10, dtype=np.float32) for _ in wavs]
 
     jobs = [batch.Job(tmp_path / f"{i}.wav", tmp_path / "out" / f"{i}.flac") for i in range(3)]

@@ -12,6 +12,7 @@ import torch
 from bench.layouts import load_layouts, write_prematch_vocoder, write_wavlm_large
 from knnvc.checkpoints import load_encoder, load_vocoder, original_to_hf
 from knnvc.constants import FEATURE_DIM
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV
 
@@ -46,7 +47,7 @@ def test_fullsize_checkpoints_load_strictly_and_convert(fullsize: dict[str, Path
     ten_seconds = np.tile(source, 3)[:160_000]
     voice = vc.build_voice(REF_DIR, trim=False)
     assert voice.frames.shape[1] == FEATURE_DIM
-    out = vc.convert(ten_seconds, voice, sample_rate=16_000, loudness=None)
+    out = vc.convert(ten_seconds, voice, ConvertOptions(loudness=None), sample_rate=16_000)
     assert out.shape == (160_000,)
     assert np.isfinite(out).all() and np.abs(out).max() > 0
 

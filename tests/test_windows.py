@@ -15,6 +15,7 @@ import torch
 from knnvc import windows
 from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.matcher import knn_indices
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -78,8 +79,8 @@ def test_windowed_conversion_agrees_with_whole_file(models: tuple) -> None:
     voice = whole.build_voice(REF_DIR, trim=False)
     same = knn_indices(f_whole, voice.frames).sort(-1).values == knn_indices(f_win, voice.frames).sort(-1).values
     assert float(same.all(-1).float().mean()) > 0.95
-    a = whole.convert(source, voice, sample_rate=16_000, loudness=None)
-    b = windowed.convert(source, voice, sample_rate=16_000, loudness=None)
+    a = whole.convert(source, voice, ConvertOptions(loudness=None), sample_rate=16_000)
+    b = windowed.convert(source, voice, ConvertOptions(loudness=None), sample_rate=16_000)
     assert a.shape == b.shape == source.shape
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
 
@@ -88,7 +89,8 @@ def test_progress_reports_every_window(models: tuple) -> None:
     encoder, vocoder = models
     vc = KnnVC(encoder, vocoder, device="cpu", window_seconds=5, context_seconds=1, batch_size=2)
     events: list[tuple[str, int, int]] = []
-    vc.convert(long_source(4), REF_DIR, sample_rate=16_000, trim=False, progress=lambda *e: events.append(e))
+    options = ConvertOptions(trim=False)
+    vc.convert(long_source(4), REF_DIR, options, sample_rate=16_000, progress=lambda *e: events.append(e))
     encode = [e for e in events if e[0] == "encode"]
     vocode = [e for e in events if e[0] == "vocode"]
     assert encode[-1][1] == encode[-1][2] == 4  # 15.6 s in 5 s windows

@@ -18,6 +18,7 @@ from transformers import WavLMConfig, WavLMModel
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.encoder import WavLMEncoder
+from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from vocoder import Generator, HifiganConfig
 
@@ -71,7 +72,7 @@ def main() -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    vc.convert_file(source, voice, out, loudness=None if "--no-loudness" in sys.argv else -16.0)
+    vc.convert_file(source, voice, out, ConvertOptions(loudness=None if "--no-loudness" in sys.argv else -16.0))
     done.set()
     sampler.join()
     print(json.dumps({"rss_before": before, "rss_peak": max(peak[0], current_rss())}))

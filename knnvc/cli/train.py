@@ -1,7 +1,7 @@
 """``knnvc train``: prematch features, then train a HiFi-GAN vocoder on them (see docs/training.md).
 
 Heavy imports (torch, the encoder, ``vocoder.train``) stay inside the commands so ``knnvc --help`` is instant.
-Library errors become one line and their exit code through ``knnvc.cli.handle_errors``.
+Library errors become one line and their exit code through ``knnvc.cli.common.handle_errors``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from knnvc.cli.app import train_app
+from knnvc.cli.common import DeviceOpt, QuietOpt, VerboseOpt, err, handle_errors, setup_logging
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -19,11 +21,7 @@ if TYPE_CHECKING:
 
     from knnvc.prematch import PrematchReport
 
-train_app = typer.Typer(help="Train your own vocoder: prematch features, then train HiFi-GAN.", no_args_is_help=True)
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 
 
 @train_app.command("prematch")
@@ -49,8 +47,6 @@ def prematch_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
-    from knnvc.cli import err, handle_errors, setup_logging
-
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
         from rich.progress import Progress
@@ -73,8 +69,6 @@ def prematch_command(
 
 
 def _print_prematch(report: PrematchReport) -> None:
-    from knnvc.cli import err
-
     err.print(
         f"{report.out_dir}: {report.written} utterances written, {report.existing} already done, "
         f"{len(report.skipped)} skipped ({report.speakers} speakers)", highlight=False,
@@ -130,8 +124,6 @@ def vocoder_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
-    from knnvc.cli import err, handle_errors, setup_logging
-
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
         flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
@@ -146,7 +138,6 @@ def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: M
     """Run the trainer with a progress bar; map its errors to knnvc's."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from knnvc.cli import err
     from knnvc.errors import UsageError, WeightsError
     from vocoder import VocoderLoadError
     from vocoder.train import TrainConfig, TrainingError, split_overrides

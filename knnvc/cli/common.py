@@ -1,0 +1,92 @@
+"""What every command shares: the consoles, option types, error mapping, logging and small parsers.
+
+Everything human goes to stderr; stdout carries only data (``--json``, ``info``, ``voice info``). Library errors are
+typed (``knnvc.errors``); ``handle_errors`` turns each into one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from knnvc.errors import EXIT_INTERRUPTED, KnnvcError, UsageError
+
+err = Console(stderr=True)
+out = Console()
+
+WavlmOpt = Annotated[str, typer.Option("--wavlm", help="WavLM: hub id, HF folder or original WavLM-Large.pt.")]
+VocoderOpt = Annotated[
+    str, typer.Option("--vocoder", help="Vocoder: prematched, regular, or a path to a generator checkpoint.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Waveforms (or windows of long audio) encoded together.")]
+TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence from both ends of each reference.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (and nothing else there).")]
+
+
+def say(label: str, style: str, message: str) -> None:
+    """One unwrapped line on stderr: a styled label, then ``message`` taken literally (no rich markup)."""
+    from rich.text import Text
+
+    err.print(Text.assemble((label, style), " ", message), soft_wrap=True, highlight=False)
+
+
+@contextmanager
+def handle_errors(verbose: bool) -> Iterator[None]:
+    """Turn library errors into one line and an exit code (tracebacks only when verbose); Ctrl-C into 130."""
+    try:
+        yield
+    except KnnvcError as exc:
+        if verbose:
+            err.print_exception()
+        say("error:", "bold red", str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        say("interrupted", "yellow", "")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Route the ``knnvc`` loggers to stderr through rich: DEBUG when verbose, ERROR when quiet, else WARNING."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("knnvc")
+    for old in [h for h in logger.handlers if isinstance(h, RichHandler) and h.console is err]:
+        logger.removeHandler(old)
+    logger.addHandler(RichHandler(console=err, show_time=False, show_path=False, rich_tracebacks=True))
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+
+
+def parse_loudness(value: str) -> float | None:
+    if value.strip().lower() in {"none", "off", "no"}:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--loudness takes a LUFS value such as -16, or 'none'; got {value!r}") from None
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it, else as given."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+
+@contextmanager
+def nothing() -> Iterator[None]:
+    """A context that does nothing (in place of a spinner when output is quiet)."""
+    yield

@@ -1,0 +1,60 @@
+"""``knnvc download`` and ``knnvc info``: the weights cache and the environment."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from knnvc.cli.app import app
+from knnvc.cli.common import DeviceOpt, JsonOpt, VerboseOpt, err, handle_errors, out, setup_logging
+
+
+@app.command()
+def download(
+    names: Annotated[list[str] | None, typer.Argument(help="Registry names (default: all).")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Prefetch the published weights into the caches (needs internet)."""
+    setup_logging(verbose, False)
+    with handle_errors(verbose):
+        from rich.progress import DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        from knnvc import weights
+
+        for name in names or []:
+            weights.get_entry(name)  # unknown names fail before anything is drawn
+        columns = (TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+
+            def factory(entry: weights.WeightsEntry) -> weights.Progress:
+                task = bar.add_task(entry.name, total=None)
+                return lambda done, total: bar.update(task, completed=done, total=total)
+
+            result = weights.download_all(names=names or None, progress_factory=factory)
+        for name, location in result.items():
+            out.print(f"{name}: {location}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
+    """Versions, the chosen device, cache folders and which weights are cached."""
+    with handle_errors(False):
+        from knnvc.sysinfo import system_info
+
+        data = system_info(device)
+        if json_out:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        from rich.table import Column, Table
+
+        table = Table(show_header=False, box=None)
+        for key in ("knnvc", "python", "torch", "transformers", "device", "cuda", "knnvc_cache", "hf_cache", "offline"):
+            table.add_row(key, str(data[key]))
+        out.print(table)
+        weights = Table("weights", "kind", "cached", Column("where", overflow="fold"))
+        for row in data["weights"]:
+            weights.add_row(row["name"], row["kind"], "yes" if row["cached"] else "no", row["path"] or row["source"])
+        out.print(weights)
+
