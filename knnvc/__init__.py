@@ -7,13 +7,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from knnvc.errors import AudioError, DeviceError, KnnvcError, OutputError, UsageError, VoiceError, WeightsError
+from knnvc.errors import (
+    AudioError,
+    DeviceError,
+    InputError,
+    KnnvcError,
+    OutputError,
+    UsageError,
+    VoiceError,
+    WeightsError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AudioError",
     "DeviceError",
+    "InputError",
     "KnnvcError",
     "KnnVC",
     "OutputError",

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from knnvc.pipeline import AudioInput, KnnVC, VoiceBuilder
+    from knnvc.progress import OnProgress
     from knnvc.voice import Voice
-    from knnvc.windows import Progress
 
 _MODELS: dict[tuple[str, str, str, str], Any] = {}
 """(kind, weights key, device, dtype) -> a loaded encoder or vocoder, on that device in that precision."""
@@ -111,7 +111,7 @@ def convert(
     precision: str = "auto",
     batch_size: int = 8,
     offline: bool | None = None,
-    progress: Progress | None = None,
+    progress: OnProgress | None = None,
 ) -> np.ndarray:
     """Say ``source``'s words in ``reference``'s voice: everything ``knnvc convert`` does for one input.
 
@@ -124,7 +124,7 @@ def convert(
             (16 kHz for the published ones).
         k, loudness, trim: as for ``KnnVC.convert`` (``loudness=None`` keeps the vocoder's level).
         wavlm, vocoder, device, precision, batch_size, offline: as for ``KnnVC.from_pretrained``.
-        progress: ``progress(stage, done, total)`` over the windows of long audio.
+        progress: gets ``knnvc.progress.Progress`` events over the windows of long audio.
 
     Returns:
         (N,) float32 at ``output_sample_rate``, as long as the source.

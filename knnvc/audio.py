@@ -271,6 +271,27 @@ def save(
     return path
 
 
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Raise ``OutputError`` unless files can be made in ``folder`` (not made here: then in the nearest folder
+    above it, where ``save`` would make it). Probes with a hidden file that is removed at once.
+    """
+    target = Path(folder)
+    there = target
+    while not there.exists() and there.parent != there:
+        there = there.parent
+    if not there.is_dir():
+        raise OutputError(f"cannot write into {target}: {there} is a file, not a folder; choose another folder")
+    probe = there / f".knnvc-probe.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise _write_failure(target, exc) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
 def audio_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Every audio file under ``folder``, recursively, sorted by path.
 

@@ -12,9 +12,9 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,25 +24,17 @@ from knnvc import audio
 from knnvc.errors import AudioError, DiskFullError, KnnvcError, OutputError, UsageError
 from knnvc.interrupt import sigterm_as_interrupt
 from knnvc.options import ConvertOptions
+from knnvc.progress import Job, OnProgress, Progress
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
-    from knnvc.windows import Progress as ChunkProgress
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = ConvertOptions()
 
 OUTPUT_EXTENSIONS = tuple(audio.OUTPUT_FORMATS)  # .wav, .flac, .ogg
-
-
-@dataclass(frozen=True)
-class Job:
-    """One source file and where its conversion goes."""
-
-    source: Path
-    output: Path
 
 
 @dataclass
@@ -94,22 +86,6 @@ class Report:
             "skipped_outputs": [str(j.output) for j in self.skipped],
             "failures": [{"file": str(f.source), "error": str(f.error)} for f in self.failed],
         }
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A progress event: ``stage`` is start, done, skip or fail; ``index`` counts from 0 over ``total``.
-
-    ``seconds`` is the wall time a finished file took and ``audio_seconds`` its length.
-    """
-
-    stage: str
-    index: int
-    total: int
-    job: Job
-    seconds: float = 0.0
-    audio_seconds: float = 0.0
-    error: KnnvcError | None = None
 
 
 def safe_name(name: str) -> str:
@@ -176,6 +152,12 @@ def _mirror(source: Path, root: Path, ext: str) -> list[Job]:
 def pending(jobs: list[Job], *, overwrite: bool = False) -> list[Job]:
     """The jobs ``run`` would convert: all with ``overwrite``, else those whose output does not exist yet."""
     return list(jobs) if overwrite else [j for j in jobs if not j.output.exists()]
+
+
+def check_outputs(jobs: list[Job]) -> None:
+    """Raise ``OutputError`` when a folder the jobs write into cannot be written (checked once per folder)."""
+    for folder in sorted({job.output.parent for job in jobs}):
+        audio.check_writable(folder)
 
 
 class Overlap:
@@ -266,10 +248,21 @@ class _Settings:
     """What every group of a batch is converted with."""
 
     options: ConvertOptions
-    on_chunk: ChunkProgress | None
+    notify: OnProgress
+    total: int
 
-    def convert(self, vc: KnnVC, wavs: list[np.ndarray], voice: Voice) -> list[np.ndarray]:
-        return vc.convert_batch(wavs, voice, self.options, progress=self.on_chunk)
+    def convert(self, vc: KnnVC, ready: list[tuple[int, Job, np.ndarray]], voice: Voice) -> list[np.ndarray]:
+        """Convert ``ready`` together; each file's ``start`` is reported as its own turn in the pipeline begins."""
+        current: list[Job | None] = [None]
+
+        def relay(event: Progress) -> None:
+            if event.stage == "convert":  # the pipeline's input index -> this batch's file
+                i, current[0], _ = ready[event.index]
+                self.notify(Progress("start", i, self.total, current[0]))
+            else:  # windows of the file in hand
+                self.notify(replace(event, job=current[0]))
+
+        return vc.convert_batch([wav for _, _, wav in ready], voice, self.options, progress=relay)
 
 
 @sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)
@@ -280,17 +273,21 @@ def run(
     options: ConvertOptions = DEFAULT_OPTIONS,
     *,
     overwrite: bool = False,
-    progress: Callable[[Progress], None] | None = None,
-    on_chunk: ChunkProgress | None = None,
+    progress: OnProgress | None = None,
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
-    event per file; ``on_chunk(stage, done, total)`` reports the windows within one file. KeyboardInterrupt stops
+    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. What would fail every file raises
+    before any file is read: ``k`` above the voice's frame count (``UsageError``), an output folder that cannot be
+    written (``OutputError``). ``progress`` gets
+    ``knnvc.progress.Progress`` events: start, done, skip or fail per file, and encode/vocode over the windows of
+    a long file (with its ``job``). ``start`` comes as the file's own conversion begins. KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
     ``report.stopped``.
     """
+    voice.check_neighbours(options.k)
+    check_outputs(pending(jobs, overwrite=overwrite))
     report = Report(total=len(jobs))
     notify = progress or (lambda event: None)
     rate = vc.output_rate(options)
@@ -307,7 +304,7 @@ def run(
             for group in overlap.groups(todo, vc.batch_size):
                 if report.stopped is not None:
                     break
-                _convert_group(vc, group, voice, overlap, _Settings(options, on_chunk), report, notify)
+                _convert_group(vc, group, voice, overlap, _Settings(options, notify, len(jobs)), report, notify)
         except KeyboardInterrupt:
             report.interrupted = True
         for i, job, outcome in overlap.finish():  # outputs already handed to the writer complete atomically
@@ -324,17 +321,15 @@ def _convert_group(
     overlap: Overlap,
     settings: _Settings,
     report: Report,
-    notify: Callable[[Progress], None],
+    notify: OnProgress,
 ) -> None:
     """Convert one group of decoded sources together; decoding errors and a failing batch go file by file."""
     ready = [(i, job, wav) for i, job, wav in group if isinstance(wav, np.ndarray)]
     for i, job, wav in group:
         if not isinstance(wav, np.ndarray):
             _record(report, notify, i, job, wav)
-        else:
-            notify(Progress("start", i, report.total, job))
     try:
-        outs = settings.convert(vc, [w for _, _, w in ready], voice) if ready else []
+        outs = settings.convert(vc, ready, voice) if ready else []
     except KnnvcError as exc:
         if len(ready) == 1:
             _record(report, notify, ready[0][0], ready[0][1], exc)
@@ -343,7 +338,7 @@ def _convert_group(
     for n, (i, job, wav) in enumerate(ready):
         if outs is None:
             try:
-                out = settings.convert(vc, [wav], voice)[0]
+                out = settings.convert(vc, [(i, job, wav)], voice)[0]
             except KnnvcError as exc:
                 _record(report, notify, i, job, exc)
                 continue
@@ -354,7 +349,7 @@ def _convert_group(
         _record(report, notify, i, job, outcome)
 
 
-def _record(report: Report, notify: Callable[[Progress], None], i: int, job: Job, outcome: float | KnnvcError) -> None:
+def _record(report: Report, notify: OnProgress, i: int, job: Job, outcome: float | KnnvcError) -> None:
     """Record a finished job: its audio seconds, or its error."""
     if isinstance(outcome, KnnvcError):
         log.debug("failed: %s", job.source, exc_info=outcome)

@@ -124,7 +124,7 @@ def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progr
     try:
         return load_generator(path)
     except VocoderLoadError as exc:
-        raise WeightsError(f"{exc}; pass --vocoder prematched, or a g_*.pt generator checkpoint you trust") from exc
+        raise WeightsError(f"{exc}; pass vocoder='prematched', or a g_*.pt generator checkpoint you trust") from exc
 
 
 def original_to_hf(path: str | Path, out_dir: str | Path) -> Path:

@@ -19,13 +19,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise DeviceError(f"device={name!r} was asked for, but torch sees no CUDA GPU; use device='cpu'")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("--device mps was asked for, but this machine has no MPS backend; use --device cpu")
+        raise DeviceError(f"device={name!r} was asked for, but this machine has no MPS backend; use device='cpu'")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from exc
+        raise UsageError(f"unknown device={name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        seen = f"cuda:0 to cuda:{count - 1}" if count > 1 else "cuda:0"
+        raise DeviceError(f"device={name!r} was asked for, but torch sees {count} CUDA GPU(s): {seen}")
+    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -33,7 +38,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+        raise UsageError(f"unknown precision={precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
     if device.type == "cpu" and precision != "fp32":
-        raise UsageError(f"--precision {precision} needs a GPU; on CPU use fp32")
+        raise UsageError(f"precision={precision!r} needs a GPU; on CPU use precision='fp32'")
     return PRECISIONS[precision]

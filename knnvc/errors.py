@@ -11,8 +11,10 @@ code meaning                 raised by / when
 1    some files failed       a batch ran to the end but some files could not be converted; each is
                              listed on stderr (``failed: FILE: why``) and in ``--json``'s ``failures``
 2    ``UsageError``          an option or argument that cannot work (also typer's own usage errors)
-3    ``AudioError``          a source or reference that is missing, not audio, corrupt, empty, too
-                             short (< 400 samples at 16 kHz), NaN/Inf, or a reference with no speech
+3    ``InputError``          an input path that is missing or unreadable, in any command (a source,
+                             reference, voice, training folder or config); ``AudioError``: audio that
+                             is not audio, corrupt, empty, too short (< 400 samples at 16 kHz),
+                             NaN/Inf, or a reference with no speech
 4    ``WeightsError``        model weights missing, not cached while offline, corrupt, or pickled code
 5    ``VoiceError``          a ``.voice`` file that is unreadable or built with another encoder
 6    ``OutputError``         an output that cannot be written; ``DiskFullError`` (a full disk) also
@@ -53,10 +55,14 @@ class UsageError(KnnvcError):
     exit_code = 2
 
 
-class AudioError(KnnvcError):
-    """An input file that is missing, unreadable, corrupt, empty or otherwise not usable audio."""
+class InputError(KnnvcError):
+    """An input path (audio, a voice, a training folder, a config) that is missing or cannot be read."""
 
     exit_code = 3
+
+
+class AudioError(InputError):
+    """An input file that is missing, unreadable, corrupt, empty or otherwise not usable audio."""
 
 
 class WeightsError(KnnvcError):
@@ -91,7 +97,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_PARTIAL: "some files in a batch failed",
     UsageError.exit_code: "usage error",
-    AudioError.exit_code: "bad input audio",
+    InputError.exit_code: "input missing, unreadable or bad audio",
     WeightsError.exit_code: "weights missing or corrupt",
     VoiceError.exit_code: "bad or incompatible voice",
     OutputError.exit_code: "cannot write an output",

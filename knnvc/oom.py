@@ -119,7 +119,7 @@ class OomGuard:
         if self.device.type == "cpu":
             fix = "close other programs, or split the file into shorter parts"
         else:
-            fix = "free GPU memory (other processes), or use --precision bf16 or --device cpu"
+            fix = "free GPU memory (other processes), or use precision='bf16' or device='cpu'"
         return f"out of memory on {self.device} while {stage}{at} ({detail}); {fix}"
 
 

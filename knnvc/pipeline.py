@@ -36,6 +36,7 @@ from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, UsageError
 from knnvc.matcher import knn_regression
 from knnvc.options import ConvertOptions
+from knnvc.progress import OnProgress, Progress, report
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
 from vocoder import Generator
 
@@ -98,7 +99,7 @@ class VoiceBuilder:
 
     # -- stages -----------------------------------------------------------------------------------------
     def encode(
-        self, source: AudioInput, sample_rate: int | None = None, progress: windows.Progress | None = None
+        self, source: AudioInput, sample_rate: int | None = None, progress: OnProgress | None = None
     ) -> Tensor:
         """Layer-6 features of one input: (T, D) at 50 Hz, fp32, on the pipeline's device."""
         return self.encode_many([self.load_audio(source, sample_rate)], progress=progress)[0]
@@ -108,7 +109,7 @@ class VoiceBuilder:
         return [f.float() for f in self.encoder.encode_batch(wavs)]
 
     @oom.retries_smaller("encoding")
-    def encode_many(self, wavs: Sequence[np.ndarray], progress: windows.Progress | None = None) -> list[Tensor]:
+    def encode_many(self, wavs: Sequence[np.ndarray], progress: OnProgress | None = None) -> list[Tensor]:
         """Encode 16 kHz mono waveforms; results keep the input order, (T_i, D) fp32 at 50 Hz.
 
         Inputs that fit in one window are batched by length; longer ones are encoded in overlapping windows
@@ -159,7 +160,7 @@ class VoiceBuilder:
             if trim:
                 wav = audio.trim_silence(wav)
                 if len(wav) == 0:
-                    raise AudioError(f"{label}: no speech found in this reference; check it, or pass --no-trim")
+                    raise AudioError(f"{label}: no speech found in this reference; check it, or pass trim=False")
             wavs.append(wav)
             digest = file_sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
             sources.append(SourceFile(path=label, sha256=digest, seconds=round(len(wav) / SAMPLE_RATE, 3)))
@@ -279,8 +280,7 @@ class KnnVC(VoiceBuilder):
     def match(self, features: Tensor, voice: Voice, k: int = DEFAULT_K) -> Tensor:
         """kNN regression of (T, D) source frames onto the voice's matching set -> (T, D) fp32."""
         voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
-        if voice.num_frames < k:
-            raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={k}")
+        voice.check_neighbours(k)
         keys = voice.frames.to(self.device, torch.float32)
         return knn_regression(features.to(self.device, torch.float32), keys, k)
 
@@ -290,7 +290,7 @@ class KnnVC(VoiceBuilder):
         return self.vocoder(features.to(self.dtype)).reshape(features.shape[0], -1)
 
     @oom.retries_smaller("vocoding")
-    def vocode(self, features: Tensor, progress: windows.Progress | None = None) -> np.ndarray:
+    def vocode(self, features: Tensor, progress: OnProgress | None = None) -> np.ndarray:
         """(T, D) frames at 50 Hz -> (T * hop,) float32 waveform at ``sample_rate``, in windows of 10 s."""
         wav = windows.vocode_windowed(
             self._vocode_batch,
@@ -314,7 +314,7 @@ class KnnVC(VoiceBuilder):
         options: ConvertOptions = DEFAULT_OPTIONS,
         *,
         sample_rate: int | None = None,
-        progress: windows.Progress | None = None,
+        progress: OnProgress | None = None,
     ) -> np.ndarray:
         """Say ``source``'s words in ``target``'s voice.
 
@@ -322,7 +322,7 @@ class KnnVC(VoiceBuilder):
             source: path, or array/tensor with ``sample_rate``.
             target: a ``Voice``, a ``.voice`` file, or reference audio (file, folder, list).
             options: k, loudness, trim (for a voice built from audio here), output rate.
-            progress: called as ``progress(stage, done, total)`` over the windows of a long source.
+            progress: gets ``knnvc.progress.Progress`` events over the windows of a long source.
 
         Returns:
             (N,) float32 at ``self.output_rate(options)``, as long as the source: the vocoder covers its whole
@@ -338,15 +338,20 @@ class KnnVC(VoiceBuilder):
         voice: Voice,
         options: ConvertOptions = DEFAULT_OPTIONS,
         *,
-        progress: windows.Progress | None = None,
+        progress: OnProgress | None = None,
     ) -> list[np.ndarray]:
         """Convert several (N_i,) 16 kHz waveforms against one voice, encoding them in length-sorted batches.
 
         Each result equals ``convert`` of that waveform alone: (N_i,) float32 at ``self.output_rate(options)``.
+        ``progress`` gets a ``convert`` event as each input's turn begins (the first at once: it is encoded with
+        the rest), and ``encode``/``vocode`` events over the windows of long inputs.
         """
         outputs = []
         rate = self.output_rate(options)
-        for wav, features in zip(wavs, self.encode_many(wavs, progress=progress), strict=True):
+        report(progress, Progress("convert", 0, len(wavs)))
+        for i, (wav, features) in enumerate(zip(wavs, self.encode_many(wavs, progress=progress), strict=True)):
+            if i:
+                report(progress, Progress("convert", i, len(wavs)))
             out = self.vocode(self.match(features, voice, options.k), progress=progress)
             # Pad the < 25 ms tail that whole vocoder frames do not cover: the output is as long as the source.
             out = np.pad(out, (0, max(0, round(len(wav) * self.sample_rate / SAMPLE_RATE) - len(out))))

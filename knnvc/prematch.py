@@ -313,7 +313,7 @@ def prematch(
     try:
         hop_for(sample_rate)
     except TrainingError as exc:
-        raise UsageError(f"--sample-rate: {exc}") from exc
+        raise UsageError(f"sample_rate={sample_rate}: {exc}") from exc
     if k < 1 or batch_size < 1 or min_frames < 1:
         raise UsageError("k, batch size and min frames must be at least 1")
     utts, skipped = discover(data_dir, manifest)

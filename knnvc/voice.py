@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from knnvc.constants import FRAME_RATE
-from knnvc.errors import DiskFullError, OutputError, VoiceError
+from knnvc.errors import DiskFullError, OutputError, UsageError, VoiceError
 
 FORMAT = "knnvc-voice/1"
 VOICE_SUFFIX = ".voice"
@@ -82,6 +82,14 @@ class Voice:
             "created": self.created,
             "sources": [asdict(s) for s in self.sources],
         }
+
+    def check_neighbours(self, k: int) -> None:
+        """Raise ``UsageError`` when the matching set has fewer than ``k`` frames to average."""
+        if self.num_frames < k:
+            raise UsageError(
+                f"voice {self.origin or repr(self.name)} has {self.num_frames} frames ({self.seconds:.2f} s of "
+                f"speech), too few for k={k}; lower k or give more reference speech"
+            )
 
     def check_compatible(self, encoder_fingerprint: str, layer: int, encoder_name: str = "") -> None:
         """Raise ``VoiceError`` unless this voice was built with the same encoder weights and layer."""

@@ -25,11 +25,10 @@ from typing import Any, Literal
 
 from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import WeightsError
+from knnvc.progress import OnProgress, Progress, report
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int | None], None]
-"""``progress(done_bytes, total_bytes_or_None)``, called as a download advances."""
 
 _RELEASE = "https://github.com/bshall/knn-vc/releases/download/v0.1"
 _CHUNK = 1 << 20
@@ -131,7 +130,7 @@ def download_file(
     dest: Path,
     *,
     sha256: str | None = None,
-    progress: Progress | None = None,
+    progress: OnProgress | None = None,
     check: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Stream ``url`` into ``dest`` atomically: a temp file beside it; Content-Length, ``sha256`` and
@@ -143,7 +142,7 @@ def download_file(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, progress)
+            digest = _stream(url, out, progress, dest.name)
             out.flush()
             os.fsync(out.fileno())
         if sha256 is not None and digest != sha256.lower():
@@ -161,7 +160,7 @@ def download_file(
     return dest
 
 
-def _stream(url: str, out: Any, progress: Progress | None) -> str:
+def _stream(url: str, out: Any, progress: OnProgress | None, name: str) -> str:
     """Copy the body of ``url`` into ``out`` in chunks; return its sha256. Network errors -> WeightsError."""
     request = urllib.request.Request(url, headers={"User-Agent": "knnvc"})
     digest, done = hashlib.sha256(), 0
@@ -169,14 +168,12 @@ def _stream(url: str, out: Any, progress: Progress | None) -> str:
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            if progress is not None:
-                progress(0, total)
+            report(progress, Progress("download", 0, total, name=name))
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
+                report(progress, Progress("download", done, total, name=name))
     except urllib.error.HTTPError as exc:
         raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
@@ -197,7 +194,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _ensure_file(entry: WeightsEntry, offline: bool, progress: Progress | None) -> Path:
+def _ensure_file(entry: WeightsEntry, offline: bool, progress: OnProgress | None) -> Path:
     """The cached file of a URL entry, verified; fetched (again, when corrupt) unless offline."""
     dest = cache_dir() / (entry.filename or entry.location.rsplit("/", 1)[-1])
     how = f"fetch {entry.location} or run `knnvc download` on a machine with internet, or pass a local path"
@@ -238,7 +235,7 @@ def pick_generator(folder: Path) -> Path:
 
 
 def resolve_vocoder(
-    name_or_path: str | Path, *, offline: bool | None = None, progress: Progress | None = None
+    name_or_path: str | Path, *, offline: bool | None = None, progress: OnProgress | None = None
 ) -> Path:
     """A local ``.pt`` file or folder (see :func:`pick_generator`), or a registry name, fetched if missing."""
     path = Path(name_or_path).expanduser()
@@ -319,16 +316,18 @@ def _snapshot(repo_id: str, patterns: list[str], offline: bool) -> Path:
 def download_all(
     *,
     names: Iterable[str] | None = None,
-    progress_factory: Callable[[WeightsEntry], Progress | None] | None = None,
+    progress: OnProgress | None = None,
 ) -> dict[str, Path | str]:
-    """Fetch every registry entry (or ``names``) into its cache; returns name -> local location."""
+    """Fetch every registry entry (or ``names``) into its cache; returns name -> local location.
+
+    ``progress`` gets ``download`` events naming each file as its bytes arrive.
+    """
     entries = [get_entry(n) for n in names] if names is not None else list(REGISTRY.values())
     done: dict[str, Path | str] = {}
     for entry in entries:
         if entry.source == "hub":
             done[entry.name] = _hub_snapshot(entry.location, offline=False)
         else:
-            progress = progress_factory(entry) if progress_factory is not None else None
             done[entry.name] = _ensure_file(entry, offline=False, progress=progress)
     return done
 

@@ -22,14 +22,12 @@ import torch
 from torch import Tensor
 
 from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD
+from knnvc.progress import OnProgress, Progress, report
 
 ENCODER_CORE = 20 * FRAME_RATE  # frames: 20 s kept per encoder window
 ENCODER_CONTEXT = 3 * FRAME_RATE  # frames: 3 s of context on each side (26 s windows)
 VOCODER_CORE = 10 * FRAME_RATE  # frames: 10 s of output per vocoder window
 VOCODER_CONTEXT = 25  # frames: 0.5 s on each side, over twice HiFi-GAN's receptive field
-
-Progress = Callable[[str, int, int], None]
-"""progress(stage, done, total): ``stage`` is "encode" or "vocode"; counts are windows."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def encode_windowed(
     batch_size: int,
     core: int = ENCODER_CORE,
     context: int = ENCODER_CONTEXT,
-    progress: Progress | None = None,
+    progress: OnProgress | None = None,
 ) -> Tensor:
     """Layer-6 frames of one long (N,) waveform at 16 kHz: (T, D) at 50 Hz, in windows of ``core`` frames.
 
@@ -80,8 +78,7 @@ def encode_windowed(
         feats = encode_batch([wav[slice(*w.sample_span())] for w in group])
         for w, f in zip(group, feats, strict=True):
             parts.append(f[w.keep_start - w.start : w.keep_stop - w.start])
-        if progress is not None:
-            progress("encode", first + len(group), len(windows))
+        report(progress, Progress("encode", first + len(group), len(windows)))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -93,7 +90,7 @@ def vocode_windowed(
     batch_size: int,
     core: int = VOCODER_CORE,
     context: int = VOCODER_CONTEXT,
-    progress: Progress | None = None,
+    progress: OnProgress | None = None,
 ) -> Tensor:
     """Waveform for (T, D) frames: (T * hop,) samples, vocoded in windows of ``core`` frames.
 
@@ -113,8 +110,7 @@ def vocode_windowed(
                 lo, hi = (w.keep_start - w.start) * hop, (w.keep_stop - w.start) * hop
                 out[w.keep_start * hop : w.keep_stop * hop] = y[lo:hi].float()
             done += len(group)
-            if progress is not None:
-                progress("vocode", done, len(windows))
+            report(progress, Progress("vocode", done, len(windows)))
     return out
 
 

@@ -131,7 +131,7 @@ def test_gpu_advice_names_the_options() -> None:
 
     with pytest.raises(DeviceError) as info:
         guard.retry("encoding", attempt, Owner())
-    assert "--precision bf16" in str(info.value) and "--device cpu" in str(info.value)
+    assert "precision='bf16'" in str(info.value) and "device='cpu'" in str(info.value)  # Python words
     assert "out of memory on cuda while encoding" in str(info.value)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from knnvc import weights
 from knnvc.errors import WeightsError
+from knnvc.progress import Progress
 
 
 def _checkpoint_bytes() -> bytes:
@@ -341,14 +342,15 @@ def test_download_all(
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(snapshot))
     seen: list[str] = []
 
-    def factory(entry: weights.WeightsEntry) -> weights.Progress:
-        seen.append(entry.name)
-        return lambda done, total: None
+    def on_progress(event: Progress) -> None:
+        assert event.stage == "download" and event.total in (None, len(BODY))
+        if event.index == 0:
+            seen.append(event.name)
 
-    got = weights.download_all(progress_factory=factory)
+    got = weights.download_all(progress=on_progress)
     assert got["microsoft/wavlm-large"] == snapshot
     assert Path(got["regular"]).read_bytes() == BODY and Path(got["prematched"]).read_bytes() == BODY
-    assert seen == ["prematched", "regular"] and server.hits == 2
+    assert seen == ["prematch_g_02500000.pt", "g_02500000.pt"] and server.hits == 2
     assert weights.download_all(names=["regular"]) == {"regular": got["regular"]}
     assert server.hits == 2
 

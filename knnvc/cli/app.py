@@ -1,21 +1,147 @@
-"""The typer applications: ``knnvc`` and its command groups. Commands register themselves on these."""
+"""The typer applications: ``knnvc`` and its command groups. Commands register themselves on these.
+
+Help is plain text (``rich_markup_mode=None``: option help is shown as written, brackets and all) in click's
+classic shape: ``Usage: knnvc convert [OPTIONS] SOURCE REFERENCE`` and ``--k INTEGER``. ``KnnvcCommand`` gives
+every command that shape, whatever typer's own defaults (``{source}``, ``<int>``) are.
+"""
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Callable
+from typing import Annotated, Any
 
-app = typer.Typer(
+import typer
+from typer._click.exceptions import ClickException
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+from knnvc.errors import UsageError
+
+_TYPE_METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "path": "PATH", "bool": "BOOLEAN"}
+
+
+def _argument_name(param: TyperArgument) -> str:
+    name = str(param.metavar or param.name or "").upper()
+    return name + ("..." if param.nargs != 1 and not name.endswith("...") else "")
+
+
+def _option_metavar(param: TyperOption, ctx: Any) -> str:
+    """``<int range>`` -> ``INTEGER``, ``<list[str]>`` -> ``TEXT``, ``<path>`` -> ``PATH``."""
+    label = param.display_type(ctx).strip("<>").split(" ")[0]
+    label = label.removeprefix("list[").removesuffix("]").lower()
+    return _TYPE_METAVARS.get(label, label.upper())
+
+
+class OneLineUsageError(ClickException):
+    """typer's usage errors (a missing argument, an unknown option, a value of the wrong type) as knnvc's: one line
+    on stderr, ``error: ...``, and exit 2 (``UsageError.exit_code``)."""
+
+    exit_code = UsageError.exit_code
+
+    def show(self, file: Any = None) -> None:
+        typer.echo(f"error: {self.format_message()}", err=True)
+
+
+class KnnvcCommand(TyperCommand):
+    """A typer command whose help reads ``SOURCE`` and ``--k INTEGER`` (typer alone writes ``{source}``, ``<int>``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = _argument_name(param)  # also what usage errors call it
+
+    def _name_options(self, ctx: Any) -> None:
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
+                param.metavar = _option_metavar(param, ctx)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except ClickUsageError as exc:
+            raise _one_line(exc, ctx) from None
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = _argument_name(param)
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        self._name_options(ctx)
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                arguments.append((_argument_name(param), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _one_line(exc: ClickUsageError, ctx: Any) -> OneLineUsageError:
+    return OneLineUsageError(f"{exc.format_message().rstrip('.')}; see `{ctx.command_path} --help`")
+
+
+class KnnvcGroup(TyperGroup):
+    """A command group whose usage errors (``knnvc nope``) are one line, as its commands' are."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except ClickUsageError as exc:
+            raise _one_line(exc, ctx) from None
+
+
+class KnnvcTyper(typer.Typer):
+    """``typer.Typer`` whose groups are ``KnnvcGroup`` and commands ``KnnvcCommand`` unless they ask otherwise."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", KnnvcGroup)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # type: ignore[override]
+        kwargs.setdefault("cls", KnnvcCommand)
+        return super().command(*args, **kwargs)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from knnvc import __version__
+
+        typer.echo(f"knnvc {__version__}")
+        raise typer.Exit()
+
+
+app = KnnvcTyper(
     help="knnvc: zero-shot voice conversion (kNN-VC). Say any source's words in a target speaker's voice.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-voice_app = typer.Typer(
+voice_app = KnnvcTyper(
     help="Build and inspect saved voices (matching sets).", no_args_is_help=True, rich_markup_mode=None
 )
-train_app = typer.Typer(
+train_app = KnnvcTyper(
     help="Train your own vocoder: prematch features, then train HiFi-GAN.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(voice_app, name="voice")
 app.add_typer(train_app, name="train")
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print knnvc's version and exit.")
+    ] = False,
+) -> None:
+    """knnvc: zero-shot voice conversion (kNN-VC). Say any source's words in a target speaker's voice."""

@@ -6,6 +6,7 @@ typed (``knnvc.errors``); ``handle_errors`` turns each into one line on stderr a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from knnvc.errors import EXIT_INTERRUPTED, KnnvcError, UsageError
+from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
 
 err = Console(stderr=True)
 out = Console()
@@ -40,6 +41,41 @@ def say(label: str, style: str, message: str) -> None:
     err.print(Text.assemble((label, style), " ", message), soft_wrap=True, highlight=False)
 
 
+_PYTHON_WORDS = re.compile(
+    r"\b(device|precision|k|loudness|trim|sample_rate|batch_size|vocoder|wavlm|format|overwrite|offline)"
+    r"=('[^']*'|[\w.:-]+)"
+)
+
+
+def _flag(match: re.Match[str]) -> str:
+    name, value = match.group(1).replace("_", "-"), match.group(2).strip("'")
+    if value in ("True", "False"):
+        return f"--{name}" if value == "True" else f"--no-{name}"
+    return f"--{name} {'none' if value == 'None' else value}"
+
+
+def cli_words(message: str) -> str:
+    """A library message in the CLI's words: ``device='cpu'`` -> ``--device cpu``, ``trim=False`` -> ``--no-trim``.
+
+    The library writes its errors for Python callers (keyword arguments); the CLI shows its own flags.
+    """
+    return _PYTHON_WORDS.sub(_flag, message)
+
+
+def require_inputs(*paths: Path | None) -> None:
+    """Every given input path exists: else ``InputError`` (exit 3), the same in every command."""
+    for path in paths:
+        if path is not None and not path.exists():
+            raise InputError(f"{path}: no such file or folder; check the path")
+
+
+def check_device(device: str, precision: str = "auto") -> None:
+    """Resolve ``--device`` and ``--precision`` now (imports torch), before any model or file is loaded."""
+    from knnvc.devices import resolve_device, resolve_precision
+
+    resolve_precision(precision, resolve_device(device))
+
+
 @contextmanager
 def handle_errors(verbose: bool) -> Iterator[None]:
     """Turn library errors into one line and an exit code (tracebacks only when verbose); Ctrl-C into 130."""
@@ -48,7 +84,7 @@ def handle_errors(verbose: bool) -> Iterator[None]:
     except KnnvcError as exc:
         if verbose:
             err.print_exception()
-        say("error:", "bold red", str(exc))
+        say("error:", "bold red", cli_words(str(exc)))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         say("interrupted", "yellow", "")
@@ -83,7 +119,6 @@ def shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
 
 
 @contextmanager

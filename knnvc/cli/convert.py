@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 from knnvc.cli.app import app
 from knnvc.cli.common import (
@@ -21,23 +23,28 @@ from knnvc.cli.common import (
     VerboseOpt,
     VocoderOpt,
     WavlmOpt,
+    check_device,
+    cli_words,
     err,
     handle_errors,
     nothing,
     parse_loudness,
+    require_inputs,
     say,
     setup_logging,
     shown,
 )
 from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
-from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
+from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, AudioError, KnnvcError
+from knnvc.progress import WINDOW_STAGES, Job, Progress
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from rich.progress import Progress as RichProgress
+    from rich.progress import Task
 
-    from knnvc.batch import Job, Progress, Report
+    from knnvc.batch import Report
 
 
 @app.command()
@@ -73,16 +80,24 @@ def convert(
         from knnvc import api
         from knnvc.options import ConvertOptions
 
-        # bad values fail here, before anything heavy is imported
+        # What would fail every file fails here, once, before any model loads: bad values, missing or unreadable
+        # inputs, the device, k against a saved voice, output folders that cannot be written.
         options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate)
         api.check_options(batch_size=batch_size)
+        require_inputs(source, reference)
+        check_device(device, precision)
         from knnvc import batch
         from knnvc.voice import VOICE_SUFFIX, Voice
 
         saved = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else None
+        if saved is not None:
+            saved.check_neighbours(k)
+        else:
+            check_references(reference)
         name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
         jobs = batch.plan(source, output, name, extension=fmt)
         todo = batch.pending(jobs, overwrite=overwrite)
+        batch.check_outputs(todo)
         if not todo:
             report = batch.Report(total=len(jobs), skipped=list(jobs))
         else:
@@ -92,32 +107,65 @@ def convert(
                 )
                 voice = saved or vc.build_voice(reference, trim=trim, name=name)
                 voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
+                voice.check_neighbours(k)  # references: now that their frames are counted, before any file
             with BatchView(todo, show=not (quiet or json_out), verbose=verbose) as view:
-                report = batch.run(
-                    vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event, on_chunk=view.on_chunk
-                )
+                report = batch.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event)
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
 
 
-class BatchView:
-    """Rich progress on stderr: one bar over the files (ETA by audio seconds), one over the current file's windows."""
+def check_references(reference: Path) -> None:
+    """Every reference file (REFERENCE, or the audio in the folder) has a readable audio header: else AudioError."""
+    from knnvc.audio import audio_files, duration_seconds
 
-    def __init__(self, todo: list[Job], *, show: bool, verbose: bool) -> None:
+    files = audio_files(reference) if reference.is_dir() else [reference]
+    if not files:
+        raise AudioError(f"{reference}: folder holds no audio files; give reference speech")
+    for path in files:
+        duration_seconds(path)
+
+
+class Eta(ProgressColumn):
+    """Time left at the average speed so far (audio seconds per wall second since converting began).
+
+    rich's own column uses the last 30 s of updates, which a batch's bursts of finished files throw far off.
+    """
+
+    def render(self, task: Task) -> Text:
+        elapsed, done, total = task.elapsed, task.completed, task.total
+        if not elapsed or done <= 0 or total is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = max(0.0, (total - done) * elapsed / done)
+        hours, minutes, seconds = int(left // 3600), int(left % 3600 // 60), int(left % 60)
+        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+
+class BatchView:
+    """Rich progress on stderr: one bar over the files (ETA by audio seconds), one over the current file's windows.
+
+    The bar names the file the pipeline is converting (its ``start`` event), not one being decoded ahead. A file's
+    audio seconds count as done when the pipeline moves on to the next file, and within a long file by its windows.
+    """
+
+    def __init__(
+        self, todo: list[Job], *, show: bool, verbose: bool, clock: Callable[[], float] | None = None
+    ) -> None:
         from knnvc.audio import duration_seconds
 
-        self.show, self.verbose = show, verbose
+        self.show, self.verbose, self.clock = show, verbose, clock
         self.lengths = {job.source: _safe_duration(duration_seconds, job.source) for job in todo}
+        self.credited: dict[Path, float] = {}  # audio seconds of each file counted as converted so far
+        self.current: Job | None = None
         self.files, self.done, self.failed = len(todo), 0, 0
         self.bar: RichProgress | None = None
 
     def __enter__(self) -> BatchView:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         if not self.show:
             return self
         info = TextColumn("{task.fields[info]}")
-        columns = (TextColumn("{task.description}"), BarColumn(), info, TimeRemainingColumn())
-        self.bar = Progress(*columns, console=err, transient=True)
+        columns = (TextColumn("{task.description}"), BarColumn(), info, Eta())
+        self.bar = Progress(*columns, console=err, transient=True, get_time=self.clock)
         self.bar.start()
         self.files_task = self.bar.add_task("converting", total=sum(self.lengths.values()) or None, info=self._info())
         self.chunk_task = self.bar.add_task("", total=None, visible=False, info="")
@@ -130,31 +178,59 @@ class BatchView:
     def _info(self) -> str:
         return f"{self.done}/{self.files} files" + (f", {self.failed} failed" if self.failed else "")
 
+    def _credit(self, job: Job | None, fraction: float) -> None:
+        """Count ``fraction`` of ``job``'s audio as converted (never less than before)."""
+        if job is None or self.bar is None:
+            return
+        seconds = self.lengths.get(job.source, 0.0) * min(1.0, fraction)
+        gain = seconds - self.credited.get(job.source, 0.0)
+        if gain > 0:
+            self.credited[job.source] = seconds
+            self.bar.update(self.files_task, advance=gain)
+
     def on_event(self, event: Progress) -> None:
-        if self.bar is None:
+        if self.bar is None or event.job is None:
             return
-        job = event.job
-        if event.stage == "start":
+        job, stage = event.job, event.stage
+        if stage == "start":
+            self._credit(self.current, 1.0)  # the pipeline moved on: the last file's compute is done
+            self.current = job
             self.bar.update(self.files_task, description=f"converting {job.source.name}")
-            return
-        if event.stage == "skip":
+        elif stage in WINDOW_STAGES:
+            self._window(event)
+        elif stage == "skip":
             if self.verbose:
                 self.bar.console.print(f"skipped {shown(job.output)} (exists; --overwrite replaces it)", markup=False)
-            return
+        else:
+            self._finished(event)
+
+    def _window(self, event: Progress) -> None:
+        """Windows of a long file: their own bar, and half of the file's audio per stage (encode, vocode)."""
+        assert self.bar is not None
+        done, total = event.index, event.total or 1
+        self._credit(event.job, 0.5 * (done / total + (event.stage == "vocode")))
+        if total > 1:
+            self.bar.update(self.chunk_task, description=f"  {event.stage} windows", completed=done, total=total,
+                            visible=True, info=f"{done}/{total}")  # fmt: skip
+
+    def _finished(self, event: Progress) -> None:
+        assert self.bar is not None and event.job is not None
+        job = event.job
         self.done += 1
-        self.failed += event.stage == "fail"
-        self.bar.update(self.files_task, advance=self.lengths.get(job.source, 0.0), info=self._info())
+        if event.stage == "fail" and not self.credited.get(job.source):  # never computed: no longer to come
+            self.failed += 1
+            total = self.bar.tasks[self.files_task].total
+            self.bar.update(self.files_task, total=max(0.0, (total or 0.0) - self.lengths.get(job.source, 0.0)))
+        else:
+            self.failed += event.stage == "fail"
+            self._credit(job, 1.0)
+        self.bar.update(self.files_task, info=self._info())
         self.bar.update(self.chunk_task, visible=False)
         if event.stage == "done":
             self.bar.console.print(
                 f"{shown(job.output)}: {event.audio_seconds:.1f} s of audio in {event.seconds:.2f} s",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
-
-    def on_chunk(self, stage: str, done: int, total: int) -> None:
-        if self.bar is not None and total > 1:
-            self.bar.update(self.chunk_task, description=f"  {stage} windows", completed=done, total=total,
-                            visible=True, info=f"{done}/{total}")  # fmt: skip
 
 
 def _safe_duration(measure: Callable[[Path], float], path: Path) -> float:
@@ -166,26 +242,34 @@ def _safe_duration(measure: Callable[[Path], float], path: Path) -> float:
 
 
 def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose: bool) -> None:
-    """Summary (a table on stderr, or JSON on stdout), one line per failure, then the exit status."""
+    """Summary (a table on stderr for a folder, or JSON on stdout), one line per failure, then the exit status.
+
+    One source file needs no table: its line (written, skipped, or the error) says it all.
+    """
     from rich.table import Table
 
     s = report.summary()
     if json_out:
         typer.echo(json.dumps(s, indent=2))
-    elif not quiet:
+    elif not quiet and not single:
         table = Table(title="knnvc convert")
         for col in ("files", "converted", "skipped", "failed", "audio s", "wall s", "real-time factor"):
             table.add_column(col, justify="right")
         keys = ("files", "converted", "skipped", "failed", "audio_seconds", "wall_seconds")
         table.add_row(*(str(s[c]) for c in keys), f"{report.realtime_factor:.3f}")
         err.print(table)
+    elif not quiet and report.skipped:
+        say("skipped", "yellow", f"{shown(report.skipped[0].output)}: it exists; --overwrite replaces it")
     for failure in report.failed:
         if verbose:
             from rich.traceback import Traceback
 
             exc = failure.error
             err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
-        say("failed:", "bold red", f"{shown(failure.source)}: {failure.error}")
+        if single:
+            say("error:", "bold red", cli_words(str(failure.error)))
+        else:
+            say("failed:", "bold red", _failure_line(failure.source, failure.error))
     if report.interrupted:
         say("interrupted:", "yellow", "finished files are kept; rerun the same command to convert the rest")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -195,3 +279,8 @@ def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose
     if report.failed:
         raise typer.Exit(report.failed[0].error.exit_code if single else EXIT_PARTIAL)
 
+
+def _failure_line(source: Path, error: KnnvcError) -> str:
+    """``FILE: why``, naming the file once (most messages already name it)."""
+    message = cli_words(str(error))
+    return message if str(source) in message or shown(source) in message else f"{shown(source)}: {message}"

@@ -9,6 +9,7 @@ import typer
 
 from knnvc.cli.app import app
 from knnvc.cli.common import DeviceOpt, JsonOpt, VerboseOpt, err, handle_errors, out, setup_logging
+from knnvc.progress import Progress
 
 
 @app.command()
@@ -19,20 +20,24 @@ def download(
     """Prefetch the published weights into the caches (needs internet)."""
     setup_logging(verbose, False)
     with handle_errors(verbose):
-        from rich.progress import DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.progress import DownloadColumn, TaskID, TextColumn, TransferSpeedColumn
+        from rich.progress import Progress as Bar
 
         from knnvc import weights
 
         for name in names or []:
             weights.get_entry(name)  # unknown names fail before anything is drawn
         columns = (TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
-        with Progress(*columns, console=err, transient=True) as bar:
+        with Bar(*columns, console=err, transient=True) as bar:
 
-            def factory(entry: weights.WeightsEntry) -> weights.Progress:
-                task = bar.add_task(entry.name, total=None)
-                return lambda done, total: bar.update(task, completed=done, total=total)
+            tasks: dict[str, TaskID] = {}
 
-            result = weights.download_all(names=names or None, progress_factory=factory)
+            def on_progress(event: Progress) -> None:
+                if event.name not in tasks:
+                    tasks[event.name] = bar.add_task(event.name, total=None)
+                bar.update(tasks[event.name], completed=event.index, total=event.total)
+
+            result = weights.download_all(names=names or None, progress=on_progress)
         for name, location in result.items():
             out.print(f"{name}: {location}", highlight=False, soft_wrap=True)
 
