@@ -10,12 +10,15 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as Bar
 
 err = Console(stderr=True)
 out = Console()
@@ -102,6 +105,14 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
         logger.removeHandler(old)
     logger.addHandler(RichHandler(console=err, show_time=False, show_path=False, rich_tracebacks=True))
     logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+
+
+def progress_bar(*columns: Any, quiet: bool = False, **options: Any) -> Bar:
+    """A transient rich progress bar on stderr, drawn only on a terminal (elsewhere rich would leave a blank line
+    where it was). ``options`` go to ``rich.progress.Progress`` (``get_time``...)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=err, transient=True, disable=quiet or not err.is_terminal, **options)
 
 
 def parse_loudness(value: str) -> float | None:

@@ -29,6 +29,7 @@ from knnvc.cli.common import (
     handle_errors,
     nothing,
     parse_loudness,
+    progress_bar,
     require_inputs,
     say,
     setup_logging,
@@ -159,13 +160,13 @@ class BatchView:
         self.bar: RichProgress | None = None
 
     def __enter__(self) -> BatchView:
-        from rich.progress import BarColumn, Progress, TextColumn
+        from rich.progress import BarColumn, TextColumn
 
         if not self.show:
             return self
         info = TextColumn("{task.fields[info]}")
         columns = (TextColumn("{task.description}"), BarColumn(), info, Eta())
-        self.bar = Progress(*columns, console=err, transient=True, get_time=self.clock)
+        self.bar = progress_bar(*columns, get_time=self.clock)
         self.bar.start()
         self.files_task = self.bar.add_task("converting", total=sum(self.lengths.values()) or None, info=self._info())
         self.chunk_task = self.bar.add_task("", total=None, visible=False, info="")

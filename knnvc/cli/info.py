@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from knnvc.cli.app import app
-from knnvc.cli.common import DeviceOpt, JsonOpt, VerboseOpt, err, handle_errors, out, setup_logging
+from knnvc.cli.common import DeviceOpt, JsonOpt, VerboseOpt, handle_errors, out, progress_bar, setup_logging
 from knnvc.progress import Progress
 
 
@@ -21,14 +21,13 @@ def download(
     setup_logging(verbose, False)
     with handle_errors(verbose):
         from rich.progress import DownloadColumn, TaskID, TextColumn, TransferSpeedColumn
-        from rich.progress import Progress as Bar
 
         from knnvc import weights
 
         for name in names or []:
             weights.get_entry(name)  # unknown names fail before anything is drawn
         columns = (TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
-        with Bar(*columns, console=err, transient=True) as bar:
+        with progress_bar(*columns) as bar:
 
             tasks: dict[str, TaskID] = {}
 

@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from knnvc.cli.app import train_app
-from knnvc.cli.common import DeviceOpt, QuietOpt, VerboseOpt, err, handle_errors, setup_logging
+from knnvc.cli.common import (
+    DeviceOpt,
+    QuietOpt,
+    VerboseOpt,
+    check_device,
+    err,
+    handle_errors,
+    progress_bar,
+    require_inputs,
+    setup_logging,
+)
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -49,11 +59,13 @@ def prematch_command(
     """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
+        require_inputs(data_dir, manifest)
+        check_device(device)
         from rich.progress import Progress
 
         from knnvc.prematch import prematch
 
-        with Progress(console=err, transient=True, disable=quiet) as bar:
+        with progress_bar(*Progress.get_default_columns(), quiet=quiet) as bar:
             task = bar.add_task("prematching", total=None)
 
             def on_speaker(done: int, total: int, speaker: str) -> None:
@@ -126,6 +138,8 @@ def vocoder_command(
     """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
+        require_inputs(features_dir, config)
+        check_device(device)
         flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
         result = _train(features_dir, out, _read_overrides(config), {k: v for k, v in flags.items() if v},
                         _resolve_init(init, offline), device, quiet)
@@ -136,7 +150,7 @@ def vocoder_command(
 def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: Mapping[str, Any],
            init: Path | None, device: str, quiet: bool) -> Any:
     """Run the trainer with a progress bar; map its errors to knnvc's."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from knnvc.errors import UsageError, WeightsError
     from vocoder import VocoderLoadError
@@ -147,7 +161,7 @@ def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: M
         vocoder_overrides, train_overrides = split_overrides(overrides)
         cfg = TrainConfig.from_dict({**train_overrides, **flags})
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
+        with progress_bar(*columns, quiet=quiet) as bar:
             task = bar.add_task("training", total=cfg.max_steps)
 
             def on_step(step: int, losses: Mapping[str, float]) -> None:

@@ -20,8 +20,10 @@ from knnvc.cli.common import (
     TrimOpt,
     VerboseOpt,
     WavlmOpt,
+    check_device,
     handle_errors,
     out,
+    require_inputs,
     say,
     setup_logging,
 )
@@ -47,11 +49,18 @@ def voice_build(
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
         from knnvc import api
+        from knnvc.audio import check_writable
+        from knnvc.cli.convert import check_references
         from knnvc.voice import VOICE_SUFFIX
 
         if output.suffix != VOICE_SUFFIX:
             raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
         api.check_options(batch_size=batch_size)
+        require_inputs(*references)
+        check_device(device, precision)
+        for reference in references:
+            check_references(reference)
+        check_writable(output.parent)
         builder = api.load_voice_builder(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None
         )
@@ -67,6 +76,7 @@ def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], jso
     with handle_errors(False):
         from knnvc.voice import Voice
 
+        require_inputs(path)
         meta = Voice.load(path).metadata()
         if json_out:
             typer.echo(json.dumps(meta, indent=2))
