@@ -38,6 +38,9 @@ def check_options(*, batch_size: int = 1) -> None:
 
 def _weights_key(name: str | Path) -> str:
     """A local path by its absolute location and modification time (an edited file reloads); else the name."""
+    from knnvc.weights import with_local_default
+
+    name = with_local_default(name)
     path = Path(name).expanduser()
     if path.exists():
         return f"{path.resolve()}@{path.stat().st_mtime_ns}"

@@ -19,7 +19,7 @@ from knnvc.constants import WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder
 from knnvc.errors import WeightsError
 from knnvc.wavlm_convert import convert_original_state_dict, hf_config_from_original
-from knnvc.weights import load_checkpoint, resolve_vocoder, resolve_wavlm
+from knnvc.weights import load_checkpoint, resolve_vocoder, resolve_wavlm, with_local_default
 from vocoder import Generator, VocoderLoadError, load_generator
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def load_encoder(id_or_path: str | Path, *, offline: bool | None = None, layer: 
     location = Path(location)
     if location.is_file():
         return wavlm_from_original(location, layer)
-    return wavlm_from_hf(location, name=str(id_or_path), layer=layer)
+    return wavlm_from_hf(location, name=str(with_local_default(id_or_path)), layer=layer)
 
 
 def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progress: Any = None) -> Generator:

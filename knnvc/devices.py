@@ -25,7 +25,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"unknown device={name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
+        raise UsageError(f"device={name!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         seen = f"cuda:0 to cuda:{count - 1}" if count > 1 else "cuda:0"
@@ -38,7 +38,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision={precision!r}: use 'auto', 'fp32', 'bf16' or 'fp16'")
+        raise UsageError(f"precision={precision!r} is not a precision: use 'auto', 'fp32', 'bf16' or 'fp16'")
     if device.type == "cpu" and precision != "fp32":
         raise UsageError(f"precision={precision!r} needs a GPU; on CPU use precision='fp32'")
     return PRECISIONS[precision]

@@ -89,6 +89,21 @@ def is_offline(offline: bool | None = None) -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("KNNVC_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+LOCAL_DEFAULTS = {DEFAULT_WAVLM: "KNNVC_WAVLM", DEFAULT_VOCODER: "KNNVC_VOCODER"}
+"""Environment variables that put local weights (a path, or another name) in place of the default ones."""
+
+
+def with_local_default(name: str | Path) -> str | Path:
+    """``name``, unless it is a default (``microsoft/wavlm-large``, ``prematched``) that ``$KNNVC_WAVLM`` or
+    ``$KNNVC_VOCODER`` replaces: then that variable's value. For machines without the Hub: set them once."""
+    if isinstance(name, str):
+        key = ALIASES.get(name.lower(), name.lower())
+        for default, variable in LOCAL_DEFAULTS.items():
+            if key == default.lower() and os.environ.get(variable):
+                return os.environ[variable]
+    return name
+
+
 def get_entry(name: str, kind: str | None = None) -> WeightsEntry:
     """The registry entry for a name or alias (case-insensitive), of ``kind`` when given."""
     key = ALIASES.get(name.lower(), name.lower())
@@ -238,6 +253,7 @@ def resolve_vocoder(
     name_or_path: str | Path, *, offline: bool | None = None, progress: OnProgress | None = None
 ) -> Path:
     """A local ``.pt`` file or folder (see :func:`pick_generator`), or a registry name, fetched if missing."""
+    name_or_path = with_local_default(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return pick_generator(path)
@@ -256,6 +272,7 @@ def _looks_like_path(text: str) -> bool:
 
 def resolve_wavlm(id_or_path: str | Path, *, offline: bool | None = None) -> Path:
     """A local original-format ``.pt`` file, a local HF folder, or a hub id's snapshot."""
+    id_or_path = with_local_default(id_or_path)
     path = Path(id_or_path).expanduser()
     if path.is_file():
         return path

@@ -163,7 +163,8 @@ BAD_VALUES = [
     (["--sample-rate", "100"], UsageError, "sample rate"),
     (["--batch-size", "0"], UsageError, "batch size"),
     (["--format", "mp3"], UsageError, "output format"),
-    (["--device", "tpu9"], UsageError, "unknown device"),
+    (["--device", "tpu9"], UsageError, "--device tpu9 is not a device"),
+    (["--precision", "fp8"], UsageError, "--precision fp8 is not a precision"),
 ]
 
 

@@ -1,0 +1,393 @@
+"""Rough edges of the command line (issue 10): one-line failures, failing fast and once, exit codes that agree
+across commands, help that renders, progress that names the right file, one progress type, the architecture.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from knnvc import api, batch
+from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
+from knnvc.progress import Job, Progress
+from tests.conftest import REF_DIR, SOURCE_WAV
+from tests.fault_tools import FAST, MODELS, cli, write_audio
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture()
+def no_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail the test if any model is loaded (the checks under test must come before)."""
+    loads: list[str] = []
+
+    def refuse(kind: str, *args: Any, **kwargs: Any) -> Any:
+        loads.append(kind)
+        raise AssertionError(f"a {kind} model was loaded before the check")
+
+    monkeypatch.setattr(api, "_cached", refuse)
+    yield loads
+    assert loads == []
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+# -- 2. a one-file failure is one line -------------------------------------------------------------------------
+
+
+def test_one_file_failure_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not audio at all" * 100)
+    result = cli("convert", bad, REF_DIR, "-o", tmp_path / "out.wav", *FAST)
+    assert result.exit_code == InputError.exit_code
+    assert lines(result.stderr) == [lines(result.stderr)[0]] and result.stderr.startswith("error: ")
+    assert result.stderr.count("broken.wav") == 1, result.stderr  # the path is named once
+    assert result.stdout == ""
+
+
+def test_one_file_success_is_one_line(tmp_path: Path) -> None:
+    result = cli("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *FAST)
+    assert result.exit_code == 0
+    assert len(lines(result.stderr)) <= 1 and "knnvc convert" not in result.stderr  # no summary table
+    again = cli("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *FAST)
+    assert lines(again.stderr) == ["skipped out.wav: it exists; --overwrite replaces it"] or "skipped" in again.stderr
+
+
+def test_folder_failure_names_the_file_once(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_audio(src / "good.wav", 0.5)
+    (src / "bad.wav").write_bytes(b"junk" * 500)
+    result = cli("convert", src, REF_DIR, "-o", tmp_path / "out", *FAST, "-q")
+    assert result.exit_code == 1
+    (line,) = lines(result.stderr)
+    assert line.startswith("failed: ") and line.count("bad.wav") == 1, line
+
+
+# -- 4. fail fast, once ----------------------------------------------------------------------------------------
+
+
+def test_unreadable_reference_fails_before_models_load(tmp_path: Path, no_models: list[str]) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    shutil.copy(REF_DIR / "ref_01.wav", refs / "a.wav")
+    (refs / "b.wav").write_bytes(b"\x00not audio" * 50)
+    result = cli("convert", SOURCE_WAV, refs, "-o", tmp_path / "out.wav", *FAST)
+    assert result.exit_code == InputError.exit_code and "b.wav" in result.stderr
+    assert len(lines(result.stderr)) == 1
+    missing = cli("convert", SOURCE_WAV, tmp_path / "nobody", "-o", tmp_path / "out.wav", *FAST)
+    assert missing.exit_code == InputError.exit_code and "nobody" in missing.stderr
+    build = cli("voice", "build", refs, "-o", tmp_path / "v.voice", *MODELS[:2], "--device", "cpu")
+    assert build.exit_code == InputError.exit_code and "b.wav" in build.stderr
+
+
+def test_unwritable_output_folder_fails_before_models_load(tmp_path: Path, no_models: list[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    src = tmp_path / "src"
+    for i in range(3):
+        write_audio(src / f"{i}.wav", 0.3)
+    result = cli("convert", src, REF_DIR, "-o", blocker / "out", *FAST)
+    assert result.exit_code == OutputError.exit_code
+    assert len(lines(result.stderr)) == 1 and "a-file" in result.stderr  # once, not once per file
+
+
+def test_read_only_output_folder_fails_before_models_load(
+    tmp_path: Path, no_models: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated (root ignores chmod): every file created in the folder is refused."""
+    import builtins
+    import errno
+    import os
+
+    from knnvc import audio
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_open = builtins.open
+
+    def guarded_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if any(c in mode for c in "wax+") and Path(os.fsdecode(file)).parent == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "open", guarded_open, raising=False)
+    src = tmp_path / "src"
+    for i in range(3):
+        write_audio(src / f"{i}.wav", 0.3)
+    result = cli("convert", src, REF_DIR, "-o", locked, *FAST)
+    assert result.exit_code == OutputError.exit_code and "permission denied" in result.stderr
+    assert len(lines(result.stderr)) == 1
+    assert list(locked.iterdir()) == []
+
+
+def test_k_above_a_saved_voice_fails_before_models_load(tmp_path: Path, voice: Path, no_models: list[str]) -> None:
+    frames = int(sf.info(str(REF_DIR / "ref_01.wav")).duration * 200)  # far more than the voice holds
+    result = cli("convert", SOURCE_WAV, voice, "-o", tmp_path / "out.wav", *FAST, "--k", frames)
+    assert result.exit_code == UsageError.exit_code
+    (line,) = lines(result.stderr)
+    assert f"--k {frames}" in line and "frames" in line, line
+
+
+def test_k_above_the_references_fails_once_before_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from knnvc.pipeline import KnnVC
+
+    calls: list[int] = []
+    real = KnnVC.convert_batch
+
+    def counting(self: KnnVC, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(KnnVC, "convert_batch", counting)
+    src = tmp_path / "src"
+    for i in range(3):
+        write_audio(src / f"{i}.wav", 0.3)
+    result = cli("convert", src, REF_DIR / "ref_01.wav", "-o", tmp_path / "out", *FAST, "--k", 100_000)
+    assert result.exit_code == UsageError.exit_code
+    assert len(lines(result.stderr)) == 1 and "--k 100000" in result.stderr
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_bad_device_fails_before_models_load(tmp_path: Path, no_models: list[str]) -> None:
+    result = cli("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *FAST, "--device", "nonsense:3")
+    assert result.exit_code == UsageError.exit_code and "--device nonsense:3" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_missing_device_is_echoed(tmp_path: Path, no_models: list[str]) -> None:
+    for command in (
+        ["convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *MODELS[:4]],
+        ["voice", "build", REF_DIR, "-o", tmp_path / "v.voice", *MODELS[:2]],
+        ["info"],
+    ):
+        result = cli(*command, "--device", "cuda:1")
+        assert result.exit_code == DeviceError.exit_code
+        assert lines(result.stderr) == [
+            "error: --device cuda:1 was asked for, but torch sees no CUDA GPU; use --device cpu"
+        ], result.stderr
+
+
+# -- 10. exit codes agree across commands ----------------------------------------------------------------------
+
+
+def test_a_missing_input_exits_3_in_every_command(tmp_path: Path, no_models: list[str]) -> None:
+    nope = tmp_path / "nope"
+    features = tmp_path / "features"
+    features.mkdir()
+    commands = [
+        ["convert", nope / "a.wav", REF_DIR, *FAST],
+        ["convert", SOURCE_WAV, nope / "ref.wav", *FAST],
+        ["convert", SOURCE_WAV, nope / "alice.voice", *FAST],
+        ["voice", "build", nope, "-o", tmp_path / "v.voice", *MODELS[:2]],
+        ["voice", "build", REF_DIR, nope / "b.wav", "-o", tmp_path / "v.voice", *MODELS[:2]],
+        ["voice", "info", nope / "alice.voice"],
+        ["train", "prematch", nope, tmp_path / "out", "--device", "cpu"],
+        ["train", "prematch", REF_DIR, tmp_path / "out", "--manifest", nope / "m.csv", "--device", "cpu"],
+        ["train", "vocoder", nope, "--out", tmp_path / "run", "--device", "cpu"],
+        ["train", "vocoder", features, "--out", tmp_path / "run", "--config", nope / "c.json", "--device", "cpu"],
+    ]
+    for command in commands:
+        result = cli(*command)
+        assert result.exit_code == InputError.exit_code == 3, (command, result.exit_code, result.stderr)
+        (line,) = lines(result.stderr)
+        assert line.startswith("error: ") and "nope" in line and "no such file or folder" in line, line
+
+
+def test_typer_usage_errors_are_knnvc_usage_errors() -> None:
+    for args in (["convert"], ["convert", "a", "b", "--k", "many"], ["voice", "build", "--bogus"], ["nope"]):
+        result = cli(*args)
+        assert result.exit_code == UsageError.exit_code == 2, args
+        (line,) = lines(result.stderr)
+        assert line.startswith("error: ") and "--help" in line, line
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5, 6, 7, 130}
+
+
+# -- 11. help and details ----------------------------------------------------------------------------------------
+
+COMMANDS = [["convert"], ["voice", "build"], ["voice", "info"], ["info"], ["download"], ["train", "prematch"],
+            ["train", "vocoder"], ["voice"], ["train"], []]  # fmt: skip
+
+
+def test_version() -> None:
+    from knnvc import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"knnvc {__version__}\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "knnvc")
+def test_help_renders_plainly(command: list[str]) -> None:
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert not re.search(r"<\w[\w\[\] ]*>", text), text  # no <bool>, <int>, <path>, <list[Path]>
+    assert not re.search(r"\{\w+\}", text), text  # usage reads SOURCE, not {source}
+    usage = text.splitlines()[0]
+    assert usage.startswith("Usage: knnvc") and usage == usage.rstrip()
+    if command == ["convert"]:
+        assert usage == "Usage: knnvc convert [OPTIONS] SOURCE REFERENCE"
+        flat = " ".join(text.split())
+        assert "Output rate in Hz (soxr) [default: the vocoder's, 16000]." in flat  # brackets survive
+        assert "--k INTEGER" in text and "--trim / --no-trim" in text
+    if command == ["voice", "build"]:
+        assert usage == "Usage: knnvc voice build [OPTIONS] REFERENCES..."
+
+
+def test_no_blank_line_before_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for command in (
+        ["train", "prematch", tmp_path / "empty", tmp_path / "out", "--device", "cpu"],
+        ["train", "vocoder", tmp_path / "empty", "--out", tmp_path / "run", "--device", "cpu"],
+        ["convert", tmp_path / "empty", REF_DIR, *FAST],
+    ):
+        result = cli(*command)
+        assert result.exit_code != 0
+        assert result.stderr.startswith("error: ") and "\n\n" not in result.stderr, repr(result.stderr)
+
+
+def test_library_errors_speak_python() -> None:
+    """Python callers read keyword arguments; only the CLI translates them to its flags."""
+    from knnvc.devices import resolve_device, resolve_precision
+    from knnvc.errors import KnnvcError
+
+    failures: list[str] = []
+    for call in (lambda: resolve_device("nonsense:1"), lambda: resolve_precision("bf16", torch.device("cpu"))):
+        with pytest.raises(KnnvcError) as info:
+            call()
+        failures.append(str(info.value))
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError) as info:
+            resolve_device("cuda:1")
+        failures.append(str(info.value))
+        assert "device='cuda:1'" in failures[-1]
+    assert all("--" not in message for message in failures), failures
+    sources = Path(__file__).parents[1] / "knnvc"
+    flags = re.compile(r"""(Error|raise \w+)\(f?["'][^"']*--[a-z]""")
+    offenders = [
+        f"{path.relative_to(sources)}:{n}"
+        for path in sources.rglob("*.py")
+        if "cli" not in path.relative_to(sources).parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if flags.search(line)
+    ]
+    assert offenders == [], offenders
+
+
+# -- 12. progress ------------------------------------------------------------------------------------------------
+
+
+def test_the_bar_names_the_file_being_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a batch of several files, each one's vocoding runs while the bar names it (not the next one)."""
+    from knnvc.cli import convert as convert_cli
+    from knnvc.pipeline import KnnVC
+
+    views: list[convert_cli.BatchView] = []
+    real_enter = convert_cli.BatchView.__enter__
+
+    def enter(self: convert_cli.BatchView) -> convert_cli.BatchView:
+        views.append(self)
+        return real_enter(self)
+
+    seen: list[tuple[str, int]] = []
+    real_vocode = KnnVC.vocode
+
+    def vocode(self: KnnVC, features: torch.Tensor, progress: Any = None) -> np.ndarray:
+        assert views and views[-1].bar is not None
+        seen.append((views[-1].bar.tasks[0].description, features.shape[0]))
+        return real_vocode(self, features, progress)
+
+    monkeypatch.setattr(convert_cli.BatchView, "__enter__", enter)
+    monkeypatch.setattr(KnnVC, "vocode", vocode)
+    src = tmp_path / "src"
+    lengths = {"a.wav": 0.4, "b.wav": 0.8, "c.wav": 1.2}  # distinct frame counts tell the files apart
+    for name, seconds in lengths.items():
+        write_audio(src / name, seconds)
+    result = cli("convert", src, REF_DIR, "-o", tmp_path / "out", *FAST, "--batch-size", "3")
+    assert result.exit_code == 0, result.stderr
+    assert [d for d, _ in seen] == [f"converting {name}" for name in lengths]
+    assert [n for _, n in seen] == sorted(n for _, n in seen)
+
+
+def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:
+    """Files of 1 s to 20 s, converted in groups whose files are written together (a burst of 'done' events).
+
+    Compute takes 0.5 s per audio second; after each group the ETA must be close to the truth.
+    """
+    from knnvc.cli.convert import BatchView, Eta
+
+    lengths = [1.0, 20.0, 2.0, 1.0, 8.0, 1.0, 3.0, 12.0]
+    jobs = [Job(write_audio(tmp_path / f"{i}.wav", s, 8000), tmp_path / f"out{i}.wav") for i, s in enumerate(lengths)]
+    now = [0.0]
+    groups = [jobs[0:3], jobs[3:6], jobs[6:8]]
+    with BatchView(jobs, show=True, verbose=False, clock=lambda: now[0]) as view:
+        assert view.bar is not None
+        task = view.bar.tasks[0]
+        for group in groups:
+            for job in group:
+                index = jobs.index(job)
+                view.on_event(Progress("start", index, len(jobs), job))
+                now[0] += 0.5 * lengths[index]  # its turn: matched and vocoded
+            for job in group:  # written together after the group
+                index = jobs.index(job)
+                view.on_event(Progress("done", index, len(jobs), job, audio_seconds=lengths[index]))
+            done = sum(lengths[jobs.index(j)] for g in groups[: groups.index(group) + 1] for j in g)
+            truth = 0.5 * (sum(lengths) - done)
+            shown = Eta().render(task).plain
+            h, m, s = (int(x) for x in shown.split(":"))
+            assert abs(h * 3600 + m * 60 + s - truth) <= 1.0, (shown, truth)
+
+
+def test_one_progress_type() -> None:
+    """Batch, windows and downloads report the same ``knnvc.progress.Progress`` events; no other type exists."""
+    from knnvc import weights, windows
+
+    assert batch.Progress is Progress and batch.Job is Job
+    assert not hasattr(windows, "Progress") or windows.Progress is Progress
+    assert not hasattr(weights, "Progress") or weights.Progress is Progress
+    sources = Path(__file__).parents[1] / "knnvc"
+    defined = [
+        str(path.relative_to(sources))
+        for path in sources.rglob("*.py")
+        if re.search(r"^(class Progress\b|Progress\s*=)", path.read_text(), re.M)
+    ]
+    assert defined == ["progress.py"], defined
+
+
+def test_window_events_reach_the_batch_progress(tmp_path: Path) -> None:
+    """A long file's windows arrive as Progress events carrying its job."""
+    vc = api.load_pipeline(MODELS[1], MODELS[3], device="cpu", batch_size=2)  # a new pipeline over cached models
+    vc.window, vc.context = 50, 10  # 1 s windows: a 3 s file has several
+    voice = vc.build_voice(REF_DIR, trim=False)
+    job = batch.Job(write_audio(tmp_path / "long.wav", 3.0), tmp_path / "out.wav")
+    events: list[Progress] = []
+    report = batch.run(vc, [job], voice, progress=events.append)
+    assert report.ok
+    stages = [e.stage for e in events]
+    assert stages[0] == "start" and stages[-1] == "done" and "encode" in stages
+    assert all(isinstance(e, Progress) and e.job == job for e in events)
+
+
+# -- the architecture ------------------------------------------------------------------------------------------
+
+
+def test_import_contracts_hold() -> None:
+    """Layers, a standalone vocoder and no import cycles (pyproject.toml [tool.importlinter])."""
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if lint is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    root = Path(__file__).parents[1]
+    proc = subprocess.run([lint], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "0 broken" in proc.stdout
