@@ -1,0 +1,156 @@
+"""The README cannot drift: every example in README.md runs here, and what it prints must be what the README shows.
+
+- ```console blocks: each ``$ command`` runs in one sandbox folder, in README order (later commands see earlier
+  outputs); the lines under it are compared with what it printed (stdout, then stderr). ``knnvc`` commands run in
+  process (typer's runner, models cached); anything else (``rm``, ``echo``) runs in bash.
+- ```python blocks run in the same sandbox, in the same order, and must not raise.
+- ```bash blocks are setup a reader types once (install, the test suite itself, the benchmark); they are checked to
+  hold only those commands, since running them here would install packages or recurse.
+
+The defaults point at copies of the tiny test models (``KNNVC_WAVLM``, ``KNNVC_VOCODER``), offline. Masked when
+comparing: timings, versions, dates, cache paths, the device; padding of tables (their widths follow the numbers).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from knnvc.cli import app
+from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_VOCODER_CONFIG, TINY_WAVLM
+
+README = Path(__file__).parents[1] / "README.md"
+SETUP = ("pip install ", "python -m pytest", "python -m bench")
+EXIT_ECHO = '; echo "exit $?"'
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    text: str
+    line: int  # where it starts in README.md
+
+
+def blocks() -> list[Block]:
+    text = README.read_text(encoding="utf-8")
+    return [
+        Block(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+        for m in re.finditer(r"^```(\w+)\n(.*?)^```", text, re.M | re.S)
+    ]
+
+
+def steps(block: Block) -> list[tuple[str, list[str]]]:
+    """A console block as (command, the lines shown under it)."""
+    found: list[tuple[str, list[str]]] = []
+    for line in block.text.splitlines():
+        if line.startswith("$ "):
+            found.append((line[2:], []))
+        else:
+            assert found, f"README.md:{block.line}: output before any command"
+            found[-1][1].append(line)
+    return found
+
+
+_MASKS = [
+    (re.compile(r"( of audio in )\d+\.\d+ s"), r"\1N s"),
+    (re.compile(r'("(?:wall_seconds|realtime_factor|speed)": )[\d.e-]+'), r"\1N"),
+    (re.compile(r"^( created\s+)\S+"), r"\1DATE"),
+    (re.compile(r"^( (?:knnvc|python|torch|transformers|device|cuda|knnvc_cache|hf_cache)\s+)\S.*"), r"\1X"),
+]
+_SUMMARY_ROW = re.compile(r"^│((?:\s+[\d.]+\s+│){7})$")  # files, converted, skipped, failed, audio s, wall s, rtf
+
+
+def normalise(text: str) -> list[str]:
+    lines = []
+    for line in text.strip("\n").splitlines():
+        line = line.rstrip()
+        for pattern, replacement in _MASKS:
+            line = pattern.sub(replacement, line)
+        row = _SUMMARY_ROW.match(line)
+        if row:
+            cells = [c.strip() for c in row.group(1).split("│")[:7]]
+            line = "│ " + " │ ".join(cells[:5] + ["N", "N"]) + " │"
+        line = re.sub(r"([━─])[━─]*", r"\1", line)  # table rules: their length follows the cells
+        lines.append(re.sub(r" {2,}", " ", line))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files the README's examples name, and copies of the tiny models under short relative paths."""
+    root = tmp_path_factory.mktemp("readme")
+    shutil.copy(SOURCE_WAV, root / "source.wav")
+    for folder in ("alice", "target_speaker"):
+        (root / folder).mkdir()
+        for i, ref in enumerate(sorted(REF_DIR.glob("*.wav")), 1):
+            shutil.copy(ref, root / folder / f"{i:02d}.wav")
+    for rel in ("ep1/interview.wav", "ep1/intro.wav", "ep2/outro.wav"):
+        (root / "podcast" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SOURCE_WAV, root / "podcast" / rel)
+    (root / "weights").mkdir()
+    shutil.copy(TINY_WAVLM, root / "weights" / TINY_WAVLM.name)
+    shutil.copy(TINY_VOCODER, root / "weights" / TINY_VOCODER.name)
+    shutil.copy(TINY_VOCODER_CONFIG, root / "weights" / "config.json")  # the tiny vocoder's shape
+    return root
+
+
+def environment(root: Path) -> dict[str, str]:
+    return {
+        "KNNVC_WAVLM": f"weights/{TINY_WAVLM.name}",
+        "KNNVC_VOCODER": f"weights/{TINY_VOCODER.name}",
+        "KNNVC_OFFLINE": "1",
+        "KNNVC_CACHE": str(root / ".cache" / "knnvc"),
+        "HF_HOME": str(root / ".cache" / "huggingface"),
+    }
+
+
+def run_command(command: str, root: Path, env: dict[str, str]) -> str:
+    """What ``command`` prints (stdout, then stderr), as the README shows it."""
+    if command.startswith("knnvc "):
+        echo = command.endswith(EXIT_ECHO)
+        args = shlex.split(command.removesuffix(EXIT_ECHO))[1:]
+        result = CliRunner().invoke(app, args, env=env, prog_name="knnvc")
+        assert result.exception is None or isinstance(result.exception, SystemExit), (command, result.exception)
+        printed = result.stdout + result.stderr
+        return printed + (f"exit {result.exit_code}\n" if echo else "")
+    import os
+
+    proc = subprocess.run(["bash", "-c", command], cwd=root, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    return proc.stdout + proc.stderr
+
+
+def test_readme_examples_run_and_print_what_it_shows(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = environment(sandbox)
+    monkeypatch.chdir(sandbox)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    found = blocks()
+    assert {b.lang for b in found} <= {"console", "python", "bash"}, {b.lang for b in found}
+    assert sum(b.lang == "console" for b in found) >= 5 and sum(b.lang == "python" for b in found) >= 2
+    drift: list[str] = []
+    for block in found:
+        if block.lang == "bash":
+            commands = [c.strip() for c in re.split(r"&&|\n", block.text) if c.strip()]
+            assert all(c.startswith(SETUP) for c in commands), f"README.md:{block.line}: not setup: {commands}"
+        elif block.lang == "python":
+            exec(compile(block.text, f"README.md:{block.line}", "exec"), {"__name__": "readme"})  # noqa: S102
+        else:
+            for command, shown in steps(block):
+                if "--device cuda" in command and torch.cuda.is_available():
+                    continue  # the example shows a machine without a GPU
+                printed = run_command(command, sandbox, env)
+                if normalise(printed) != normalise("\n".join(shown)):
+                    drift.append(f"README.md:{block.line}: $ {command}\n--- shown\n" + "\n".join(shown)
+                                 + f"\n--- printed\n{printed}")  # fmt: skip
+    assert not drift, "\n\n".join(drift)
