@@ -100,8 +100,9 @@ def test_saved_voice(tmp_path: Path, expected: np.ndarray) -> None:
 
 
 def test_options_and_progress(vc: KnnVC, expected: np.ndarray) -> None:
-    events: list[tuple[str, int, int]] = []
-    wav = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, progress=lambda *e: events.append(e), **TINY)
+    events: list[tuple[str, int, int | None]] = []
+    wav = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, progress=lambda e: events.append((e.stage, e.index, e.total)),
+                        **TINY)  # fmt: skip
     assert np.array_equal(wav, expected) and ("vocode", 1, 1) in events
     raw = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, loudness=None, k=2, **TINY)
     voice = vc.build_voice(REF_DIR, trim=False)
@@ -145,16 +146,15 @@ def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
     voice = vc.build_voice(REF_DIR, trim=False)
     jobs = batch.plan(src, tmp_path / "out", voice.name, extension="flac")
     assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["one.flac", "sub/two.flac"]
-    chunks: list[tuple[str, int, int]] = []
     events: list[batch.Progress] = []
-    report = batch.run(
-        vc, jobs, voice, ConvertOptions(k=4), progress=events.append, on_chunk=lambda *c: chunks.append(c)
-    )
+    report = batch.run(vc, jobs, voice, ConvertOptions(k=4), progress=events.append)
     assert report.ok and len(report.converted) == 2 and report.audio_seconds > 6
     # Files are converted in groups (batched encoding): each file starts before it is done.
+    files = [e for e in events if e.stage in ("start", "done", "skip", "fail")]
     for index in (0, 1):
-        assert [e.stage for e in events if e.index == index] == ["start", "done"]
-    assert ("vocode", 1, 1) in chunks
+        assert [e.stage for e in files if e.index == index] == ["start", "done"]
+    windows = [(e.stage, e.index, e.total, e.job) for e in events if e.stage in ("encode", "vocode")]
+    assert ("vocode", 1, 1, jobs[0]) in windows and ("vocode", 1, 1, jobs[1]) in windows  # each names its file
     assert report.summary()["realtime_factor"] == pytest.approx(report.wall_seconds / report.audio_seconds, rel=1e-2)
     assert batch.pending(jobs) == [] and len(batch.pending(jobs, overwrite=True)) == 2
     assert batch.run(vc, jobs, voice).summary()["skipped"] == 2

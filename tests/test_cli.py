@@ -29,6 +29,7 @@ from typer.testing import CliRunner, Result
 from knnvc import audio
 from knnvc.cli import app
 from knnvc.errors import AudioError, DeviceError, UsageError, VoiceError, WeightsError
+from knnvc.progress import Progress
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -191,7 +192,7 @@ def test_missing_inputs(tmp_path: Path) -> None:
     result = cli("convert", tmp_path / "nope.wav", REF_DIR, *MODELS)
     assert result.exit_code == AudioError.exit_code and "no such file" in one_line(result)
     result = cli("convert", SOURCE_WAV, tmp_path / "nope.voice", *MODELS)
-    assert result.exit_code == VoiceError.exit_code and "no such voice file" in one_line(result)
+    assert result.exit_code == AudioError.exit_code and "no such file" in one_line(result)  # 3: a missing input
     result = cli("voice", "build", REF_DIR, "-o", tmp_path / "v.safetensors", *MODELS[:2])
     assert result.exit_code == UsageError.exit_code and ".voice" in one_line(result)
 
@@ -222,7 +223,7 @@ def test_single_file_default_name_and_report(tmp_path: Path, monkeypatch: pytest
     out = tmp_path / "source_ref.wav"
     wav, rate = sf.read(out, dtype="float32")
     assert rate == 16_000 and len(wav) == round(SOURCE_SECONDS * 16_000)
-    assert "real-time factor" in result.stderr and "source_ref.wav" in result.stderr
+    assert result.stderr.startswith("source_ref.wav: 3.9 s of audio in ") and len(result.stderr.splitlines()) == 1
     assert result.stdout == ""
     again = ok("convert", SOURCE_WAV, REF_DIR, *FAST, "--json")  # exists: skipped without loading anything
     assert json.loads(again.stdout)["skipped"] == 1
@@ -382,10 +383,10 @@ def test_info(tmp_path: Path, no_network: list[object]) -> None:
 def test_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_network: list[object]) -> None:
     from knnvc import weights
 
-    def fake(names: list[str] | None = None, progress_factory: Any = None) -> dict[str, Path]:
+    def fake(names: list[str] | None = None, progress: Any = None) -> dict[str, Path]:
         entries = [weights.get_entry(n) for n in names] if names else list(weights.REGISTRY.values())
         for entry in entries:
-            progress_factory(entry)(1 << 20, 2 << 20)
+            progress(Progress("download", 1 << 20, 2 << 20, name=entry.filename or entry.name))
         return {e.name: tmp_path / e.name for e in entries}
 
     monkeypatch.setattr(weights, "download_all", fake)
@@ -438,11 +439,11 @@ def test_progress_view_tracks_files_and_windows(tmp_path: Path) -> None:
         files, windows = view.bar.tasks
         assert files.total == pytest.approx(SOURCE_SECONDS + sf.info(str(REF_DIR / "ref_01.wav")).duration)
         view.on_event(batch.Progress("start", 0, 2, jobs[0]))
-        view.on_chunk("encode", 1, 3)  # a long file: its windows get their own bar
+        view.on_event(batch.Progress("encode", 1, 3, jobs[0]))  # a long file: its windows get their own bar
         assert windows.visible and (windows.completed, windows.total) == (1, 3) and "encode" in windows.description
         view.on_event(batch.Progress("done", 0, 2, jobs[0], seconds=0.5, audio_seconds=SOURCE_SECONDS))
         assert not windows.visible and files.completed == pytest.approx(SOURCE_SECONDS)
         assert files.fields["info"] == "1/2 files"
     with BatchView(jobs, show=False, verbose=False) as quiet:
-        quiet.on_chunk("vocode", 1, 2)
+        quiet.on_event(batch.Progress("vocode", 1, 2, jobs[0]))
         assert quiet.bar is None

@@ -129,7 +129,7 @@ def test_download_into_cache_with_progress_then_cache_hit(
     server: _Server, local_entry: weights.WeightsEntry, env: Path
 ) -> None:
     calls: list[tuple[int, int | None]] = []
-    path = weights.resolve_vocoder("prematched", progress=lambda done, total: calls.append((done, total)))
+    path = weights.resolve_vocoder("prematched", progress=lambda e: calls.append((e.index, e.total)))
     assert path == env / "prematch_g_02500000.pt"
     assert path.read_bytes() == BODY
     assert calls[-1] == (len(BODY), len(BODY))

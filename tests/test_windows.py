@@ -88,9 +88,11 @@ def test_windowed_conversion_agrees_with_whole_file(models: tuple) -> None:
 def test_progress_reports_every_window(models: tuple) -> None:
     encoder, vocoder = models
     vc = KnnVC(encoder, vocoder, device="cpu", window_seconds=5, context_seconds=1, batch_size=2)
-    events: list[tuple[str, int, int]] = []
+    events: list[tuple[str, int, int | None]] = []
     options = ConvertOptions(trim=False)
-    vc.convert(long_source(4), REF_DIR, options, sample_rate=16_000, progress=lambda *e: events.append(e))
+    vc.convert(long_source(4), REF_DIR, options, sample_rate=16_000,
+               progress=lambda e: events.append((e.stage, e.index, e.total)))  # fmt: skip
+    assert events[0] == ("convert", 0, 1)
     encode = [e for e in events if e[0] == "encode"]
     vocode = [e for e in events if e[0] == "vocode"]
     assert encode[-1][1] == encode[-1][2] == 4  # 15.6 s in 5 s windows
