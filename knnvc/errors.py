@@ -9,7 +9,7 @@ code meaning                 raised by / when
 ==== ======================= ==========================================================================
 0    success                 every file converted, or was already there (skipped)
 1    some files failed       a batch ran to the end but some files could not be converted; each is
-                             listed on stderr (``failed: FILE: why``) and in ``--json``'s ``failures``
+                             listed on stderr (``failed: ...`` naming the file) and in ``--json``'s ``failures``
 2    ``UsageError``          an option or argument that cannot work (also typer's own usage errors)
 3    ``InputError``          an input path that is missing or unreadable, in any command (a source,
                              reference, voice, training folder or config); ``AudioError``: audio that

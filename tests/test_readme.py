@@ -154,3 +154,12 @@ def test_readme_examples_run_and_print_what_it_shows(sandbox: Path, monkeypatch:
                     drift.append(f"README.md:{block.line}: $ {command}\n--- shown\n" + "\n".join(shown)
                                  + f"\n--- printed\n{printed}")  # fmt: skip
     assert not drift, "\n\n".join(drift)
+
+
+def test_readme_exit_code_table_is_the_library_table() -> None:
+    """Every code in the README's "Errors and exit codes" table is ``knnvc.errors.EXIT_CODES``, and no other."""
+    from knnvc.errors import EXIT_CODES
+
+    section = README.read_text(encoding="utf-8").split("## Errors and exit codes", 1)[1].split("\n## ", 1)[0]
+    codes = {int(m.group(1)) for m in re.finditer(r"^\| (\d+) \|", section, re.M)}
+    assert codes == set(EXIT_CODES)

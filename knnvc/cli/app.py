@@ -2,7 +2,8 @@
 
 Help is plain text (``rich_markup_mode=None``: option help is shown as written, brackets and all) in click's
 classic shape: ``Usage: knnvc convert [OPTIONS] SOURCE REFERENCE`` and ``--k INTEGER``. ``KnnvcCommand`` gives
-every command that shape, whatever typer's own defaults (``{source}``, ``<int>``) are.
+every command that shape, whatever typer's own defaults (``{source}``, ``<int>``) are, and usage errors the shape
+of knnvc's own errors: one line, ``error: ...``, exit 2. (typer 0.29 and later: they carry click as ``typer._click``.)
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class OneLineUsageError(ClickException):
 
     def show(self, file: Any = None) -> None:
         typer.echo(f"error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: ClickUsageError, ctx: Any) -> OneLineUsageError:
+    return OneLineUsageError(f"{exc.format_message().rstrip('.')}; see `{ctx.command_path} --help`")
 
 
 class KnnvcCommand(TyperCommand):
@@ -85,10 +90,6 @@ class KnnvcCommand(TyperCommand):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
-
-
-def _one_line(exc: ClickUsageError, ctx: Any) -> OneLineUsageError:
-    return OneLineUsageError(f"{exc.format_message().rstrip('.')}; see `{ctx.command_path} --help`")
 
 
 class KnnvcGroup(TyperGroup):
