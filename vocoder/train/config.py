@@ -135,7 +135,7 @@ def vocoder_config_for(sample_rate: int, input_dim: int, overrides: Mapping[str,
     if cfg.hop != hop:
         raise TrainingError(
             f"upsample_rates {list(cfg.upsample_rates)} multiply to {cfg.hop}, but {sample_rate} Hz at "
-            f"{FRAME_RATE} Hz frames needs {hop}; set upsample_rates and upsample_kernel_sizes in --config"
+            f"{FRAME_RATE} Hz frames needs {hop}; set upsample_rates and upsample_kernel_sizes in the config overrides"
         )
     return cfg
 

@@ -54,7 +54,7 @@ def _single_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {device!r} was asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise TrainingError(f"device={device!r} was asked for, but torch sees no CUDA GPU; use device='cpu'")
     try:
         return torch.device(device)
     except RuntimeError as exc:

@@ -62,7 +62,7 @@ def _split(index: FeatureIndex, config: TrainConfig, world_size: int) -> tuple[l
     if len(train) < config.batch_size * world_size:
         raise TrainingError(
             f"{index.root}: {len(train)} training utterances ({n_val} held out for validation) cannot fill one "
-            f"batch of {config.batch_size} on {world_size} process(es); lower --batch-size or add data"
+            f"batch of {config.batch_size} on {world_size} process(es); lower batch_size or add data"
         )
     return train, val
 
@@ -187,7 +187,7 @@ def _resolve_config(index: FeatureIndex, run_dir: Path, overrides: Mapping[str, 
         return cfg
     if overrides:
         raise TrainingError(f"{run_dir} was started with another vocoder config ({recorded.to_dict()}); "
-                                "use a new run folder or the same --config")
+                                "use a new run folder or the same config overrides")
     return vocoder_config_for(index.sample_rate, index.feature_dim, recorded.to_dict())
 
 
