@@ -271,16 +271,17 @@ def save(
     return path
 
 
-def check_writable(folder: str | os.PathLike[str]) -> None:
-    """Raise ``OutputError`` unless files can be made in ``folder`` (not made here: then in the nearest folder
-    above it, where ``save`` would make it). Probes with a hidden file that is removed at once.
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise ``OutputError`` unless ``save`` could write ``path``: files can be made in its folder (or, when that
+    does not exist yet, in the nearest folder above it, where ``save`` would make it). Probes with a hidden file
+    that is removed at once; ``path`` itself is not touched.
     """
-    target = Path(folder)
-    there = target
+    target = Path(path)
+    there = target.parent
     while not there.exists() and there.parent != there:
         there = there.parent
     if not there.is_dir():
-        raise OutputError(f"cannot write into {target}: {there} is a file, not a folder; choose another folder")
+        raise OutputError(f"cannot write {target}: {there} is a file, not a folder; choose another folder")
     probe = there / f".knnvc-probe.{secrets.token_hex(4)}.tmp"
     try:
         with open(probe, "xb"):

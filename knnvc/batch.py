@@ -156,8 +156,8 @@ def pending(jobs: list[Job], *, overwrite: bool = False) -> list[Job]:
 
 def check_outputs(jobs: list[Job]) -> None:
     """Raise ``OutputError`` when a folder the jobs write into cannot be written (checked once per folder)."""
-    for folder in sorted({job.output.parent for job in jobs}):
-        audio.check_writable(folder)
+    for output in {job.output.parent: job.output for job in jobs}.values():
+        audio.check_writable(output)
 
 
 class Overlap:

@@ -326,7 +326,7 @@ def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:
 
     Compute takes 0.5 s per audio second; after each group the ETA must be close to the truth.
     """
-    from knnvc.cli.convert import BatchView, Eta
+    from knnvc.cli.convert import BatchView, eta_column
 
     lengths = [1.0, 20.0, 2.0, 1.0, 8.0, 1.0, 3.0, 12.0]
     jobs = [Job(write_audio(tmp_path / f"{i}.wav", s, 8000), tmp_path / f"out{i}.wav") for i, s in enumerate(lengths)]
@@ -345,7 +345,7 @@ def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:
                 view.on_event(Progress("done", index, len(jobs), job, audio_seconds=lengths[index]))
             done = sum(lengths[jobs.index(j)] for g in groups[: groups.index(group) + 1] for j in g)
             truth = 0.5 * (sum(lengths) - done)
-            shown = Eta().render(task).plain
+            shown = eta_column().render(task).plain
             h, m, s = (int(x) for x in shown.split(":"))
             assert abs(h * 3600 + m * 60 + s - truth) <= 1.0, (shown, truth)
 

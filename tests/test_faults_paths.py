@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from knnvc import batch
-from knnvc.errors import AudioError, OutputError, UsageError, VoiceError
+from knnvc.errors import AudioError, OutputError, UsageError
 from tests.conftest import REF_DIR, SOURCE_WAV
 from tests.fault_tools import (
     FAST,
@@ -38,7 +38,7 @@ def test_missing_source_and_reference(tmp_path: Path) -> None:
     result = cli("convert", SOURCE_WAV, tmp_path / "ghost.wav", "-o", tmp_path / "o.wav", *FAST)
     assert result.exit_code == AudioError.exit_code and "ghost.wav" in one_line(result)
     result = cli("convert", SOURCE_WAV, tmp_path / "ghost.voice", "-o", tmp_path / "o.wav", *FAST)
-    assert result.exit_code == VoiceError.exit_code and "ghost.voice" in one_line(result)
+    assert result.exit_code == AudioError.exit_code and "ghost.voice" in one_line(result)  # a missing input: 3
     assert not (tmp_path / "o.wav").exists()
 
 

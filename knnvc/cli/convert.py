@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import ProgressColumn
-from rich.text import Text
 
 from knnvc.cli.app import app
 from knnvc.cli.common import (
@@ -43,7 +41,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from rich.progress import Progress as RichProgress
-    from rich.progress import Task
+    from rich.progress import ProgressColumn, Task
 
     from knnvc.batch import Report
 
@@ -125,19 +123,25 @@ def check_references(reference: Path) -> None:
         duration_seconds(path)
 
 
-class Eta(ProgressColumn):
-    """Time left at the average speed so far (audio seconds per wall second since converting began).
+def eta_column() -> ProgressColumn:
+    """A rich column: time left at the average speed so far (audio seconds per wall second since converting began).
 
     rich's own column uses the last 30 s of updates, which a batch's bursts of finished files throw far off.
+    (Built on first use: rich.progress stays out of ``knnvc --help``.)
     """
+    from rich.progress import ProgressColumn
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        elapsed, done, total = task.elapsed, task.completed, task.total
-        if not elapsed or done <= 0 or total is None:
-            return Text("-:--:--", style="progress.remaining")
-        left = max(0.0, (total - done) * elapsed / done)
-        hours, minutes, seconds = int(left // 3600), int(left % 3600 // 60), int(left % 60)
-        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+    class Eta(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            elapsed, done, total = task.elapsed, task.completed, task.total
+            if not elapsed or done <= 0 or total is None:
+                return Text("-:--:--", style="progress.remaining")
+            left = max(0.0, (total - done) * elapsed / done)
+            hours, minutes, seconds = int(left // 3600), int(left % 3600 // 60), int(left % 60)
+            return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+    return Eta()
 
 
 class BatchView:
@@ -165,7 +169,7 @@ class BatchView:
         if not self.show:
             return self
         info = TextColumn("{task.fields[info]}")
-        columns = (TextColumn("{task.description}"), BarColumn(), info, Eta())
+        columns = (TextColumn("{task.description}"), BarColumn(), info, eta_column())
         self.bar = progress_bar(*columns, get_time=self.clock)
         self.bar.start()
         self.files_task = self.bar.add_task("converting", total=sum(self.lengths.values()) or None, info=self._info())

@@ -60,7 +60,7 @@ def voice_build(
         check_device(device, precision)
         for reference in references:
             check_references(reference)
-        check_writable(output.parent)
+        check_writable(output)
         builder = api.load_voice_builder(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None
         )
