@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -70,26 +71,40 @@ def serve(
             ) from exc
         from knnvc import api
 
+        if not _is_local(host):
+            exposed = f"listening on {host}: anyone who can reach this machine can upload files and use its "
+            say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
         limits = Limits(max_upload_mb, max_seconds, max_batch_files, max_waiting)
         api.check_options(batch_size=batch_size)
-        with err.status("loading models", spinner="dots") if not quiet else nothing():
-            vc = api.load_pipeline(
-                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-            )
-        service = Service(vc, voices=voices, limits=limits)
-        try:
-            application = create_app(service)
-            if not _is_local(host):
-                exposed = f"listening on {host}: anyone who can reach this machine can upload files and use its "
-                say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
-            config = uvicorn.Config(application, host=host, port=port, log_level="warning" if not verbose else "info")
-            server = uvicorn.Server(config)
-            if not quiet:
-                shown = f"[{host}]" if ":" in host else host
-                say("serving", "green", f"http://{shown}:{port}/ (API: POST /api/convert); Ctrl-C stops")
-            server.run()
-        finally:
-            service.close()
+        with _bind(host, port) as sock:  # before the models load: a port in use fails at once
+            with err.status("loading models", spinner="dots") if not quiet else nothing():
+                vc = api.load_pipeline(
+                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
+                )
+            service = Service(vc, voices=voices, limits=limits)
+            try:
+                config = uvicorn.Config(create_app(service), log_level="info" if verbose else "warning")
+                if not quiet:
+                    shown = f"[{host}]" if ":" in host else host
+                    say("serving", "green", f"http://{shown}:{port}/ (API: POST /api/convert); Ctrl-C stops")
+                uvicorn.Server(config).run(sockets=[sock])
+            finally:
+                service.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or ``UsageError`` saying why not (in use, no such address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def _is_local(host: str) -> bool:

@@ -14,15 +14,20 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from knnvc.batch import safe_name
 from knnvc.errors import AudioError, KnnvcError, UsageError, VoiceError
 from knnvc.web.controls import options_from_form
 from knnvc.web.queue import BusyError
 from knnvc.web.service import Job, Service, TooLargeError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-    from starlette.datastructures import FormData, UploadFile
-    from starlette.responses import Response
+    from starlette.datastructures import FormData
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,6 @@ class BodyLimit:
         if scope["type"] == "http" and scope.get("method") == "POST":
             length = dict(scope.get("headers") or []).get(b"content-length", b"0")
             if length.isdigit() and int(length) > self.limit + MULTIPART_SLACK:
-                from starlette.responses import JSONResponse
-
                 mb = self.limit / 1e6
                 message = f"upload of {int(length) / 1e6:.1f} MB is over this server's limit of {mb:g} MB"
                 await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
@@ -71,10 +74,6 @@ class BodyLimit:
 
 def create_app(service: Service, *, page: bool = True) -> FastAPI:
     """The FastAPI application: the API routes and, with ``page``, the Gradio page at ``/``."""
-    from fastapi import FastAPI, Request
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse, Response
-
     app = FastAPI(title="knnvc", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.add_middleware(BodyLimit, limit=service.limits.max_upload_bytes)
 
@@ -98,7 +97,7 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
                     service.convert, job, source, voice=voice, references=references, options=options
                 )
                 path = await run_in_threadpool(service.save, wav, rate, job.folder / "result.wav")
-                name = f"{Path(job.shown(source)).stem}_{voice or 'converted'}.wav"
+                name = f"{safe_name(Path(job.shown(source)).stem)}_{safe_name(voice or 'converted')}.wav"
                 headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Sample-Rate": str(rate)}
                 return Response(path.read_bytes(), media_type="audio/wav", headers=headers)
             except Exception as exc:  # the boundary: every failure becomes one JSON line
@@ -116,8 +115,6 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
 
 def _status(exc: Exception) -> int:
-    from starlette.exceptions import HTTPException
-
     if isinstance(exc, HTTPException):  # the multipart parser's own refusals (too many files, a broken body)
         return exc.status_code
     return status_of(exc)
@@ -125,8 +122,6 @@ def _status(exc: Exception) -> int:
 
 def _one_line(exc: Exception, job: Job) -> str:
     """The message the client sees; anything unexpected is logged with its traceback and named only."""
-    from starlette.exceptions import HTTPException
-
     if isinstance(exc, HTTPException):
         return " ".join(str(exc.detail).split())
     if not isinstance(exc, KnnvcError):
@@ -137,8 +132,6 @@ def _one_line(exc: Exception, job: Job) -> str:
 
 async def _read_form(form: FormData, job: Job, limit: int) -> tuple[Path, list[Path], dict[str, str]]:
     """Save the uploads into the job's folder; returns (source, references, the text fields)."""
-    from starlette.datastructures import UploadFile
-
     source: Path | None = None
     references: list[Path] = []
     fields: dict[str, str] = {}

@@ -167,20 +167,20 @@ def options_from_form(form: Mapping[str, str], *, ignore: frozenset[str] = froze
 
 
 def options_from_values(values: Mapping[str, Any]) -> ConvertOptions:
-    """``ConvertOptions`` from the page's control values (blank optional numbers become None)."""
+    """``ConvertOptions`` from the page's control values: text is parsed as a form field, numbers checked."""
     known = {c.name: c for c in controls()}
     cleaned: dict[str, Any] = {}
     for name, value in values.items():
         control = known[name]
-        if value is None or (isinstance(value, str) and control.optional and value.strip().lower() in NONE_WORDS):
-            if not control.optional:
-                raise UsageError(f"{name} needs a value")
-            cleaned[name] = None
-        elif control.kind == "int":
+        if isinstance(value, str) and control.kind not in ("str", "choice"):
+            cleaned[name] = control.parse(value)
+        elif value is None and not control.optional:
+            raise UsageError(f"{name} needs a value")
+        elif control.kind == "int" and value is not None:
             if float(value) != int(float(value)):
                 raise UsageError(f"{name} takes a whole number; got {value}")
             cleaned[name] = int(float(value))
-        elif control.kind == "float":
+        elif control.kind == "float" and value is not None:
             cleaned[name] = float(value)
         else:
             cleaned[name] = value

@@ -55,7 +55,9 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             widgets = _control_widgets("convert")
             button = gr.Button("Convert", variant="primary", elem_id="convert-button")
         with gr.Column():
-            result = gr.Audio(type="filepath", label="Result", interactive=False, elem_id="result")
+            result = gr.Audio(
+                type="filepath", label="Result", interactive=False, buttons=["download"], elem_id="result"
+            )
             status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="convert-status")
     pickers.append(voice)
 
@@ -168,11 +170,12 @@ def _widget(control: Control, elem_id: str) -> gr.components.Component:
         hint = control.hint
         return gr.Slider(hint.low, hint.high, value=control.default, step=hint.step, label=control.label, info=info,
                          elem_id=elem_id)  # fmt: skip
-    if control.kind in ("int", "float"):
-        label = control.label + (" (leave blank for none)" if control.optional else "")
+    if control.kind in ("int", "float") and not control.optional:
         precision = 0 if control.kind == "int" else None
-        return gr.Number(value=control.default, label=label, info=info, precision=precision, elem_id=elem_id)
-    return gr.Textbox(value=control.default or "", label=control.label, info=info, max_lines=1, elem_id=elem_id)
+        return gr.Number(value=control.default, label=control.label, info=info, precision=precision, elem_id=elem_id)
+    value = "" if control.default is None else str(control.default)  # optional numbers: text, blank for none
+    label = control.label + (" (blank: none)" if control.optional else "")
+    return gr.Textbox(value=value, label=label, info=info, max_lines=1, elem_id=elem_id)
 
 
 def _options(widgets: dict[str, gr.components.Component], values: Inputs) -> ConvertOptions:

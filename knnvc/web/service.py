@@ -159,7 +159,8 @@ class Service:
         """A saved voice by name; ``VoiceError`` for a name that is not one of ``voice_names``."""
         names = self.voice_names()
         if name not in names:
-            offered = ", ".join(names) if names else "none (start the server with --voices DIR)"
+            none = "none yet (build one in the Voice tab)" if self.voices_dir else "none (start with --voices DIR)"
+            offered = ", ".join(names) if names else none
             raise VoiceError(f"no saved voice named {name!r}; the saved voices are: {offered}")
         assert self.voices_dir is not None
         return Voice.load(self.voices_dir / f"{name}{VOICE_SUFFIX}")
