@@ -27,6 +27,7 @@ from knnvc.cli.common import (
 )
 from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
+from knnvc.interrupt import sigterm_as_interrupt
 
 LOCAL_HOSTS = frozenset({"localhost"})
 
@@ -87,9 +88,14 @@ def serve(
                 if not quiet:
                     shown = f"[{host}]" if ":" in host else host
                     say("serving", "green", f"http://{shown}:{port}/ (API: POST /api/convert); Ctrl-C stops")
-                uvicorn.Server(config).run(sockets=[sock])
+                with sigterm_as_interrupt():  # uvicorn stops gracefully, then re-raises the signal: caught here
+                    uvicorn.Server(config).run(sockets=[sock])
+            except KeyboardInterrupt:
+                pass
             finally:
                 service.close()
+            if not quiet:
+                say("stopped;", "green", "uploads and results removed")
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -7,6 +7,7 @@ temp folder (``Service.job``), removed when the request ends; the whole workspac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -86,11 +87,11 @@ class Job:
         path, n = folder / base, 1
         while path.exists():
             path, n = folder / f"{n}-{base}", n + 1
-        return self.known(path, shown)
+        return self.known(path, Path(shown.replace("\\", "/")).name or base)
 
     def known(self, path: Path, shown: str) -> Path:
         """Remember that ``path`` is called ``shown`` in messages; returns ``path``."""
-        self._shown[str(path)] = Path(shown).name or shown
+        self._shown[str(path)] = shown
         return path
 
     def shown(self, path: str | os.PathLike[str]) -> str:
@@ -253,10 +254,12 @@ class Service:
         files = zips.extract(
             archive, inputs, max_bytes=limit, max_files=self.limits.max_batch_files, label=job.shown(archive)
         )
+        job.known(inputs, job.shown(archive))
         for path in files:
             job.known(path, str(path.relative_to(inputs)))
             if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
-                self.check_audio(job, path)
+                with contextlib.suppress(AudioError):  # an unreadable file fails alone, named in the report
+                    self.check_audio(job, path)
         for path in references:
             self.check_audio(job, path)
         say = notify or _quiet

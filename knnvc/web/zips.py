@@ -43,7 +43,8 @@ def extract(archive: Path, folder: Path, *, max_bytes: int, max_files: int, labe
 
 
 def _hidden(filename: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(filename).parts)
+    parts = [p for p in PurePosixPath(filename.replace("\\", "/")).parts if p not in (".", "..")]
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
 def _safe_member(info: zipfile.ZipInfo, name: str) -> Path:
