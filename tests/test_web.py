@@ -200,7 +200,8 @@ def test_browser_converts_and_plays(server: Server) -> None:
 
             page.set_input_files("#source input[type=file]", str(SOURCE_WAV))
             page.set_input_files("#convert-references input[type=file]", [str(p) for p in REFS])
-            page.wait_for_selector("#convert-references >> text=ref_03.wav")
+            page.wait_for_function(f"document.querySelectorAll('#convert-references tr').length === {len(REFS)}")
+            page.wait_for_selector("#source [data-testid=download-link]")  # the source is uploaded
             page.click("#convert-button")
             page.wait_for_function("s => s.value.startsWith('done')", arg=status.element_handle(), timeout=60_000)
             assert status.input_value().startswith("done: 3.9 s at 16000 Hz"), status.input_value()
