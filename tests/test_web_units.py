@@ -12,14 +12,17 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
+from knnvc.voice import Voice
 from knnvc.web import zips
 from knnvc.web.controls import controls, options_from_form, options_from_values
 from knnvc.web.queue import BusyError, ModelQueue
@@ -44,13 +47,19 @@ def test_every_option_is_a_control_with_its_default_and_help() -> None:
     assert found["output_sample_rate"].optional and found["trim"].kind == "bool"
 
 
+def _no_voices(name: str) -> Voice:
+    raise VoiceError(f"no saved voice named {name!r}")
+
+
 def test_form_fields_become_options() -> None:
     form = {"k": "8", "loudness": "none", "trim": "false", "output_sample_rate": "44100"}
-    assert options_from_form(form) == ConvertOptions(k=8, loudness=None, trim=False, output_sample_rate=44_100)
-    assert options_from_form({}) == ConvertOptions()
-    assert options_from_values({"k": 6.0, "loudness": "-20", "trim": True, "output_sample_rate": ""}) == ConvertOptions(
-        k=6, loudness=-20.0, output_sample_rate=None
+    assert options_from_form(form, _no_voices) == ConvertOptions(
+        k=8, loudness=None, trim=False, output_sample_rate=44_100
     )
+    assert options_from_form({}, _no_voices) == ConvertOptions()
+    assert options_from_values(
+        {"k": 6.0, "loudness": "-20", "trim": True, "output_sample_rate": ""}, _no_voices
+    ) == ConvertOptions(k=6, loudness=-20.0, output_sample_rate=None)
     for form, message in [
         ({"k": "2.5"}, "k takes a whole number"),
         ({"k": "four"}, "k takes a whole number"),
@@ -60,7 +69,44 @@ def test_form_fields_become_options() -> None:
         ({"colour": "blue"}, "unknown field 'colour'"),
     ]:
         with pytest.raises(UsageError, match=message):
-            options_from_form(form)
+            options_from_form(form, _no_voices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fancy:
+    """Options of the future.
+
+    Attributes:
+        mode: how to do it,
+            over two lines.
+        partner: a second voice to blend in.
+        ratio: how much of it.
+    """
+
+    mode: Literal["near", "far"] = "near"
+    partner: Voice | None = None
+    ratio: float = 0.5
+
+
+def test_choices_and_voice_fields(tmp_path: Path) -> None:
+    found = {c.name: c for c in controls(Fancy)}
+    assert found["mode"].kind == "choice" and found["mode"].choices == ("near", "far")
+    assert found["mode"].help == "how to do it, over two lines."
+    assert found["partner"].kind == "voice" and found["partner"].optional
+    saved = {"bob": Voice(frames=torch.zeros(3, 4), encoder="e", encoder_fingerprint="f", layer=6, name="bob")}
+
+    def lookup(name: str) -> Voice:
+        if name not in saved:
+            raise VoiceError(f"no saved voice named {name!r}")
+        return saved[name]
+
+    made = options_from_form({"mode": "far", "partner": "bob", "ratio": "0.25"}, lookup, cls=Fancy)
+    assert made == Fancy("far", saved["bob"], 0.25)
+    assert options_from_values({"partner": "", "mode": "near"}, lookup, cls=Fancy) == Fancy()
+    with pytest.raises(UsageError, match="mode takes one of near, far"):
+        options_from_form({"mode": "sideways"}, lookup, cls=Fancy)
+    with pytest.raises(VoiceError, match="'carol'"):
+        options_from_form({"partner": "carol"}, lookup, cls=Fancy)
 
 
 # -- the queue ------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
                 async with request.form(max_files=MAX_FORM_FILES) as form:
                     source, references, fields = await _read_form(form, job, service.limits.max_upload_bytes)
                 voice = fields.pop("voice", "").strip() or None
-                options = options_from_form(fields)
+                options = options_from_form(fields, service.voice)
                 wav, rate = await run_in_threadpool(
                     service.convert, job, source, voice=voice, references=references, options=options
                 )

@@ -1,10 +1,11 @@
 """The page's controls and the API's form fields, read from ``ConvertOptions`` itself.
 
-Every field of ``knnvc.options.ConvertOptions`` whose type is a number, a flag, a choice (``Literal``) or a string
-becomes one ``Control``: the same name in the HTTP form and in the page, its default from the dataclass, its help
-from the dataclass docstring's ``Attributes:`` section. ``HINTS`` only adds ranges and steps for sliders; a field
-added to ``ConvertOptions`` later appears in the page and the API without a change here. Values are checked by
-``ConvertOptions`` itself (a ``UsageError`` with one line), never here.
+Every field of ``knnvc.options.ConvertOptions`` whose type is a number, a flag, a choice (``Literal``, or a string
+with a tuple of choices in ``knnvc.constants``), a string or a ``Voice`` becomes one ``Control``: the same name in the
+HTTP form and in the page, its default from the dataclass, its help from the dataclass docstring's ``Attributes:``
+section. A ``Voice`` field (morphing's second voice) takes the name of a saved voice. ``HINTS`` only adds ranges and
+steps for sliders; a field added to ``ConvertOptions`` later appears in the page and the API without a change here.
+Values are checked by ``ConvertOptions`` itself (a ``UsageError`` with one line), never here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+from knnvc import constants
 from knnvc.errors import UsageError
 from knnvc.options import MAX_LOUDNESS, MIN_LOUDNESS, ConvertOptions
+from knnvc.voice import Voice
+
+VoiceLookup = Callable[[str], Voice]
+"""A saved voice by name (``Service.voice``)."""
 
 NONE_WORDS = frozenset({"", "none", "null", "off", "default"})
 """Form values that mean None for an optional field."""
@@ -47,6 +53,9 @@ HINTS: dict[str, Hint] = {
 }
 """Slider ranges for fields that have a natural one (ConvertOptions still validates every value)."""
 
+CHOICES = {"knn_weighting": "KNN_WEIGHTINGS"}
+"""String fields whose allowed values are a tuple in ``knnvc.constants`` (looked up by name: absent, free text)."""
+
 
 @dataclass(frozen=True)
 class Control:
@@ -54,7 +63,7 @@ class Control:
 
     Attributes:
         name: the dataclass field name, also the form field and the page control's key.
-        kind: ``int``, ``float``, ``bool``, ``str`` or ``choice``.
+        kind: ``int``, ``float``, ``bool``, ``str``, ``choice`` or ``voice`` (a saved voice's name).
         default: the dataclass default.
         optional: the field accepts None (a blank form value, or ``none``).
         choices: the allowed values of a ``choice``.
@@ -93,6 +102,8 @@ class Control:
                 return float(value)
         except ValueError:
             raise UsageError(f"{self.name} takes {self._wanted()}; got {text!r}") from None
+        if self.kind == "voice":
+            return value or None
         if self.kind == "choice" and value not in self.choices:
             raise UsageError(f"{self.name} takes one of {', '.join(self.choices)}; got {text!r}")
         return value
@@ -102,12 +113,12 @@ class Control:
         return words + (", or none" if self.optional else "")
 
 
-def controls() -> tuple[Control, ...]:
-    """Every ``ConvertOptions`` field that a form can carry, in the dataclass's order."""
-    hints = typing.get_type_hints(ConvertOptions)
-    helps = _attribute_help(ConvertOptions)
+def controls(cls: type = ConvertOptions) -> tuple[Control, ...]:
+    """Every field of ``cls`` (``ConvertOptions``) that a form can carry, in the dataclass's order."""
+    hints = typing.get_type_hints(cls, localns={"Voice": Voice})
+    helps = _attribute_help(cls)
     found = []
-    for field in dataclasses.fields(ConvertOptions):
+    for field in dataclasses.fields(cls):
         control = _control(field, hints[field.name], helps.get(field.name, ""))
         if control is not None:
             found.append(control)
@@ -126,9 +137,14 @@ def _control(field: dataclasses.Field[Any], annotation: Any, help_text: str) -> 
     if typing.get_origin(annotation) is Literal:
         choices = tuple(str(a) for a in typing.get_args(annotation))
         return Control(field.name, "choice", default, optional, choices, help_text)
+    if annotation is Voice:
+        return Control(field.name, "voice", None, True, help=help_text)
+    listed = getattr(constants, CHOICES.get(field.name, ""), None)
+    if annotation is str and isinstance(listed, tuple):
+        return Control(field.name, "choice", default, optional, tuple(str(c) for c in listed), help_text)
     kinds = {bool: "bool", int: "int", float: "float", str: "str"}
     kind = kinds.get(annotation)
-    if kind is None:  # a structured field (a voice, a list): not a form control
+    if kind is None:  # a structured field (a list, a tensor): not a form control
         return None
     return Control(field.name, kind, default, optional, help=help_text, hint=HINTS.get(field.name))
 
@@ -151,24 +167,26 @@ def _attribute_help(cls: type) -> dict[str, str]:
     return helps
 
 
-def options_from_form(form: Mapping[str, str], *, ignore: frozenset[str] = frozenset()) -> ConvertOptions:
+def options_from_form(form: Mapping[str, str], voices: VoiceLookup, *, cls: type = ConvertOptions) -> ConvertOptions:
     """``ConvertOptions`` from form fields named as its fields; absent ones keep their defaults.
 
     Raises:
-        UsageError: an unknown field (unless in ``ignore``), a value that cannot be read, or one that
-            ``ConvertOptions`` refuses.
+        UsageError: an unknown field, a value that cannot be read, or one that ``ConvertOptions`` refuses.
+        VoiceError: a voice field naming no saved voice.
     """
-    known = {c.name: c for c in controls()}
-    unknown = sorted(set(form) - set(known) - ignore)
+    known = {c.name: c for c in controls(cls)}
+    unknown = sorted(set(form) - set(known))
     if unknown:
         raise UsageError(f"unknown field {unknown[0]!r}; the controls are {', '.join(known)}")
-    values = {name: known[name].parse(text) for name, text in form.items() if name in known}
-    return ConvertOptions(**values)
+    values = {name: known[name].parse(text) for name, text in form.items()}
+    return _build(cls, known, values, voices)
 
 
-def options_from_values(values: Mapping[str, Any]) -> ConvertOptions:
+def options_from_values(
+    values: Mapping[str, Any], voices: VoiceLookup, *, cls: type = ConvertOptions
+) -> ConvertOptions:
     """``ConvertOptions`` from the page's control values: text is parsed as a form field, numbers checked."""
-    known = {c.name: c for c in controls()}
+    known = {c.name: c for c in controls(cls)}
     cleaned: dict[str, Any] = {}
     for name, value in values.items():
         control = known[name]
@@ -184,4 +202,13 @@ def options_from_values(values: Mapping[str, Any]) -> ConvertOptions:
             cleaned[name] = float(value)
         else:
             cleaned[name] = value
-    return ConvertOptions(**cleaned)
+    return _build(cls, known, cleaned, voices)
+
+
+def _build(cls: type, known: dict[str, Control], values: dict[str, Any], voices: VoiceLookup) -> Any:
+    """The dataclass from parsed values; voice fields' names become the saved voices."""
+    resolved = {
+        name: voices(value) if known[name].kind == "voice" and value is not None else value
+        for name, value in values.items()
+    }
+    return cls(**resolved)

@@ -52,7 +52,7 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
                 sources=["upload", "microphone"], type="filepath", label="Source speech", elem_id="source"
             )
             refs, voice = _target_inputs(service, "convert")
-            widgets = _control_widgets("convert")
+            widgets = _control_widgets(service, "convert", pickers)
             button = gr.Button("Convert", variant="primary", elem_id="convert-button")
         with gr.Column():
             result = gr.Audio(
@@ -66,7 +66,7 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             if not values[source]:
                 raise UsageError("give the source speech: upload a file or record")
             src = job.known(Path(values[source]), Path(values[source]).name)
-            options = _options(widgets, values)
+            options = _options(service, widgets, values)
             wav, rate = service.convert(
                 job, src, voice=values[voice] or None, references=_files(job, values[refs]), options=options,
                 notify=notify,
@@ -85,7 +85,7 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             archive = gr.File(label="Sources: a .zip of audio files", file_types=[".zip"], elem_id="batch-zip")
             refs, voice = _target_inputs(service, "batch")
             fmt = gr.Dropdown(["wav", "flac", "ogg"], value="wav", label="output format", elem_id="batch-format")
-            widgets = _control_widgets("batch")
+            widgets = _control_widgets(service, "batch", pickers)
             button = gr.Button("Convert all", variant="primary", elem_id="batch-button")
         with gr.Column():
             result = gr.File(label="Results (.zip, with report.json)", interactive=False, elem_id="batch-result")
@@ -99,7 +99,7 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             zipped = job.known(Path(values[archive]), Path(values[archive]).name)
             out, report = service.convert_zip(
                 job, zipped, voice=values[voice] or None, references=_files(job, values[refs]),
-                options=_options(widgets, values), extension=values[fmt], notify=notify,
+                options=_options(service, widgets, values), extension=values[fmt], notify=notify,
             )  # fmt: skip
             line = f"converted {len(report.converted)} of {report.total} files in {report.wall_seconds:.1f} s"
             if report.failed:
@@ -152,14 +152,23 @@ def _target_inputs(service: Service, tab: str) -> tuple[gr.File, gr.Dropdown]:
     return refs, voice
 
 
-def _control_widgets(tab: str) -> dict[str, gr.components.Component]:
-    """One widget per ``ConvertOptions`` field, keyed by field name."""
+def _control_widgets(service: Service, tab: str, pickers: list[gr.Dropdown]) -> dict[str, gr.components.Component]:
+    """One widget per ``ConvertOptions`` field, keyed by field name; voice pickers join ``pickers``."""
     with gr.Accordion("Controls", open=True):
-        return {c.name: _widget(c, f"{tab}-{c.name.replace('_', '-')}") for c in controls()}
+        widgets = {c.name: _widget(service, c, f"{tab}-{c.name.replace('_', '-')}") for c in controls()}
+    pickers += [w for name, w in widgets.items() if isinstance(w, gr.Dropdown) and _kind(name) == "voice"]
+    return widgets
 
 
-def _widget(control: Control, elem_id: str) -> gr.components.Component:
+def _kind(name: str) -> str:
+    return {c.name: c.kind for c in controls()}[name]
+
+
+def _widget(service: Service, control: Control, elem_id: str) -> gr.components.Component:
     info = control.help or None
+    if control.kind == "voice":
+        names = ["", *service.voice_names()]
+        return gr.Dropdown(names, value="", label=f"{control.label} (a saved voice)", info=info, elem_id=elem_id)
     if control.kind == "bool":
         return gr.Checkbox(value=bool(control.default), label=control.label, info=info, elem_id=elem_id)
     if control.kind == "choice":
@@ -178,8 +187,8 @@ def _widget(control: Control, elem_id: str) -> gr.components.Component:
     return gr.Textbox(value=value, label=label, info=info, max_lines=1, elem_id=elem_id)
 
 
-def _options(widgets: dict[str, gr.components.Component], values: Inputs) -> ConvertOptions:
-    return options_from_values({name: values[widget] for name, widget in widgets.items()})
+def _options(service: Service, widgets: dict[str, gr.components.Component], values: Inputs) -> ConvertOptions:
+    return options_from_values({name: values[widget] for name, widget in widgets.items()}, service.voice)
 
 
 def _files(job: Job, paths: list[str] | None) -> list[Path]:
