@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,5 +221,49 @@ def test_browser_converts_and_plays(server: Server) -> None:
             page.click("#result button[aria-label=Pause]")
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_browser_builds_a_voice_and_converts_a_zip(server: Server, tmp_path: Path) -> None:
+    sync_playwright = _browser_or_skip()
+    speech = SOURCE_WAV.read_bytes()
+    archive = tmp_path / "talks.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("day1/a.wav", speech)
+        zf.writestr("b.wav", speech)
+        zf.writestr("broken.wav", b"RIFF, but not really")
+    with sync_playwright() as pw:  # type: ignore[operator]
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(server.url + "/")
+            page.get_by_role("tab", name="Voice").click()
+            page.set_input_files("#voice-references input[type=file]", [str(p) for p in REFS])
+            page.wait_for_function(f"document.querySelectorAll('#voice-references tr').length === {len(REFS)}")
+            page.fill("#voice-name textarea, #voice-name input", "dora")
+            page.click("#voice-button")
+            status = page.locator("#voice-status textarea, #voice-status input").first
+            page.wait_for_function("s => s.value.length > 0", arg=status.element_handle(), timeout=60_000)
+            assert status.input_value().startswith("built 'dora'") and "saved as dora.voice" in status.input_value()
+            assert (server.voices / "dora.voice").is_file()
+
+            page.get_by_role("tab", name="Batch").click()
+            page.set_input_files("#batch-zip input[type=file]", str(archive))
+            page.wait_for_selector("#batch-zip [download]")
+            page.click("#batch-voice input")  # the new voice is offered without a reload
+            page.get_by_role("option", name="dora", exact=True).click()
+            page.click("#batch-button")
+            status = page.locator("#batch-status textarea, #batch-status input").first
+            page.wait_for_function("s => s.value.length > 0", arg=status.element_handle(), timeout=60_000)
+            assert status.input_value().startswith("converted 2 of 3 files"), status.input_value()
+            assert "broken.wav" in status.input_value() and "\n" not in status.input_value()
+            link = page.wait_for_selector("#batch-result [download]")
+            assert link is not None
+            href = link.get_attribute("href")
+            assert href
+            with zipfile.ZipFile(io.BytesIO(httpx.get(href, timeout=30).content)) as zf:
+                assert sorted(zf.namelist()) == ["b.wav", "day1/a.wav", "report.json"]
+                assert sf.info(io.BytesIO(zf.read("b.wav"))).samplerate == 16_000
         finally:
             browser.close()

@@ -104,7 +104,9 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             line = f"converted {len(report.converted)} of {report.total} files in {report.wall_seconds:.1f} s"
             if report.failed:
                 first = report.failed[0]
-                line += f"; {len(report.failed)} failed ({job.shown(first.source)}: {job.message(first.error)})"
+                said = job.message(first.error)
+                said = said if job.shown(first.source) in said else f"{job.shown(first.source)}: {said}"
+                line += f"; {len(report.failed)} failed (first: {said}); report.json in the zip lists each"
             return str(out), line
 
         return _guarded(service, work, progress, failed=(None,))

@@ -172,7 +172,11 @@ class Service:
         shown = job.shown(path)
         if path.stat().st_size == 0:
             raise AudioError(f"{shown} is empty (0 bytes); record or upload some speech")
-        seconds = audio.duration_seconds(path)
+        try:
+            seconds = audio.duration_seconds(path)
+        except AudioError:
+            kinds = ", ".join(sorted(ext.lstrip(".").upper() for ext in audio.AUDIO_EXTENSIONS))
+            raise AudioError(f"{shown} is not audio this server can read; send {kinds}") from None
         if seconds > self.limits.max_seconds:
             raise TooLargeError(
                 f"{shown} is {seconds:.0f} s long; this server takes at most {self.limits.max_seconds:g} s per file"
