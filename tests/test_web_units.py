@@ -270,6 +270,7 @@ def test_batch_zip_in_zip_out(service: Service, tmp_path: Path, vc: KnnVC) -> No
 
 # -- knnvc serve ----------------------------------------------------------------------------------------
 def test_serve_warns_before_exposing_and_fails_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn", reason="the web extra is not installed: pip install -e '.[web]'")
     missing = ["--wavlm", str(tmp_path / "missing.pt")]
     exposed = cli("serve", "--host", "192.0.2.1", "--port", "7860", *missing)  # TEST-NET: not this machine's
     assert exposed.exit_code == 2 and "warning: listening on 192.0.2.1" in exposed.stderr
