@@ -47,7 +47,7 @@ HINTS: dict[str, Hint] = {
     "k": Hint(1, 64, 1),
     "loudness": Hint(MIN_LOUDNESS, MAX_LOUDNESS, 0.5),
     "strength": Hint(0.0, 2.0, 0.05),
-    "match_layer": Hint(1, 24, 1),
+    "match_layer": Hint(1, getattr(constants, "MAX_WAVLM_LAYERS", 24), 1),  # WavLM-Large has 24
     "morph": Hint(0.0, 1.0, 0.05),
     "morph_weight": Hint(0.0, 1.0, 0.05),
 }
@@ -159,9 +159,9 @@ def _attribute_help(cls: type) -> dict[str, str]:
         match = re.match(r"^\s{4}(\w+):\s*(.*)$", line)
         if match:
             name = match.group(1)
-            helps[name] = match.group(2).strip()
+            helps[name] = match.group(2).strip().replace("``", "")
         elif name and line.startswith(" " * 8):
-            helps[name] += " " + line.strip()
+            helps[name] += " " + line.strip().replace("``", "")
         elif line.strip():
             break
     return helps
