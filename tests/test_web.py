@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ CHROMIUM = Path(os.environ.get("KNNVC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a microphone that beeps
 ]  # fmt: skip
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web.png"
 LIMIT_MB = 1.0  # the test server's upload limit
@@ -221,8 +223,27 @@ def test_browser_converts_and_plays(server: Server) -> None:
             page.click("#result button[aria-label=Pause]")
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+            _record_and_convert(browser, server)
         finally:
             browser.close()
+
+
+def _record_and_convert(browser: Any, server: Server) -> None:
+    """The microphone route: record 2 s from chromium's fake microphone, convert it."""
+    page = browser.new_context(permissions=["microphone"]).new_page()
+    page.goto(server.url + "/")
+    page.click("#source button[aria-label='Record audio']")
+    page.get_by_role("button", name="Record", exact=True).first.click()
+    page.wait_for_timeout(2000)
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    page.wait_for_selector("#source [data-testid=download-link]")  # the recording is uploaded
+    page.set_input_files("#convert-references input[type=file]", [str(p) for p in REFS])
+    page.wait_for_function(f"document.querySelectorAll('#convert-references tr').length === {len(REFS)}")
+    page.click("#convert-button")
+    status = page.locator("#convert-status textarea, #convert-status input").first
+    page.wait_for_function("s => s.value.length > 0", arg=status.element_handle(), timeout=60_000)
+    said = status.input_value()
+    assert said.startswith("done: ") and 1.5 <= float(said.split()[1]) <= 8, said  # about the 2 s recorded
 
 
 def test_browser_builds_a_voice_and_converts_a_zip(server: Server, tmp_path: Path) -> None:
