@@ -42,19 +42,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def status_of(exc: BaseException) -> int:
-    """The HTTP status for an error raised while serving a request."""
-    if isinstance(exc, TooLargeError):
-        return 413
-    if isinstance(exc, BusyError):
-        return 503
-    if isinstance(exc, UsageError):
-        return 400
-    if isinstance(exc, (AudioError, VoiceError)):
-        return 422
-    return 500
-
-
 class BodyLimit:
     """ASGI middleware: a POST whose Content-Length is over the limit gets 413 before its body is read."""
 
@@ -115,9 +102,18 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
 
 def _status(exc: Exception) -> int:
+    """The HTTP status for an error raised while serving a request."""
     if isinstance(exc, HTTPException):  # the multipart parser's own refusals (too many files, a broken body)
         return exc.status_code
-    return status_of(exc)
+    if isinstance(exc, TooLargeError):
+        return 413
+    if isinstance(exc, BusyError):
+        return 503
+    if isinstance(exc, UsageError):
+        return 400
+    if isinstance(exc, (AudioError, VoiceError)):
+        return 422
+    return 500
 
 
 def _one_line(exc: Exception, job: Job) -> str:

@@ -158,12 +158,8 @@ def _control_widgets(service: Service, tab: str, pickers: list[gr.Dropdown]) -> 
     """One widget per ``ConvertOptions`` field, keyed by field name; voice pickers join ``pickers``."""
     with gr.Accordion("Controls", open=True):
         widgets = {c.name: _widget(service, c, f"{tab}-{c.name.replace('_', '-')}") for c in controls()}
-    pickers += [w for name, w in widgets.items() if isinstance(w, gr.Dropdown) and _kind(name) == "voice"]
+    pickers += [w for c in controls() if c.kind == "voice" and isinstance(w := widgets[c.name], gr.Dropdown)]
     return widgets
-
-
-def _kind(name: str) -> str:
-    return {c.name: c.kind for c in controls()}[name]
 
 
 def _widget(service: Service, control: Control, elem_id: str) -> gr.components.Component:
