@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from knnvc import audio, batch
 from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.options import ConvertOptions
+from knnvc.progress import WINDOW_STAGES, OnProgress, Progress
 from knnvc.voice import VOICE_SUFFIX, Voice
 from knnvc.web import zips
 from knnvc.web.queue import ModelQueue
@@ -272,8 +273,8 @@ class Service:
             target = self._target(job, voice, references, options.trim)
             jobs = batch.plan(inputs, outputs, target.name, extension=ext)
 
-            def on_file(event: batch.Progress) -> None:
-                if event.stage in ("done", "fail"):
+            def on_file(event: Progress) -> None:
+                if event.stage in ("done", "fail") and event.total:
                     say(f"converted {event.index + 1} of {event.total} files", (event.index + 1) / event.total)
 
             report = batch.run(self.vc, jobs, target, options, progress=on_file)
@@ -291,10 +292,12 @@ def _quiet(description: str, fraction: float | None) -> None:
     log.debug("%s %s", description, "" if fraction is None else f"{fraction:.0%}")
 
 
-def _windows(say: Notify) -> Callable[[str, int, int], None]:
-    """The pipeline's ``progress(stage, done, total)`` over windows of long audio, as ``say``."""
+def _windows(say: Notify) -> OnProgress:
+    """The pipeline's window events (``knnvc.progress.Progress``) over long audio, as ``say``."""
 
-    def progress(stage: str, done: int, total: int) -> None:
-        say(f"{stage}: window {done} of {total}", done / total if total else None)
+    def progress(event: Progress) -> None:
+        if event.stage in WINDOW_STAGES:
+            done, total = event.index, event.total
+            say(f"{event.stage}: window {done} of {total}", done / total if total else None)
 
     return progress
