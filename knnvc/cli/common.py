@@ -72,6 +72,17 @@ def require_inputs(*paths: Path | None) -> None:
             raise InputError(f"{path}: no such file or folder; check the path")
 
 
+def check_references(reference: Path) -> None:
+    """Every reference file (REFERENCE, or the audio in the folder) has a readable audio header: else AudioError."""
+    from knnvc.audio import audio_files, duration_seconds
+
+    files = audio_files(reference) if reference.is_dir() else [reference]
+    if not files:
+        raise InputError(f"{reference}: folder holds no audio files; give reference speech")
+    for path in files:
+        duration_seconds(path)
+
+
 def check_device(device: str, precision: str = "auto") -> None:
     """Resolve ``--device`` and ``--precision`` now (imports torch), before any model or file is loaded."""
     from knnvc.devices import resolve_device, resolve_precision

@@ -22,6 +22,7 @@ from knnvc.cli.common import (
     VocoderOpt,
     WavlmOpt,
     check_device,
+    check_references,
     cli_words,
     err,
     handle_errors,
@@ -34,7 +35,7 @@ from knnvc.cli.common import (
     shown,
 )
 from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
-from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, AudioError, KnnvcError
+from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
 from knnvc.progress import WINDOW_STAGES, Job, Progress
 
 if TYPE_CHECKING:
@@ -110,17 +111,6 @@ def convert(
             with BatchView(todo, show=not (quiet or json_out), verbose=verbose) as view:
                 report = batch.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event)
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
-
-
-def check_references(reference: Path) -> None:
-    """Every reference file (REFERENCE, or the audio in the folder) has a readable audio header: else AudioError."""
-    from knnvc.audio import audio_files, duration_seconds
-
-    files = audio_files(reference) if reference.is_dir() else [reference]
-    if not files:
-        raise AudioError(f"{reference}: folder holds no audio files; give reference speech")
-    for path in files:
-        duration_seconds(path)
 
 
 def eta_column() -> ProgressColumn:

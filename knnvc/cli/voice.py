@@ -21,6 +21,7 @@ from knnvc.cli.common import (
     VerboseOpt,
     WavlmOpt,
     check_device,
+    check_references,
     handle_errors,
     out,
     require_inputs,
@@ -50,7 +51,6 @@ def voice_build(
     with handle_errors(verbose):
         from knnvc import api
         from knnvc.audio import check_writable
-        from knnvc.cli.convert import check_references
         from knnvc.voice import VOICE_SUFFIX
 
         if output.suffix != VOICE_SUFFIX:
