@@ -261,10 +261,7 @@ def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose
 
             exc = failure.error
             err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
-        if single:
-            say("error:", "bold red", cli_words(str(failure.error)))
-        else:
-            say("failed:", "bold red", _failure_line(failure.source, failure.error))
+        say("error:" if single else "failed:", "bold red", _failure_line(failure.source, failure.error))
     if report.interrupted:
         say("interrupted:", "yellow", "finished files are kept; rerun the same command to convert the rest")
         raise typer.Exit(EXIT_INTERRUPTED)
