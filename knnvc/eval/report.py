@@ -81,9 +81,11 @@ def plot_similarity(evaluation: Evaluation, path: Path) -> Path:
     groups = [("converted → target", [f.speaker_similarity for f in evaluation.files]),
               ("source → target", [f.source_similarity for f in evaluation.files if f.source_similarity is not None]),
               ("target ↔ target (genuine)", evaluation.genuine_scores)]  # fmt: skip
+    low = min(min(v) for _, v in groups if v)
+    span = (max(-1.0, min(0.5, low) - 0.02), 1.0)
     for label, values in groups:
         if values:
-            ax.hist(values, bins=20, range=(-0.2, 1.0), alpha=0.55, label=f"{label} (n={len(values)})")
+            ax.hist(values, bins=40, range=span, alpha=0.55, label=f"{label} (n={len(values)})")
     ax.set(xlabel="cosine similarity", ylabel="count", title=f"Speaker similarity ({evaluation.models['verifier']})")
     ax.legend(loc="upper left")
     return _save(fig, path)
@@ -106,6 +108,7 @@ def plot_per_file(evaluation: Evaluation, path: Path) -> Path:
         axes[0][1].invert_yaxis()
         axes[0][1].set_yticklabels([])
     fig.suptitle("Per file")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -144,6 +147,7 @@ def _save(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        _readable(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc}") from exc
@@ -167,8 +171,16 @@ def _write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _readable(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc}") from exc
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _readable(path: str) -> None:
+    """Give a temporary file the mode a plain ``open`` would (mkstemp makes it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
