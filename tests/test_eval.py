@@ -110,7 +110,8 @@ def test_pair_converted_with_sources_and_texts(tmp_path: Path) -> None:
 def test_manifest(tmp_path: Path) -> None:
     (tmp_path / "m.tsv").write_text(f"converted\ttarget\tsource\ttext\nc.wav\t{REF_DIR}\t{SOURCE_WAV}\thi there\n")
     (item,) = read_manifest(tmp_path / "m.tsv")
-    assert (item.converted, item.target, item.source, item.text) == (tmp_path / "c.wav", REF_DIR, SOURCE_WAV, "hi there")
+    expected = (tmp_path / "c.wav", REF_DIR, SOURCE_WAV, "hi there")
+    assert (item.converted, item.target, item.source, item.text) == expected
     (tmp_path / "bad.tsv").write_text("file\tspeaker\nc.wav\tx\n")
     with pytest.raises(UsageError, match="header"):
         read_manifest(tmp_path / "bad.tsv")

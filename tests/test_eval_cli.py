@@ -80,3 +80,44 @@ def test_missing_metric_model(tmp_path: Path) -> None:
                    "--asr", "none", "--no-dnsmos")  # fmt: skip
     assert result.exit_code == 4
     assert "nor in the local Hugging Face cache" in result.output and "--verifier resemblyzer" in result.output
+
+
+def test_librispeech_layout(tmp_path: Path) -> None:
+    """A LibriSpeech-shaped tree of three speakers: sources, targets and a manifest that ``knnvc eval`` reads."""
+    from knnvc.eval import read_manifest
+
+    root = tmp_path / "test-clean"
+    wavs = [SOURCE_WAV, *sorted(REF_DIR.glob("*.wav"))]
+    for speaker in ("61", "121", "237"):
+        chapter = root / speaker / "100"
+        chapter.mkdir(parents=True)
+        lines = []
+        for n, wav in enumerate(wavs):
+            utt = f"{speaker}-100-{n:04d}"
+            (chapter / f"{utt}.flac").write_bytes(_flac(wav))
+            lines.append(f"{utt} WORDS OF {utt}")
+        (chapter / f"{speaker}-100.trans.txt").write_text("\n".join(lines) + "\n")
+    work = tmp_path / "work"
+    result = knnvc("eval-librispeech", root, work, "--sources-per-speaker", 2)
+    assert result.exit_code == 0, result.output
+    assert "6 conversions into 3 target speakers" in result.output and "knnvc eval --manifest" in result.output
+    items = read_manifest(work / "manifest.tsv")
+    assert len(items) == 6
+    for item in items:
+        source_speaker, target = item.source.name.split("-")[0], item.target.name  # type: ignore[union-attr]
+        assert source_speaker != target and item.text == f"WORDS OF {item.source.stem}"  # type: ignore[union-attr]
+        assert item.source.resolve().is_file() and item.converted.parent.name == target  # type: ignore[union-attr]
+        references = {p.name for p in item.target.iterdir()}
+        assert len(references) == 2 and not references & {i.source.name for i in items}  # type: ignore[union-attr]
+    assert sorted(i.target.name for i in items) == ["121", "121", "237", "237", "61", "61"]
+
+
+def _flac(wav: Path) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    data, rate = sf.read(wav, dtype="int16")
+    buffer = io.BytesIO()
+    sf.write(buffer, data, rate, format="FLAC")
+    return buffer.getvalue()

@@ -231,3 +231,32 @@ class StageBar:
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(stage, total=total)
         self.bar.update(self.tasks[stage], completed=done, total=total)
+
+
+@app.command("eval-librispeech")
+def eval_librispeech(
+    test_clean: Annotated[Path, typer.Argument(help="LibriSpeech's test-clean folder (SPEAKER/CHAPTER/*.flac).")],
+    work: Annotated[Path, typer.Argument(help="Folder for sources/, targets/, converted/ and manifest.tsv.")],
+    sources_per_speaker: Annotated[
+        int, typer.Option("--sources-per-speaker", help="Utterances each speaker gives as sources.")
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice of source utterances.")] = 0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Lay out the paper's kind of test set from LibriSpeech test-clean, then print the commands that score it."""
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        from knnvc.eval.librispeech import plan
+
+        laid = plan(test_clean, work, sources_per_speaker=sources_per_speaker, seed=seed)
+        if quiet:
+            return
+        minutes = [s / 60 for s in laid.reference_seconds.values()]
+        say("planned:", "green", f"{laid.conversions} conversions into {laid.speakers} target speakers; references "
+            f"{min(minutes):.1f}-{max(minutes):.1f} min per target; {laid.manifest}")  # fmt: skip
+        w = str(work)
+        err.print("next:", markup=False)
+        err.print(f"  for t in $(ls {w}/sources); do knnvc convert {w}/sources/$t {w}/targets/$t "
+                  f"-o {w}/converted/$t; done", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(f"  knnvc eval --manifest {w}/manifest.tsv --report {w}/report", markup=False, soft_wrap=True)
