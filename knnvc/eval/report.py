@@ -8,6 +8,7 @@ against the swept setting).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -58,12 +59,15 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def markdown(evaluation: Evaluation) -> str:
     """The summary table, the models used, the notes and a per-file table, as markdown."""
     s = evaluation.summary
-    lines = [f"# knnvc eval: {s['files']} files, {s['targets']} target(s)", "", "| metric | value | meaning |",
+    files, targets = _count(s["files"], "file"), _count(s["targets"], "target")
+    lines = [f"# knnvc eval: {files}, {targets}", "", "| metric | value | meaning |",
              "| --- | --- | --- |"]  # fmt: skip
     meaning = {label: text for _, label, text in ROWS}
     lines += [f"| {label} | {value} | {meaning.get(label, 'DNSMOS (1-5, higher is better)')} |"
               for label, value in summary_rows(s)]  # fmt: skip
     lines += ["", "Models: " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), ""]
+    if s.get("wer_reference"):
+        lines += [f"WER/CER references: {s['wer_reference']}.", ""]
     lines += [f"- {note}" for note in evaluation.notes] + ([""] if evaluation.notes else [])
     lines += ["| file | similarity | WER | CER | hypothesis |", "| --- | --- | --- | --- | --- |"]
     for f in evaluation.files:
@@ -72,6 +76,10 @@ def markdown(evaluation: Evaluation) -> str:
         hyp = (f.hypothesis or "").replace("|", "/")
         lines.append(f"| {Path(f.file).name} | {f.speaker_similarity:.3f} | {wer} | {cer} | {hyp} |")
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def plot_similarity(evaluation: Evaluation, path: Path) -> Path:
@@ -113,17 +121,42 @@ def plot_per_file(evaluation: Evaluation, path: Path) -> Path:
 
 
 def plot_sweep(setting: str, values: Sequence[Any], summaries: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Each metric against the swept setting, one panel per metric (PNG)."""
+    """Each metric against the swept setting, one panel per metric (PNG, 3 panels a row, 400 px each).
+
+    The similarity panel also draws the genuine (ceiling) and source (floor) similarities as dashed lines.
+    """
     plt = _pyplot()
-    metrics = [(key, label) for key, label, _ in ROWS if any(s.get(key) is not None for s in summaries)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), dpi=FIGURE_DPI, squeeze=False)
+    panels = [
+        (key, label) for key, label in SWEPT if any(_scalar(_get(s, key)) == _scalar(_get(s, key)) for s in summaries)
+    ]
+    rows = (len(panels) + 2) // 3
+    fig, axes = plt.subplots(rows, 3, figsize=(12, 3.5 * rows), dpi=FIGURE_DPI, squeeze=False)
     xs = [str(v) for v in values]
-    for ax, (key, label) in zip(axes[0], metrics, strict=True):
-        ys = [_scalar(s.get(key)) for s in summaries]
-        ax.plot(xs, ys, marker="o")
-        ax.set(xlabel=setting, ylabel=label, title=label)
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        ax.plot(xs, [_scalar(_get(s, key)) for s in summaries], marker="o", label="converted")
+        if key == "speaker_similarity":
+            for other, style in (("genuine_similarity", "g--"), ("source_similarity", "r--")):
+                ys = [_scalar(s.get(other)) for s in summaries]
+                if not all(math.isnan(y) for y in ys):
+                    ax.plot(xs, ys, style, label=other.replace("_", " "))
+            ax.legend(fontsize="small")
+        ax.set(xlabel=setting, ylabel=label, title=f"{label} vs {setting}")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+SWEPT = (("speaker_similarity", "speaker similarity"), ("eer_percent", "EER %"), ("wer_percent", "WER %"),
+         ("cer_percent", "CER %"), ("dnsmos.ovrl", "DNSMOS OVRL"))  # fmt: skip
+
+
+def _get(summary: dict[str, Any], key: str) -> Any:
+    """``summary[key]``, where ``a.b`` reads ``summary[a][b]``; None when absent."""
+    value: Any = summary
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _scalar(value: Any) -> float:
