@@ -79,15 +79,18 @@ def evaluate(
         raise UsageError("nothing to evaluate: no converted files")
     report = progress or (lambda stage, done, total: None)
     targets = sorted({item.target for item in items})
-    refs: dict[Path, np.ndarray] = {}
-    all_refs = [(t, f) for t in targets for f in files_in(t)]
-    for done, (target, file) in enumerate(all_refs, 1):
-        refs.setdefault(target, np.zeros((0, 0)))
-        emb = verifier.embed(audio.load(file))
-        refs[target] = emb[None] if refs[target].size == 0 else np.vstack([refs[target], emb])
-        report("embedding references", done, len(all_refs))
+    reference_files = {t: files_in(t) for t in targets}
+    total = sum(len(files) for files in reference_files.values())
+    embedded: dict[Path, list[np.ndarray]] = {t: [] for t in targets}
+    for target, files in reference_files.items():
+        for file in files:
+            embedded[target].append(verifier.embed(audio.load(file)))
+            report("embedding references", sum(map(len, embedded.values())), total)
+    refs = {t: np.stack(e) for t, e in embedded.items()}  # (R, D) per target
     centroid = {t: speaker_embedding(e) for t, e in refs.items()}
-    scores, converted_embs, transcripts = [], {t: [] for t in targets}, {}  # type: ignore[var-annotated]
+    scores: list[FileScore] = []
+    converted_embs: dict[Path, list[np.ndarray]] = {t: [] for t in targets}
+    transcripts: dict[Path, str] = {}
     for done, item in enumerate(items, 1):
         wav = audio.load(item.converted)
         emb = verifier.embed(wav)
