@@ -129,6 +129,9 @@ def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool)
     where = str(resolve_device(device))
     models: dict[str, Any] = {"verifier": load_verifier(verifier, where)}
     models["asr"] = None if asr == "none" else load_asr(asr, where)
+    if asr == "auto" and show and not models["asr"].name.startswith("Whisper"):
+        say("note:", "yellow", "Whisper-base is not in the local Hugging Face cache: WER/CER come from pocketsphinx, "
+            "which is far weaker (compare its numbers only with each other)")  # fmt: skip
     models["dnsmos"] = None
     if dnsmos:
         models["dnsmos"], why = load_dnsmos()
