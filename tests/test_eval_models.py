@@ -85,8 +85,7 @@ def test_dnsmos_from_its_wheel() -> None:
 
 
 def test_missing_models_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    _hf_cache(monkeypatch, tmp_path)  # an empty cache
     with pytest.raises(WeightsError, match="nor in the local Hugging Face cache.*--verifier resemblyzer"):
         load_verifier("someone/not-cached-sv")
     with pytest.raises(WeightsError, match="nor in the local Hugging Face cache.*--asr pocketsphinx"):
@@ -113,3 +112,71 @@ def test_a_stronger_local_verifier(tmp_path: Path) -> None:
     assert isinstance(sv, XVector) and str(tmp_path) in sv.name
     emb = sv.embed(audio.load(REF_01))
     assert emb.shape == (24,) and np.linalg.norm(emb) == pytest.approx(1.0)
+
+
+def _hf_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Point the Hugging Face hub's cache at ``folder`` and go offline (huggingface_hub reads its env at import)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(folder))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def _tiny_whisper(folder: Path) -> Path:
+    """A random 1-layer Whisper with a byte-level tokenizer, saved as a Hugging Face folder (no download)."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                "<|notimestamps|>"]  # fmt: skip
+    vocab.update({s: len(vocab) + i for i, s in enumerate(specials)})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=end,
+                                 bos_token=end, eos_token=end)  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(folder)
+    ids = {"decoder_start_token_id": vocab["<|startoftranscript|>"], "eos_token_id": vocab[end],
+           "pad_token_id": vocab[end], "bos_token_id": vocab[end]}  # fmt: skip
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, max_target_positions=32, **ids)  # fmt: skip
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        **ids, max_length=12, is_multilingual=True, lang_to_id={"<|en|>": vocab["<|en|>"]},
+        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
+        no_timestamps_token_id=vocab["<|notimestamps|>"],
+    )  # fmt: skip
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_whisper_from_the_local_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``auto`` takes Whisper-base when the HF cache holds it (here a tiny random stand-in under its name)."""
+    from knnvc.eval.asr import Whisper
+
+    repo = tmp_path / "models--openai--whisper-base"
+    _tiny_whisper(repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    _hf_cache(monkeypatch, tmp_path)
+    asr = load_asr("auto")
+    assert isinstance(asr, Whisper) and "0123abc" in asr.name
+    assert load_asr("whisper").name == asr.name
+    long = np.tile(audio.load(SOURCE_WAV), 9)[: 35 * 16_000]  # 35 s: two 30-s windows
+    text = asr.transcribe(long)
+    assert isinstance(text, str) and text.strip()
