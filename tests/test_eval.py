@@ -128,3 +128,44 @@ def test_sweep_reads_settings_from_convert_options() -> None:
                           ("k=1,1", "distinct"), ("k=two", "int"), ("k=0,4", "k must be at least 1")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             parse_sweep(spec)
+
+
+class _Level:
+    """A stand-in verifier whose 'speaker' is the signal's level: enough to drive ``evaluate``'s bookkeeping."""
+
+    name = "level"
+
+    def embed(self, wav: np.ndarray) -> np.ndarray:
+        v = np.array([wav.std(), np.abs(wav).mean(), 0.01])
+        return v / np.linalg.norm(v)
+
+
+def test_evaluate_says_what_it_skipped() -> None:
+    from knnvc.eval import Item, evaluate
+
+    ref_01 = sorted(REF_DIR.glob("*.wav"))[0]
+    events: list[tuple[str, int, int]] = []
+    result = evaluate([Item(SOURCE_WAV, ref_01)], _Level(), progress=lambda *e: events.append(e))
+    s = result.summary
+    assert s["eer_percent"] is None and s["wer_percent"] is None and s["source_similarity"] is None
+    assert any("EER skipped" in n and "two reference files" in n for n in result.notes)
+    assert any("WER/CER skipped: no ASR model" in n for n in result.notes)
+    assert events == [("embedding references", 1, 1), ("scoring", 1, 1)]
+    assert result.models == {"verifier": "level", "asr": "none", "dnsmos": "none"}
+    with pytest.raises(UsageError, match="nothing to evaluate"):
+        evaluate([], _Level())
+
+
+def test_dnsmos_missing_is_a_one_line_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from knnvc.eval import quality
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(quality.importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
+    scorer, why = quality.load_dnsmos()
+    assert scorer is None and why == "DNSMOS skipped: onnxruntime is not installed (pip install 'knnvc[eval]')"
+    monkeypatch.setattr(quality, "MODELS", ("dnsmos_models/gone.onnx",))
+    monkeypatch.setattr(quality.importlib.util, "find_spec", real)
+    scorer, why = quality.load_dnsmos()
+    assert scorer is None and "lacks its model files (dnsmos_models/gone.onnx)" in why

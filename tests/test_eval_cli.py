@@ -121,3 +121,18 @@ def _flac(wav: Path) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, data, rate, format="FLAC")
     return buffer.getvalue()
+
+
+def test_progress_bars_per_stage() -> None:
+    from knnvc.cli.eval import StageBar
+
+    with StageBar(show=True) as view:
+        assert view.bar is not None
+        view.update("embedding references", 1, 3)
+        view.update("scoring", 2, 40)
+        refs, scoring = view.bar.tasks
+        assert (refs.description, refs.completed, refs.total) == ("embedding references", 1, 3)
+        assert (scoring.completed, scoring.total) == (2, 40)
+    with StageBar(show=False) as quiet:
+        quiet.update("scoring", 1, 1)
+        assert quiet.bar is None
