@@ -112,6 +112,9 @@ def test_manifest(tmp_path: Path) -> None:
     (item,) = read_manifest(tmp_path / "m.tsv")
     expected = (tmp_path / "c.wav", REF_DIR, SOURCE_WAV, "hi there")
     assert (item.converted, item.target, item.source, item.text) == expected
+    (tmp_path / "m2.tsv").write_text(f"converted\ttarget\tsource\nc.wav\t{REF_DIR}\tsrc/u1.flac\n")
+    (tmp_path / "t.txt").write_text("u1 what the source said\n")
+    assert read_manifest(tmp_path / "m2.tsv", tmp_path / "t.txt")[0].text == "what the source said"
     (tmp_path / "bad.tsv").write_text("file\tspeaker\nc.wav\tx\n")
     with pytest.raises(UsageError, match="header"):
         read_manifest(tmp_path / "bad.tsv")

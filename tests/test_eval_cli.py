@@ -136,3 +136,21 @@ def test_progress_bars_per_stage() -> None:
     with StageBar(show=False) as quiet:
         quiet.update("scoring", 1, 1)
         assert quiet.bar is None
+
+
+def test_help_loads_no_metric_model() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom knnvc.cli import app\n"
+        "for args in (['eval', '--help'], ['eval-librispeech', '--help']):\n"
+        "    try:\n        app(args, prog_name='knnvc')\n"
+        "    except SystemExit as exc:\n        assert exc.code == 0, (args, exc.code)\n"
+        "heavy = ('torch', 'numpy', 'resemblyzer', 'jiwer', 'pocketsphinx', 'matplotlib', 'knnvc.eval')\n"
+        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--sweep" in proc.stdout and "--sources-per-speaker" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED []"

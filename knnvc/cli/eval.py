@@ -145,7 +145,7 @@ def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: Pa
     from knnvc.eval import evaluate, pair, read_manifest
 
     if manifest is not None:
-        items = read_manifest(manifest)
+        items = read_manifest(manifest, transcripts)
     else:
         assert converted is not None and target is not None
         items = pair(converted, target, source, transcripts)

@@ -93,8 +93,11 @@ class _Finder:
         raise UsageError(f"{file}: no source file in {self.source} matches it (same relative path or stem)")
 
 
-def read_manifest(path: Path) -> list[Item]:
+def read_manifest(path: Path, transcripts: Path | None = None) -> list[Item]:
     """Items from a tab-separated manifest with columns ``converted``, ``target`` [, ``source``] [, ``text``].
+
+    A row without ``text`` takes its transcript from ``transcripts`` when given (by the converted file's stem,
+    else its source's), as ``pair`` does.
 
     Raises:
         UsageError: unreadable, no header with ``converted`` and ``target``, or an empty row.
@@ -107,11 +110,13 @@ def read_manifest(path: Path) -> list[Item]:
     if not rows or not {"converted", "target"} <= set(rows[0]):
         raise UsageError(f"{path}: a manifest is tab-separated with a header naming converted, target[, source, text]")
     root = path.parent
+    texts = read_transcripts(transcripts) if transcripts is not None else {}
     items = []
     for number, row in enumerate(rows, 2):
         if not row.get("converted") or not row.get("target"):
             raise UsageError(f"{path}:{number}: every row needs converted and target")
         src = row.get("source") or None
-        items.append(Item(root / row["converted"], root / row["target"], root / src if src else None,
-                          row.get("text") or None))  # fmt: skip
+        converted = root / row["converted"]
+        text = row.get("text") or texts.get(converted.stem) or (texts.get(Path(src).stem) if src else None)
+        items.append(Item(converted, root / row["target"], root / src if src else None, text))
     return items
