@@ -54,7 +54,8 @@ def test_evaluate_scores_real_voices(verifier: Resemblyzer, pocketsphinx: object
     assert s["eer_trials"] == {"genuine": 1, "converted": 4}  # refs (01, 03); each against both files
     assert 0 <= s["eer_percent"] <= 100 and s["genuine_similarity"]["n"] == 1
     # the second file has no text: its reference is the ASR of its source
-    assert other.reference_text == same.hypothesis and s["wer_reference"] == "transcripts"
+    assert other.reference_text == same.hypothesis and other.reference_from == "ASR of the source"
+    assert same.reference_from == "transcript" and s["wer_reference"] == "ASR of the source and transcript"
     assert result.models["verifier"].startswith("resemblyzer") and result.models["asr"].startswith("pocketsphinx")
     written = write_report(result, tmp_path / "report")
     assert [p.name for p in written] == ["report.json", "report.md", "similarity_hist.png", "per_file.png"]

@@ -36,6 +36,7 @@ class FileScore:
     speaker_similarity: float
     source_similarity: float | None = None  # the source against the same target: the score before conversion
     reference_text: str | None = None
+    reference_from: str | None = None  # "transcript", or "ASR of the source"
     hypothesis: str | None = None
     wer: float | None = None
     cer: float | None = None
@@ -90,34 +91,50 @@ def evaluate(
     centroid = {t: speaker_embedding(e) for t, e in refs.items()}
     scores: list[FileScore] = []
     converted_embs: dict[Path, list[np.ndarray]] = {t: [] for t in targets}
-    transcripts: dict[Path, str] = {}
+    sources = _Sources(verifier, asr)
     for done, item in enumerate(items, 1):
         wav = audio.load(item.converted)
         emb = verifier.embed(wav)
         converted_embs[item.target].append(emb)
         score = FileScore(str(item.converted), str(item.target), float(emb @ centroid[item.target]))
         if item.source is not None:
-            source_wav = audio.load(item.source)
-            score.source_similarity = float(verifier.embed(source_wav) @ centroid[item.target])
+            score.source_similarity = float(sources.embedding(item.source) @ centroid[item.target])
         if asr is not None:
             score.hypothesis = asr.transcribe(wav)
-            score.reference_text = item.text
-            if score.reference_text is None and item.source is not None:
-                if item.source not in transcripts:
-                    transcripts[item.source] = asr.transcribe(source_wav)
-                score.reference_text = transcripts[item.source]
+            score.reference_text, score.reference_from = item.text, "transcript"
+            if item.text is None and item.source is not None:
+                score.reference_text, score.reference_from = sources.transcript(item.source), "ASR of the source"
         if dnsmos is not None:
             score.dnsmos = dnsmos.score(wav)
         scores.append(score)
         report("scoring", done, len(items))
     trials = Trials.join([target_trials(refs[t], np.array(converted_embs[t])) for t in targets if converted_embs[t]])
-    return _summarise(scores, trials, verifier, asr, dnsmos, by_text=any(i.text for i in items))
+    return _summarise(scores, trials, verifier, asr, dnsmos)
+
+
+class _Sources:
+    """Each source's embedding and transcript, computed once however many conversions share it."""
+
+    def __init__(self, verifier: Verifier, asr: Transcriber | None) -> None:
+        self.verifier, self.asr = verifier, asr
+        self.embeddings: dict[Path, np.ndarray] = {}
+        self.texts: dict[Path, str] = {}
+
+    def embedding(self, source: Path) -> np.ndarray:
+        if source not in self.embeddings:
+            self.embeddings[source] = self.verifier.embed(audio.load(source))
+        return self.embeddings[source]
+
+    def transcript(self, source: Path) -> str:
+        if source not in self.texts:
+            assert self.asr is not None
+            self.texts[source] = self.asr.transcribe(audio.load(source))
+        return self.texts[source]
 
 
 def _summarise(
-    scores: list[FileScore], trials: Trials, verifier: Verifier, asr: Transcriber | None, dnsmos: Dnsmos | None,
-    *, by_text: bool,
-) -> Evaluation:  # fmt: skip
+    scores: list[FileScore], trials: Trials, verifier: Verifier, asr: Transcriber | None, dnsmos: Dnsmos | None
+) -> Evaluation:
     notes: list[str] = []
     summary: dict[str, Any] = {"files": len(scores), "targets": len({s.target for s in scores})}
     summary["speaker_similarity"] = _stats([s.speaker_similarity for s in scores])
@@ -132,7 +149,7 @@ def _summarise(
     else:
         notes.append("EER skipped: it needs at least two reference files per target (genuine trials)")
     summary["eer_trials"] = {"genuine": int(trials.genuine.size), "converted": int(trials.converted.size)}
-    _intelligibility(scores, summary, notes, asr, by_text=by_text)
+    _intelligibility(scores, summary, notes, asr)
     if dnsmos is not None:
         summary["dnsmos"] = {k: round(float(np.mean([s.dnsmos[k] for s in scores if s.dnsmos])), 3)
                              for k in ("ovrl", "sig", "bak", "p808")}  # fmt: skip
@@ -142,7 +159,7 @@ def _summarise(
 
 
 def _intelligibility(
-    scores: list[FileScore], summary: dict[str, Any], notes: list[str], asr: Transcriber | None, *, by_text: bool
+    scores: list[FileScore], summary: dict[str, Any], notes: list[str], asr: Transcriber | None
 ) -> None:
     summary["wer_percent"] = summary["cer_percent"] = None
     if asr is None:
@@ -159,7 +176,7 @@ def _intelligibility(
         notes.append(f"WER/CER over {len(scored)} of {len(scores)} files (the others have no reference text)")
     total = error_rates([s.reference_text or "" for s in scored], [s.hypothesis or "" for s in scored])
     summary["wer_percent"], summary["cer_percent"] = round(100 * total.wer, 2), round(100 * total.cer, 2)
-    summary["wer_reference"] = "transcripts" if by_text else "ASR of the source"
+    summary["wer_reference"] = " and ".join(sorted({s.reference_from or "" for s in scored}))
 
 
 def _stats(values: list[float]) -> dict[str, float | int]:
