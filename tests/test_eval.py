@@ -127,6 +127,14 @@ def test_sweep_reads_settings_from_convert_options() -> None:
     assert parse_sweep("trim=on,off").values == (True, False)
     grid = parse_sweep("output-sample-rate=16000,24000")
     assert [o.output_sample_rate for o in grid.options(ConvertOptions())] == [16000, 24000]
+    from typing import Literal
+
+    from knnvc.eval.sweep import _typed
+
+    mode = Literal["mean", "median"] | None  # a control with named choices, as a later field might have
+    assert [_typed(v, mode, "mode") for v in ("median", "none")] == ["median", None]
+    with pytest.raises(UsageError, match="mode takes"):
+        _typed("mode", mode, "mode")
     for spec, message in (("strength=0.5", "unknown setting 'strength'"), ("k", "NAME=V1"), ("k=1,,2", "distinct"),
                           ("k=1,1", "distinct"), ("k=two", "int"), ("k=0,4", "k must be at least 1")):  # fmt: skip
         with pytest.raises(UsageError, match=message):

@@ -72,6 +72,11 @@ def _typed(text: str, kind: Any, name: str) -> Any:
     if type(None) in allowed and text.lower() in NONE:
         return None
     for t in allowed:
+        if typing.get_origin(t) is typing.Literal:
+            choices = {str(c): c for c in typing.get_args(t)}
+            if text in choices:
+                return choices[text]
+            continue
         if t is bool and text.lower() in TRUE | FALSE:
             return text.lower() in TRUE
         if t in (int, float, str):
@@ -79,7 +84,7 @@ def _typed(text: str, kind: Any, name: str) -> Any:
                 return t(text)
             except ValueError:
                 continue
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    names = " or ".join(getattr(t, "__name__", None) or str(t) for t in allowed)
     raise UsageError(f"--sweep: {name} takes {names} values, got {text!r}")
 
 
