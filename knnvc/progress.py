@@ -41,7 +41,8 @@ class Job:
 class Progress:
     """A progress event (see the module's table). ``job`` names the file of a batch event, else None.
 
-    ``seconds`` is the wall time a finished file took and ``audio_seconds`` its length.
+    ``seconds`` is a finished file's share of the compute wall time (its group's time split by audio length;
+    decoding and writing overlap the compute in threads) and ``audio_seconds`` its length.
     """
 
     stage: str
