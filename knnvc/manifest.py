@@ -225,7 +225,7 @@ class Ledger:
         what = "; ".join(changes[:4]) if changes else "settings not fully re-converted"
         return StaleOutputsError(
             f"{self.folder}: {len(stale)} existing output(s) were made with other settings ({what}): {names}; "
-            "re-convert them with overwrite (knnvc convert --overwrite), or write to another output folder",
+            "re-convert them with overwrite=True, or write to another output folder",
             [j.output for j in stale],
         )
 

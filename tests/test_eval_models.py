@@ -87,9 +87,9 @@ def test_dnsmos_from_its_wheel() -> None:
 
 def test_missing_models_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _hf_cache(monkeypatch, tmp_path)  # an empty cache
-    with pytest.raises(WeightsError, match="nor in the local Hugging Face cache.*--verifier resemblyzer"):
+    with pytest.raises(WeightsError, match="nor in the local Hugging Face cache.*verifier='resemblyzer'"):
         load_verifier("someone/not-cached-sv")
-    with pytest.raises(WeightsError, match="nor in the local Hugging Face cache.*--asr pocketsphinx"):
+    with pytest.raises(WeightsError, match="nor in the local Hugging Face cache.*asr='pocketsphinx'"):
         load_asr("whisper")
     assert load_asr("auto").name.startswith("pocketsphinx")  # no Whisper cached: the in-wheel ASR
     assert load_verifier("auto").name.startswith("resemblyzer")

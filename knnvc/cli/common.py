@@ -44,9 +44,9 @@ def say(label: str, style: str, message: str) -> None:
     err.print(Text.assemble((label, style), " ", message), soft_wrap=True, highlight=False)
 
 
-_PYTHON_WORDS = re.compile(
-    r"\b(device|precision|k|loudness|trim|sample_rate|batch_size|vocoder|wavlm|format|overwrite|offline)"
-    r"=('[^']*'|[\w.:-]+)"
+_PYTHON_WORDS = re.compile(  # keyword arguments that are also flags; not inside quotes ('k=1,4' is a value)
+    r"(?<!['\w])(device|precision|k|loudness|trim|sample_rate|batch_size|vocoder|wavlm|format|overwrite|offline"
+    r"|asr|verifier|transcripts)=('[^']*'|[\w.:-]+)"
 )
 
 

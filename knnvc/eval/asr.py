@@ -100,6 +100,6 @@ def load_asr(name: str = "auto", device: str = "cpu") -> Transcriber:
     if local is None:
         raise WeightsError(
             f"ASR model {repo!r} is neither a folder nor in the local Hugging Face cache; "
-            "use --asr pocketsphinx (its model ships in its wheel) or download it on a machine online"
+            "use asr='pocketsphinx' (its model ships in its wheel) or download it on a machine online"
         )
     return Whisper(local, device)

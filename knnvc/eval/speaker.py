@@ -93,7 +93,7 @@ def load_verifier(name: str = "auto", device: str = "cpu") -> Verifier:
     if local is None:
         raise WeightsError(
             f"speaker verifier {name!r} is neither a folder nor in the local Hugging Face cache; "
-            "use --verifier resemblyzer (its weights ship in its wheel) or download it on a machine online"
+            "use verifier='resemblyzer' (its weights ship in its wheel) or download it on a machine online"
         )
     return XVector(local, device)
 

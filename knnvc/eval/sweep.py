@@ -55,13 +55,13 @@ def parse_sweep(spec: str, base: ConvertOptions | None = None) -> Grid:
     name, sep, raw = spec.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not raw.strip():
-        raise UsageError(f"--sweep takes NAME=V1,V2,... (for example k=1,4,8), got {spec!r}")
+        raise UsageError(f"sweep takes 'NAME=V1,V2,...' (for example 'k=1,4,8'), got {spec!r}")
     if name not in settings():
-        raise UsageError(f"--sweep: unknown setting {name!r}; ConvertOptions has {', '.join(settings())}")
+        raise UsageError(f"sweep: unknown setting {name!r}; ConvertOptions has {', '.join(settings())}")
     kind = typing.get_type_hints(ConvertOptions)[name]
     texts = [v.strip() for v in raw.split(",")]
     if any(not t for t in texts) or len(set(texts)) != len(texts):
-        raise UsageError(f"--sweep {spec!r}: values must be non-empty and distinct")
+        raise UsageError(f"sweep {spec!r}: values must be non-empty and distinct")
     grid = Grid(name, tuple(_typed(t, kind, name) for t in texts))
     grid.options(base or ConvertOptions())  # every value checked before anything loads
     return grid
@@ -85,7 +85,7 @@ def _typed(text: str, kind: Any, name: str) -> Any:
             except ValueError:
                 continue
     names = " or ".join(getattr(t, "__name__", None) or str(t) for t in allowed)
-    raise UsageError(f"--sweep: {name} takes {names} values, got {text!r}")
+    raise UsageError(f"sweep: {name} takes {names} values, got {text!r}")
 
 
 def run_sweep(

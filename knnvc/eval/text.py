@@ -71,7 +71,7 @@ def read_transcripts(path: Path) -> dict[str, str]:
         UsageError: no such path, a line without text, or an id given twice with different texts.
     """
     if not path.exists():
-        raise UsageError(f"--transcripts {path}: no such file or folder")
+        raise UsageError(f"transcripts={str(path)!r}: no such file or folder")
     files = sorted(p for p in path.rglob("*") if p.suffix in TRANSCRIPT_SUFFIXES) if path.is_dir() else [path]
     found: dict[str, str] = {}
     for file in files:
@@ -79,7 +79,7 @@ def read_transcripts(path: Path) -> dict[str, str]:
             if found.setdefault(key, text) != text:
                 raise UsageError(f"{file}: utterance {key!r} has two different transcripts")
     if not found:
-        raise UsageError(f"--transcripts {path}: no transcripts found")
+        raise UsageError(f"transcripts={str(path)!r}: no transcripts found")
     return found
 
 
