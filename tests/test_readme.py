@@ -9,10 +9,14 @@
 
 The defaults point at copies of the tiny test models (``KNNVC_WAVLM``, ``KNNVC_VOCODER``), offline. Masked when
 comparing: timings, versions, dates, cache paths, the device; padding of tables (their widths follow the numbers).
+
+After changing what a command prints, ``KNNVC_README_UPDATE=1 python -m pytest tests/test_readme.py`` writes the
+printed outputs of the blocks that drifted into README.md (review the diff; the test still fails that run).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -123,8 +127,6 @@ def run_command(command: str, root: Path, env: dict[str, str]) -> str:
         assert result.exception is None or isinstance(result.exception, SystemExit), (command, result.exception)
         printed = result.stdout + result.stderr
         return printed + (f"exit {result.exit_code}\n" if echo else "")
-    import os
-
     proc = subprocess.run(["bash", "-c", command], cwd=root, env={**os.environ, **env}, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     return proc.stdout + proc.stderr
@@ -139,6 +141,7 @@ def test_readme_examples_run_and_print_what_it_shows(sandbox: Path, monkeypatch:
     assert {b.lang for b in found} <= {"console", "python", "bash"}, {b.lang for b in found}
     assert sum(b.lang == "console" for b in found) >= 5 and sum(b.lang == "python" for b in found) >= 2
     drift: list[str] = []
+    rewritten: dict[str, str] = {}  # a console block's text -> the same commands with what they printed
     for block in found:
         if block.lang == "bash":
             commands = [c.strip() for c in re.split(r"&&|\n", block.text) if c.strip()]
@@ -146,13 +149,23 @@ def test_readme_examples_run_and_print_what_it_shows(sandbox: Path, monkeypatch:
         elif block.lang == "python":
             exec(compile(block.text, f"README.md:{block.line}", "exec"), {"__name__": "readme"})  # noqa: S102
         else:
+            fresh, drifted = [], False
             for command, shown in steps(block):
                 if "--device cuda" in command and torch.cuda.is_available():
                     continue  # the example shows a machine without a GPU
                 printed = run_command(command, sandbox, env)
+                fresh.append(f"$ {command}\n" + "".join(line.rstrip() + "\n" for line in printed.splitlines()))
                 if normalise(printed) != normalise("\n".join(shown)):
+                    drifted = True
                     drift.append(f"README.md:{block.line}: $ {command}\n--- shown\n" + "\n".join(shown)
                                  + f"\n--- printed\n{printed}")  # fmt: skip
+            if drifted:
+                rewritten[block.text] = "".join(fresh)
+    if drift and os.environ.get("KNNVC_README_UPDATE") == "1":
+        text = README.read_text(encoding="utf-8")
+        for old, new in rewritten.items():
+            text = text.replace(f"```console\n{old}```", f"```console\n{new}```")
+        README.write_text(text, encoding="utf-8")
     assert not drift, "\n\n".join(drift)
 
 
