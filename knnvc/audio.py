@@ -8,12 +8,9 @@ silero-vad (see ``knnvc.vad`` for why it replaces the original's sox VAD). Nothi
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +19,8 @@ import soundfile as sf
 import soxr
 
 from knnvc.constants import SAMPLE_RATE
-from knnvc.errors import AudioError, DiskFullError, OutputError
+from knnvc.errors import AudioError, OutputError
+from knnvc.files import write_atomically, write_error
 from knnvc.loudness import PEAK_CEILING as PEAK_CEILING  # re-exported: loudness is part of the front end
 from knnvc.loudness import loudness_lufs as loudness_lufs
 from knnvc.loudness import normalise_loudness as normalise_loudness
@@ -250,23 +248,15 @@ def save(
     if data.ndim != 1 or not np.isfinite(data).all():
         raise OutputError(f"cannot write {path}: the audio must be 1-D with finite samples")
     data = np.clip(resample(data, source_rate, sample_rate), -1.0, 1.0)
-    tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"  # hidden: folder listings skip it
+    buffer = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
         sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
-        with open(tmp, "xb") as file:
-            file.write(buffer.getbuffer())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError | sf.LibsndfileError):
-            raise _write_failure(path, exc) from exc
-        raise  # KeyboardInterrupt, SystemExit...: the temporary file is gone, the final name untouched
-    _fsync_folder(path.parent)
+    except sf.LibsndfileError as exc:
+        raise OutputError(f"cannot encode {path}: {exc.error_string}; try another output format or sample rate") from exc
+    try:
+        write_atomically(path, buffer.getbuffer())
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     logger.debug("wrote %s (%d samples at %d Hz)", path, data.shape[0], sample_rate)
     return path
 
@@ -340,34 +330,3 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
         offset = half if array.dtype.kind == "u" else 0.0
         return ((array.astype(np.float64) - offset) / half).astype(np.float32)
     raise AudioError(f"audio samples must be float or integer PCM, got {array.dtype}")
-
-
-def _write_failure(path: Path, exc: BaseException) -> OutputError:
-    """The error for a failed write of ``path``: one line saying why, and what to do."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"cannot write {path}: the disk is full; free some space or choose another folder")
-    return OutputError(_write_problem(path, exc))
-
-
-def _write_problem(path: Path, exc: BaseException) -> str:
-    if isinstance(exc, PermissionError):
-        return f"cannot write {path}: permission denied; choose a folder you can write to"
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return f"cannot write {path}: the file system is read-only; choose a folder you can write to"
-    if isinstance(exc, IsADirectoryError):
-        return f"cannot write {path}: it is a folder; give a file name"
-    if isinstance(exc, NotADirectoryError | FileExistsError):
-        return f"cannot write {path}: a part of its folder path is a file; choose another folder"
-    if isinstance(exc, sf.LibsndfileError):
-        return f"cannot encode {path}: {exc.error_string}; try another output format or sample rate"
-    return f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; check the folder and the disk"
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort; not possible on every platform)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

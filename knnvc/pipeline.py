@@ -11,7 +11,6 @@ own the computation.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from knnvc.constants import (
 from knnvc.devices import resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, UsageError
+from knnvc.files import sha256
 from knnvc.matcher import knn_regression
 from knnvc.options import ConvertOptions
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
@@ -44,14 +44,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = ConvertOptions()
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class VoiceBuilder:
@@ -161,7 +153,7 @@ class VoiceBuilder:
                 if len(wav) == 0:
                     raise AudioError(f"{label}: no speech found in this reference; check it, or pass --no-trim")
             wavs.append(wav)
-            digest = file_sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
+            digest = sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
             sources.append(SourceFile(path=label, sha256=digest, seconds=round(len(wav) / SAMPLE_RATE, 3)))
         frames = torch.cat(self.encode_many(wavs)).cpu()
         default_name = Path(items[0][0]).stem if len(items) == 1 else Path(items[0][0]).parent.name

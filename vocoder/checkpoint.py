@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vocoder.atomic import write_atomically
 from vocoder.config import HifiganConfig
 from vocoder.model import Generator
 
@@ -84,16 +84,7 @@ def save_generator(generator: Generator, path: StrPath, extra: Mapping[str, Any]
         "config": generator.config.to_dict(),
         **extra,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda fh: torch.save(payload, fh))
 
 
 def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, Any]:
