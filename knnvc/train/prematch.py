@@ -3,6 +3,9 @@
 Each utterance's WavLM layer-6 frames are replaced by the mean of their k = 4 nearest frames (cosine) among
 the frames of the OTHER utterances of the SAME speaker, so the vocoder learns from the kind of features it
 will get at conversion time. (The original pooled by chapter folder; here the pool is the whole speaker.)
+Audio is encoded exactly as voices are (``VoiceBuilder.encode_many``: windows for long files, out-of-memory
+retries, the chosen precision), and each speaker's pool is built once and matched with every utterance's own
+frames excluded, never copied per utterance.
 
 Speakers come from the folder structure (``DATA_DIR/<speaker>/.../<utt>.flac``, e.g. LibriSpeech's
 ``speaker/chapter/utt``) or from a CSV manifest with the columns ``path,speaker`` (relative paths are relative
@@ -14,58 +17,31 @@ command resumes: finished utterances are kept.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import soundfile
+import numpy as np
 import torch
 from torch import Tensor
 
-from knnvc import audio
+from knnvc import audio, files
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
-from knnvc.encoder import num_frames
-from knnvc.errors import AudioError, OutputError, UsageError
+from knnvc.encoder import WavLMEncoder, num_frames
+from knnvc.errors import AudioError, UsageError
 from knnvc.matcher import knn_regression
-from knnvc.speakers import Skipped, Utterance, discover, pool_groups
-from vocoder.train.data import (
-    SUFFIX,
-    Entry,
-    TrainingError,
-    hop_for,
-    read_index,
-    read_metadata,
-    write_index,
-    write_utterance,
-)
-
-if TYPE_CHECKING:
-    from knnvc.encoder import WavLMEncoder
-
-__all__ = ["MIN_FRAMES", "PrematchReport", "Skipped", "Utterance", "discover", "prematch", "prematch_features"]
+from knnvc.pipeline import VoiceBuilder
+from knnvc.train.speakers import Skipped, Utterance, discover, pool_groups
+from knnvc.train.store import PrematchReport, Store
+from vocoder.train.data import SUFFIX, Entry, TrainingError, hop_for, write_utterance
 
 logger = logging.getLogger(__name__)
 
 MIN_FRAMES = 10  # 0.2 s: shorter utterances are skipped (and cannot be encoded below 400 samples anyway)
 MAX_POOL_MINUTES = 60.0  # a bigger speaker is matched in pools of about this size (WavLM-Large: 0.7 GB fp32)
-SKIPPED_NAME = "skipped.json"
 SpeakerCallback = Callable[[int, int, str], None]  # (speakers done, speakers in all, current speaker)
-
-
-@dataclass
-class PrematchReport:
-    """What a run did: utterances written now, found done from an earlier run, and left out."""
-
-    out_dir: Path
-    speakers: int = 0
-    written: int = 0
-    existing: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-    below_rate: int = 0  # utterances written whose file is recorded below the target rate (upsampled)
 
 
 def prematch_features(features: Sequence[Tensor], k: int = DEFAULT_K) -> list[Tensor]:
@@ -76,82 +52,34 @@ def prematch_features(features: Sequence[Tensor], k: int = DEFAULT_K) -> list[Te
     """
     if len(features) < 2:
         raise ValueError("prematching needs at least two utterances of the speaker")
-    bounds = _bounds(features)
-    pool = torch.cat(list(features))
-    return [_match_one(pool, bounds, i, k) for i in range(len(features))]
+    return _match_items(torch.cat(list(features)), [int(f.shape[0]) for f in features], range(len(features)), k)
 
 
-def _bounds(features: Sequence[Tensor]) -> list[int]:
-    """Row offsets of each item in their concatenation: [0, T_0, T_0 + T_1, ...]."""
-    return [int(x) for x in torch.tensor([0] + [f.shape[0] for f in features]).cumsum(0)]
+def _match_items(pool: Tensor, lengths: Sequence[int], which: Sequence[int], k: int) -> list[Tensor]:
+    """Items ``which`` of the (sum(lengths), D) pool, each frame regressed onto the pool minus its own item.
 
-
-def _match_one(pool: Tensor, bounds: Sequence[int], i: int, k: int) -> Tensor:
-    """Item ``i`` (rows ``bounds[i]:bounds[i+1]`` of ``pool``) regressed onto every other row."""
-    others = torch.cat([pool[: bounds[i]], pool[bounds[i + 1] :]])
-    return knn_regression(pool[bounds[i] : bounds[i + 1]], others, k)
+    One ``knn_regression`` call for them all: the pool is normalised once, and each query frame's own item is
+    excluded by row range (``exclude=``) rather than by copying the other items.
+    """
+    starts = [0, *np.cumsum(lengths)[:-1].tolist()]
+    ranges = torch.tensor([[starts[i], starts[i] + lengths[i]] for i in which], device=pool.device)
+    counts = torch.tensor([lengths[i] for i in which], device=pool.device)
+    everything = len(which) == len(lengths)
+    query = pool if everything else torch.cat([pool[starts[i] : starts[i] + lengths[i]] for i in which])
+    out = knn_regression(query, pool, k, exclude=ranges.repeat_interleave(counts, dim=0))
+    return list(out.split([lengths[i] for i in which]))
 
 
 @dataclass
 class _Run:
     """The state of one prematch run."""
 
-    encoder: WavLMEncoder
-    out_dir: Path
+    builder: VoiceBuilder
+    store: Store
     k: int
     sample_rate: int
-    batch_size: int
     min_frames: int
-    settings: dict[str, Any]
-    entries: dict[str, Entry]
-    old_skipped: dict[str, Skipped]
     report: PrematchReport
-
-
-def _settings_clash(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    for key in ("k", "encoder_fingerprint", "sample_rate"):
-        if key in old and str(old[key]) != str(new[key]):
-            return f"{key} was {old[key]}, now {new[key]}"
-    return None
-
-
-def _resume_state(out_dir: Path, settings: dict[str, Any]) -> tuple[dict[str, Entry], dict[str, Skipped]]:
-    """Entries and skipped files of an earlier run into ``out_dir`` (empty for a new folder)."""
-    entries: dict[str, Entry] = {}
-    if (out_dir / "index.json").is_file():
-        try:
-            index = read_index(out_dir)
-        except TrainingError as exc:
-            raise UsageError(str(exc)) from exc
-        clash = _settings_clash({**index.settings, "sample_rate": index.sample_rate}, settings)
-        if clash:
-            raise UsageError(f"{out_dir} holds features made with other settings ({clash}); use a new folder")
-        entries = {e.id: e for e in index.entries}
-    skipped: dict[str, Skipped] = {}
-    if (out_dir / SKIPPED_NAME).is_file():
-        try:
-            rows = json.loads((out_dir / SKIPPED_NAME).read_text(encoding="utf-8"))
-            skipped = {r["path"]: Skipped(**r) for r in rows}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{out_dir / SKIPPED_NAME}: unreadable ({exc}); delete it to start over") from exc
-    return entries, skipped
-
-
-def _existing(run: _Run, utt: Utterance) -> Entry | None:
-    """The entry of an utterance already written (by this or an earlier run), else None."""
-    file = utt.id + SUFFIX
-    if not (run.out_dir / file).is_file():
-        return None
-    if utt.id in run.entries:
-        return run.entries[utt.id]
-    try:
-        meta = read_metadata(run.out_dir / file)
-    except TrainingError:
-        return None  # a foreign or damaged file: written again
-    clash = _settings_clash(meta, run.settings)
-    if clash:
-        raise UsageError(f"{run.out_dir / file} was made with other settings ({clash}); use a new folder")
-    return Entry(utt.id, utt.speaker, file, int(meta["frames"]))
 
 
 def _skip(run: _Run, utt: Utterance, reason: str) -> None:
@@ -159,7 +87,7 @@ def _skip(run: _Run, utt: Utterance, reason: str) -> None:
     run.report.skipped.append(Skipped(str(utt.path), utt.speaker, reason))
 
 
-def _load_usable(run: _Run, utts: Sequence[Utterance]) -> list[tuple[Utterance, Tensor]]:
+def _load_usable(run: _Run, utts: Sequence[Utterance]) -> list[tuple[Utterance, np.ndarray]]:
     """16 kHz waveforms of the utterances that can be read and are long enough; the others are reported."""
     usable = []
     for utt in utts:
@@ -173,92 +101,64 @@ def _load_usable(run: _Run, utts: Sequence[Utterance]) -> list[tuple[Utterance, 
             _skip(run, utt, f"too short: {frames} frames ({wav.shape[0] / SAMPLE_RATE:.2f} s), "
                             f"fewer than {run.min_frames}")
             continue
-        usable.append((utt, torch.from_numpy(wav)))
+        usable.append((utt, wav))
     return usable
 
 
-def _encode(run: _Run, wavs: Sequence[Tensor]) -> list[Tensor]:
-    """Layer-6 features (T_i, D) fp32 of each 16 kHz waveform, in length-sorted batches, input order kept."""
-    order = sorted(range(len(wavs)), key=lambda i: wavs[i].shape[0])
-    out: dict[int, Tensor] = {}
-    for start in range(0, len(order), run.batch_size):
-        chunk = order[start : start + run.batch_size]
-        for i, feats in zip(chunk, run.encoder.encode_batch([wavs[i] for i in chunk]), strict=True):
-            out[i] = feats.float()
-    return [out[i] for i in range(len(wavs))]
-
-
-def _native_rate(path: Path) -> int:
-    """The file's own sample rate from its header (0 when unknown)."""
-    try:
-        return int(soundfile.info(str(path)).samplerate)
-    except (soundfile.LibsndfileError, OSError, RuntimeError):
-        return 0
-
-
-def _target_audio(run: _Run, utt: Utterance, wav16: Tensor, frames: int) -> Tensor:
+def _target_audio(run: _Run, utt: Utterance, wav16: np.ndarray, frames: int) -> Tensor:
     """The utterance at the target rate, cut or zero-padded to ``frames * hop`` samples."""
-    if run.sample_rate == SAMPLE_RATE:
-        wav = wav16
-    else:
-        wav = torch.from_numpy(audio.load(utt.path, sample_rate=run.sample_rate))
-        if _native_rate(utt.path) < run.sample_rate:
-            run.report.below_rate += 1
-            logger.debug("%s is recorded below %d Hz", utt.path, run.sample_rate)
+    wav = wav16 if run.sample_rate == SAMPLE_RATE else audio.load(utt.path, sample_rate=run.sample_rate)
+    if run.sample_rate != SAMPLE_RATE and audio.native_rate(utt.path) < run.sample_rate:
+        run.report.below_rate += 1
+        logger.debug("%s is recorded below %d Hz", utt.path, run.sample_rate)
     need = frames * hop_for(run.sample_rate)
-    return torch.nn.functional.pad(wav[:need], (0, max(0, need - wav.shape[0])))
+    return torch.nn.functional.pad(torch.from_numpy(wav[:need]), (0, max(0, need - wav.shape[0])))
 
 
-def _write(run: _Run, utt: Utterance, features: Tensor, wav16: Tensor) -> Entry:
+def _write(run: _Run, utt: Utterance, features: Tensor, wav16: np.ndarray) -> Entry:
     file = utt.id + SUFFIX
+    settings = run.store.settings
     meta = {"id": utt.id, "speaker": utt.speaker, "source": str(utt.path), "k": str(run.k),
-            "encoder": str(run.settings["encoder"]), "encoder_fingerprint": str(run.settings["encoder_fingerprint"])}
+            "encoder": str(settings["encoder"]), "encoder_fingerprint": str(settings["encoder_fingerprint"])}
     target = _target_audio(run, utt, wav16, features.shape[0])
     try:
-        write_utterance(run.out_dir / file, features, target, sample_rate=run.sample_rate, metadata=meta)
+        write_utterance(run.store.out_dir / file, features, target, sample_rate=run.sample_rate, metadata=meta)
     except OSError as exc:
-        raise OutputError(f"cannot write {run.out_dir / file}: {exc}") from exc
+        raise files.write_error(run.store.out_dir / file, exc) from exc
     return Entry(utt.id, utt.speaker, file, int(features.shape[0]))
 
 
 def _speaker(run: _Run, speaker: str, utts: Sequence[Utterance]) -> None:
     """Prematch one speaker's utterances that are not written yet (the pool needs all of them encoded)."""
-    done = {u.id: e for u in utts if (e := _existing(run, u)) is not None}
-    if all(u.id in done or str(u.path) in run.old_skipped for u in utts):
-        run.entries.update(done)
+    store = run.store
+    done = {u.id: e for u in utts if (e := store.existing(u)) is not None}
+    if all(u.id in done or str(u.path) in store.old_skipped for u in utts):
+        store.entries.update(done)
         run.report.existing += len(done)
-        run.report.skipped.extend(run.old_skipped[str(u.path)] for u in utts if u.id not in done)
+        run.report.skipped.extend(store.old_skipped[str(u.path)] for u in utts if u.id not in done)
         return
     usable = _load_usable(run, utts)
     if len(usable) < 2:
         for utt, _ in usable:
             _skip(run, utt, f"speaker {speaker!r} has no other usable utterance to match against")
         return
-    feats = _encode(run, [wav for _, wav in usable])
-    bounds = _bounds(feats)
-    pool = torch.cat(feats)
-    for i, (utt, wav) in enumerate(usable):
+    feats = run.builder.encode_many([wav for _, wav in usable])
+    lengths = [int(f.shape[0]) for f in feats]
+    todo = []
+    for i, (utt, _) in enumerate(usable):
         if utt.id in done:
-            run.entries[utt.id] = done[utt.id]
+            store.entries[utt.id] = done[utt.id]
             run.report.existing += 1
-        elif pool.shape[0] - feats[i].shape[0] < run.k:
+        elif sum(lengths) - lengths[i] < run.k:
             _skip(run, utt, f"speaker {speaker!r} has fewer than k={run.k} frames outside this utterance")
         else:
-            run.entries[utt.id] = _write(run, utt, _match_one(pool, bounds, i, run.k), wav)
-            run.report.written += 1
-
-
-def _save_progress(run: _Run) -> None:
-    """Rewrite ``index.json`` and ``skipped.json`` (atomically enough to resume after a crash)."""
-    try:
-        write_index(run.out_dir, list(run.entries.values()), sample_rate=run.sample_rate,
-                    feature_dim=int(run.settings["feature_dim"]), settings=run.settings)
-        rows = [asdict(s) for s in run.report.skipped]
-        tmp = run.out_dir / f".{SKIPPED_NAME}.tmp"
-        tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
-        os.replace(tmp, run.out_dir / SKIPPED_NAME)
-    except OSError as exc:
-        raise OutputError(f"cannot write the index of {run.out_dir}: {exc}") from exc
+            todo.append(i)
+    if not todo:
+        return
+    for i, matched in zip(todo, _match_items(torch.cat(feats), lengths, todo, run.k), strict=True):
+        utt, wav = usable[i]
+        store.entries[utt.id] = _write(run, utt, matched, wav)
+        run.report.written += 1
 
 
 def _run_speakers(run: _Run, utts: Sequence[Utterance], max_pool_seconds: float,
@@ -271,7 +171,7 @@ def _run_speakers(run: _Run, utts: Sequence[Utterance], max_pool_seconds: float,
     for n, (speaker, items) in enumerate(sorted(by_speaker.items()), start=1):
         for group in pool_groups(items, max_pool_seconds):
             _speaker(run, speaker, group)
-            _save_progress(run)
+            run.store.save(run.report.skipped)
         if on_speaker is not None:
             on_speaker(n, len(by_speaker), speaker)
 
@@ -285,6 +185,7 @@ def prematch(
     manifest: str | os.PathLike[str] | None = None,
     k: int = DEFAULT_K,
     device: str = "auto",
+    precision: str = "auto",
     sample_rate: int = SAMPLE_RATE,
     batch_size: int = 8,
     min_frames: int = MIN_FRAMES,
@@ -300,36 +201,32 @@ def prematch(
         wavlm / encoder: the WavLM to load (hub id or file), or an already loaded encoder.
         manifest: a CSV with the columns ``path,speaker``, instead of the folder structure.
         k: neighbours averaged per frame (4, as published).
+        device / precision / batch_size: as for ``KnnVC`` (the encoding is the pipeline's).
         sample_rate: rate of the stored target audio (resampled from the original files with soxr).
-        batch_size: waveforms encoded together.
         min_frames: utterances with fewer 50 Hz frames are skipped and reported.
         max_pool_minutes: a speaker with more audio is matched in separate pools of about this size (memory).
 
     Raises:
-        UsageError (bad folders, manifest, settings), WeightsError, DeviceError, OutputError.
+        UsageError (bad folders, manifest, settings), WeightsError, DeviceError, OutputError (an output folder
+        that cannot be written, found before any model loads).
     """
-    from knnvc.pipeline import resolve_device
-
     try:
         hop_for(sample_rate)
     except TrainingError as exc:
-        raise UsageError(f"--sample-rate: {exc}") from exc
+        raise UsageError(f"sample_rate: {exc}") from exc
     if k < 1 or batch_size < 1 or min_frames < 1:
         raise UsageError("k, batch size and min frames must be at least 1")
     utts, skipped = discover(data_dir, manifest)
+    out = files.writable_folder(Path(out_dir))
     if encoder is None:
         from knnvc.checkpoints import load_encoder
 
         encoder = load_encoder(wavlm, offline=offline)
-    encoder = encoder.to(resolve_device(device)).eval()
+    builder = VoiceBuilder(encoder, device=device, precision=precision, batch_size=batch_size)
     settings = {"k": k, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint, "layer": WAVLM_LAYER,
                 "feature_dim": encoder.dim, "sample_rate": sample_rate, "pool": "other utterances of the speaker",
-                "max_pool_minutes": max_pool_minutes}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    entries, old_skipped = _resume_state(out, settings)
-    run = _Run(encoder, out, k, sample_rate, batch_size, min_frames, settings, entries, old_skipped,
-               PrematchReport(out, skipped=list(skipped)))
+                "max_pool_minutes": max_pool_minutes, "precision": str(builder.dtype).removeprefix("torch.")}
+    run = _Run(builder, Store.open(out, settings), k, sample_rate, min_frames, PrematchReport(out, skipped=skipped))
     _run_speakers(run, utts, max_pool_minutes * 60, on_speaker)
     if run.report.below_rate:
         logger.warning("%d utterances are recorded below %d Hz and were upsampled: the vocoder will learn their "
