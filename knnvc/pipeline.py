@@ -46,6 +46,16 @@ DEFAULT_OPTIONS = ConvertOptions()
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
 
 
+def _first_time(path: Path, seen: set[Path]) -> bool:
+    """True the first time a file is met (by its resolved path), and remembers it; a repeat is logged."""
+    key = path.resolve()
+    if key in seen:
+        log.warning("reference %s is given more than once; counted once", path)
+        return False
+    seen.add(key)
+    return True
+
+
 class VoiceBuilder:
     """Encoder half of the pipeline: audio in, layer-6 features and voices out (no vocoder needed).
 
@@ -170,6 +180,7 @@ class VoiceBuilder:
         if isinstance(references, (str, os.PathLike, np.ndarray, Tensor)):
             references = [references]
         items: list[tuple[str, AudioInput]] = []
+        seen: set[Path] = set()  # a file named twice, or also inside a folder given, is counted once
         for i, ref in enumerate(references):
             if isinstance(ref, (str, os.PathLike)) and Path(ref).is_dir():
                 found = audio.audio_files(Path(ref))
@@ -177,9 +188,9 @@ class VoiceBuilder:
                     raise AudioError(
                         f"{ref}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
                     )
-                items += [(str(p), p) for p in found]
+                items += [(str(p), p) for p in found if _first_time(p, seen)]
             elif isinstance(ref, (str, os.PathLike)):
-                items.append((str(ref), ref))
+                items += [(str(ref), ref)] if _first_time(Path(ref), seen) else []
             else:
                 items.append((f"<array {i}>", ref))
         if not items:
