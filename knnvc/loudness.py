@@ -124,7 +124,7 @@ def true_peak_envelope(wav: np.ndarray, oversample: int = TRUE_PEAK_OVERSAMPLE) 
 
 
 def limit_true_peak(wav: np.ndarray, ceiling: float = PEAK_CEILING, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A look-ahead true-peak limiter: (N,) float64 gains <= 1 that keep ``gains * wav`` under ``ceiling``.
+    """A look-ahead true-peak limiter: (N,) float32 gains <= 1 that keep ``gains * wav`` under ``ceiling``.
 
     Where the true-peak envelope passes the ceiling, the gain needed there is held over ``LIMITER_HOLD_S`` on
     each side (a sliding minimum) and smoothed by a moving average half as wide, so the gain is at or below
@@ -133,7 +133,7 @@ def limit_true_peak(wav: np.ndarray, ceiling: float = PEAK_CEILING, sample_rate:
     """
     hold = max(1, round(LIMITER_HOLD_S * sample_rate))
     margin = 4 * hold + 64  # the filters' reach plus the oversampling filter's
-    gains = np.ones(len(wav))
+    gains = np.ones(len(wav), dtype=np.float32)
     for start in range(0, len(wav), CHUNK):
         stop = min(len(wav), start + CHUNK)
         lo, hi = max(0, start - margin), min(len(wav), stop + margin)
@@ -156,13 +156,14 @@ def normalise_loudness(
 ) -> np.ndarray:
     """Scale (N,) audio to ``target_lufs`` integrated loudness, with a true-peak limiter at ``peak_ceiling``.
 
-    Any DC offset is removed first. Then one gain brings the loudness to the target; where that would put the true peak (4x oversampled) above
-    ``peak_ceiling`` (default -1 dBTP), the look-ahead limiter (``limit_true_peak``) lowers the gain around
-    those peaks only. Limiting lowers the loudness a little, so the gain is corrected and the limiter rerun
-    (a few rounds) until the result is within ``LOUDNESS_TOLERANCE`` of the target. If the target would need
-    more than ``MAX_LIMITING_DB`` of limiting (a signal made of peaks), the limiting stops there, and a
-    warning says which loudness was reached and why. Returns the input itself when ``target_lufs`` is None,
-    the audio is empty, or it is silent (loudness below BS.1770's -70 LUFS gate). Never produces NaN.
+    Any DC offset is removed first. Then one gain brings the loudness to the target; where that would put the
+    true peak (4x oversampled) above ``peak_ceiling`` (default -1 dBTP), the look-ahead limiter
+    (``limit_true_peak``) lowers the gain around those peaks only. Limiting lowers the loudness a little, so
+    the gain is corrected and the limiter rerun (a few rounds) until the result is within
+    ``LOUDNESS_TOLERANCE`` of the target. If the target would need more than ``MAX_LIMITING_DB`` of limiting
+    (a signal made of peaks), the limiting stops there, and a warning says which loudness was reached and
+    why. Returns the input itself when ``target_lufs`` is None, the audio is empty, or it is silent (loudness
+    below BS.1770's -70 LUFS gate). Never produces NaN.
 
     Returns:
         (N,) float32 at ``sample_rate``; its sample peak never exceeds ``peak_ceiling``.
@@ -176,8 +177,7 @@ def normalise_loudness(
         raise AudioError("cannot normalise loudness: the audio contains NaN or infinite samples")
     # A DC offset is inaudible and K-weighting ignores it, but it eats the peak headroom (the tiny test vocoder's
     # output is mostly DC): it is removed first.
-    data = np.asarray(wav, dtype=np.float64)
-    data = data - data.mean()
+    data = np.subtract(wav, np.float32(np.mean(wav, dtype=np.float64)), dtype=np.float32)
     loudness = loudness_lufs(data, sample_rate)
     if not np.isfinite(loudness):
         return wav
@@ -188,7 +188,8 @@ def normalise_loudness(
         if depth > MAX_LIMITING_DB:  # back the gain off so the deepest limiting is MAX_LIMITING_DB
             gain *= 10 ** ((MAX_LIMITING_DB - depth) / 20)
             gains = limit_true_peak(data * gain, peak_ceiling, sample_rate)
-        out = (data * gain * gains).astype(np.float32)
+        out = np.multiply(data, gains, dtype=np.float32)
+        out *= np.float32(gain)
         reached = loudness_lufs(out, sample_rate)
         if abs(reached - target_lufs) <= LOUDNESS_TOLERANCE or depth > MAX_LIMITING_DB:
             break

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
 def test_license_is_an_spdx_string_and_setuptools_does_not_warn() -> None:

@@ -446,7 +446,8 @@ def test_failed_vocoder_download_gives_advice(monkeypatch: pytest.MonkeyPatch, t
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/prematch_g_02500000.pt"
-    monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(weights.REGISTRY["prematched"], location=url))
+    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=url)
+    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
     with pytest.raises(WeightsError) as info:
         weights.resolve_vocoder("prematched")
     message = str(info.value)
