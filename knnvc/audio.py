@@ -142,11 +142,10 @@ def save(
     buffer = io.BytesIO()
     try:
         sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
+        write_atomically(path, buffer.getbuffer())
     except sf.LibsndfileError as exc:
         why = exc.error_string
         raise OutputError(f"cannot encode {path}: {why}; try another output format or sample rate") from exc
-    try:
-        write_atomically(path, buffer.getbuffer())
     except OSError as exc:
         raise write_error(path, exc) from exc
     logger.debug("wrote %s (%d samples at %d Hz)", path, data.shape[0], sample_rate)

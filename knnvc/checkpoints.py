@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import ast
 import logging
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from knnvc.constants import WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder
 from knnvc.errors import WeightsError
 from knnvc.weights import resolve_vocoder, resolve_wavlm
-from vocoder import Generator, VocoderLoadError, load_generator
+from vocoder import Generator, UnsafeCheckpointError, VocoderLoadError, load_generator, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -171,28 +169,14 @@ def _check_keys(name: str, expected: dict[str, torch.Size], got: dict[str, torch
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` on CPU; the only place knnvc unpickles anything."""
+    """A dict checkpoint read on CPU with ``torch.load(weights_only=True)`` (``vocoder.read_checkpoint``, the
+    one place anything is unpickled): pickled code is refused."""
     try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"{path}: refused to load: it holds pickled code, not only tensors, or is corrupt "
-            f"({_first_line(exc)}); use a checkpoint of plain tensors from a source you trust"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise WeightsError(
-            f"{path}: not a readable torch checkpoint, truncated or corrupt ({_first_line(exc)}); "
-            "download it again (delete the file first)"
-        ) from exc
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a dict checkpoint, got {type(state).__name__}; check the file")
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (torch's are paragraphs)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__
+        return read_checkpoint(path, "cpu")
+    except UnsafeCheckpointError as exc:
+        raise WeightsError(f"{exc}; refused: use a checkpoint of plain tensors from a source you trust") from exc
+    except VocoderLoadError as exc:
+        raise WeightsError(f"{exc}; download it again (delete the file first) or check the path") from exc
 
 
 def read_original(path: Path) -> tuple[WavLMConfig, dict[str, torch.Tensor]]:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from vocoder.atomic import write_atomically
-from vocoder.checkpoint import load_generator, save_generator
+from vocoder.checkpoint import VocoderLoadError, load_generator, read_checkpoint, save_generator
 from vocoder.config import HifiganConfig
 from vocoder.model import Generator
 from vocoder.train.data import TrainingError
@@ -64,10 +64,10 @@ def save_checkpoint(run_dir: Path, state: Mapping[str, Any], generator: Generato
 def load_state(path: Path, map_location: torch.device) -> dict[str, Any]:
     """Read a ``state_*.pt`` file (plain tensors only)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise TrainingError(f"{path}: cannot read training state ({exc})") from exc
-    if not isinstance(state, dict) or "step" not in state or "generator" not in state:
+        state = read_checkpoint(path, map_location, "Training state")
+    except VocoderLoadError as exc:
+        raise TrainingError(str(exc)) from exc
+    if "step" not in state or "generator" not in state:
         raise TrainingError(f"{path}: not a training state file")
     return state
 
