@@ -141,6 +141,7 @@ def save(
     data = np.clip(resample(data, source_rate, sample_rate), -1.0, 1.0)
     buffer = io.BytesIO()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before encoding
         sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
         write_atomically(path, buffer.getbuffer())
     except sf.LibsndfileError as exc:

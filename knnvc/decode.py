@@ -100,7 +100,7 @@ def _open(path: Path) -> tuple[int, int, Iterator[np.ndarray]]:
         file = sf.SoundFile(_native(path))
     except sf.LibsndfileError as exc:
         if exc.code == _SF_UNRECOGNISED_FORMAT:
-            return _av_open(path)
+            return _av_open(_not_sf_format(path))
         raise AudioError(
             f"cannot decode {path} ({exc.error_string.rstrip('.')}); if it is audio, it is damaged: "
             "re-export it as WAV or FLAC"
@@ -185,7 +185,7 @@ def header(path: str | os.PathLike[str]) -> tuple[int, float]:
         info = sf.info(_native(path))
     except sf.LibsndfileError as exc:
         if exc.code == _SF_UNRECOGNISED_FORMAT:
-            return _av_header(path)
+            return _av_header(_not_sf_format(path))
         raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
     except (OSError, RuntimeError) as exc:
         raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
@@ -211,8 +211,16 @@ def downmix(frames: np.ndarray) -> np.ndarray:
 def unsupported(path: Path, why: str) -> AudioError:
     """The error for a file neither libsndfile nor FFmpeg can read as audio."""
     return AudioError(
-        f"cannot decode {path}: unsupported format ({why}); convert it to WAV, FLAC, MP3, M4A or OGG"
+        f"cannot decode {path}: unsupported format ({why}); if it is audio, convert it to WAV or FLAC"
     )
+
+
+def _not_sf_format(path: Path) -> Path:
+    """``path``, for FFmpeg to try: libsndfile did not recognise it. A name with one of libsndfile's own
+    extensions that it does not recognise is refused here (FFmpeg would guess a format from arbitrary bytes)."""
+    if path.suffix.lower() in _SF_EXTENSIONS:
+        raise unsupported(path, f"libsndfile does not recognise it as {path.suffix.lower()}")
+    return path
 
 
 def _av_open(path: Path) -> tuple[int, int, Iterator[np.ndarray]]:
@@ -225,10 +233,10 @@ def _av_open(path: Path) -> tuple[int, int, Iterator[np.ndarray]]:
 
     try:
         container = av.open(str(path), mode="r")
-    except av.error.InvalidDataError as exc:
-        raise unsupported(path, "FFmpeg does not recognise it either") from exc
-    except (av.FFmpegError, OSError, UnicodeError) as exc:
+    except (PermissionError, FileNotFoundError, IsADirectoryError, UnicodeError) as exc:
         raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
+    except av.FFmpegError as exc:
+        raise unsupported(path, f"FFmpeg cannot open it: {exc.strerror or exc}") from exc
     try:
         rate, seconds = _av_stream_header(container, path)
     except AudioError:
@@ -277,7 +285,7 @@ def _av_header(path: Path) -> tuple[int, float]:
     try:
         with av.open(str(path), mode="r") as container:
             return _av_stream_header(container, path)
-    except av.error.InvalidDataError as exc:
-        raise unsupported(path, "FFmpeg does not recognise it either") from exc
-    except (av.FFmpegError, OSError) as exc:
+    except (PermissionError, FileNotFoundError, IsADirectoryError, UnicodeError) as exc:
         raise AudioError(f"cannot read {path} as audio ({exc}); check the path and the file") from exc
+    except av.FFmpegError as exc:
+        raise unsupported(path, f"FFmpeg cannot open it: {exc.strerror or exc}") from exc
