@@ -63,7 +63,8 @@ def download_file(
     except _DownloadFailed as exc:
         raise WeightsError(f"{exc}: {retry}") from exc
     except OSError as exc:
-        raise WeightsError(f"{files.write_error(dest, exc, 'save the download as')}") from exc
+        why = files.write_error(dest, exc, "save the download as")
+        raise WeightsError(f"{why} (the cache folder is $KNNVC_CACHE, else ~/.cache/knnvc)") from exc
     logger.info("downloaded %s to %s", url, dest)
     return dest
 
