@@ -8,12 +8,13 @@ the whole signal in float64 several times over, about 2 GB for an hour at 16 kHz
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import firwin, lfilter, upfirdn
 
 from knnvc.constants import DEFAULT_LOUDNESS, SAMPLE_RATE
 from knnvc.errors import AudioError
@@ -115,32 +116,55 @@ def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return integrated_loudness(data, sample_rate)
 
 
+@functools.cache
+def _interpolator(oversample: int) -> np.ndarray:
+    """A Nyquist low-pass FIR at ``oversample`` times the rate: 12 taps a phase, phase 0 the samples themselves."""
+    taps = 12 * oversample + 1  # odd: centred on a sample, so the other phases are the in-between points
+    return (firwin(taps, 1.0 / oversample) * oversample).astype(np.float32)
+
+
 def true_peak_envelope(wav: np.ndarray, oversample: int = TRUE_PEAK_OVERSAMPLE) -> np.ndarray:
-    """(N,) float64: for each sample, the largest magnitude of the signal ``oversample`` times oversampled
-    around it (BS.1770-4 Annex 2's true peak, per sample); never below the sample's own magnitude."""
-    up = resample_poly(np.asarray(wav, dtype=np.float64), oversample, 1)
-    env = np.abs(up[: len(wav) * oversample]).reshape(len(wav), oversample).max(axis=1)
-    return np.maximum(env, np.abs(wav))
+    """(N,) float32: for each sample, the largest magnitude of the signal ``oversample`` times oversampled
+    between it and the next (BS.1770-4 Annex 2's true peak, per sample); never below the sample's own
+    magnitude. Computed chunk by chunk."""
+    h = _interpolator(oversample)
+    half = len(h) // 2
+    margin = half // oversample + 1
+    data = np.asarray(wav, dtype=np.float32)
+    env = np.abs(data)
+    for start in range(0, len(data), CHUNK):
+        stop = min(len(data), start + CHUNK)
+        lo, hi = max(0, start - margin), min(len(data), stop + margin)
+        up = upfirdn(h, data[lo:hi], oversample)
+        for phase in range(1, oversample):
+            between = up[half + phase :: oversample][start - lo : stop - lo]
+            np.maximum(env[start:stop], np.abs(between), out=env[start:stop])
+    return env
 
 
 def limit_true_peak(wav: np.ndarray, ceiling: float = PEAK_CEILING, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A look-ahead true-peak limiter: (N,) float32 gains <= 1 that keep ``gains * wav`` under ``ceiling``.
+    """A look-ahead true-peak limiter: (N,) float32 gains <= 1 that keep ``gains * wav`` under ``ceiling``."""
+    return _limiter_gains(true_peak_envelope(wav), 1.0, ceiling, sample_rate)
 
-    Where the true-peak envelope passes the ceiling, the gain needed there is held over ``LIMITER_HOLD_S`` on
-    each side (a sliding minimum) and smoothed by a moving average half as wide, so the gain is at or below
-    the need at every sample (the average only spans samples whose minimum covers it) and changes over
-    milliseconds, not from one sample to the next. Works chunk by chunk: memory is a chunk, not the signal.
+
+def _limiter_gains(envelope: np.ndarray, gain: float, ceiling: float, sample_rate: int) -> np.ndarray:
+    """Limiter gains for a signal whose true-peak envelope is ``gain * envelope``.
+
+    Where the envelope passes the ceiling, the gain needed there is held over ``LIMITER_HOLD_S`` on each side
+    (a sliding minimum) and smoothed by a moving average half as wide, so the gain is at or below the need at
+    every sample (the average only spans samples whose minimum covers it) and changes over milliseconds, not
+    from one sample to the next. Chunks that stay under the ceiling are skipped.
     """
     hold = max(1, round(LIMITER_HOLD_S * sample_rate))
-    margin = 4 * hold + 64  # the filters' reach plus the oversampling filter's
-    gains = np.ones(len(wav), dtype=np.float32)
-    for start in range(0, len(wav), CHUNK):
-        stop = min(len(wav), start + CHUNK)
-        lo, hi = max(0, start - margin), min(len(wav), stop + margin)
-        envelope = true_peak_envelope(wav[lo:hi])
-        if envelope.max() <= ceiling:
+    margin = 2 * hold + 2  # the two filters' reach
+    gains = np.ones(len(envelope), dtype=np.float32)
+    for start in range(0, len(envelope), CHUNK):
+        stop = min(len(envelope), start + CHUNK)
+        lo, hi = max(0, start - margin), min(len(envelope), stop + margin)
+        peaks = envelope[lo:hi].astype(np.float64) * gain
+        if peaks.max() <= ceiling:
             continue
-        need = np.minimum(1.0, ceiling / np.maximum(envelope, 1e-12))
+        need = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
         held = minimum_filter1d(need, size=2 * hold + 1, mode="nearest")
         smooth = uniform_filter1d(held, size=hold + 1 - hold % 2, mode="nearest")
         gains[start:stop] = np.minimum(smooth, need)[start - lo : stop - lo]
@@ -182,16 +206,16 @@ def normalise_loudness(
     if not np.isfinite(loudness):
         return wav
     gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    envelope = true_peak_envelope(data)  # once: the envelope of data * gain is gain * envelope
+    peak = max(float(envelope.max()), 1e-12)
     for _ in range(LIMITER_ROUNDS):
-        gains = limit_true_peak(data * gain, peak_ceiling, sample_rate)
-        depth = -20 * math.log10(max(float(gains.min()), 1e-12))
-        if depth > MAX_LIMITING_DB:  # back the gain off so the deepest limiting is MAX_LIMITING_DB
-            gain *= 10 ** ((MAX_LIMITING_DB - depth) / 20)
-            gains = limit_true_peak(data * gain, peak_ceiling, sample_rate)
-        out = np.multiply(data, gains, dtype=np.float32)
+        capped = 20 * math.log10(gain * peak / peak_ceiling) > MAX_LIMITING_DB
+        if capped:  # lower the gain so that the deepest limiting is MAX_LIMITING_DB
+            gain = peak_ceiling * 10 ** (MAX_LIMITING_DB / 20) / peak
+        out = np.multiply(data, _limiter_gains(envelope, gain, peak_ceiling, sample_rate), dtype=np.float32)
         out *= np.float32(gain)
         reached = loudness_lufs(out, sample_rate)
-        if abs(reached - target_lufs) <= LOUDNESS_TOLERANCE or depth > MAX_LIMITING_DB:
+        if abs(reached - target_lufs) <= LOUDNESS_TOLERANCE or (capped and reached < target_lufs):
             break
         gain *= 10.0 ** ((target_lufs - reached) / 20.0)
     if reached < target_lufs - LOUDNESS_TOLERANCE:
