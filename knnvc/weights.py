@@ -10,17 +10,15 @@ accepts a local path. The transfers themselves are ``knnvc.fetch``; turning file
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from knnvc import fetch, files
+from knnvc import fetch, integrity
 from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import WeightsError
 from knnvc.fetch import Progress as Progress  # the type of download callbacks, for callers of this module
@@ -28,7 +26,6 @@ from knnvc.fetch import Progress as Progress  # the type of download callbacks, 
 logger = logging.getLogger(__name__)
 
 _RELEASE = "https://github.com/bshall/knn-vc/releases/download/v0.1"
-_RECORD = "sha256.json"  # in the cache: hashes recorded at first download where none is published
 _TRUTHY = {"1", "true", "yes", "on"}
 _SAFETENSORS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
 _PYTORCH_BIN = ["config.json", "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
@@ -106,51 +103,17 @@ def get_entry(name: str, kind: str | None = None) -> WeightsEntry:
 
 
 def checkpoint_problem(path: Path, sha256: str | None = None) -> str | None:
-    """Why ``path`` is not a loadable zip-format torch checkpoint (cheap: zip directory only), or None.
-
-    With ``sha256``, the file's hash must also equal it.
-    """
-    try:
-        if not zipfile.is_zipfile(path):
-            return "not a zip-format torch checkpoint (truncated or not a checkpoint)"
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-        size = path.stat().st_size
-    except (zipfile.BadZipFile, OSError) as exc:
-        return f"unreadable zip archive ({exc})"
-    if not infos or max(i.header_offset + i.compress_size for i in infos) > size:
-        return "archive members extend past the end of the file (truncated)"
-    if sha256 is not None and (got := files.sha256(path)) != sha256.lower():
-        return f"its sha256 is {got}, not the expected {sha256.lower()}"
-    return None
+    """Why ``path`` is not the expected checkpoint: its sha256 when given, else its zip structure; or None."""
+    return integrity.problem(path, sha256)
 
 
 def known_sha256(entry: WeightsEntry) -> tuple[str | None, str]:
     """The sha256 a registry file must have, and how it is known: "published", "recorded" (at its first
-    download, in ``cache_dir()/sha256.json``) or "" (never downloaded here, nothing published)."""
+    download here; see ``knnvc.integrity``) or "" (never downloaded here, nothing published)."""
     if entry.sha256 is not None:
         return entry.sha256.lower(), "published"
-    recorded = _recorded().get(_filename(entry))
+    recorded = integrity.recorded(cache_dir(), _filename(entry))
     return (recorded, "recorded") if recorded else (None, "")
-
-
-def _recorded() -> dict[str, str]:
-    try:
-        data = json.loads((cache_dir() / _RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def _record(entry: WeightsEntry, path: Path) -> None:
-    """Remember the sha256 of a file with no published hash, so a later change of the file is caught."""
-    table = {**_recorded(), _filename(entry): files.sha256(path)}
-    try:
-        files.write_atomically(cache_dir() / _RECORD, json.dumps(table, indent=1, sort_keys=True).encode())
-    except OSError as exc:
-        logger.warning("cannot record the sha256 of %s (%s)", path, exc)
-    else:
-        logger.info("recorded sha256 %s for %s (no published hash)", table[_filename(entry)], path)
 
 
 def _filename(entry: WeightsEntry) -> str:
@@ -174,9 +137,13 @@ def _ensure_file(entry: WeightsEntry, offline: bool, progress: Progress | None) 
     elif offline:
         raise WeightsError(f"{entry.name} weights are not cached ({dest}) and offline mode is on: {how} "
                            f"(the file is at {entry.location})")
-    path = fetch.download_file(entry.location, dest, sha256=expected, progress=progress, check=checkpoint_problem)
+    # With a hash known, the hash is the check; otherwise the zip structure, and the hash is recorded.
+    check = None if expected else integrity.zip_problem
+    path = fetch.download_file(entry.location, dest, sha256=expected, progress=progress, check=check)
     if expected is None:
-        _record(entry, path)
+        integrity.record(path)
+    else:
+        integrity.checked(path, expected)
     return path
 
 
@@ -299,7 +266,7 @@ def cached_status() -> list[tuple[WeightsEntry, bool, Path | None]]:
         if entry.source == "hub":
             with contextlib.suppress(WeightsError):
                 where = _hub_snapshot(entry.location, offline=True)
-        elif checkpoint_problem(cache_dir() / _filename(entry)) is None:
+        elif checkpoint_problem(cache_dir() / _filename(entry), known_sha256(entry)[0]) is None:
             where = cache_dir() / _filename(entry)
         status.append((entry, where is not None, where))
     return status

@@ -137,7 +137,7 @@ def test_download_into_cache_with_progress_then_cache_hit(
     assert calls[-1] == (len(BODY), len(BODY))
     assert all(total == len(BODY) for _, total in calls)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    assert list(env.iterdir()) == [path]  # no temp file left behind
+    assert sorted(p.name for p in env.iterdir()) == [path.name, "sha256.json"]  # no temp file left behind
     assert load_checkpoint(path)["generator"]["conv.bias"].shape == (64,)
 
     assert weights.resolve_vocoder("prematched") == path
@@ -474,3 +474,20 @@ def test_original_wavlm_comes_from_the_registry_with_its_hash(
                                 sha256=hashlib.sha256(BODY).hexdigest())
     monkeypatch.setitem(weights.REGISTRY, "wavlm-original", entry)
     assert weights.resolve_wavlm("wavlm-original") == env / "WavLM-Large.pt"
+
+
+def test_a_checked_file_is_not_hashed_again_until_it_changes(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry
+) -> None:
+    """A 1.2 GB WavLM would cost seconds per start: its verified size and mtime stand for the hash."""
+    from knnvc import files, integrity
+
+    path = weights.resolve_vocoder("prematched")
+    hashed: list[Path] = []
+    real = files.sha256
+    monkeypatch.setattr(files, "sha256", lambda p: (hashed.append(Path(p)), real(p))[1])  # type: ignore[arg-type]
+    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == []
+    path.write_bytes(BODY)  # same bytes, new mtime: hashed once more, then remembered again
+    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
+    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
+    assert integrity.problem(path, "0" * 64) is not None  # another expected hash is never taken on trust
