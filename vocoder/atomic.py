@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -20,9 +20,9 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | Callable[[Binar
     """Write ``data`` (bytes, or a function writing into a binary file) to ``path``; parents are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"  # open(): the usual mode, not 0600
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             if callable(data):
                 data(fh)
             else:
@@ -31,7 +31,8 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | Callable[[Binar
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError, AttributeError):
         folder = os.open(path.parent, os.O_RDONLY)
