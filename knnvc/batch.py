@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knnvc import audio
+from knnvc import audio, files
 from knnvc.errors import AudioError, DiskFullError, KnnvcError, OutputError, UsageError
 from knnvc.interrupt import sigterm_as_interrupt
 from knnvc.options import ConvertOptions
@@ -266,9 +266,13 @@ class Overlap:
 
 
 def check_outputs(jobs: list[Job]) -> None:
-    """Raise ``OutputError`` when a folder the jobs write into cannot be written (checked once per folder)."""
+    """Make the folders the jobs write into and prove them writable (``files.writable_folder``), once per folder:
+    else ``OutputError`` naming a file that would have gone there."""
     for output in {job.output.parent: job.output for job in jobs}.values():
-        audio.check_writable(output)
+        try:
+            files.writable_folder(output.parent)
+        except OutputError as exc:
+            raise type(exc)(f"{output}: {exc}") from exc
 
 
 @sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)

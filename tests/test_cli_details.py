@@ -111,7 +111,7 @@ def test_read_only_output_folder_fails_before_models_load(
     import errno
     import os
 
-    from knnvc import audio
+    from knnvc import files
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -122,7 +122,7 @@ def test_read_only_output_folder_fails_before_models_load(
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(audio, "open", guarded_open, raising=False)
+    monkeypatch.setattr(files, "open", guarded_open, raising=False)
     src = tmp_path / "src"
     for i in range(3):
         write_audio(src / f"{i}.wav", 0.3)

@@ -29,7 +29,7 @@ from knnvc.cli.common import (
     setup_logging,
 )
 from knnvc.constants import DEFAULT_WAVLM
-from knnvc.errors import UsageError
+from knnvc.errors import OutputError, UsageError
 
 
 @voice_app.command("build")
@@ -43,6 +43,7 @@ def voice_build(
     trim: TrimOpt = True,
     batch_size: BatchOpt = 8,
     offline: OfflineOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing voice file.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -50,17 +51,19 @@ def voice_build(
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
         from knnvc import api
-        from knnvc.audio import check_writable
+        from knnvc.files import writable_folder
         from knnvc.voice import VOICE_SUFFIX
 
         if output.suffix != VOICE_SUFFIX:
             raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
+        if output.exists() and not overwrite:
+            raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
         api.check_options(batch_size=batch_size)
         require_inputs(*references)
         check_device(device, precision)
         for reference in references:
             check_references(reference)
-        check_writable(output)
+        writable_folder(output.parent)
         builder = api.load_voice_builder(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None
         )
