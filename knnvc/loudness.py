@@ -221,6 +221,6 @@ def normalise_loudness(
     if reached < target_lufs - LOUDNESS_TOLERANCE:
         logger.warning(
             "loudness %.1f LUFS, not the %.1f LUFS asked: more would need over %g dB of peak limiting; "
-            "ask for a lower --loudness", reached, target_lufs, MAX_LIMITING_DB,
+            "ask for a lower loudness target", reached, target_lufs, MAX_LIMITING_DB,
         )
     return np.clip(out, -peak_ceiling, peak_ceiling)
