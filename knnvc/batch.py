@@ -285,7 +285,7 @@ def run(
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
+    ``options`` (k, loudness, output rate, strength, match layer, weighting, morph...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
     event per file; ``on_chunk(stage, done, total)`` reports the windows within one file. KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
@@ -294,6 +294,7 @@ def run(
     report = Report(total=len(jobs))
     notify = progress or (lambda event: None)
     rate = vc.output_rate(options)
+    voice, options = vc.voices_for(voice, options)  # the match layer's frames, rebuilt once if a voice lacks them
     todo: list[tuple[int, Job]] = []
     for i, job in enumerate(jobs):
         if job.output.exists() and not overwrite:
