@@ -29,7 +29,16 @@ from knnvc.cli.common import (
     setup_logging,
     shown,
 )
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
+from knnvc.cli.controls import (
+    MatchLayerOpt,
+    MorphOpt,
+    MorphWeightOpt,
+    StrengthOpt,
+    WeightingOpt,
+    controls,
+    with_morph_voice,
+)
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
 
 if TYPE_CHECKING:
@@ -57,6 +66,11 @@ def convert(
     sample_rate: Annotated[
         int | None, typer.Option("--sample-rate", help="Output rate in Hz (soxr) [default: the vocoder's, 16000].")
     ] = None,
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
     fmt: Annotated[
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
@@ -74,7 +88,8 @@ def convert(
         from knnvc.options import ConvertOptions
 
         # bad values fail here, before anything heavy is imported
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate)
+        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         api.check_options(batch_size=batch_size)
         from knnvc import batch
         from knnvc.voice import VOICE_SUFFIX, Voice
@@ -88,10 +103,12 @@ def convert(
         else:
             with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
                 vc = api.load_pipeline(
-                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-                )
-                voice = saved or vc.build_voice(reference, trim=trim, name=name)
+                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
+                    match_layer=match_layer,
+                )  # fmt: skip
+                voice = saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer)
                 voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
+                options = with_morph_voice(vc, options, morph)
             with BatchView(todo, show=not (quiet or json_out), verbose=verbose) as view:
                 report = batch.run(
                     vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event, on_chunk=view.on_chunk
