@@ -53,6 +53,7 @@ def _cached(kind: str, name: str | Path, device: str, precision: str, offline: b
     dtype = resolve_precision(precision, dev)
     key = (kind, _weights_key(name), str(dev), str(dtype), depth)
     if key not in _MODELS:
+        model: Any
         if kind == "wavlm":
             model = load_encoder(name, offline=offline, depth=depth or None)
         else:

@@ -285,7 +285,7 @@ def run(
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``options`` (k, loudness, output rate, strength, match layer, weighting, morph...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
+    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
     event per file; ``on_chunk(stage, done, total)`` reports the windows within one file. KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as

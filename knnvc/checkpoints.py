@@ -76,7 +76,7 @@ def wavlm_model(config: WavLMConfig, state: dict[str, torch.Tensor], layers: int
 
 
 def check_depth(name: str, num_layers: int, layer: int, depth: int) -> None:
-    """Refuse a checkpoint too shallow for kNN-VC's layer (``WeightsError``) or a deeper match layer (``UsageError``)."""
+    """Refuse a checkpoint too shallow for kNN-VC (``WeightsError``) or for a deeper match layer (``UsageError``)."""
     if num_layers < layer:
         raise WeightsError(f"{name}: has {num_layers} layers, kNN-VC needs {layer}")
     if num_layers < depth:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -71,10 +73,8 @@ def spherical_kmeans(
     sample = unit
     if x.shape[0] > n * points_per_centre:
         sample = unit[torch.randperm(x.shape[0], generator=gen)[: n * points_per_centre].to(x.device)]
-    if use_faiss:
-        centres = _faiss_train(sample, n, iterations, seed)
-    else:
-        centres = _torch_train(sample, n, iterations, gen)
+    train = _faiss_train if use_faiss else _torch_train
+    centres = train(sample, n, iterations, seed)
     assignment = knn_indices(unit, centres.to(unit.device), 1)[:, 0]
     used, assignment = torch.unique(assignment, return_inverse=True)
     seconds = time.perf_counter() - start
@@ -91,11 +91,13 @@ def _faiss_train(sample: Tensor, n: int, iterations: int, seed: int) -> Tensor:
     km = faiss.Kmeans(data.shape[1], n, niter=iterations, seed=seed, spherical=True, verbose=False,
                       max_points_per_centroid=max(1, -(-data.shape[0] // n)), min_points_per_centroid=1)  # fmt: skip
     km.train(data)
-    return torch.from_numpy(km.centroids.copy())
+    centroids: Any = km.centroids
+    return torch.from_numpy(np.array(centroids, dtype=np.float32))
 
 
-def _torch_train(sample: Tensor, n: int, iterations: int, gen: torch.Generator) -> Tensor:
+def _torch_train(sample: Tensor, n: int, iterations: int, seed: int) -> Tensor:
     """Lloyd's algorithm on (S, D) unit rows -> (n, D) unit centres; an empty cluster restarts at a random row."""
+    gen = torch.Generator().manual_seed(seed)
     centres = sample[torch.randperm(sample.shape[0], generator=gen)[:n].to(sample.device)].clone()
     for _ in range(iterations):
         nearest = knn_indices(sample, centres, 1)[:, 0]

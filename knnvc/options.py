@@ -86,4 +86,6 @@ class ConvertOptions:
 
 def _number(value: object) -> bool:
     """A real, finite number (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value == value and abs(value) != float("inf")

@@ -362,7 +362,7 @@ class KnnVC(VoiceBuilder):
         return knn_regression(query, keys, options.k, synth=synth, weighting=options.knn_weighting)  # type: ignore[arg-type]
 
     def voices_for(self, voice: Voice, options: ConvertOptions) -> tuple[Voice, ConvertOptions]:
-        """``voice`` and ``options.morph`` holding the match layer's frames (rebuilt where needed, see ``with_layer``)."""
+        """``voice`` and ``options.morph`` holding the match layer's frames (rebuilt where needed: ``with_layer``)."""
         self.check_depth(options.layers)
         voice = self.with_layer(voice, options.match_layer)
         if options.morph is not None:

@@ -77,7 +77,8 @@ def voice_build(
         voice.save(output)
         if not quiet:
             size = output.stat().st_size / 2**20
-            say("wrote", "green", f"{output}: {voice.num_frames} frames, {voice.seconds:.1f} s of speech, {size:.1f} MiB")
+            frames = f"{voice.num_frames} frames, {voice.seconds:.1f} s of speech"
+            say("wrote", "green", f"{output}: {frames}, {size:.1f} MiB")
 
 
 @voice_app.command("info")
