@@ -406,7 +406,8 @@ class KnnVC(VoiceBuilder):
         Args:
             source: path, or array/tensor with ``sample_rate``.
             target: a ``Voice``, a ``.voice`` file, or reference audio (file, folder, list).
-            options: k, loudness, trim (for a voice built from audio here), output rate.
+            options: k, loudness, trim (for a voice built from audio here), output rate, and the controls
+                (strength, match layer, neighbour weighting, morph: see docs/controls.md).
             progress: called as ``progress(stage, done, total)`` over the windows of a long source.
 
         Returns:
