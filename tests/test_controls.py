@@ -159,8 +159,20 @@ def test_match_layer_beyond_the_encoder(tmp_path: Path, vc8: KnnVC, voice8: Voic
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "has 8 layers" in result.output
     shallow = api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu")  # runs 6 layers
+    assert (shallow.encoder.depth, vc8.encoder.depth) == (6, 8)
+    assert shallow.encoder.fingerprint == vc8.encoder.fingerprint  # a voice fits both
     with pytest.raises(UsageError, match="match_layer=8"):
         shallow.convert(SOURCE_WAV, voice8, ConvertOptions(match_layer=8))
+
+
+def test_several_layers_in_a_padded_batch_equal_each_alone(vc8: KnnVC) -> None:
+    wav = torch.from_numpy(vc8.load_audio(SOURCE_WAV))
+    wavs = [wav, wav[: 16_000 + 123]]
+    together = vc8.encoder.encode_batch(wavs, (6, 8))
+    for item, feats in zip(wavs, together, strict=True):
+        alone = vc8.encoder.encode(item, (6, 8))
+        assert feats.shape == alone.shape and torch.allclose(feats, alone, atol=1e-4)
+        assert torch.allclose(split_layers(alone, (6, 8))[6], vc8.encoder.encode(item, (6,)), atol=1e-5)
 
 
 # -- matcher ------------------------------------------------------------------------------------------------------
