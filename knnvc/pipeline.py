@@ -35,7 +35,8 @@ from knnvc.constants import (
 )
 from knnvc.devices import resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames, split_layers
-from knnvc.errors import AudioError, UsageError, VoiceError
+from knnvc.errors import AudioError, UsageError
+from knnvc.layers import rebuild_layer
 from knnvc.matcher import blend, knn_regression, morph
 from knnvc.options import ConvertOptions
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
@@ -201,28 +202,8 @@ class VoiceBuilder:
             )
 
     def with_layer(self, voice: Voice, layer: int) -> Voice:
-        """``voice`` holding ``layer``'s frames: as is, or with them rebuilt from its reference files.
-
-        A voice saved without them is rebuilt when every source file is still there, unchanged (its sha256), and
-        the rebuilt layer-6 frames line up with the saved ones; otherwise a ``VoiceError`` says how to rebuild it.
-        """
-        if layer in voice.layers:
-            return voice
-        paths = [Path(src.path) for src in voice.sources]
-        unchanged = all(p.is_file() for p in paths) and all(
-            src.sha256 and file_sha256(p) == src.sha256 for p, src in zip(paths, voice.sources, strict=True)
-        )
-        if voice.counts is not None or not paths or not unchanged:
-            voice.keys(layer)  # raises the VoiceError that says how to rebuild
-        for trim in [voice.trim] if voice.trim is not None else [True, False]:
-            rebuilt = self.build_voice(paths, trim=trim, name=voice.name, match_layer=layer)
-            if rebuilt.num_frames == voice.num_frames:
-                log.warning("voice %s holds no layer-%d frames: rebuilt them from its %d references; save a voice "
-                            "with `knnvc voice build --match-layer %d` to skip this", voice.label, layer,
-                            len(paths), layer)  # fmt: skip
-                return voice.with_layers({layer: rebuilt.match_frames[layer]})
-        raise VoiceError(f"voice {voice.label}: its references no longer give the frames it holds; "
-                         f"rebuild it with `knnvc voice build REFERENCES --match-layer {layer}`")  # fmt: skip
+        """``voice`` holding ``layer``'s frames: as is, or rebuilt from its references (``knnvc.layers``)."""
+        return voice if layer in voice.layers else rebuild_layer(self, voice, layer)
 
     def _reference_items(self, references: AudioInput | Sequence[AudioInput]) -> list[tuple[str, AudioInput]]:
         if isinstance(references, (str, os.PathLike, np.ndarray, Tensor)):
