@@ -109,7 +109,7 @@ def main() -> None:
             "frames": full.num_frames,
             "encoded_minutes": args.encode_minutes,
             "distinct_frames": int(encoded.shape[0]),
-            "encode_seconds": round(encode_seconds, 1) or "cached",
+            "encode_seconds": round(encode_seconds, 1),
             "how": "perturbed fixture speech (speed 0.85-1.15, gain +-6 dB, noise -45 dB) encoded with the "
             "full-size random-weight WavLM-Large; its layer-6 features tiled (exact copies) to the bank's length",
         },

@@ -10,6 +10,7 @@ disk so reruns skip the encoding. ``tile`` repeats them (exact copies) up to the
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -59,16 +60,19 @@ def builder(work: Path) -> VoiceBuilder:
 
 def encoded_bank(work: Path, minutes: float) -> tuple[torch.Tensor, float]:
     """Layer-6 features (T, 1024) at 50 Hz of ``minutes`` of perturbed speech, and the seconds encoding took
-    (0 when they came from the cache in ``work``)."""
+    (cached in ``work`` with the time it took)."""
     cache = work / f"bank-{minutes:g}min.pt"
+    timing = cache.with_suffix(".json")
     if cache.exists():
-        return torch.load(cache, weights_only=True), 0.0
+        took = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
+        return torch.load(cache, weights_only=True), float(took)
     vb = builder(work)
     wav = perturbed_speech(minutes * 60)
     start = time.perf_counter()
     feats = vb.encode_many([wav])[0].cpu()
     seconds = time.perf_counter() - start
     torch.save(feats, cache)
+    timing.write_text(json.dumps({"seconds": round(seconds, 1)}))
     return feats, seconds
 
 
