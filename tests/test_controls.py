@@ -278,3 +278,17 @@ def test_voice_build_max_frames_and_convert(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["convert", str(SOURCE_WAV), str(out), "-o", str(wav), *EXACT_ARGS])
     assert result.exit_code == 0, result.output
     assert np.isfinite(sf.read(wav)[0]).all()
+
+
+def test_the_settings_record_names_the_morph_voice(voice8: Voice) -> None:
+    """A batch's settings record (knnvc.manifest) holds every control, the morph voice by identity (JSON-able)."""
+    import json
+
+    from knnvc import manifest
+
+    options = ConvertOptions(strength=0.7, match_layer=8, morph=voice8, morph_weight=0.25)
+    settings = manifest.settings_for({"name": "a"}, options, encoder=("tiny", "f", 6), vocoder=str(TINY_VOCODER),
+                                     precision="fp32", extension=".wav", sample_rate=16_000)  # fmt: skip
+    recorded = json.loads(json.dumps(settings.audio))["options"]
+    assert recorded["strength"] == 0.7 and recorded["match_layer"] == 8 and recorded["morph_weight"] == 0.25
+    assert recorded["morph"] == manifest.voice_identity(voice8)
