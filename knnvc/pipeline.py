@@ -108,7 +108,9 @@ class VoiceBuilder:
 
     @oom.splits_batches("encoding")  # out of memory: halve the batch, then (below) the window
     def _encode_batch(self, wavs: list[Tensor], layers: tuple[int, ...] | None = None) -> list[Tensor]:
-        return [f.float() for f in self.encoder.encode_batch(wavs, layers)]
+        plain = layers is None or tuple(layers) == (self.encoder.layer,)  # the usual call: layer 6 alone
+        feats = self.encoder.encode_batch(wavs) if plain else self.encoder.encode_batch(wavs, layers)
+        return [f.float() for f in feats]
 
     @oom.retries_smaller("encoding")
     def encode_many(
