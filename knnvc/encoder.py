@@ -11,12 +11,11 @@ This module does no file I/O: ``knnvc.checkpoints`` builds the model from files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from transformers import WavLMModel
 
 from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
 from knnvc.errors import AudioError
+from knnvc.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +99,20 @@ def fingerprint(model: nn.Module, layers: int = WAVLM_LAYER) -> str:
     Hashes every tensor's name and shape and a strided sample of its values (fast even at full size), up to
     transformer layer ``layers``: the same weights give the same fingerprint however deep the model was cut.
     """
-    digest = hashlib.sha256()
+    return sha256(_fingerprint_parts(model, layers))[:16]
+
+
+def _fingerprint_parts(model: nn.Module, layers: int) -> Iterator[bytes]:
+    """Per tensor up to transformer layer ``layers``, sorted by name: its name, shape and ~256 values (fp32)."""
     for name, tensor in sorted(model.state_dict().items()):
         found = _LAYER_KEY.match(name)
         if found is not None and int(found.group(1)) >= layers:
             continue
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
-        sample = flat[::step].to("cpu", torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+        yield name.encode()
+        yield str(tuple(tensor.shape)).encode()
+        yield flat[::step].to("cpu", torch.float32).contiguous().numpy().tobytes()
 
 
 class WavLMEncoder(nn.Module):

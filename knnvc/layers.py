@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from knnvc.errors import VoiceError
+from knnvc.files import sha256
 from knnvc.voice import Voice
 
 if TYPE_CHECKING:
@@ -31,11 +32,9 @@ def same_frames(a: Tensor, b: Tensor) -> bool:
 def rebuild_layer(builder: VoiceBuilder, voice: Voice, layer: int) -> Voice:
     """``voice`` with ``layer``'s frames re-encoded from its reference files, or a ``VoiceError`` saying how to
     rebuild it (a compact voice, references made in memory, moved or changed files)."""
-    from knnvc.pipeline import file_sha256
-
     paths = [Path(src.path) for src in voice.sources]
     unchanged = all(p.is_file() for p in paths) and all(
-        src.sha256 and file_sha256(p) == src.sha256 for p, src in zip(paths, voice.sources, strict=True)
+        src.sha256 and sha256(p) == src.sha256 for p, src in zip(paths, voice.sources, strict=True)
     )
     if voice.counts is not None or not paths or not unchanged:
         voice.keys(layer)  # raises the VoiceError that says how to rebuild

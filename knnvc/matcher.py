@@ -58,32 +58,45 @@ def _merge_topk(best: tuple[Tensor, Tensor] | None, sims: Tensor, offset: int, k
     return vals, idx
 
 
-def _check(query: Tensor, keys: Tensor, k: int) -> None:
+def _check(query: Tensor, keys: Tensor, k: int, exclude: Tensor | None) -> None:
     if query.shape[-1] != keys.shape[-1]:
         raise ValueError(f"feature widths differ: query {query.shape[-1]}, matching set {keys.shape[-1]}")
-    if not 1 <= k <= keys.shape[0]:
-        raise ValueError(f"k={k} needs 1 <= k <= matching-set size ({keys.shape[0]} frames)")
+    widest = 0 if exclude is None or exclude.numel() == 0 else int((exclude[..., 1] - exclude[..., 0]).max())
+    if not 1 <= k <= keys.shape[0] - widest:
+        raise ValueError(f"k={k} needs 1 <= k <= usable matching-set size ({keys.shape[0] - widest} frames)")
 
 
-def _block_topk(query: Tensor, keys_n: Tensor, k: int, key_block: int) -> tuple[Tensor, Tensor]:
-    """Top-k cosine similarities and key indices, each (Qb, k), of queries (Qb, D) against normalised keys (M, D)."""
+def _block_topk(
+    query: Tensor, keys_n: Tensor, k: int, key_block: int, exclude: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Top-k cosine similarities and key indices, each (Qb, k), of queries (Qb, D) against normalised keys (M, D).
+
+    ``exclude``: (Qb, 2) [start, stop) key rows each query may not use, or None.
+    """
     q = F.normalize(query, dim=-1)
     best: tuple[Tensor, Tensor] | None = None
     for m0 in range(0, keys_n.shape[0], key_block):
-        best = _merge_topk(best, q @ keys_n[m0 : m0 + key_block].T, m0, k)
+        sims = q @ keys_n[m0 : m0 + key_block].T
+        if exclude is not None:
+            rows = torch.arange(m0, m0 + sims.shape[1], device=sims.device)
+            banned = (rows[None, :] >= exclude[:, :1]) & (rows[None, :] < exclude[:, 1:])
+            sims = sims.masked_fill(banned, float("-inf"))
+        best = _merge_topk(best, sims, m0, k)
     assert best is not None
     return best
 
 
 def _blocked(
-    query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int
+    query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int, exclude: Tensor | None = None
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """(first query row, (Qb, k) similarities, (Qb, k) indices) per block of the flattened (Q, D) queries."""
-    _check(query, keys, k)
+    _check(query, keys, k, exclude)
     flat = query.reshape(-1, query.shape[-1])
+    ranges = None if exclude is None else exclude.reshape(-1, 2).to(query.device)
     keys_n = F.normalize(keys, dim=-1)
     for q0 in range(0, flat.shape[0], query_block):
-        sims, idx = _block_topk(flat[q0 : q0 + query_block], keys_n, k, key_block)
+        part = None if ranges is None else ranges[q0 : q0 + query_block]
+        sims, idx = _block_topk(flat[q0 : q0 + query_block], keys_n, k, key_block, part)
         yield q0, sims, idx
 
 
@@ -136,6 +149,7 @@ def knn_regression(
     weighting: Weighting = "uniform",
     query_block: int = QUERY_BLOCK,
     key_block: int = KEY_BLOCK,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """Replace each query frame by the (weighted) mean of its ``k`` nearest matching-set frames (kNN-VC's step 3).
 
@@ -146,6 +160,8 @@ def knn_regression(
         synth: (M, E) frames averaged in place of ``keys`` (the original's ``synth_set``): row i belongs to the
             same moment as ``keys`` row i, e.g. layer-6 frames when matching on layer 8. Default: ``keys``.
         weighting: ``uniform`` or ``inverse-distance`` (see ``neighbour_weights``).
+        exclude: optional (Q, 2) or (B, Q, 2) int64 [start, stop) rows of ``keys`` each query frame may not
+            use (prematching: the query's own utterance inside its speaker's pool), so no key is copied.
 
     Returns:
         (Q, E) or (B, Q, E) frames, in ``synth``'s dtype.
@@ -155,7 +171,7 @@ def knn_regression(
         raise ValueError(f"synth set has {synth.shape[0]} frames, matching set {keys.shape[0]}: they must pair up")
     rows = query.numel() // max(1, query.shape[-1])
     out = torch.empty(rows, synth.shape[-1], dtype=synth.dtype, device=query.device)
-    for q0, sims, idx in _blocked(query, keys, k, query_block, key_block):
+    for q0, sims, idx in _blocked(query, keys, k, query_block, key_block, exclude):
         if weighting == "uniform":
             out[q0 : q0 + idx.shape[0]] = synth[idx].mean(dim=-2)
         else:

@@ -27,7 +27,7 @@ from knnvc.cli.common import (
 )
 from knnvc.cli.controls import MatchLayerOpt
 from knnvc.constants import DEFAULT_WAVLM, WAVLM_LAYER
-from knnvc.errors import UsageError
+from knnvc.errors import OutputError, UsageError
 
 
 @voice_app.command("build")
@@ -46,6 +46,7 @@ def voice_build(
     ] = None,
     batch_size: BatchOpt = 8,
     offline: OfflineOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing voice file.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -61,6 +62,8 @@ def voice_build(
         if max_frames is not None and max_frames < 1:
             raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
         ConvertOptions(match_layer=match_layer)  # a layer out of range fails before any model loads
+        if output.exists() and not overwrite:
+            raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
         api.check_options(batch_size=batch_size)
         builder = api.load_voice_builder(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
