@@ -35,7 +35,16 @@ from knnvc.cli.common import (
     setup_logging,
     shown,
 )
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
+from knnvc.cli.controls import (
+    MatchLayerOpt,
+    MorphOpt,
+    MorphWeightOpt,
+    StrengthOpt,
+    WeightingOpt,
+    controls,
+    with_morph_voice,
+)
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
 from knnvc.progress import WINDOW_STAGES, Job, Progress
 
@@ -65,6 +74,11 @@ def convert(
     sample_rate: Annotated[
         int | None, typer.Option("--sample-rate", help="Output rate in Hz (soxr) [default: the vocoder's, 16000].")
     ] = None,
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
     fmt: Annotated[
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
@@ -83,7 +97,8 @@ def convert(
 
         # What would fail every file fails here, once, before any model loads: bad values, missing or unreadable
         # inputs, the device, k against a saved voice, output folders that cannot be written.
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate)
+        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         api.check_options(batch_size=batch_size)
         require_inputs(source, reference)
         check_device(device, precision)
@@ -100,13 +115,19 @@ def convert(
         batch.check_outputs(batch.pending(jobs, overwrite=overwrite))
         with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
             vc = api.load_pipeline(
-                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-            )
+                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
+                match_layer=match_layer,
+            )  # fmt: skip
+            options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext = jobs[0].output.suffix.lower()
             settings = manifest.batch_settings(vc, saved or reference, options, vocoder=vocoder, extension=ext)
             ledger = manifest.Ledger(batch.manifest_folder(source, jobs), settings)
             resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
-            voice = (saved or vc.build_voice(reference, trim=trim, name=name)) if resume.todo else None
+            voice = (
+                (saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer))
+                if resume.todo
+                else None
+            )
         if voice is None:  # nothing to convert
             reasons = Counter(resume.reason(job) for job in jobs)
             report = batch.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)
