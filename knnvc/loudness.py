@@ -109,6 +109,24 @@ def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return integrated_loudness(data, sample_rate)
 
 
+def loudness_gain(
+    wav: np.ndarray, target_lufs: float, sample_rate: int = SAMPLE_RATE, *, peak_ceiling: float = PEAK_CEILING
+) -> float:
+    """The one linear gain ``normalise_loudness`` applies to (N,) audio: to ``target_lufs``, lowered so the
+    sample peak stays at or under ``peak_ceiling``; 1.0 for empty or silent audio (below the -70 LUFS gate)."""
+    if wav.size == 0:
+        return 1.0
+    measured = loudness_lufs(wav, sample_rate)
+    if not np.isfinite(measured):
+        return 1.0
+    gain = 10.0 ** ((target_lufs - measured) / 20.0)
+    peak = float(np.max(np.abs(wav))) * gain
+    if peak > peak_ceiling:
+        logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
+        gain *= peak_ceiling / peak
+    return float(gain)
+
+
 def normalise_loudness(
     wav: np.ndarray,
     target_lufs: float | None = DEFAULT_LOUDNESS,
@@ -133,12 +151,7 @@ def normalise_loudness(
         return wav
     if not np.isfinite(wav).all():
         raise AudioError("cannot normalise loudness: the audio contains NaN or infinite samples")
-    loudness = loudness_lufs(wav, sample_rate)
-    if not np.isfinite(loudness):
+    gain = loudness_gain(wav, target_lufs, sample_rate, peak_ceiling=peak_ceiling)
+    if gain == 1.0:  # silent (or already there): the input itself
         return wav
-    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
-    peak = float(np.max(np.abs(wav))) * gain
-    if peak > peak_ceiling:
-        logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
-        gain *= peak_ceiling / peak
     return np.multiply(wav, np.float32(gain), dtype=np.float32)
