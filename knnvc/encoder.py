@@ -187,6 +187,27 @@ class WavLMEncoder(nn.Module):
         feats, frames = self(padded, lengths.to(self.device))
         return [feats[i, : int(frames[i])] for i in range(len(wavs))]
 
+    @property
+    def frame_local_frontend(self) -> bool:
+        """Whether ``frontend`` frames depend only on their own 400 samples (layer-norm conv stack, as Large)."""
+        return str(self.model.config.feat_extract_norm) == "layer"
+
+    @torch.inference_mode()
+    def frontend(self, wav: Tensor) -> Tensor:
+        """The per-frame half of the encoder (conv stack + projection): (N,) raw 16 kHz -> (T, D), T = num_frames(N).
+
+        With ``frame_local_frontend``, frame t depends only on samples [320 t, 320 t + 400), so the frames of
+        overlapping spans are equal and a stream computes each once (``knnvc.stream``).
+        """
+        feats = self.model.feature_extractor(wav.to(self.device, self.dtype)[None]).transpose(1, 2)
+        hidden, _ = self.model.feature_projection(feats)
+        return hidden[0]
+
+    @torch.inference_mode()
+    def contextualise(self, hidden: Tensor) -> Tensor:
+        """The other half: (T, D) ``frontend`` frames -> (T, D) layer-6 features, as ``encode`` of their samples."""
+        return self.model.encoder(hidden[None]).last_hidden_state[0]
+
     def encode(self, wav: Tensor) -> Tensor:
         """Encode one raw waveform: (N,) at 16 kHz -> (T, D) at 50 Hz, T = (N - 400) // 320 + 1."""
         return self.encode_batch([wav])[0]

@@ -48,8 +48,8 @@ from knnvc.windows import Window
 log = logging.getLogger(__name__)
 
 FRAME_MS = 1000 // FRAME_RATE  # 20 ms per frame
-VOCODER_LEFT = 12  # frames: HiFi-GAN V1's receptive field is +/-11 frames (measured), so the left seam is exact
-VOCODER_RIGHT = 12  # frames: at most this many frames past the emitted ones are vocoded (the same reach)
+VOCODER_LEFT = 10  # frames: past this HiFi-GAN V1 (receptive field +/-11) changes < 1e-7 (measured): seams exact
+VOCODER_RIGHT = 10  # frames: at most this many frames past the emitted ones are vocoded (the same reach)
 GAIN_PROBE_FRAMES = 10 * FRAME_RATE  # frames of the voice vocoded to measure the stream's gain (10 s)
 
 
@@ -144,6 +144,9 @@ class Streamer:
         input_rate: rate of the pushed audio in Hz (resampled to 16 kHz in a stream when not 16 kHz).
         gain: a linear output gain instead of the one measured from the voice.
         record: keep every final encoder frame in ``features`` (for measuring agreement with offline).
+        cache_frontend: compute WavLM's per-frame conv stack once per frame and re-run only its transformer over
+            the context (default: whenever the conv stack is frame-local, as in WavLM-Large); False re-encodes
+            the whole window each step. Both give the same frames; ``bench/stream.py`` measures the speed.
 
     ``push(chunk)`` takes (n,) float32 audio at ``input_rate`` and returns the converted samples ready so far at
     ``output_rate``; ``flush()`` returns the rest. Together they are as long as the input (in time).
@@ -159,6 +162,7 @@ class Streamer:
         input_rate: int = SAMPLE_RATE,
         gain: float | None = None,
         record: bool = False,
+        cache_frontend: bool | None = None,
     ) -> None:
         voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
         if voice.num_frames < options.k:
@@ -183,6 +187,12 @@ class Streamer:
         self._final = 0  # frames final (encoded with their lookahead) and matched
         self._done = 0  # frames vocoded and returned
         self._closed = False
+        local = vc.encoder.frame_local_frontend
+        if cache_frontend and not local:
+            raise UsageError("this encoder's conv stack normalises over time: its frames cannot be cached")
+        self.cache_frontend = local if cache_frontend is None else cache_frontend
+        self._hidden = torch.zeros(0, vc.encoder.dim, device=vc.device, dtype=vc.encoder.dtype)  # frontend frames
+        self._hidden_start = 0
 
     @property
     def delay_ms(self) -> float:
@@ -256,10 +266,21 @@ class Streamer:
 
     def _encode(self, window: Window) -> Tensor:
         """(T, D) fp32 features of ``window``'s frames, from its samples (on the pipeline's device)."""
+        encoder = self.vc.encoder
+        if not self.cache_frontend:
+            return encoder.encode(self._samples(window)).float()
+        have = self._hidden_start + len(self._hidden)
+        if window.stop > have:  # the conv stack runs once per frame: only on frames not seen yet
+            fresh = encoder.frontend(self._samples(Window(have, window.stop, have, window.stop)))
+            self._hidden = torch.cat([self._hidden, fresh])
+        first = window.start - self._hidden_start
+        return encoder.contextualise(self._hidden[first : first + window.stop - window.start]).float()
+
+    def _samples(self, window: Window) -> Tensor:
+        """The (N,) samples whose WavLM frames are exactly ``window``'s, on the pipeline's device."""
         lo, hi = window.sample_span()
-        wav = torch.from_numpy(np.ascontiguousarray(self._audio[lo - self._audio_start : hi - self._audio_start]))
-        feats = self.vc.encoder.encode(wav.to(self.vc.device))
-        return feats.float()
+        wav = np.ascontiguousarray(self._audio[lo - self._audio_start : hi - self._audio_start])
+        return torch.from_numpy(wav).to(self.vc.device)
 
     @torch.inference_mode()
     def _vocode(self, frames: Tensor) -> np.ndarray:
@@ -274,6 +295,9 @@ class Streamer:
         if drop > 0:
             self._audio = self._audio[drop:]
             self._audio_start += drop
+        if first_frame > self._hidden_start:
+            self._hidden = self._hidden[first_frame - self._hidden_start :]
+            self._hidden_start = first_frame
         keep_from = max(0, self._done - VOCODER_LEFT)
         if keep_from > self._matched_start:
             self._matched = self._matched[keep_from - self._matched_start :]

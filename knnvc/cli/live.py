@@ -39,7 +39,7 @@ from knnvc.cli.stream import (
     load_streamer,
     settings_from,
 )
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, FRAME_RATE
 from knnvc.errors import DeviceError, UsageError
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def find_device(sd: Any, device: str | None, kind: str) -> AudioDevice:
 
 def run(sd: Any, streamer: Streamer, mic: AudioDevice, speakers: AudioDevice) -> None:
     """Read a chunk from the microphone, convert, play; until Ctrl-C, then play the tail."""
-    block = max(1, mic.rate * streamer.settings.chunk_ms // 1000)
+    block = max(1, mic.rate // FRAME_RATE)  # read 20 ms at a time: a step starts as soon as it can
     try:
         with (
             sd.InputStream(samplerate=mic.rate, device=mic.device, channels=1, dtype="float32", blocksize=block) as ins,
