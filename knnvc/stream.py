@@ -14,9 +14,10 @@ is a state machine over the pipeline's own stages (``vc.encoder``, ``vc.match``,
   left context, re-encoded), the ``chunk`` new frames, and ``lookahead`` frames on the right. The new frames are
   kept (final); the lookahead frames are provisional and are encoded again, with more right context, next step.
 - **Matcher.** kNN regression of each final frame onto the voice, exactly as offline (frame by frame).
-- **Vocoder.** HiFi-GAN runs over ``VOCODER_LEFT`` final matched frames on the left (its whole receptive field, so
-  the left seam is exact), the frames to emit, ``vocoder_lookahead`` further final frames, and the provisional
-  lookahead frames beyond them; the emitted frames are cropped out.
+- **Vocoder.** HiFi-GAN runs over its whole receptive field (``vocoder_reach``, 12 frames) of final matched frames
+  on the left, so the left seam is exact, then the frames to emit, ``vocoder_lookahead`` further final frames, and
+  provisional lookahead frames up to its reach on the right; the emitted frames are cropped out, and faded over
+  20 ms from the previous window's provisional continuation, so a late change of a lookahead frame cannot click.
 - **Loudness.** One fixed gain, measured once from the voice itself (its frames vocoded, then BS.1770 loudness
   to the target with the -1 dBFS peak guard): a stream has no whole file to normalise.
 
@@ -28,6 +29,7 @@ offline conversion, per setting.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -44,12 +46,11 @@ from knnvc.options import ConvertOptions
 from knnvc.pipeline import DEFAULT_OPTIONS, KnnVC
 from knnvc.voice import Voice
 from knnvc.windows import Window
+from vocoder import HifiganConfig
 
 log = logging.getLogger(__name__)
 
 FRAME_MS = 1000 // FRAME_RATE  # 20 ms per frame
-VOCODER_LEFT = 10  # frames: past this HiFi-GAN V1 (receptive field +/-11) changes < 1e-7 (measured): seams exact
-VOCODER_RIGHT = 10  # frames: at most this many frames past the emitted ones are vocoded (the same reach)
 GAIN_PROBE_FRAMES = 10 * FRAME_RATE  # frames of the voice vocoded to measure the stream's gain (10 s)
 
 
@@ -104,6 +105,13 @@ class StreamSettings:
     def context(self) -> int:
         return (self.context_ms or 0) // FRAME_MS
 
+    def describe(self) -> str:
+        """One line for people: every setting and the delay they add up to."""
+        return (
+            f"chunk {self.chunk_ms} ms, lookahead {self.lookahead_ms} ms (vocoder {self.vocoder_lookahead_ms} ms), "
+            f"context {self.context_ms} ms: delay {self.delay_ms:.0f} ms + compute"
+        )
+
     @property
     def delay_ms(self) -> float:
         """Algorithmic delay of a chunk's first sample, before compute: chunk + lookaheads + 5 ms."""
@@ -131,6 +139,24 @@ def voice_gain(vc: KnnVC, voice: Voice, target_lufs: float | None) -> float:
         return 1.0
     probe = vc.vocode(voice.frames[:GAIN_PROBE_FRAMES].to(vc.device, torch.float32))
     return loudness.loudness_gain(probe, target_lufs, vc.sample_rate)
+
+
+def vocoder_reach(config: HifiganConfig) -> int:
+    """Frames on each side that one HiFi-GAN output sample depends on (its receptive field, rounded up).
+
+    conv_pre (kernel 7) reaches 3 frames; each upsampling stage adds its transposed convolution's reach and its
+    residual blocks' (per dilation d: (k - 1) / 2 * (d + 1) samples at that stage's rate); conv_post 3 samples.
+    For the published vocoder this is 12 frames (about 11.4): with that much context on both sides a cropped
+    window equals the whole-signal output up to float rounding, whatever the weights.
+    """
+    reach, rate = 3.0, 1
+    for u, k in zip(config.upsample_rates, config.upsample_kernel_sizes, strict=True):
+        reach += math.ceil(k / (2 * u)) / rate
+        rate *= u
+        blocks = [sum((kk - 1) // 2 * (d + (config.resblock == "1")) for d in dils)
+                  for kk, dils in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes, strict=True)]
+        reach += max(blocks) / rate
+    return math.ceil(reach + 3 / rate)
 
 
 class Streamer:
@@ -172,6 +198,7 @@ class Streamer:
         self.input_rate = input_rate
         self.output_rate = vc.output_rate(options)
         self.hop_out = int(vc.vocoder.config.hop)
+        self.vocoder_reach = vocoder_reach(vc.vocoder.config)
         self.gain = voice_gain(vc, voice, options.loudness) if gain is None else gain
         self.features: list[Tensor] | None = [] if record else None
         self._resample_in = soxr.ResampleStream(input_rate, SAMPLE_RATE, 1) if input_rate != SAMPLE_RATE else None
@@ -187,6 +214,7 @@ class Streamer:
         self._final = 0  # frames final (encoded with their lookahead) and matched
         self._done = 0  # frames vocoded and returned
         self._closed = False
+        self._tail = np.zeros(0, np.float32)  # the last vocoder window's output just past its seam
         local = vc.encoder.frame_local_frontend
         if cache_frontend and not local:
             raise UsageError("this encoder's conv stack normalises over time: its frames cannot be cached")
@@ -254,15 +282,30 @@ class Streamer:
         final, provisional = matched[: len(keep)], matched[len(keep) :]
         self._matched = torch.cat([self._matched, final])
         self._final = final_stop
-        left = max(0, self._done - VOCODER_LEFT)
-        right = VOCODER_RIGHT - (final_stop - emit_stop)
+        left = max(0, self._done - self.vocoder_reach)
+        right = self.vocoder_reach - (final_stop - emit_stop)
         frames = torch.cat([self._matched[left - self._matched_start :], provisional[: max(0, right)]])
         wav = self._vocode(frames)
         lo = (self._done - left) * self.hop_out
-        out = wav[lo : lo + (emit_stop - self._done) * self.hop_out]
+        hi = lo + (emit_stop - self._done) * self.hop_out
+        out = self._crossfade(wav[lo:hi].copy())
+        self._tail = wav[hi : hi + self.hop_out]  # how this window continued past the seam (provisional frames)
         self._done = emit_stop
         self._forget()
         return out * np.float32(self.gain)
+
+    def _crossfade(self, out: np.ndarray) -> np.ndarray:
+        """Fade over one frame (20 ms) from the last step's provisional continuation into ``out``.
+
+        The last step vocoded the frames past its seam from provisional (lookahead) features; this step has their
+        final ones. Where they differ the two waveforms differ at the seam, and a cut would click: the fade removes
+        the jump at no cost in delay. Where they agree (most frames) it changes nothing.
+        """
+        n = min(len(self._tail), len(out))
+        if n:
+            ramp = (np.arange(1, n + 1, dtype=np.float32) / (n + 1)).astype(np.float32)
+            out[:n] = self._tail[:n] * (1 - ramp) + out[:n] * ramp
+        return out
 
     def _encode(self, window: Window) -> Tensor:
         """(T, D) fp32 features of ``window``'s frames, from its samples (on the pipeline's device)."""
@@ -298,7 +341,7 @@ class Streamer:
         if first_frame > self._hidden_start:
             self._hidden = self._hidden[first_frame - self._hidden_start :]
             self._hidden_start = first_frame
-        keep_from = max(0, self._done - VOCODER_LEFT)
+        keep_from = max(0, self._done - self.vocoder_reach)
         if keep_from > self._matched_start:
             self._matched = self._matched[keep_from - self._matched_start :]
             self._matched_start = keep_from

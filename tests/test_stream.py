@@ -12,7 +12,7 @@ from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.matcher import knn_indices
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
-from knnvc.stream import Streamer, StreamSettings, encoder_reach, stream, voice_gain
+from knnvc.stream import Streamer, StreamSettings, encoder_reach, stream, vocoder_reach, voice_gain
 from knnvc.voice import Voice
 from tests.conftest import SOURCE_WAV
 from tests.fault_tools import _tiny_voice, micro_pipeline, tiny_pipeline
@@ -155,7 +155,7 @@ def test_memory_stays_flat(source: np.ndarray) -> None:
     for i in range(0, len(wav), 1600):
         streamer.push(wav[i : i + 1600])
         assert len(streamer._audio) <= (20 + 8 + 5 + 8) * 320 + 1600
-        assert len(streamer._matched) <= 10 + 5 + 1
+        assert len(streamer._matched) <= streamer.vocoder_reach + 5 + 1
 
 
 @pytest.mark.parametrize(
@@ -180,3 +180,16 @@ def test_bad_input_and_misuse(vc: KnnVC, voice: Voice) -> None:
     other, other_voice = micro_pipeline()
     with pytest.raises(VoiceError):
         Streamer(vc, other_voice, QUIET)
+
+
+def test_vocoder_reach_is_its_receptive_field(vc: KnnVC) -> None:
+    """Changing one frame changes the output within ``vocoder_reach`` frames and nowhere else."""
+    reach = vocoder_reach(vc.vocoder.config)
+    x = torch.randn(1, 4 * reach, vc.encoder.dim, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[0, 2 * reach] += 1.0
+    with torch.inference_mode():
+        diff = (vc.vocoder(x) - vc.vocoder(y)).abs().reshape(4 * reach, -1).amax(-1)
+    changed = torch.nonzero(diff > 0).flatten()
+    assert changed.min() >= reach and changed.max() <= 3 * reach
+    assert diff[reach + 1] > 0 or diff[3 * reach - 1] > 0  # and the reach is not much wider than it must be

@@ -136,5 +136,5 @@ def live(
         streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
                              precision=precision, offline=offline, input_rate=mic.rate)  # fmt: skip
         if not quiet:
-            say("live:", "green", f"{mic.name} -> {speakers.name}; delay {streamer.delay_ms:.0f} ms + compute")
+            say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
         run(sd, streamer, mic, speakers)

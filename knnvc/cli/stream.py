@@ -142,7 +142,7 @@ def stream(
         streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
                              precision=precision, offline=offline, input_rate=input_rate)  # fmt: skip
         if not quiet:
-            say("streaming:", "green", f"delay {streamer.delay_ms:.0f} ms + compute; {streamer.settings}")
+            say("streaming:", "green", streamer.settings.describe())
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)
 
 
