@@ -174,7 +174,7 @@ def window_gap(vc: KnnVC, corpus: Corpus, seconds: float) -> dict[str, Any]:
     whole_file = VoiceBuilder(vc.encoder, device=vc.device, precision=precision, window_seconds=seconds + 60)
     whole = whole_file.encode(wav, sample_rate=SR)
     err = ((windowed - whole).norm(dim=-1) / whole.norm(dim=-1)).cpu()
-    seams = windows.seams(windows.plan(whole.shape[0], vc.window, vc.context))
+    seams = windows.seams(windows.split(whole.shape[0], vc.window, vc.context))
     near = torch.zeros_like(err, dtype=torch.bool)
     for s in seams:
         near[max(0, s - 50) : s + 50] = True

@@ -156,11 +156,18 @@ def main() -> None:
         row["load_after"] = load_avg()
         rows.append(row)
         print(json.dumps(row), flush=True)
+        save(args, wav, voice, rows, {})  # after every row: a long run that is stopped keeps what it measured
     cache = {}
     for cached in (True, False):  # the encoder's conv stack: computed once per frame, or re-encoded each step
         settings = StreamSettings(**chosen[0])
         cache["cached" if cached else "re_encoded"] = delay(vc, voice, wav[: 10 * SR], settings, gain=1.0,
                                                             cache_frontend=cached)["realtime_factor"]  # fmt: skip
+    path = save(args, wav, voice, rows, cache)
+    print(table(json.loads(path.read_text())))
+    print(f"wrote {path}")
+
+
+def save(args: argparse.Namespace, wav: np.ndarray, voice: Voice, rows: list[dict], cache: dict) -> Path:
     machine = f"cpu-{platform.machine()}-{os.cpu_count()}core"
     result = {
         "machine": machine, "models": args.models, "precision": args.precision, "threads": args.threads,
@@ -170,8 +177,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"stream-{args.models}-{machine}-{args.precision}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"wrote {path}")
+    return path
 
 
 def table(result: dict) -> str:
