@@ -10,9 +10,12 @@ Output sample n is the conversion of input sample n; the delay is in time, never
 is a state machine over the pipeline's own stages (``vc.encoder``, ``vc.match``, ``vc.vocoder``), run on frames of
 20 ms:
 
-- **Encoder.** Each step encodes one window of raw audio: ``context`` frames already final on the left (bounded
-  left context, re-encoded), the ``chunk`` new frames, and ``lookahead`` frames on the right. The new frames are
-  kept (final); the lookahead frames are provisional and are encoded again, with more right context, next step.
+- **Encoder.** Each step encodes one window: ``context`` frames already final on the left (bounded left context),
+  the ``chunk`` new frames, and ``lookahead`` frames on the right. The new frames are kept (final); the lookahead
+  frames are provisional and are encoded again, with more right context, next step. WavLM's conv stack is
+  frame-local, so its output is cached per frame and only the transformer re-runs over the window. The lookahead
+  defaults to the reach of WavLM's positional convolution (``encoder_reach``): a frame then sees all the future
+  it sees offline.
 - **Matcher.** kNN regression of each final frame onto the voice, exactly as offline (frame by frame).
 - **Vocoder.** HiFi-GAN runs over its whole receptive field (``vocoder_reach``, 12 frames) of final matched frames
   on the left, so the left seam is exact, then the frames to emit, ``vocoder_lookahead`` further final frames, and

@@ -152,3 +152,41 @@ def test_find_device_names_what_is_missing() -> None:
 def test_live_lists_devices() -> None:
     result = cli("live", "--list-devices")
     assert result.exit_code == 0 and result.stderr.strip()
+
+
+def test_live_loop_with_fake_devices() -> None:
+    """The live loop reads 20 ms blocks, plays what the stream returns, and plays the tail on Ctrl-C."""
+    wav = sf.read(SOURCE_WAV, dtype="float32")[0][:16_000]
+    played: list[np.ndarray] = []
+
+    class FakeSd:
+        class PortAudioError(Exception):
+            pass
+
+        class InputStream:
+            def __init__(self, **kw: Any) -> None:
+                assert kw["samplerate"] == 48_000 and kw["blocksize"] == 960
+                self.left = np.repeat(wav, 3)  # 48 kHz, crudely
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+            def read(self, n: int) -> tuple[np.ndarray, bool]:
+                if not len(self.left):
+                    raise KeyboardInterrupt
+                block, self.left = self.left[:n], self.left[n:]
+                return block[:, None], False
+
+        class OutputStream(InputStream):
+            def __init__(self, **kw: Any) -> None:
+                assert kw["samplerate"] == 44_100
+
+            def write(self, data: np.ndarray) -> None:
+                played.append(data[:, 0])
+
+    streamer = Streamer(tiny_pipeline(), _tiny_voice(), ConvertOptions(output_sample_rate=44_100), input_rate=48_000)
+    live_cli.run(FakeSd, streamer, live_cli.AudioDevice(None, 48_000, "mic"), live_cli.AudioDevice(None, 44_100, "out"))
+    assert sum(len(p) for p in played) == 44_100 and len(played) > 2
