@@ -125,6 +125,32 @@ def delay(
     }
 
 
+def context_sweep(vc: KnnVC, voice: Voice, wav: np.ndarray, contexts_ms: list[int], chunk_ms: int = 400) -> list[dict]:
+    """Encoder only: agreement of the stream's windows (lookahead = the encoder's reach) with offline, per context.
+
+    A context longer than the input is the whole past: what is left then is the future beyond the lookahead.
+    """
+    from knnvc.stream import encoder_reach
+
+    offline = vc.encoder.encode(torch.from_numpy(wav)).float()
+    theirs = knn_indices(offline, voice.frames, 4).sort(-1).values
+    total, chunk, lookahead = offline.shape[0], chunk_ms // 20, encoder_reach(vc)
+    rows = []
+    for context_ms in contexts_ms:
+        parts = []
+        for s in range(0, total, chunk):
+            a, b = max(0, s - context_ms // 20), min(total, s + chunk + lookahead)
+            feats = vc.encoder.encode(torch.from_numpy(wav[a * 320 : (b - 1) * 320 + 400])).float()
+            parts.append(feats[s - a : min(total, s + chunk) - a])
+        ours = knn_indices(torch.cat(parts), voice.frames, 4).sort(-1).values
+        rows.append({"context_ms": context_ms, "lookahead_ms": lookahead * 20, "chunk_ms": chunk_ms,
+                     "agreement_k_set": round(float((ours == theirs).all(-1).float().mean()), 4),
+                     "agreement_nearest": round(float((ours[:, 0] == theirs[:, 0]).float().mean()), 4),
+                     "load": load_avg()})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -136,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="source audio streamed per setting")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", type=int, nargs="*", help="indices into the settings list")
+    parser.add_argument("--context-sweep", action="store_true", help="encoder-only agreement per context, then stop")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "knnvc-bench-stream")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,6 +171,13 @@ def main() -> None:
     voice = vc.build_voice(SPEECH / "ref")
     source = sf.read(SPEECH / "source.wav", dtype="float32")[0]
     wav = np.tile(source, int(np.ceil(args.seconds * SR / len(source))))[: int(args.seconds * SR)]
+    if args.context_sweep:
+        sweep = context_sweep(vc, voice, wav, [1000, 2000, 1000 * int(args.seconds) + 1000])
+        machine = f"cpu-{platform.machine()}-{os.cpu_count()}core"
+        path = RESULTS / f"stream-{args.models}-{machine}-{args.precision}-context.json"
+        path.write_text(json.dumps({"source_seconds": args.seconds, "rows": sweep}, indent=2) + "\n")
+        print(f"wrote {path}")
+        return
     offline = vc.encode(wav, SR)  # one window: attention over the whole input
     rows = []
     chosen = SETTINGS[args.models] if args.only is None else [SETTINGS[args.models][i] for i in args.only]
