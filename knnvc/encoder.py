@@ -10,11 +10,10 @@ This module does no file I/O: ``knnvc.checkpoints`` builds the model from files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from transformers import WavLMModel
 
 from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
 from knnvc.errors import AudioError
+from knnvc.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,17 @@ def fingerprint(model: nn.Module) -> str:
 
     Hashes every tensor's name and shape and a strided sample of its values (fast even at full size).
     """
-    digest = hashlib.sha256()
+    return sha256(_fingerprint_parts(model))[:16]
+
+
+def _fingerprint_parts(model: nn.Module) -> Iterator[bytes]:
+    """Per tensor, sorted by name: its name, its shape and about 256 of its values (fp32 bytes)."""
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
-        sample = flat[::step].to("cpu", torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+        yield name.encode()
+        yield str(tuple(tensor.shape)).encode()
+        yield flat[::step].to("cpu", torch.float32).contiguous().numpy().tobytes()
 
 
 class WavLMEncoder(nn.Module):

@@ -44,30 +44,43 @@ def _merge_topk(best: tuple[Tensor, Tensor] | None, sims: Tensor, offset: int, k
     return vals, idx
 
 
-def _check(query: Tensor, keys: Tensor, k: int) -> None:
+def _check(query: Tensor, keys: Tensor, k: int, exclude: Tensor | None) -> None:
     if query.shape[-1] != keys.shape[-1]:
         raise ValueError(f"feature widths differ: query {query.shape[-1]}, matching set {keys.shape[-1]}")
-    if not 1 <= k <= keys.shape[0]:
-        raise ValueError(f"k={k} needs 1 <= k <= matching-set size ({keys.shape[0]} frames)")
+    widest = 0 if exclude is None or exclude.numel() == 0 else int((exclude[..., 1] - exclude[..., 0]).max())
+    if not 1 <= k <= keys.shape[0] - widest:
+        raise ValueError(f"k={k} needs 1 <= k <= usable matching-set size ({keys.shape[0] - widest} frames)")
 
 
-def _block_indices(query: Tensor, keys_n: Tensor, k: int, key_block: int) -> Tensor:
-    """Top-k key indices (Qb, k) for one block of queries (Qb, D) against normalised keys (M, D)."""
+def _block_indices(query: Tensor, keys_n: Tensor, k: int, key_block: int, exclude: Tensor | None) -> Tensor:
+    """Top-k key indices (Qb, k) for one block of queries (Qb, D) against normalised keys (M, D).
+
+    ``exclude``: (Qb, 2) [start, stop) key rows each query may not use, or None.
+    """
     q = F.normalize(query, dim=-1)
     best: tuple[Tensor, Tensor] | None = None
     for m0 in range(0, keys_n.shape[0], key_block):
-        best = _merge_topk(best, q @ keys_n[m0 : m0 + key_block].T, m0, k)
+        sims = q @ keys_n[m0 : m0 + key_block].T
+        if exclude is not None:
+            rows = torch.arange(m0, m0 + sims.shape[1], device=sims.device)
+            banned = (rows[None, :] >= exclude[:, :1]) & (rows[None, :] < exclude[:, 1:])
+            sims = sims.masked_fill(banned, float("-inf"))
+        best = _merge_topk(best, sims, m0, k)
     assert best is not None
     return best[1]
 
 
-def _blocked(query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int) -> Iterator[tuple[int, Tensor]]:
+def _blocked(
+    query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int, exclude: Tensor | None = None
+) -> Iterator[tuple[int, Tensor]]:
     """(first query row, (Qb, k) neighbour indices) for each block of the flattened (Q, D) queries."""
-    _check(query, keys, k)
+    _check(query, keys, k, exclude)
     flat = query.reshape(-1, query.shape[-1])
+    ranges = None if exclude is None else exclude.reshape(-1, 2).to(query.device)
     keys_n = F.normalize(keys, dim=-1)
     for q0 in range(0, flat.shape[0], query_block):
-        yield q0, _block_indices(flat[q0 : q0 + query_block], keys_n, k, key_block)
+        part = None if ranges is None else ranges[q0 : q0 + query_block]
+        yield q0, _block_indices(flat[q0 : q0 + query_block], keys_n, k, key_block, part)
 
 
 def knn_indices(
@@ -101,6 +114,7 @@ def knn_regression(
     *,
     query_block: int = QUERY_BLOCK,
     key_block: int = KEY_BLOCK,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """Replace each query frame by the mean of its ``k`` nearest matching-set frames (kNN-VC's step 3).
 
@@ -108,11 +122,13 @@ def knn_regression(
         query: (Q, D) or (B, Q, D) source frames at 50 Hz.
         keys: (M, D) matching set of the target voice.
         k: neighbours averaged (4 in the paper).
+        exclude: optional (Q, 2) or (B, Q, 2) int64 [start, stop) rows of ``keys`` each query frame may not
+            use (prematching: the query's own utterance inside its speaker's pool), so no key is copied.
 
     Returns:
         frames shaped like ``query``, in the matching set's dtype.
     """
     out = torch.empty(query.numel() // max(1, query.shape[-1]), keys.shape[-1], dtype=keys.dtype, device=query.device)
-    for q0, idx in _blocked(query, keys, k, query_block, key_block):
+    for q0, idx in _blocked(query, keys, k, query_block, key_block, exclude):
         out[q0 : q0 + idx.shape[0]] = keys[idx].mean(dim=-2)
     return out.reshape(query.shape)

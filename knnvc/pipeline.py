@@ -11,7 +11,6 @@ own the computation.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from knnvc.constants import (
 from knnvc.devices import resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, UsageError
+from knnvc.files import sha256
 from knnvc.matcher import knn_regression
 from knnvc.options import ConvertOptions
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
@@ -46,12 +46,14 @@ DEFAULT_OPTIONS = ConvertOptions()
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _first_time(path: Path, seen: set[Path]) -> bool:
+    """True the first time a file is met (by its resolved path), and remembers it; a repeat is logged."""
+    key = path.resolve()
+    if key in seen:
+        log.warning("reference %s is given more than once; counted once", path)
+        return False
+    seen.add(key)
+    return True
 
 
 class VoiceBuilder:
@@ -161,7 +163,7 @@ class VoiceBuilder:
                 if len(wav) == 0:
                     raise AudioError(f"{label}: no speech found in this reference; check it, or pass --no-trim")
             wavs.append(wav)
-            digest = file_sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
+            digest = sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
             sources.append(SourceFile(path=label, sha256=digest, seconds=round(len(wav) / SAMPLE_RATE, 3)))
         frames = torch.cat(self.encode_many(wavs)).cpu()
         default_name = Path(items[0][0]).stem if len(items) == 1 else Path(items[0][0]).parent.name
@@ -178,6 +180,7 @@ class VoiceBuilder:
         if isinstance(references, (str, os.PathLike, np.ndarray, Tensor)):
             references = [references]
         items: list[tuple[str, AudioInput]] = []
+        seen: set[Path] = set()  # a file named twice, or also inside a folder given, is counted once
         for i, ref in enumerate(references):
             if isinstance(ref, (str, os.PathLike)) and Path(ref).is_dir():
                 found = audio.audio_files(Path(ref))
@@ -185,9 +188,9 @@ class VoiceBuilder:
                     raise AudioError(
                         f"{ref}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
                     )
-                items += [(str(p), p) for p in found]
+                items += [(str(p), p) for p in found if _first_time(p, seen)]
             elif isinstance(ref, (str, os.PathLike)):
-                items.append((str(ref), ref))
+                items += [(str(ref), ref)] if _first_time(Path(ref), seen) else []
             else:
                 items.append((f"<array {i}>", ref))
         if not items:

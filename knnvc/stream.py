@@ -135,13 +135,21 @@ def encoder_reach(vc: KnnVC) -> int:
 def voice_gain(vc: KnnVC, voice: Voice, target_lufs: float | None) -> float:
     """The fixed linear gain that brings the voice's own vocoded frames to ``target_lufs`` (1.0 for None).
 
-    Converted speech is made of the voice's frames, so its loudness is the voice's vocoded loudness; the
-    first ``GAIN_PROBE_FRAMES`` frames (10 s) are vocoded and measured once, when the stream starts.
+    Converted speech is made of the voice's frames, so its loudness is the voice's vocoded loudness: the first
+    ``GAIN_PROBE_FRAMES`` frames (10 s) are vocoded and measured once, when the stream starts (BS.1770, DC
+    removed as ``normalise_loudness`` does), and the gain is lowered if it would put their true peak over the
+    -1 dBTP ceiling. A stream has no whole file to normalise, and nothing here depends on audio not yet heard.
     """
     if target_lufs is None:
         return 1.0
     probe = vc.vocode(voice.frames[:GAIN_PROBE_FRAMES].to(vc.device, torch.float32))
-    return loudness.loudness_gain(probe, target_lufs, vc.sample_rate)
+    probe = probe - np.float32(probe.mean(dtype=np.float64))
+    measured = loudness.loudness_lufs(probe, vc.sample_rate)
+    if not np.isfinite(measured):
+        return 1.0
+    gain = 10.0 ** ((target_lufs - measured) / 20.0)
+    peak = float(loudness.true_peak_envelope(probe).max()) * gain
+    return float(gain * min(1.0, loudness.PEAK_CEILING / peak)) if peak > 0 else float(gain)
 
 
 def vocoder_reach(config: HifiganConfig) -> int:

@@ -6,11 +6,7 @@ unpickles anything. This module does not encode audio; the pipeline builds voice
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +17,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from knnvc.constants import FRAME_RATE
-from knnvc.errors import DiskFullError, OutputError, VoiceError
+from knnvc.errors import VoiceError
+from knnvc.files import write_atomically, write_error
 
 FORMAT = "knnvc-voice/1"
 VOICE_SUFFIX = ".voice"
@@ -109,14 +106,9 @@ class Voice:
         meta = {"knnvc": json.dumps(self.metadata())}
         data = safetensors_bytes({"frames": self.frames.detach().to("cpu").contiguous()}, metadata=meta)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, data)
+            write_atomically(path, data)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"{path}: cannot write voice: the disk is full; free some space") from exc
-            raise OutputError(
-                f"{path}: cannot write voice ({exc.strerror or exc}); choose a folder you can write to"
-            ) from exc
+            raise write_error(path, exc, "write voice") from exc
         return path
 
     @classmethod
@@ -165,21 +157,3 @@ def _check_frames(path: Path, frames: Tensor, dim: object) -> None:
         raise VoiceError(f"{path}: damaged voice ({frames.shape[1]}-d frames, metadata says {dim}); rebuild it")
     if not bool(frames.isfinite().all()):
         raise VoiceError(f"{path}: damaged voice (NaN or infinite frames); rebuild it with `knnvc voice build`")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, fsync it and rename it over ``path``.
-
-    Any failure or interruption (Ctrl-C, SIGTERM) removes the temporary file; ``path`` is never partial.
-    """
-    tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise

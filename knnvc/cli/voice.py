@@ -26,7 +26,7 @@ from knnvc.cli.common import (
     setup_logging,
 )
 from knnvc.constants import DEFAULT_WAVLM
-from knnvc.errors import UsageError
+from knnvc.errors import OutputError, UsageError
 
 
 @voice_app.command("build")
@@ -40,6 +40,7 @@ def voice_build(
     trim: TrimOpt = True,
     batch_size: BatchOpt = 8,
     offline: OfflineOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing voice file.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -51,6 +52,8 @@ def voice_build(
 
         if output.suffix != VOICE_SUFFIX:
             raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
+        if output.exists() and not overwrite:
+            raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
         api.check_options(batch_size=batch_size)
         builder = api.load_voice_builder(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None
