@@ -22,7 +22,7 @@ is a state machine over the pipeline's own stages (``vc.encoder``, ``vc.match``,
   provisional lookahead frames up to its reach on the right; the emitted frames are cropped out, and faded over
   20 ms from the previous window's provisional continuation, so a late change of a lookahead frame cannot click.
 - **Loudness.** One fixed gain, measured once from the voice itself (its frames vocoded, then BS.1770 loudness
-  to the target with the -1 dBFS peak guard): a stream has no whole file to normalise.
+  to the target under a -1 dBTP true-peak guard): a stream has no whole file to normalise.
 
 The delay is ``chunk + lookahead + vocoder_lookahead`` (plus 5 ms: WavLM's first frame needs 25 ms of audio)
 plus the compute time of one step. ``bench/stream.py`` measures it, and the agreement of the kNN choices with
