@@ -21,7 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from knnvc.constants import WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder
-from knnvc.errors import WeightsError
+from knnvc.errors import UsageError, WeightsError
 from knnvc.weights import resolve_vocoder, resolve_wavlm
 from vocoder import Generator, UnsafeCheckpointError, VocoderLoadError, load_generator, read_checkpoint
 
@@ -205,24 +205,40 @@ def wavlm_model(config: WavLMConfig, state: dict[str, torch.Tensor], layers: int
     return model.float()
 
 
-def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``)."""
+def check_depth(name: str, num_layers: int, layer: int, depth: int) -> None:
+    """Refuse a checkpoint too shallow for kNN-VC (``WeightsError``) or for a deeper match layer (``UsageError``)."""
+    if num_layers < layer:
+        raise WeightsError(f"{name}: has {num_layers} layers, kNN-VC needs {layer}")
+    if num_layers < depth:
+        raise UsageError(f"match layer {depth}: {name} has {num_layers} layers; choose a match layer of 1-{num_layers}")
+
+
+def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER, depth: int | None = None) -> WavLMEncoder:
+    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``).
+
+    ``depth``: transformer layers to build and run (default ``layer``), for a deeper match layer.
+    """
     config, state = read_original(path)
-    return WavLMEncoder(wavlm_model(config, state, layer), name=str(path), layer=layer)
+    depth = max(layer, depth or layer)
+    num_layers = int(config.num_hidden_layers)
+    check_depth(str(path), num_layers, layer, depth)
+    model = wavlm_model(config, state, depth)
+    return WavLMEncoder(model, name=str(path), layer=layer, depth=depth, num_layers=num_layers)
 
 
-def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load a Hugging Face ``WavLMModel`` folder, building only the first ``layer`` transformer layers."""
+def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER, depth: int | None = None) -> WavLMEncoder:
+    """Load a Hugging Face ``WavLMModel`` folder, building only the first ``depth`` (default ``layer``) layers."""
     config = WavLMConfig.from_pretrained(location)
-    if config.num_hidden_layers < layer:
-        raise WeightsError(f"{name}: has {config.num_hidden_layers} layers, kNN-VC needs {layer}")
+    num_layers = int(config.num_hidden_layers)
+    layer_count = max(layer, depth or layer)
+    check_depth(name, num_layers, layer, layer_count)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused deeper layers are expected; strictness is checked below
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         loaded: Any = WavLMModel.from_pretrained(
-            location, num_hidden_layers=layer, output_loading_info=True, dtype=torch.float32
+            location, num_hidden_layers=layer_count, output_loading_info=True, dtype=torch.float32
         )
         model: WavLMModel = loaded[0]
         info: dict[str, list[Any]] = loaded[1]
@@ -232,20 +248,26 @@ def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER) -> WavLME
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    unexpected = [k for k in info["unexpected_keys"] if _keep_key(k, layer)]
+    unexpected = [k for k in info["unexpected_keys"] if _keep_key(k, layer_count)]
     problems = list(info["missing_keys"]) + unexpected + [str(m) for m in info.get("mismatched_keys", [])]
     if problems:
         raise WeightsError(f"{name}: weights do not match WavLMModel strictly: {sorted(problems)[:5]}")
-    return WavLMEncoder(model.float(), name=name, layer=layer)
+    return WavLMEncoder(model.float(), name=name, layer=layer, depth=layer_count, num_layers=num_layers)
 
 
-def load_encoder(id_or_path: str | Path, *, offline: bool | None = None, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load WavLM from a hub id, a local HF folder or an original-format ``.pt`` file; on CPU, fp32."""
+def load_encoder(
+    id_or_path: str | Path, *, offline: bool | None = None, layer: int = WAVLM_LAYER, depth: int | None = None
+) -> WavLMEncoder:
+    """Load WavLM from a hub id, a local HF folder or an original-format ``.pt`` file; on CPU, fp32.
+
+    ``depth``: transformer layers to run (default ``layer``, 6); a deeper match layer needs that many. A depth
+    the checkpoint lacks is a ``UsageError`` raised before the model is built.
+    """
     location = resolve_wavlm(id_or_path, offline=offline)
     location = Path(location)
     if location.is_file():
-        return wavlm_from_original(location, layer)
-    return wavlm_from_hf(location, name=str(id_or_path), layer=layer)
+        return wavlm_from_original(location, layer, depth)
+    return wavlm_from_hf(location, name=str(id_or_path), layer=layer, depth=depth)
 
 
 def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progress: Any = None) -> Generator:

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,7 +141,7 @@ def settings_for(
     name, fingerprint, layer = encoder
     audio = {
         "voice": voice,
-        "options": asdict(options),
+        "options": {**asdict(replace(options, morph=None)), "morph": options.morph and voice_identity(options.morph)},
         "weights": {"wavlm": fingerprint, "layer": layer, "vocoder": vocoder_identity(vocoder)},
         "compute": {"precision": precision},
         "output": {"format": extension, "sample_rate": sample_rate},

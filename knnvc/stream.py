@@ -43,7 +43,7 @@ from torch import Tensor
 
 from knnvc import loudness
 from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD, SAMPLE_RATE
-from knnvc.encoder import num_frames
+from knnvc.encoder import num_frames, split_layers
 from knnvc.errors import AudioError, UsageError
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import DEFAULT_OPTIONS, KnnVC
@@ -176,7 +176,8 @@ class Streamer:
     Args:
         vc: the pipeline (its encoder, matcher and vocoder are used as they are).
         voice: the target voice (checked against the encoder).
-        options: k and loudness (loudness: a fixed gain from the voice, see ``voice_gain``); the output rate.
+        options: every control (k, match layer, weighting, morph, strength) as offline; loudness as a fixed gain
+            from the voice (``voice_gain``); the output rate.
         settings: chunk, lookahead and context; see ``StreamSettings``.
         input_rate: rate of the pushed audio in Hz (resampled to 16 kHz in a stream when not 16 kHz).
         gain: a linear output gain instead of the one measured from the voice.
@@ -212,6 +213,8 @@ class Streamer:
         self.vocoder_reach = vocoder_reach(vc.vocoder.config)
         self.gain = voice_gain(vc, voice, options.loudness) if gain is None else gain
         self.features: list[Tensor] | None = [] if record else None
+        self.layers = tuple(sorted({vc.encoder.layer, options.match_layer}))  # layer 6, and the one searched
+        vc.check_depth(self.layers)
         self._resample_in = soxr.ResampleStream(input_rate, SAMPLE_RATE, 1) if input_rate != SAMPLE_RATE else None
         self._resample_out = (
             soxr.ResampleStream(vc.sample_rate, self.output_rate, 1) if self.output_rate != vc.sample_rate else None
@@ -287,9 +290,10 @@ class Streamer:
         window = Window(max(0, self._final - s.context), end, self._final, final_stop)
         feats = self._encode(window)
         keep = feats[window.keep_start - window.start : window.keep_stop - window.start]
-        if self.features is not None:
-            self.features.append(keep.cpu())
-        matched = self.vc.match(feats[window.keep_start - window.start :], self.voice, self.options.k).cpu()
+        if self.features is not None:  # the frames the search runs on
+            self.features.append(split_layers(keep, self.layers)[self.options.match_layer].cpu())
+        query = split_layers(feats[window.keep_start - window.start :], self.layers)
+        matched = self.vc.match(query, self.voice, self.options).cpu()
         final, provisional = matched[: len(keep)], matched[len(keep) :]
         self._matched = torch.cat([self._matched, final])
         self._final = final_stop
@@ -322,13 +326,13 @@ class Streamer:
         """(T, D) fp32 features of ``window``'s frames, from its samples (on the pipeline's device)."""
         encoder = self.vc.encoder
         if not self.cache_frontend:
-            return encoder.encode(self._samples(window)).float()
+            return encoder.encode(self._samples(window), self.layers).float()
         have = self._hidden_start + len(self._hidden)
         if window.stop > have:  # the conv stack runs once per frame: only on frames not seen yet
             fresh = encoder.frontend(self._samples(Window(have, window.stop, have, window.stop)))
             self._hidden = torch.cat([self._hidden, fresh])
         first = window.start - self._hidden_start
-        return encoder.contextualise(self._hidden[first : first + window.stop - window.start]).float()
+        return encoder.contextualise(self._hidden[first : first + window.stop - window.start], self.layers).float()
 
     def _samples(self, window: Window) -> Tensor:
         """The (N,) samples whose WavLM frames are exactly ``window``'s, on the pipeline's device."""
