@@ -196,3 +196,12 @@ def test_vocoder_reach_is_its_receptive_field(vc: KnnVC) -> None:
     changed = torch.nonzero(diff > 0).flatten()
     assert changed.min() >= reach and changed.max() <= 3 * reach
     assert diff[reach + 1] > 0 or diff[3 * reach - 1] > 0  # and the reach is not much wider than it must be
+
+
+def test_controls_reach_the_stream(vc: KnnVC, voice: Voice, source: np.ndarray, streamed: tuple) -> None:
+    """The stream matches through ``vc.match`` with every control: strength 0 gives back the source's frames."""
+    streamer = Streamer(vc, voice, ConvertOptions(loudness=None, strength=0.0), record=True)
+    out = run(streamer, source)
+    assert streamer.features is not None
+    whole = vc.vocode(torch.cat(streamer.features))
+    assert np.abs(out[: len(whole)] - whole).max() < 2e-3 * np.abs(whole).max()

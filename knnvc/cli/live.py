@@ -29,6 +29,7 @@ from knnvc.cli.common import (
     say,
     setup_logging,
 )
+from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
 from knnvc.cli.stream import (
     ChunkOpt,
     ContextOpt,
@@ -39,7 +40,7 @@ from knnvc.cli.stream import (
     load_streamer,
     settings_from,
 )
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, FRAME_RATE
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, FRAME_RATE, WAVLM_LAYER
 from knnvc.errors import DeviceError, UsageError
 
 if TYPE_CHECKING:
@@ -111,6 +112,11 @@ def live(
     k: KOpt = DEFAULT_K,
     trim: TrimOpt = True,
     loudness: LoudnessOpt = "-16",
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
     chunk_ms: ChunkOpt = 100,
     lookahead_ms: LookaheadOpt = None,
     vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
@@ -131,10 +137,11 @@ def live(
         mic, speakers = find_device(sd, input_device, "input"), find_device(sd, output_device, "output")
         from knnvc.options import ConvertOptions
 
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=speakers.rate)
+        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=speakers.rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
         streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
-                             precision=precision, offline=offline, input_rate=mic.rate)  # fmt: skip
+                             precision=precision, offline=offline, input_rate=mic.rate, morph=morph)  # fmt: skip
         if not quiet:
             say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
         run(sd, streamer, mic, speakers)

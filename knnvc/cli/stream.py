@@ -30,7 +30,8 @@ from knnvc.cli.common import (
     say,
     setup_logging,
 )
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE
+from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -82,14 +83,17 @@ def load_streamer(
     precision: str,
     offline: bool,
     input_rate: int,
+    morph: Path | None = None,
 ) -> Streamer:
-    """Load the models (cached) and the voice (a .voice file, or built from audio), ready to stream."""
+    """Load the models (cached), the voice (a .voice file, or built from audio) and any morph voice."""
     from knnvc import api
+    from knnvc.cli.controls import with_morph_voice
     from knnvc.stream import Streamer
-    from knnvc.voice import VOICE_SUFFIX, Voice
 
-    vc = api.load_pipeline(wavlm, vocoder, device=device, precision=precision, batch_size=1, offline=offline or None)
-    voice = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else vc.build_voice(reference, trim=options.trim)
+    vc = api.load_pipeline(wavlm, vocoder, device=device, precision=precision, batch_size=1, offline=offline or None,
+                           match_layer=options.match_layer)  # fmt: skip
+    options = with_morph_voice(vc, options, morph)
+    voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
     return Streamer(vc, voice, options, settings, input_rate=input_rate)
 
 
@@ -117,6 +121,11 @@ def stream(
     k: KOpt = DEFAULT_K,
     trim: TrimOpt = True,
     loudness: LoudnessOpt = "-16",
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
     chunk_ms: ChunkOpt = 100,
     lookahead_ms: LookaheadOpt = None,
     vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
@@ -137,10 +146,11 @@ def stream(
         from knnvc.options import ConvertOptions
 
         _check_rate("--input-rate", input_rate)
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=output_rate)
+        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=output_rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
         streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
-                             precision=precision, offline=offline, input_rate=input_rate)  # fmt: skip
+                             precision=precision, offline=offline, input_rate=input_rate, morph=morph)  # fmt: skip
         if not quiet:
             say("streaming:", "green", streamer.settings.describe())
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)
