@@ -232,6 +232,32 @@ class WavLMEncoder(nn.Module):
         feats, frames = self(padded, lengths.to(self.device), layers)
         return [feats[i, : int(frames[i])] for i in range(len(wavs))]
 
+    @property
+    def frame_local_frontend(self) -> bool:
+        """Whether ``frontend`` frames depend only on their own 400 samples (layer-norm conv stack, as Large)."""
+        return str(self.model.config.feat_extract_norm) == "layer"
+
+    @torch.inference_mode()
+    def frontend(self, wav: Tensor) -> Tensor:
+        """The per-frame half of the encoder (conv stack + projection): (N,) raw 16 kHz -> (T, D), T = num_frames(N).
+
+        With ``frame_local_frontend``, frame t depends only on samples [320 t, 320 t + 400), so the frames of
+        overlapping spans are equal and a stream computes each once (``knnvc.stream``).
+        """
+        feats = self.model.feature_extractor(wav.to(self.device, self.dtype)[None]).transpose(1, 2)
+        hidden, _ = self.model.feature_projection(feats)
+        return hidden[0]
+
+    @torch.inference_mode()
+    def contextualise(self, hidden: Tensor, layers: Sequence[int] | None = None) -> Tensor:
+        """The other half: (T, D) ``frontend`` frames -> (T, len(layers) * D), as ``encode`` of their samples."""
+        layers = tuple(layers or (self.layer,))
+        self.check_layers(layers)
+        if layers == (self.depth,):
+            return self.model.encoder(hidden[None]).last_hidden_state[0]
+        out = self.model.encoder(hidden[None], output_hidden_states=True)
+        return torch.cat([out.hidden_states[i][0] for i in layers], dim=-1)
+
     def encode(self, wav: Tensor, layers: Sequence[int] | None = None) -> Tensor:
         """Encode one raw waveform: (N,) at 16 kHz -> (T, len(layers) * D) at 50 Hz, T = (N - 400) // 320 + 1."""
         return self.encode_batch([wav], layers)[0]
