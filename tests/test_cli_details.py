@@ -217,7 +217,8 @@ def test_typer_usage_errors_are_knnvc_usage_errors() -> None:
 # -- 11. help and details ----------------------------------------------------------------------------------------
 
 COMMANDS = [["convert"], ["voice", "build"], ["voice", "info"], ["info"], ["download"], ["train", "prematch"],
-            ["train", "vocoder"], ["serve"], ["eval"], ["eval-librispeech"], ["voice"], ["train"], []]  # fmt: skip
+            ["train", "vocoder"], ["serve"], ["stream"], ["live"], ["eval"], ["eval-librispeech"], ["voice"],
+            ["train"], []]  # fmt: skip
 
 
 def test_version() -> None:
