@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each clip")
     parser.add_argument("--ref-seconds", type=float, default=10.0, help="reference speech in the voice")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="pairs of runs, in alternating order")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -71,20 +73,29 @@ def main() -> None:
         voice = vc.build_voice(corpus.references).save(root / "target.voice")
         del vc
         knnvc = [sys.executable, "-m", "knnvc", "convert", str(root / "src"), str(voice)]
+        local: dict[str, Any] = {}
+        on_ray: dict[str, Any] = {}
         common = ["--wavlm", str(wavlm), "--vocoder", str(vocoder), "--device", "cpu", "--json",
                   "--batch-size", str(args.batch_size)]  # fmt: skip
         load_before = os.getloadavg()
-        local_wall, local = timed([*knnvc, "-o", str(root / "local"), *common])
-        ray_wall, on_ray = timed([*knnvc, "-o", str(root / "ray"), *common, "--ray", "local"])
+        runs: dict[str, list[float]] = {"local": [], "ray": []}
+        for n in range(args.repeats):  # alternate the order: the shared cores' load drifts during a run
+            for kind in ("local", "ray") if n % 2 == 0 else ("ray", "local"):
+                shutil.rmtree(root / kind, ignore_errors=True)
+                extra = ["--ray", "local"] if kind == "ray" else []
+                wall, summary = timed([*knnvc, "-o", str(root / kind), *common, *extra])
+                runs[kind].append(round(wall, 2))
+                local, on_ray = (summary, on_ray) if kind == "local" else (local, summary)
         load_after = os.getloadavg()
+        local_wall, ray_wall = sum(runs["local"]), sum(runs["ray"])
         result = {
             "machine": f"cpu-{platform.machine()}-{os.cpu_count()}core",
             "cpus": os.cpu_count(),
             "corpus": {"files": args.files, "seconds_each": args.seconds, "audio_seconds": local["audio_seconds"]},
             "models": "full-size WavLM-Large (6 layers run) and HiFi-GAN, random weights, fp32 on CPU",
-            "local": {"wall_seconds": round(local_wall, 2), "converted": local["converted"]},
-            "ray_local": {"wall_seconds": round(ray_wall, 2), "converted": on_ray["converted"]},
-            "ray_over_local": round(ray_wall / local_wall, 3),
+            "local": {"wall_seconds": runs["local"], "converted": local["converted"]},
+            "ray_local": {"wall_seconds": runs["ray"], "converted": on_ray["converted"]},
+            "ray_over_local": round(ray_wall / local_wall, 3),  # total Ray wall time over total local wall time
             "max_abs_difference": max_difference(root / "local", root / "ray"),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],

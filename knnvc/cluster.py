@@ -76,9 +76,8 @@ def connect(address: str) -> bool:
         logging.getLogger(name).setLevel(quiet)
     if ray.is_initialized():
         return False
-    target = None if address == "local" else address
-    try:
-        ray.init(address=target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    try:  # "local" always starts a new Ray here; "auto", HOST:PORT and ray:// join a cluster
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"cannot join the Ray cluster at {address!r}: {exc}; check the address, or use local") from exc
     return True
@@ -136,6 +135,9 @@ def run(
         _collect(rows, dict(todo), report, notify, ledger)
     except KeyboardInterrupt:
         report.interrupted = True
+    except ray.exceptions.RayError as exc:  # e.g. actors that cannot start (weights missing on a node)
+        report.stopped = _stopped(exc)
+        log.error("%s", report.stopped)
     finally:
         if ledger is not None:
             ledger.flush(force=True)
@@ -225,6 +227,15 @@ def _error(kind: str, message: str) -> KnnvcError:
     return cls(str(message)) if isinstance(cls, type) and issubclass(cls, KnnvcError) else KnnvcError(str(message))
 
 
+def _stopped(exc: BaseException) -> KnnvcError:
+    """A failed Ray job as one typed line: the knnvc error that caused it, else Ray's first line."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, KnnvcError):
+        return cause
+    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return KnnvcError(f"the Ray job stopped: {first[:300]}; finished outputs are kept, rerun to resume")
+
+
 def _collect(
     rows: Any,
     jobs: dict[int, batch.Job],
@@ -255,6 +266,7 @@ def _ray() -> Any:
     try:
         import ray
         import ray.data
+        import ray.exceptions
     except ImportError:
         raise UsageError("--ray needs the cluster extra: pip install 'knnvc[cluster]'") from None
     return ray

@@ -102,3 +102,14 @@ def test_the_library_call_and_its_errors(tmp_path: Path, voice: Path) -> None:
     on_gpus = cluster.layout({"CPU": 64.0, "GPU": 8.0}, cluster.Models("w", "v"))
     assert (on_gpus.actors, on_gpus.num_gpus, on_gpus.device) == (8, 1.0, "cuda")
     assert isinstance(cluster._error("AudioError", "x"), AudioError)
+
+
+def test_actors_that_cannot_start_stop_the_job_with_one_error(tmp_path: Path, voice: Path) -> None:
+    from knnvc.errors import WeightsError
+    from knnvc.voice import Voice
+
+    jobs = batch.plan(sources(tmp_path / "src"), tmp_path / "out", "v")
+    models = cluster.Models(str(tmp_path / "missing.pt"), str(TINY_VOCODER), device="cpu")  # absent on the "nodes"
+    report = cluster.run(jobs, Voice.load(voice), batch.DEFAULT_OPTIONS, models)
+    assert isinstance(report.stopped, WeightsError) and "missing.pt" in str(report.stopped)
+    assert report.converted == [] and not (tmp_path / "out").exists()
