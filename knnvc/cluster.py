@@ -20,6 +20,7 @@ paths must be reachable from every node (a shared file system), as must the ``kn
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,7 +233,11 @@ def _stopped(exc: BaseException) -> KnnvcError:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, KnnvcError):
         return cause
-    first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    raised = re.findall(r"knnvc\.errors\.(\w+): (.+)", text)  # an actor that died in __init__ quotes its error
+    if raised:
+        return _error(*raised[-1])
+    first = next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     return KnnvcError(f"the Ray job stopped: {first[:300]}; finished outputs are kept, rerun to resume")
 
 
