@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM
+from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from knnvc.voice import Voice
     from knnvc.windows import Progress
 
-_MODELS: dict[tuple[str, str, str, str], Any] = {}
-"""(kind, weights key, device, dtype) -> a loaded encoder or vocoder, on that device in that precision."""
+_MODELS: dict[tuple[str, str, str, str, int], Any] = {}
+"""(kind, weights key, device, dtype, depth) -> a loaded encoder (run to ``depth`` layers) or vocoder (depth 0),
+on that device in that precision."""
 
 
 def check_options(*, batch_size: int = 1) -> None:
@@ -44,15 +45,19 @@ def _weights_key(name: str | Path) -> str:
     return str(name)
 
 
-def _cached(kind: str, name: str | Path, device: str, precision: str, offline: bool | None) -> Any:
+def _cached(kind: str, name: str | Path, device: str, precision: str, offline: bool | None, depth: int = 0) -> Any:
     from knnvc.checkpoints import load_encoder, load_vocoder
     from knnvc.pipeline import resolve_device, resolve_precision
 
     dev = resolve_device(device)  # fail on a bad device or precision before any download
     dtype = resolve_precision(precision, dev)
-    key = (kind, _weights_key(name), str(dev), str(dtype))
+    key = (kind, _weights_key(name), str(dev), str(dtype), depth)
     if key not in _MODELS:
-        model = load_encoder(name, offline=offline) if kind == "wavlm" else load_vocoder(name, offline=offline)
+        model: Any
+        if kind == "wavlm":
+            model = load_encoder(name, offline=offline, depth=depth or None)
+        else:
+            model = load_vocoder(name, offline=offline)
         _MODELS[key] = model.to(dev, dtype).eval()
     return _MODELS[key]
 
@@ -65,11 +70,15 @@ def load_pipeline(
     precision: str = "auto",
     batch_size: int = 8,
     offline: bool | None = None,
+    match_layer: int = WAVLM_LAYER,
 ) -> KnnVC:
-    """A ``KnnVC`` whose encoder and vocoder come from the cache (loaded, or downloaded, on first use)."""
+    """A ``KnnVC`` whose encoder and vocoder come from the cache (loaded, or downloaded, on first use).
+
+    ``match_layer``: the deepest match layer it will be asked for; WavLM runs max(it, 6) layers.
+    """
     from knnvc.pipeline import KnnVC
 
-    encoder = _cached("wavlm", wavlm, device, precision, offline)
+    encoder = _cached("wavlm", wavlm, device, precision, offline, max(match_layer, WAVLM_LAYER))
     generator = _cached("vocoder", vocoder, device, precision, offline)
     return KnnVC(encoder, generator, device=device, precision=precision, batch_size=batch_size)
 
@@ -81,11 +90,12 @@ def load_voice_builder(
     precision: str = "auto",
     batch_size: int = 8,
     offline: bool | None = None,
+    match_layer: int = WAVLM_LAYER,
 ) -> VoiceBuilder:
-    """The encoder half only (no vocoder is loaded): enough to build and save voices."""
+    """The encoder half only (no vocoder is loaded): enough to build and save voices (run to ``match_layer``)."""
     from knnvc.pipeline import VoiceBuilder
 
-    encoder = _cached("wavlm", wavlm, device, precision, offline)
+    encoder = _cached("wavlm", wavlm, device, precision, offline, max(match_layer, WAVLM_LAYER))
     return VoiceBuilder(encoder, device=device, precision=precision, batch_size=batch_size)
 
 
@@ -105,6 +115,12 @@ def convert(
     k: int = DEFAULT_K,
     loudness: float | None = DEFAULT_LOUDNESS,
     trim: bool = True,
+    strength: float = 1.0,
+    match_layer: int = WAVLM_LAYER,
+    knn_weighting: str = "uniform",
+    morph: Voice | AudioInput | Sequence[AudioInput] | None = None,
+    morph_weight: float = 0.5,
+    morph_sample_rate: int | None = None,
     wavlm: str | Path = DEFAULT_WAVLM,
     vocoder: str | Path = DEFAULT_VOCODER,
     device: str = "auto",
@@ -123,25 +139,44 @@ def convert(
         output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default: the vocoder's
             (16 kHz for the published ones).
         k, loudness, trim: as for ``KnnVC.convert`` (``loudness=None`` keeps the vocoder's level).
+        strength, match_layer, knn_weighting, morph_weight: the controls of ``knnvc.options.ConvertOptions``.
+        morph: a second voice (a ``Voice``, a ``.voice`` file or reference audio, arrays with
+            ``morph_sample_rate``): the result is ``(1 - morph_weight) * kNN(reference) + morph_weight *
+            kNN(morph)`` before the strength blend.
         wavlm, vocoder, device, precision, batch_size, offline: as for ``KnnVC.from_pretrained``.
         progress: ``progress(stage, done, total)`` over the windows of long audio.
 
     Returns:
         (N,) float32 at ``output_sample_rate``, as long as the source.
     """
+    from dataclasses import replace
+
     from knnvc import audio
     from knnvc.options import ConvertOptions
 
-    options = ConvertOptions(k=k, loudness=loudness, trim=trim, output_sample_rate=output_sample_rate)
+    options = ConvertOptions(
+        k=k,
+        loudness=loudness,
+        trim=trim,
+        output_sample_rate=output_sample_rate,
+        strength=strength,
+        match_layer=match_layer,
+        knn_weighting=knn_weighting,
+        morph_weight=morph_weight,
+    )
     check_options(batch_size=batch_size)
     if output is not None and Path(output).suffix.lower() not in audio.OUTPUT_FORMATS:
         raise UsageError(f"{output}: output files end in {', '.join(audio.OUTPUT_FORMATS)}")
     if sample_rate is None and not isinstance(source, (str, os.PathLike)):
         raise UsageError("an in-memory source (array or tensor) needs its sample_rate")
     vc = load_pipeline(
-        wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline
-    )
-    voice = vc.voice_from(reference, trim=trim, sample_rate=reference_sample_rate)
+        wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline,
+        match_layer=match_layer,
+    )  # fmt: skip
+    voice = vc.voice_from(reference, trim=trim, sample_rate=reference_sample_rate, match_layer=match_layer)
+    if morph is not None:
+        second = vc.voice_from(morph, trim=trim, sample_rate=morph_sample_rate, match_layer=match_layer)
+        options = replace(options, morph=second)
     wav = vc.convert(source, voice, options, sample_rate=sample_rate, progress=progress)
     if output is not None:
         rate = vc.output_rate(options)

@@ -8,12 +8,9 @@ silero-vad (see ``knnvc.vad`` for why it replaces the original's sox VAD). Nothi
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +19,14 @@ import soundfile as sf
 import soxr
 
 from knnvc.constants import SAMPLE_RATE
-from knnvc.errors import AudioError, DiskFullError, OutputError
+from knnvc.decode import AUDIO_EXTENSIONS as AUDIO_EXTENSIONS  # re-exported: decoding is part of the front end
+from knnvc.decode import RESAMPLE_QUALITY, downmix
+from knnvc.decode import duration_seconds as duration_seconds
+from knnvc.decode import header as header
+from knnvc.decode import load as load
+from knnvc.decode import native_rate as native_rate
+from knnvc.errors import AudioError, OutputError
+from knnvc.files import write_atomically, write_error
 from knnvc.loudness import PEAK_CEILING as PEAK_CEILING  # re-exported: loudness is part of the front end
 from knnvc.loudness import loudness_lufs as loudness_lufs
 from knnvc.loudness import normalise_loudness as normalise_loudness
@@ -33,15 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = sf.available_formats()
-AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    {".wav", ".flac", ".ogg", ".oga"}
-    | ({".mp3"} if "MP3" in _FORMATS else set())
-    | ({".aif", ".aiff"} if "AIFF" in _FORMATS else set())
-    | ({".opus"} if "OPUS" in sf.available_subtypes("OGG") else set())
-)
-"""File extensions (lower case, with the dot) that ``load`` and ``audio_files`` accept."""
-
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
     ".wav": ("WAV", "PCM_16"),
     ".flac": ("FLAC", "PCM_24"),
@@ -50,113 +45,7 @@ OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
 """Output extension -> (libsndfile format, subtype) used by ``save``."""
 
 MAX_CHANNELS = 8  # in-memory arrays: the channel axis is the smaller one and holds at most this many
-RESAMPLE_QUALITY = "HQ"  # soxr: 20-bit precision, linear phase
 TRIM_MARGIN_S = 0.1  # s of audio kept before the first and after the last detected speech
-READ_BLOCK = 1 << 17  # frames decoded at a time by ``load`` (bounds its memory for long files)
-MIN_INPUT_RATE = 1_000  # Hz: lower rates in a header are taken as corruption (and would blow up on resampling)
-MAX_INPUT_RATE = 1_000_000  # Hz
-
-
-def load(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
-    """Decode an audio file to mono at ``sample_rate``, in bounded memory.
-
-    Any libsndfile format and subtype (integer or float), any channel count (averaged), any rate from
-    ``MIN_INPUT_RATE`` to ``MAX_INPUT_RATE`` (soxr). The file is decoded, downmixed and resampled in blocks of
-    ``READ_BLOCK`` frames, so the peak memory is about the output array plus a few blocks, however long or
-    wide the file (a 1-hour 44.1 kHz stereo file never exists in memory at its own rate).
-
-    Args:
-        min_samples: fewest samples (at ``sample_rate``) the caller can use; fewer raises ``AudioError``.
-
-    Returns:
-        (N,) float32, C-contiguous, at ``sample_rate`` Hz; bit-identical to a one-shot decode and resample.
-
-    Raises:
-        AudioError: missing path, a folder, unreadable or corrupt data, no samples, too few samples, NaN/Inf
-            samples, a sample rate outside the accepted range.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise AudioError(f"{path} is a folder, not an audio file; give a file inside it")
-    try:
-        with sf.SoundFile(_native(path)) as file:
-            frames_read, wav = _decode(file, path, sample_rate)
-    except sf.LibsndfileError as exc:
-        raise AudioError(
-            f"cannot decode {path} ({exc.error_string.rstrip('.')}); if it is audio, it is damaged: "
-            "re-export it as WAV or FLAC"
-        ) from exc
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
-    except MemoryError as exc:
-        raise AudioError(f"{path} is too long to decode in this machine's memory; split it into parts") from exc
-    if frames_read == 0:
-        raise AudioError(f"{path} contains no audio samples; record or export it again")
-    if wav.shape[0] < min_samples:
-        raise AudioError(
-            f"{path} is too short ({1000 * wav.shape[0] / sample_rate:.1f} ms); "
-            f"give at least {1000 * min_samples / sample_rate:g} ms of audio"
-        )
-    return wav
-
-
-def _decode(file: sf.SoundFile, path: Path, sample_rate: int) -> tuple[int, np.ndarray]:
-    """Read ``file`` block by block: check, downmix, resample. Returns (frames read, (N,) float32)."""
-    rate = int(file.samplerate)
-    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
-        raise AudioError(
-            f"{path} says its sample rate is {rate} Hz, outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz; "
-            "its header is probably corrupt: re-export it"
-        )
-    logger.debug("decoding %s: %d frames x %d channels at %d Hz", path, file.frames, file.channels, rate)
-    stream = None
-    if rate != sample_rate:
-        stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
-    out = _Growable(round(max(file.frames, 0) * sample_rate / rate) + 1)
-    frames_read = 0
-    for block in file.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True):
-        if not np.isfinite(block).all():
-            raise AudioError(f"{path} contains NaN or infinite samples; re-export it as PCM WAV or FLAC")
-        frames_read += block.shape[0]
-        mono = _downmix(block)
-        out.append(mono if stream is None else stream.resample_chunk(mono))
-    if stream is not None:
-        out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    return frames_read, out.array()
-
-
-class _Growable:
-    """A float32 buffer filled by appending blocks: preallocated from an estimate, doubled when it is short."""
-
-    def __init__(self, capacity: int) -> None:
-        self.data = np.empty(max(capacity, 1), dtype=np.float32)
-        self.size = 0
-
-    def append(self, block: np.ndarray) -> None:
-        end = self.size + block.shape[0]
-        if end > self.data.shape[0]:
-            grown = np.empty(max(end, 2 * self.data.shape[0]), dtype=np.float32)
-            grown[: self.size] = self.data[: self.size]
-            self.data = grown
-        self.data[self.size : end] = block
-        self.size = end
-
-    def array(self) -> np.ndarray:
-        """The samples appended, without the unused tail (copied only when that tail is large)."""
-        if self.data.shape[0] - self.size > max(1024, self.size // 64):
-            return self.data[: self.size].copy()
-        return self.data[: self.size]
-
-
-def duration_seconds(path: str | os.PathLike[str]) -> float:
-    """Duration of an audio file in seconds, read from its header (no decoding). Raises AudioError."""
-    try:
-        info = sf.info(_native(Path(path)))
-    except (sf.LibsndfileError, OSError, RuntimeError) as exc:
-        raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
-    return float(info.frames) / float(info.samplerate)
 
 
 def to_mono_16k(audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
@@ -197,7 +86,7 @@ def to_mono_16k(audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarra
         raise AudioError("the audio contains no samples")
     if not np.isfinite(frames).all():
         raise AudioError("the audio contains NaN or infinite samples")
-    return resample(_downmix(frames), int(sample_rate), SAMPLE_RATE)
+    return resample(downmix(frames), int(sample_rate), SAMPLE_RATE)
 
 
 def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -250,23 +139,16 @@ def save(
     if data.ndim != 1 or not np.isfinite(data).all():
         raise OutputError(f"cannot write {path}: the audio must be 1-D with finite samples")
     data = np.clip(resample(data, source_rate, sample_rate), -1.0, 1.0)
-    tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"  # hidden: folder listings skip it
+    buffer = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
+        path.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before encoding
         sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
-        with open(tmp, "xb") as file:
-            file.write(buffer.getbuffer())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError | sf.LibsndfileError):
-            raise _write_failure(path, exc) from exc
-        raise  # KeyboardInterrupt, SystemExit...: the temporary file is gone, the final name untouched
-    _fsync_folder(path.parent)
+        write_atomically(path, buffer.getbuffer())
+    except sf.LibsndfileError as exc:
+        why = exc.error_string
+        raise OutputError(f"cannot encode {path}: {why}; try another output format or sample rate") from exc
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     logger.debug("wrote %s (%d samples at %d Hz)", path, data.shape[0], sample_rate)
     return path
 
@@ -291,22 +173,6 @@ def audio_files(folder: str | os.PathLike[str]) -> list[Path]:
         and p.is_file()
     ]
     return sorted(found)
-
-
-def _native(path: Path) -> str | bytes:
-    """The path as libsndfile takes it: bytes on POSIX, so that names which are not valid UTF-8 open too."""
-    return str(path) if os.name == "nt" else os.fsencode(path)
-
-
-def _downmix(frames: np.ndarray) -> np.ndarray:
-    """(N, C) float -> (N,) float32 by the mean over channels (mono passes through untouched)."""
-    if frames.shape[1] == 1:
-        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
-    total = frames[:, 0].astype(np.float64)  # a loop over channels: 10x faster than mean(axis=1) on (N, C)
-    for channel in range(1, frames.shape[1]):
-        total += frames[:, channel]
-    total /= frames.shape[1]
-    return total.astype(np.float32)
 
 
 def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -340,34 +206,3 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
         offset = half if array.dtype.kind == "u" else 0.0
         return ((array.astype(np.float64) - offset) / half).astype(np.float32)
     raise AudioError(f"audio samples must be float or integer PCM, got {array.dtype}")
-
-
-def _write_failure(path: Path, exc: BaseException) -> OutputError:
-    """The error for a failed write of ``path``: one line saying why, and what to do."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"cannot write {path}: the disk is full; free some space or choose another folder")
-    return OutputError(_write_problem(path, exc))
-
-
-def _write_problem(path: Path, exc: BaseException) -> str:
-    if isinstance(exc, PermissionError):
-        return f"cannot write {path}: permission denied; choose a folder you can write to"
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return f"cannot write {path}: the file system is read-only; choose a folder you can write to"
-    if isinstance(exc, IsADirectoryError):
-        return f"cannot write {path}: it is a folder; give a file name"
-    if isinstance(exc, NotADirectoryError | FileExistsError):
-        return f"cannot write {path}: a part of its folder path is a file; choose another folder"
-    if isinstance(exc, sf.LibsndfileError):
-        return f"cannot encode {path}: {exc.error_string}; try another output format or sample rate"
-    return f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; check the folder and the disk"
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort; not possible on every platform)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -321,6 +321,7 @@ def run(
     """
     report, todo, notify = begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
     rate = vc.output_rate(options)
+    voice, options = vc.voices_for(voice, options)  # the match layer's frames, rebuilt once if a voice lacks them
     started = time.perf_counter()
     with Overlap(vc, rate) as overlap:
         try:

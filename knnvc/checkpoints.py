@@ -1,11 +1,15 @@
-"""Build models from weight files: the original and Hugging Face WavLM formats, and the published vocoders.
+"""Turn weight files into models: the original and Hugging Face WavLM formats, and the published vocoders.
 
-``knnvc.weights`` finds the files (registry, cache, download); this module turns them into modules, with strict
-key matching so that a partial or foreign checkpoint fails loudly instead of running with random weights.
+``knnvc.weights`` finds the files (registry, cache, download); this module reads them (``torch.load`` with
+``weights_only=True`` only), converts the original WavLM layout (``{'cfg': ..., 'model': ...}``, as
+``WavLM-Large.pt``) to transformers' ``WavLMModel`` names, and builds the modules, with strict key matching
+so that a partial or foreign checkpoint fails loudly instead of running with random weights. The model itself
+always comes from ``transformers.WavLMModel`` (we never copy model code).
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from pathlib import Path
@@ -17,12 +21,127 @@ from transformers.utils import logging as hf_logging
 
 from knnvc.constants import WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder
-from knnvc.errors import WeightsError
-from knnvc.wavlm_convert import convert_original_state_dict, hf_config_from_original
-from knnvc.weights import load_checkpoint, resolve_vocoder, resolve_wavlm
-from vocoder import Generator, VocoderLoadError, load_generator
+from knnvc.errors import UsageError, WeightsError
+from knnvc.weights import resolve_vocoder, resolve_wavlm
+from vocoder import Generator, UnsafeCheckpointError, VocoderLoadError, load_generator, read_checkpoint
 
 log = logging.getLogger(__name__)
+
+# Defaults of the original WavLM code for keys a checkpoint's cfg may omit (see tests/fixtures/README.md).
+ORIGINAL_DEFAULTS: dict[str, Any] = {
+    "extractor_mode": "default",
+    "encoder_layers": 12,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "activation_fn": "gelu",
+    "layer_norm_first": False,
+    "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    "conv_bias": False,
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "relative_position_embedding": False,
+    "num_buckets": 320,
+    "max_distance": 1280,
+    "gru_rel_pos": False,
+    "normalize": False,
+}
+
+# Original module names -> transformers' names, applied in order to each key.
+_RENAMES: list[tuple[str, str]] = [
+    (r"^mask_emb$", "masked_spec_embed"),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
+    (r"^feature_extractor\.conv_layers\.(\d+)\.2\.1\.", r"feature_extractor.conv_layers.\1.layer_norm."),
+    (r"^feature_extractor\.conv_layers\.0\.2\.", "feature_extractor.conv_layers.0.layer_norm."),
+    (r"^layer_norm\.", "feature_projection.layer_norm."),
+    (r"^post_extract_proj\.", "feature_projection.projection."),
+    (r"^encoder\.pos_conv\.0\.weight_g$", "encoder.pos_conv_embed.conv.parametrizations.weight.original0"),
+    (r"^encoder\.pos_conv\.0\.weight_v$", "encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+    (r"^encoder\.pos_conv\.0\.bias$", "encoder.pos_conv_embed.conv.bias"),
+    (r"\.self_attn\.grep_a$", ".attention.gru_rel_pos_const"),
+    (r"\.self_attn\.grep_linear\.", ".attention.gru_rel_pos_linear."),
+    (r"\.self_attn\.relative_attention_bias\.", ".attention.rel_attn_embed."),
+    (r"\.self_attn\.(q|k|v|out)_proj\.", r".attention.\1_proj."),
+    (r"\.self_attn_layer_norm\.", ".layer_norm."),
+    (r"\.fc1\.", ".feed_forward.intermediate_dense."),
+    (r"\.fc2\.", ".feed_forward.output_dense."),
+]
+_COMPILED = [(re.compile(pattern), repl) for pattern, repl in _RENAMES]
+
+
+def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
+    """Evaluate a ``conv_feature_layers`` string such as ``"[(512,10,5)] + [(512,3,2)] * 4"`` safely.
+
+    Only list/tuple literals of integers combined with ``+`` and ``*`` are allowed; nothing is executed.
+    """
+
+    def walk(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [walk(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = walk(node.left), walk(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise WeightsError(f"unsupported conv_feature_layers expression: {spec!r}")
+
+    try:
+        layers = walk(ast.parse(spec, mode="eval"))
+    except SyntaxError as exc:
+        raise WeightsError(f"cannot parse conv_feature_layers {spec!r}: {exc}") from exc
+    if not isinstance(layers, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
+        raise WeightsError(f"conv_feature_layers must be a list of (channels, kernel, stride): {spec!r}")
+    return [(int(c), int(k), int(s)) for c, k, s in layers]
+
+
+def hf_config_from_original(cfg: dict[str, Any]) -> WavLMConfig:
+    """Translate an original WavLM ``cfg`` dict into a transformers ``WavLMConfig``."""
+    full = {**ORIGINAL_DEFAULTS, **cfg}
+    if not full["relative_position_embedding"] or not full["gru_rel_pos"]:
+        raise WeightsError(
+            "this WavLM checkpoint has no gated relative position bias; transformers' WavLMModel (and kNN-VC) "
+            "need relative_position_embedding and gru_rel_pos"
+        )
+    conv = parse_conv_layers(full["conv_feature_layers"])
+    return WavLMConfig(
+        conv_dim=[c for c, _, _ in conv],
+        conv_kernel=[k for _, k, _ in conv],
+        conv_stride=[s for _, _, s in conv],
+        conv_bias=bool(full["conv_bias"]),
+        feat_extract_norm="layer" if full["extractor_mode"] == "layer_norm" else "group",
+        feat_extract_activation="gelu",
+        hidden_size=int(full["encoder_embed_dim"]),
+        num_hidden_layers=int(full["encoder_layers"]),
+        num_attention_heads=int(full["encoder_attention_heads"]),
+        intermediate_size=int(full["encoder_ffn_embed_dim"]),
+        hidden_act=str(full["activation_fn"]),
+        do_stable_layer_norm=bool(full["layer_norm_first"]),
+        num_conv_pos_embeddings=int(full["conv_pos"]),
+        num_conv_pos_embedding_groups=int(full["conv_pos_groups"]),
+        num_buckets=int(full["num_buckets"]),
+        max_bucket_distance=int(full["max_distance"]),
+        layer_norm_eps=1e-5,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+    )
+
+
+def rename_original_key(key: str) -> str:
+    """Map one original WavLM state-dict key to transformers' name."""
+    for pattern, repl in _COMPILED:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename every key of an original WavLM state dict to transformers' ``WavLMModel`` names."""
+    return {rename_original_key(k): v for k, v in state.items()}
 
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
 
@@ -47,6 +166,17 @@ def _check_keys(name: str, expected: dict[str, torch.Size], got: dict[str, torch
         problems.append(f"{len(wrong)} shape mismatches (first: {k} {tuple(got[k].shape)} vs {tuple(expected[k])})")
     if problems:
         raise WeightsError(f"{name}: not a WavLM checkpoint of the layout its config describes: {'; '.join(problems)}")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A dict checkpoint read on CPU with ``torch.load(weights_only=True)`` (``vocoder.read_checkpoint``, the
+    one place anything is unpickled): pickled code is refused."""
+    try:
+        return read_checkpoint(path, "cpu")
+    except UnsafeCheckpointError as exc:
+        raise WeightsError(f"{exc}; refused: use a checkpoint of plain tensors from a source you trust") from exc
+    except VocoderLoadError as exc:
+        raise WeightsError(f"{exc}; download it again (delete the file first) or check the path") from exc
 
 
 def read_original(path: Path) -> tuple[WavLMConfig, dict[str, torch.Tensor]]:
@@ -75,24 +205,40 @@ def wavlm_model(config: WavLMConfig, state: dict[str, torch.Tensor], layers: int
     return model.float()
 
 
-def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``)."""
+def check_depth(name: str, num_layers: int, layer: int, depth: int) -> None:
+    """Refuse a checkpoint too shallow for kNN-VC (``WeightsError``) or for a deeper match layer (``UsageError``)."""
+    if num_layers < layer:
+        raise WeightsError(f"{name}: has {num_layers} layers, kNN-VC needs {layer}")
+    if num_layers < depth:
+        raise UsageError(f"match layer {depth}: {name} has {num_layers} layers; choose a match layer of 1-{num_layers}")
+
+
+def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER, depth: int | None = None) -> WavLMEncoder:
+    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``).
+
+    ``depth``: transformer layers to build and run (default ``layer``), for a deeper match layer.
+    """
     config, state = read_original(path)
-    return WavLMEncoder(wavlm_model(config, state, layer), name=str(path), layer=layer)
+    depth = max(layer, depth or layer)
+    num_layers = int(config.num_hidden_layers)
+    check_depth(str(path), num_layers, layer, depth)
+    model = wavlm_model(config, state, depth)
+    return WavLMEncoder(model, name=str(path), layer=layer, depth=depth, num_layers=num_layers)
 
 
-def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load a Hugging Face ``WavLMModel`` folder, building only the first ``layer`` transformer layers."""
+def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER, depth: int | None = None) -> WavLMEncoder:
+    """Load a Hugging Face ``WavLMModel`` folder, building only the first ``depth`` (default ``layer``) layers."""
     config = WavLMConfig.from_pretrained(location)
-    if config.num_hidden_layers < layer:
-        raise WeightsError(f"{name}: has {config.num_hidden_layers} layers, kNN-VC needs {layer}")
+    num_layers = int(config.num_hidden_layers)
+    layer_count = max(layer, depth or layer)
+    check_depth(name, num_layers, layer, layer_count)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused deeper layers are expected; strictness is checked below
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         loaded: Any = WavLMModel.from_pretrained(
-            location, num_hidden_layers=layer, output_loading_info=True, dtype=torch.float32
+            location, num_hidden_layers=layer_count, output_loading_info=True, dtype=torch.float32
         )
         model: WavLMModel = loaded[0]
         info: dict[str, list[Any]] = loaded[1]
@@ -102,20 +248,26 @@ def wavlm_from_hf(location: Path, name: str, layer: int = WAVLM_LAYER) -> WavLME
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    unexpected = [k for k in info["unexpected_keys"] if _keep_key(k, layer)]
+    unexpected = [k for k in info["unexpected_keys"] if _keep_key(k, layer_count)]
     problems = list(info["missing_keys"]) + unexpected + [str(m) for m in info.get("mismatched_keys", [])]
     if problems:
         raise WeightsError(f"{name}: weights do not match WavLMModel strictly: {sorted(problems)[:5]}")
-    return WavLMEncoder(model.float(), name=name, layer=layer)
+    return WavLMEncoder(model.float(), name=name, layer=layer, depth=layer_count, num_layers=num_layers)
 
 
-def load_encoder(id_or_path: str | Path, *, offline: bool | None = None, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load WavLM from a hub id, a local HF folder or an original-format ``.pt`` file; on CPU, fp32."""
+def load_encoder(
+    id_or_path: str | Path, *, offline: bool | None = None, layer: int = WAVLM_LAYER, depth: int | None = None
+) -> WavLMEncoder:
+    """Load WavLM from a hub id, a local HF folder or an original-format ``.pt`` file; on CPU, fp32.
+
+    ``depth``: transformer layers to run (default ``layer``, 6); a deeper match layer needs that many. A depth
+    the checkpoint lacks is a ``UsageError`` raised before the model is built.
+    """
     location = resolve_wavlm(id_or_path, offline=offline)
     location = Path(location)
     if location.is_file():
-        return wavlm_from_original(location, layer)
-    return wavlm_from_hf(location, name=str(id_or_path), layer=layer)
+        return wavlm_from_original(location, layer, depth)
+    return wavlm_from_hf(location, name=str(id_or_path), layer=layer, depth=depth)
 
 
 def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progress: Any = None) -> Generator:

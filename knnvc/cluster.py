@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knnvc import audio, batch, errors
+from knnvc.constants import WAVLM_LAYER
 from knnvc.errors import DiskFullError, KnnvcError, UsageError
 from knnvc.options import ConvertOptions
 
@@ -53,6 +54,7 @@ class Models:
     precision: str = "auto"
     batch_size: int = 8
     offline: bool | None = None
+    match_layer: int = WAVLM_LAYER  # the deepest WavLM layer the options match on
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ class Converter:
         self.voice: Voice = ray.get(voice[0])
         self.options = options
         self.vc = api.load_pipeline(models.wavlm, models.vocoder, device=plan.device, precision=models.precision,
-                                    batch_size=models.batch_size, offline=models.offline)  # fmt: skip
+                                    batch_size=models.batch_size, offline=models.offline,
+                                    match_layer=models.match_layer)  # fmt: skip
         self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
         self.rate = self.vc.output_rate(options)
 

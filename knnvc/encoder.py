@@ -1,6 +1,7 @@
-"""WavLM up to transformer layer 6: raw 16 kHz waveform in, (T, D) frames at 50 Hz out.
+"""WavLM up to transformer layer 6 (or deeper): raw 16 kHz waveform in, (T, D) frames at 50 Hz out.
 
-The model is transformers' ``WavLMModel`` cut to its first 6 transformer layers. With the pre-LN ("stable layer
+The model is transformers' ``WavLMModel`` cut to its first 6 transformer layers (``depth``; deeper when a match
+layer asks for it, ``knnvc.options.ConvertOptions.match_layer``). With the pre-LN ("stable layer
 norm") encoder of WavLM-Large the encoder's final layer norm is replaced by the identity, so the model's last
 hidden state is exactly ``hidden_states[6]`` of the full model: the output of the 6th transformer block, which
 is what kNN-VC matches on. The waveform goes in raw, never layer-normalised, as the published vocoder expects.
@@ -10,11 +11,11 @@ This module does no file I/O: ``knnvc.checkpoints`` builds the model from files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -24,8 +25,11 @@ from transformers import WavLMModel
 
 from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
 from knnvc.errors import AudioError
+from knnvc.files import sha256
 
 log = logging.getLogger(__name__)
+
+_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
 
 
 def num_frames(num_samples: int) -> int:
@@ -89,31 +93,56 @@ def use_fused_attention(model: WavLMModel) -> None:
         attention.torch_multi_head_self_attention = types.MethodType(_fused_attention, attention)
 
 
-def fingerprint(model: nn.Module) -> str:
+def fingerprint(model: nn.Module, layers: int = WAVLM_LAYER) -> str:
     """A short, stable hash of the weights, used to refuse voices built with another encoder.
 
-    Hashes every tensor's name and shape and a strided sample of its values (fast even at full size).
+    Hashes every tensor's name and shape and a strided sample of its values (fast even at full size), up to
+    transformer layer ``layers``: the same weights give the same fingerprint however deep the model was cut.
     """
-    digest = hashlib.sha256()
+    return sha256(_fingerprint_parts(model, layers))[:16]
+
+
+def _fingerprint_parts(model: nn.Module, layers: int) -> Iterator[bytes]:
+    """Per tensor up to transformer layer ``layers``, sorted by name: its name, shape and ~256 values (fp32)."""
     for name, tensor in sorted(model.state_dict().items()):
+        found = _LAYER_KEY.match(name)
+        if found is not None and int(found.group(1)) >= layers:
+            continue
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
-        sample = flat[::step].to("cpu", torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+        yield name.encode()
+        yield str(tuple(tensor.shape)).encode()
+        yield flat[::step].to("cpu", torch.float32).contiguous().numpy().tobytes()
 
 
 class WavLMEncoder(nn.Module):
-    """Layer-6 WavLM features. ``name`` says where the weights came from; ``fingerprint`` identifies them."""
+    """Layer-6 WavLM features. ``name`` says where the weights came from; ``fingerprint`` identifies them.
 
-    def __init__(self, model: WavLMModel, name: str, layer: int = WAVLM_LAYER) -> None:
+    Args:
+        model: a ``WavLMModel`` with at least ``depth`` transformer layers.
+        name: where the weights came from, for messages.
+        layer: the layer ``encode`` returns by default (6: what the vocoder was trained on).
+        depth: transformer layers kept and run (default ``layer``); ``encode_batch(..., layers=)`` can return
+            any layer up to it.
+        num_layers: layers the checkpoint has (default: the model's), for messages about deeper layers.
+    """
+
+    def __init__(
+        self,
+        model: WavLMModel,
+        name: str,
+        layer: int = WAVLM_LAYER,
+        *,
+        depth: int | None = None,
+        num_layers: int | None = None,
+    ) -> None:
         super().__init__()
-        self.model = truncate_wavlm(model, layer)
+        self.num_layers = num_layers or len(model.encoder.layers)
+        self.depth = max(layer, depth or layer)
+        self.model = truncate_wavlm(model, self.depth)
         # Hash the weights as stored, before folding weight norm: the folded values depend on the reduction
         # order of the thread count in use, and a voice must stay compatible across machines.
-        self.fingerprint = fingerprint(self.model)
+        self.fingerprint = fingerprint(self.model, min(self.depth, WAVLM_LAYER))
         fold_weight_norm(self.model)
         use_fused_attention(self.model)
         self.name = name
@@ -132,17 +161,29 @@ class WavLMEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def check_layers(self, layers: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless every layer is within 1..depth (the layers this encoder runs)."""
+        for layer in layers:
+            if not 1 <= layer <= self.depth:
+                raise ValueError(f"layer {layer} is not within 1..{self.depth}, the layers this encoder runs")
+
+    def forward(
+        self, wavs: Tensor, lengths: Tensor | None = None, layers: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Encode a right-padded batch.
 
         Args:
             wavs: (B, N) raw waveforms at 16 kHz, zero-padded on the right.
             lengths: (B,) valid samples per item; ``None`` means every item fills N.
+            layers: the layers to return (default: ``(self.layer,)``), each within 1..depth.
 
         Returns:
-            features (B, T, D) at 50 Hz, and (B,) valid frames per item. Frames past an item's valid count
-            are padding and carry no meaning.
+            features (B, T, len(layers) * D) at 50 Hz, the layers side by side in the order asked (split them
+            with ``split_layers``), and (B,) valid frames per item. Frames past an item's valid count are
+            padding and carry no meaning.
         """
+        layers = tuple(layers or (self.layer,))
+        self.check_layers(layers)
         batch, total = wavs.shape
         if lengths is None:
             lengths = torch.full((batch,), total, dtype=torch.long, device=wavs.device)
@@ -154,18 +195,22 @@ class WavLMEncoder(nn.Module):
         with warnings.catch_warnings():
             # torch warns that transformers mixes a bool padding mask with a float position bias; it is exact.
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
-            out = self.model(wavs.to(self.dtype), attention_mask=mask)
-        return out.last_hidden_state, frames
+            if layers == (self.depth,):
+                return self.model(wavs.to(self.dtype), attention_mask=mask).last_hidden_state, frames
+            out = self.model(wavs.to(self.dtype), attention_mask=mask, output_hidden_states=True)
+        # hidden_states[i] is block i's output (the final layer norm is the identity, see truncate_wavlm)
+        return torch.cat([out.hidden_states[i] for i in layers], dim=-1), frames
 
     @torch.inference_mode()
-    def encode_batch(self, wavs: Sequence[Tensor]) -> list[Tensor]:
+    def encode_batch(self, wavs: Sequence[Tensor], layers: Sequence[int] | None = None) -> list[Tensor]:
         """Encode several 1-D waveforms at once; each result equals encoding that waveform alone.
 
         Args:
             wavs: 1-D raw waveforms at 16 kHz, each at least 400 samples (25 ms).
+            layers: layers to return side by side (default: ``(self.layer,)``), as for ``forward``.
 
         Returns:
-            one (T_i, D) tensor at 50 Hz per input, on the encoder's device.
+            one (T_i, len(layers) * D) tensor at 50 Hz per input, on the encoder's device.
         """
         if not wavs:
             return []
@@ -184,9 +229,40 @@ class WavLMEncoder(nn.Module):
         for i, wav in enumerate(wavs):
             padded[i, : wav.numel()] = wav
         padded = padded.to(self.device, non_blocking=on_gpu)
-        feats, frames = self(padded, lengths.to(self.device))
+        feats, frames = self(padded, lengths.to(self.device), layers)
         return [feats[i, : int(frames[i])] for i in range(len(wavs))]
 
-    def encode(self, wav: Tensor) -> Tensor:
-        """Encode one raw waveform: (N,) at 16 kHz -> (T, D) at 50 Hz, T = (N - 400) // 320 + 1."""
-        return self.encode_batch([wav])[0]
+    @property
+    def frame_local_frontend(self) -> bool:
+        """Whether ``frontend`` frames depend only on their own 400 samples (layer-norm conv stack, as Large)."""
+        return str(self.model.config.feat_extract_norm) == "layer"
+
+    @torch.inference_mode()
+    def frontend(self, wav: Tensor) -> Tensor:
+        """The per-frame half of the encoder (conv stack + projection): (N,) raw 16 kHz -> (T, D), T = num_frames(N).
+
+        With ``frame_local_frontend``, frame t depends only on samples [320 t, 320 t + 400), so the frames of
+        overlapping spans are equal and a stream computes each once (``knnvc.stream``).
+        """
+        feats = self.model.feature_extractor(wav.to(self.device, self.dtype)[None]).transpose(1, 2)
+        hidden, _ = self.model.feature_projection(feats)
+        return hidden[0]
+
+    @torch.inference_mode()
+    def contextualise(self, hidden: Tensor, layers: Sequence[int] | None = None) -> Tensor:
+        """The other half: (T, D) ``frontend`` frames -> (T, len(layers) * D), as ``encode`` of their samples."""
+        layers = tuple(layers or (self.layer,))
+        self.check_layers(layers)
+        if layers == (self.depth,):
+            return self.model.encoder(hidden[None]).last_hidden_state[0]
+        out = self.model.encoder(hidden[None], output_hidden_states=True)
+        return torch.cat([out.hidden_states[i][0] for i in layers], dim=-1)
+
+    def encode(self, wav: Tensor, layers: Sequence[int] | None = None) -> Tensor:
+        """Encode one raw waveform: (N,) at 16 kHz -> (T, len(layers) * D) at 50 Hz, T = (N - 400) // 320 + 1."""
+        return self.encode_batch([wav], layers)[0]
+
+
+def split_layers(features: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+    """Side-by-side layers (T, len(layers) * D), as ``encode_batch`` returns them -> {layer: (T, D)}."""
+    return dict(zip(layers, features.chunk(len(layers), dim=-1), strict=True))

@@ -8,11 +8,13 @@ the whole signal in float64 several times over, about 2 GB for an hour at 16 kHz
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import numpy as np
-from scipy.signal import lfilter
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
+from scipy.signal import firwin, lfilter, upfirdn
 
 from knnvc.constants import DEFAULT_LOUDNESS, SAMPLE_RATE
 from knnvc.errors import AudioError
@@ -24,7 +26,12 @@ STEP_S = 0.1  # s: block hop (75 % overlap)
 ABSOLUTE_GATE = -70.0  # LUFS
 RELATIVE_GATE = -10.0  # LU below the absolutely gated loudness
 CHUNK = 1 << 18  # samples filtered at a time (about 16 s at 16 kHz)
-PEAK_CEILING = 10 ** (-1 / 20)  # -1 dBFS (0.891): sample-peak guard after loudness gain (EBU R128 headroom)
+PEAK_CEILING = 10 ** (-1 / 20)  # -1 dBTP (0.891): true-peak ceiling of the limiter (EBU R128 headroom)
+TRUE_PEAK_OVERSAMPLE = 4  # BS.1770-4 Annex 2: true peak measured on the signal oversampled 4x
+LIMITER_HOLD_S = 0.005  # s: look-ahead and hold of the limiter on each side of a peak
+MAX_LIMITING_DB = 12.0  # dB: deepest gain reduction the limiter may apply to reach the loudness target
+LOUDNESS_TOLERANCE = 0.2  # LU: the gain is refined until the output is this close to the target
+LIMITER_ROUNDS = 5  # gain corrections at most (each reruns the limiter)
 
 
 def _biquad(kind: str, gain_db: float, q: float, fc: float, rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +116,61 @@ def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return integrated_loudness(data, sample_rate)
 
 
+@functools.cache
+def _interpolator(oversample: int) -> np.ndarray:
+    """A Nyquist low-pass FIR at ``oversample`` times the rate: 12 taps a phase, phase 0 the samples themselves."""
+    taps = 12 * oversample + 1  # odd: centred on a sample, so the other phases are the in-between points
+    return (firwin(taps, 1.0 / oversample) * oversample).astype(np.float32)
+
+
+def true_peak_envelope(wav: np.ndarray, oversample: int = TRUE_PEAK_OVERSAMPLE) -> np.ndarray:
+    """(N,) float32: for each sample, the largest magnitude of the signal ``oversample`` times oversampled
+    between it and the next (BS.1770-4 Annex 2's true peak, per sample); never below the sample's own
+    magnitude. Computed chunk by chunk."""
+    h = _interpolator(oversample)
+    half = len(h) // 2
+    margin = half // oversample + 1
+    data = np.asarray(wav, dtype=np.float32)
+    env = np.abs(data)
+    for start in range(0, len(data), CHUNK):
+        stop = min(len(data), start + CHUNK)
+        lo, hi = max(0, start - margin), min(len(data), stop + margin)
+        up = upfirdn(h, data[lo:hi], oversample)
+        for phase in range(1, oversample):
+            between = up[half + phase :: oversample][start - lo : stop - lo]
+            np.maximum(env[start:stop], np.abs(between), out=env[start:stop])
+    return env
+
+
+def limit_true_peak(wav: np.ndarray, ceiling: float = PEAK_CEILING, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A look-ahead true-peak limiter: (N,) float32 gains <= 1 that keep ``gains * wav`` under ``ceiling``."""
+    return _limiter_gains(true_peak_envelope(wav), 1.0, ceiling, sample_rate)
+
+
+def _limiter_gains(envelope: np.ndarray, gain: float, ceiling: float, sample_rate: int) -> np.ndarray:
+    """Limiter gains for a signal whose true-peak envelope is ``gain * envelope``.
+
+    Where the envelope passes the ceiling, the gain needed there is held over ``LIMITER_HOLD_S`` on each side
+    (a sliding minimum) and smoothed by a moving average half as wide, so the gain is at or below the need at
+    every sample (the average only spans samples whose minimum covers it) and changes over milliseconds, not
+    from one sample to the next. Chunks that stay under the ceiling are skipped.
+    """
+    hold = max(1, round(LIMITER_HOLD_S * sample_rate))
+    margin = 2 * hold + 2  # the two filters' reach
+    gains = np.ones(len(envelope), dtype=np.float32)
+    for start in range(0, len(envelope), CHUNK):
+        stop = min(len(envelope), start + CHUNK)
+        lo, hi = max(0, start - margin), min(len(envelope), stop + margin)
+        peaks = envelope[lo:hi].astype(np.float64) * gain
+        if peaks.max() <= ceiling:
+            continue
+        need = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
+        held = minimum_filter1d(need, size=2 * hold + 1, mode="nearest")
+        smooth = uniform_filter1d(held, size=hold + 1 - hold % 2, mode="nearest")
+        gains[start:stop] = np.minimum(smooth, need)[start - lo : stop - lo]
+    return gains
+
+
 def normalise_loudness(
     wav: np.ndarray,
     target_lufs: float | None = DEFAULT_LOUDNESS,
@@ -116,15 +178,19 @@ def normalise_loudness(
     *,
     peak_ceiling: float = PEAK_CEILING,
 ) -> np.ndarray:
-    """Scale (N,) audio to ``target_lufs`` integrated loudness, then guard the peak.
+    """Scale (N,) audio to ``target_lufs`` integrated loudness, with a true-peak limiter at ``peak_ceiling``.
 
-    One gain for the whole signal (no compression): if reaching the target would put the sample peak above
-    ``peak_ceiling`` (default -1 dBFS), the gain is lowered so the peak equals it and the result is quieter
-    than the target. Returns the input itself when ``target_lufs`` is None, the audio is empty, or it is
-    silent (loudness below BS.1770's -70 LUFS gate). Never produces NaN.
+    Any DC offset is removed first. Then one gain brings the loudness to the target; where that would put the
+    true peak (4x oversampled) above ``peak_ceiling`` (default -1 dBTP), the look-ahead limiter
+    (``limit_true_peak``) lowers the gain around those peaks only. Limiting lowers the loudness a little, so
+    the gain is corrected and the limiter rerun (a few rounds) until the result is within
+    ``LOUDNESS_TOLERANCE`` of the target. If the target would need more than ``MAX_LIMITING_DB`` of limiting
+    (a signal made of peaks), the limiting stops there, and a warning says which loudness was reached and
+    why. Returns the input itself when ``target_lufs`` is None, the audio is empty, or it is silent (loudness
+    below BS.1770's -70 LUFS gate). Never produces NaN.
 
     Returns:
-        (N,) float32 at ``sample_rate``.
+        (N,) float32 at ``sample_rate``; its sample peak never exceeds ``peak_ceiling``.
 
     Raises:
         AudioError: NaN/Inf samples in the input.
@@ -133,12 +199,28 @@ def normalise_loudness(
         return wav
     if not np.isfinite(wav).all():
         raise AudioError("cannot normalise loudness: the audio contains NaN or infinite samples")
-    loudness = loudness_lufs(wav, sample_rate)
+    # A DC offset is inaudible and K-weighting ignores it, but it eats the peak headroom (the tiny test vocoder's
+    # output is mostly DC): it is removed first.
+    data = np.subtract(wav, np.float32(np.mean(wav, dtype=np.float64)), dtype=np.float32)
+    loudness = loudness_lufs(data, sample_rate)
     if not np.isfinite(loudness):
         return wav
     gain = 10.0 ** ((target_lufs - loudness) / 20.0)
-    peak = float(np.max(np.abs(wav))) * gain
-    if peak > peak_ceiling:
-        logger.debug("loudness gain %.1f dB limited by the peak guard", 20 * np.log10(gain))
-        gain *= peak_ceiling / peak
-    return np.multiply(wav, np.float32(gain), dtype=np.float32)
+    envelope = true_peak_envelope(data)  # once: the envelope of data * gain is gain * envelope
+    peak = max(float(envelope.max()), 1e-12)
+    for _ in range(LIMITER_ROUNDS):
+        capped = 20 * math.log10(gain * peak / peak_ceiling) > MAX_LIMITING_DB
+        if capped:  # lower the gain so that the deepest limiting is MAX_LIMITING_DB
+            gain = peak_ceiling * 10 ** (MAX_LIMITING_DB / 20) / peak
+        out = np.multiply(data, _limiter_gains(envelope, gain, peak_ceiling, sample_rate), dtype=np.float32)
+        out *= np.float32(gain)
+        reached = loudness_lufs(out, sample_rate)
+        if abs(reached - target_lufs) <= LOUDNESS_TOLERANCE or (capped and reached < target_lufs):
+            break
+        gain *= 10.0 ** ((target_lufs - reached) / 20.0)
+    if reached < target_lufs - LOUDNESS_TOLERANCE:
+        logger.warning(
+            "loudness %.1f LUFS, not the %.1f LUFS asked: more would need over %g dB of peak limiting; "
+            "ask for a lower --loudness", reached, target_lufs, MAX_LIMITING_DB,
+        )
+    return np.clip(out, -peak_ceiling, peak_ceiling)

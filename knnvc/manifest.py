@@ -21,20 +21,19 @@ that stopped before its next flush.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knnvc.errors import AudioError, KnnvcError, OutputError, UsageError
+from knnvc.files import sha256, write_atomically
 from knnvc.options import ConvertOptions
-from knnvc.voice import _write_atomically
 
 if TYPE_CHECKING:
     from knnvc.batch import Job, Progress
@@ -67,7 +66,7 @@ class Settings:
     @property
     def key(self) -> str:
         """A short hash of ``audio``: equal keys mean outputs made the same way."""
-        return hashlib.sha256(json.dumps(self.audio, sort_keys=True).encode()).hexdigest()[:16]
+        return sha256([json.dumps(self.audio, sort_keys=True).encode()])[:16]
 
     def changes(self, other: dict[str, Any]) -> list[str]:
         """``section.name: old -> new`` for every compared value that differs from ``other`` (a recorded one)."""
@@ -94,7 +93,6 @@ def voice_identity(target: Voice | Path) -> dict[str, Any]:
     """
     from knnvc import audio
     from knnvc.voice import Voice
-    from knnvc.weights import sha256_of
 
     if isinstance(target, Voice):
         frames = target.frames.detach().cpu().float().contiguous().numpy().tobytes()
@@ -102,11 +100,11 @@ def voice_identity(target: Voice | Path) -> dict[str, Any]:
             "name": target.name,
             "encoder_fingerprint": target.encoder_fingerprint,
             "layer": target.layer,
-            "frames_sha256": hashlib.sha256(frames).hexdigest()[:16],
+            "frames_sha256": sha256([frames])[:16],
         }
     files = audio.audio_files(target) if target.is_dir() else [target]
     try:
-        hashes = [sha256_of(p)[:16] for p in files]
+        hashes = [sha256(p)[:16] for p in files]
     except OSError as exc:
         raise AudioError(f"{exc.filename or target}: cannot read ({exc.strerror}); check the reference") from exc
     return {"name": target.stem if target.is_file() else target.resolve().name, "references": hashes}
@@ -122,7 +120,7 @@ def vocoder_identity(name: str) -> str:
         entry = None
     if entry is not None and entry.sha256:
         return entry.sha256[:16]
-    return weights.sha256_of(weights.resolve_vocoder(name, offline=True))[:16]
+    return sha256(weights.resolve_vocoder(name, offline=True))[:16]
 
 
 def settings_for(
@@ -143,7 +141,7 @@ def settings_for(
     name, fingerprint, layer = encoder
     audio = {
         "voice": voice,
-        "options": asdict(options),
+        "options": {**asdict(replace(options, morph=None)), "morph": options.morph and voice_identity(options.morph)},
         "weights": {"wavlm": fingerprint, "layer": layer, "vocoder": vocoder_identity(vocoder)},
         "compute": {"precision": precision},
         "output": {"format": extension, "sample_rate": sample_rate},
@@ -275,7 +273,7 @@ class Ledger:
                 key = self.settings.key
                 merged["settings"].setdefault(key, {"audio": self.settings.audio, **self.settings.facts})
                 merged["files"].update(self._changed)
-                _write_atomically(self.path, json.dumps(merged, indent=1, sort_keys=True).encode())
+                write_atomically(self.path, json.dumps(merged, indent=1, sort_keys=True).encode())
         except OSError as exc:
             raise OutputError(f"cannot record settings in {self.path}: {exc.strerror or exc}") from exc
         self.recorded = merged

@@ -141,13 +141,13 @@ def vocoder_core(owner: Any) -> int:
 
 def splits_batches(
     stage: str,
-) -> Callable[[Callable[[Any, Batch], Batch]], Callable[[Any, Batch], Batch]]:
-    """Decorate ``method(self, batch) -> results``: out-of-memory halves the batch (see ``OomGuard.batched``)."""
+) -> Callable[[Callable[..., Batch]], Callable[..., Batch]]:
+    """Decorate ``method(self, batch, *args) -> results``: out-of-memory halves the batch (``OomGuard.batched``)."""
 
-    def wrap(method: Callable[[Any, Batch], Batch]) -> Callable[[Any, Batch], Batch]:
+    def wrap(method: Callable[..., Batch]) -> Callable[..., Batch]:
         @functools.wraps(method)
-        def run(self: Any, items: Batch) -> Batch:
-            return guard(self).batched(stage, lambda chunk: method(self, chunk), items)
+        def run(self: Any, items: Batch, *args: Any) -> Batch:
+            return guard(self).batched(stage, lambda chunk: method(self, chunk, *args), items)
 
         return run
 

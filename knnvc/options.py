@@ -7,15 +7,20 @@ before any model loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS
+from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, KNN_WEIGHTINGS, MAX_WAVLM_LAYERS, WAVLM_LAYER
 from knnvc.errors import UsageError
+
+if TYPE_CHECKING:
+    from knnvc.voice import Voice
 
 MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered
 MAX_SAMPLE_RATE = 192_000  # Hz: the highest output rate offered
 MIN_LOUDNESS = -70.0  # LUFS: BS.1770's absolute gate; quieter targets are silence
 MAX_LOUDNESS = 0.0  # LUFS
+MAX_STRENGTH = 2.0  # strength above 1 exaggerates the target; beyond 2 it leaves the features the vocoder knows
 
 
 @dataclass(frozen=True)
@@ -27,12 +32,24 @@ class ConvertOptions:
         loudness: output loudness in LUFS (ITU-R BS.1770), or None to keep the vocoder's level.
         trim: trim silence from both ends of each reference when a voice is built from audio.
         output_sample_rate: rate of the result in Hz (soxr), or None for the vocoder's (16 kHz when published).
+        strength: lambda in ``lambda * matched + (1 - lambda) * source`` (layer-6 features), 0 to 2: 0 keeps the
+            source voice, 1 is the target (the paper), above 1 exaggerates the target.
+        match_layer: the WavLM layer searched for neighbours, 1 to the encoder's layer count; the output is
+            always the mean of the chosen frames' layer-6 features. The encoder runs max(match_layer, 6) layers.
+        knn_weighting: ``uniform`` (the paper's mean) or ``inverse-distance`` (weights 1/d^2).
+        morph: a second ``Voice``; the matched features become ``(1 - w) * kNN(voice) + w * kNN(morph)``.
+        morph_weight: w, 0 to 1 (0 is the first voice, 1 the second); only with ``morph``.
     """
 
     k: int = DEFAULT_K
     loudness: float | None = DEFAULT_LOUDNESS
     trim: bool = True
     output_sample_rate: int | None = None
+    strength: float = 1.0
+    match_layer: int = WAVLM_LAYER
+    knn_weighting: str = "uniform"
+    morph: Voice | None = field(default=None, compare=False)
+    morph_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -43,3 +60,32 @@ class ConvertOptions:
         rate = self.output_sample_rate
         if rate is not None and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
             raise UsageError(f"output sample rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, got {rate}")
+        self._check_controls()
+
+    def _check_controls(self) -> None:
+        if not _number(self.strength) or not 0.0 <= self.strength <= MAX_STRENGTH:
+            raise UsageError(f"strength must be 0 to {MAX_STRENGTH:g} (0 source, 1 target), got {self.strength}")
+        layer = self.match_layer
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= MAX_WAVLM_LAYERS:
+            raise UsageError(f"match layer must be a WavLM layer, 1 to {MAX_WAVLM_LAYERS}; got {layer}")
+        if self.knn_weighting not in KNN_WEIGHTINGS:
+            raise UsageError(f"kNN weighting must be {' or '.join(KNN_WEIGHTINGS)}, got {self.knn_weighting!r}")
+        if not _number(self.morph_weight) or not 0.0 <= self.morph_weight <= 1.0:
+            raise UsageError(f"morph weight must be 0 to 1 (0 the first voice, 1 the second), got {self.morph_weight}")
+
+    @property
+    def depth(self) -> int:
+        """Transformer layers the encoder must run: max(match layer, 6)."""
+        return max(self.match_layer, WAVLM_LAYER)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """WavLM layers these options read: (6,), or (6, match layer)."""
+        return (WAVLM_LAYER,) if self.match_layer == WAVLM_LAYER else (WAVLM_LAYER, self.match_layer)
+
+
+def _number(value: object) -> bool:
+    """A real, finite number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value == value and abs(value) != float("inf")

@@ -15,16 +15,18 @@ def system_info(device: str = "auto") -> dict[str, Any]:
     from knnvc.devices import resolve_device
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    rows = [
-        {
+    rows = []
+    for entry, cached, path in weights.cached_status():
+        digest, how = weights.known_sha256(entry) if entry.source == "url" else (None, "")
+        rows.append({
             "name": entry.name,
             "kind": entry.kind,
             "cached": cached,
             "path": str(path) if path else None,
             "source": entry.location,
-        }
-        for entry, cached, path in weights.cached_status()
-    ]
+            "sha256": digest,
+            "sha256_from": how or None,  # "published", "recorded" (at the first download here), or unknown
+        })
     return {
         "knnvc": __version__,
         "python": platform.python_version(),

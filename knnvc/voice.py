@@ -2,26 +2,31 @@
 
 Saved as one safetensors file: the frames as a tensor and the metadata as JSON in the header, so loading never
 unpickles anything. This module does not encode audio; the pipeline builds voices.
+
+A voice always holds layer-6 frames (``frames``: what is averaged and vocoded). For a deeper or shallower match
+layer it also holds that layer's frames of the same moments (``match_frames``, tensors ``frames_layer<L>``). A
+compact voice (``compact``) holds k-means cluster means in place of frames, with each cluster's size.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
-import secrets
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from knnvc import kmeans
 from knnvc.constants import FRAME_RATE
-from knnvc.errors import DiskFullError, OutputError, VoiceError
+from knnvc.errors import UsageError, VoiceError
+from knnvc.files import write_atomically, write_error
 
 FORMAT = "knnvc-voice/1"
 VOICE_SUFFIX = ".voice"
@@ -48,6 +53,9 @@ class Voice:
         sources: the reference files, in the order their frames were concatenated.
         name: a short label, used in output file names.
         created: ISO 8601 creation time (UTC).
+        match_frames: {layer: (M, D)} frames of other WavLM layers, row i the same moment as ``frames`` row i.
+        counts: (M,) frames behind each row of a compact voice (its cluster sizes); None for a full voice.
+        trim: whether the references were trimmed (None when unknown), to rebuild the voice from its sources.
     """
 
     frames: Tensor
@@ -58,36 +66,104 @@ class Voice:
     name: str = "voice"
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     origin: str = field(default="", compare=False, repr=False)  # the file it was loaded from, for messages
+    match_frames: Mapping[int, Tensor] = field(default_factory=dict, compare=False, repr=False)
+    counts: Tensor | None = field(default=None, compare=False, repr=False)
+    trim: bool | None = None
 
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
 
     @property
+    def layers(self) -> tuple[int, ...]:
+        """The WavLM layers this voice holds frames of, in order."""
+        return tuple(sorted({self.layer, *self.match_frames}))
+
+    @property
+    def label(self) -> str:
+        """The voice's file, else its name, for messages."""
+        return self.origin or repr(self.name)
+
+    def keys(self, layer: int) -> Tensor:
+        """(M, D) frames of ``layer`` to search; a ``VoiceError`` saying how to rebuild if this voice lacks it."""
+        if layer == self.layer:
+            return self.frames
+        if layer in self.match_frames:
+            return self.match_frames[layer]
+        held = ", ".join(str(n) for n in self.layers)
+        compact = f" --max-frames {self.num_frames}" if self.counts is not None else ""
+        raise VoiceError(
+            f"voice {self.label} holds layer {held} frames, not layer {layer}; rebuild it from its references with "
+            f"`knnvc voice build REFERENCES --match-layer {layer}{compact} -o {self.origin or 'NAME.voice'}`"
+        )
+
+    def with_layers(self, extra: Mapping[int, Tensor]) -> Voice:
+        """This voice with more layers' frames (each (M, D), the same moments as ``frames``)."""
+        for layer, frames in extra.items():
+            if frames.shape[0] != self.num_frames:
+                raise ValueError(f"layer {layer} has {frames.shape[0]} frames, the voice {self.num_frames}")
+        return replace(self, match_frames={**self.match_frames, **extra})
+
+    def compact(self, max_frames: int, *, seed: int = 0, method: str = "auto") -> tuple[Voice, kmeans.Clustering]:
+        """A compact voice of at most ``max_frames`` rows: spherical k-means cluster means, with cluster sizes.
+
+        The frames are clustered on all the layers the voice holds (their unit vectors side by side), so each
+        cluster is one set of moments; each layer's rows become its members' mean. A voice already that small
+        comes back unchanged (with a clustering of one frame per cluster).
+        """
+        if max_frames < 1:
+            raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
+        if self.counts is not None:
+            raise UsageError(f"voice {self.label} is already compact; build a compact voice from the full voice")
+        if self.num_frames <= max_frames:
+            every = torch.arange(self.num_frames)
+            return self, kmeans.Clustering(every, self.num_frames, "none", 0.0)
+        stacked = torch.cat([F.normalize(self.keys(n).float(), dim=-1) for n in self.layers], dim=-1)
+        clustering = kmeans.spherical_kmeans(stacked, max_frames, seed=seed, method=method)
+        frames = kmeans.cluster_means(self.frames, clustering)
+        extra = {n: kmeans.cluster_means(f, clustering) for n, f in self.match_frames.items()}
+        voice = replace(self, frames=frames, match_frames=extra, counts=kmeans.cluster_sizes(clustering))
+        return voice, clustering
+
+    @property
     def seconds(self) -> float:
-        """Seconds of speech in the matching set (frames / 50 Hz)."""
-        return self.num_frames / FRAME_RATE
+        """Seconds of speech behind the matching set (frames, or a compact voice's cluster sizes, / 50 Hz)."""
+        frames = self.num_frames if self.counts is None else int(self.counts.sum())
+        return frames / FRAME_RATE
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the frames, JSON-able."""
-        return {
+        meta = {
             "format": FORMAT,
             "name": self.name,
             "encoder": self.encoder,
             "encoder_fingerprint": self.encoder_fingerprint,
             "layer": self.layer,
+            "match_layers": [n for n in self.layers if n != self.layer],
             "frames": self.num_frames,
             "dim": int(self.frames.shape[1]),
             "speech_seconds": round(self.seconds, 3),
+            "compact": self.counts is not None,
             "created": self.created,
             "sources": [asdict(s) for s in self.sources],
         }
+        if self.trim is not None:
+            meta["trim"] = self.trim
+        return meta
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What ``save`` writes: ``frames``, ``frames_layer<L>`` per extra layer, ``counts`` when compact."""
+        out = {"frames": self.frames}
+        out.update({f"frames_layer{n}": f for n, f in self.match_frames.items()})
+        if self.counts is not None:
+            out["counts"] = self.counts
+        return {name: t.detach().to("cpu").contiguous() for name, t in out.items()}
 
     def check_compatible(self, encoder_fingerprint: str, layer: int, encoder_name: str = "") -> None:
         """Raise ``VoiceError`` unless this voice was built with the same encoder weights and layer."""
         if self.layer != layer:
             raise VoiceError(
-                f"voice {self.origin or repr(self.name)} holds layer-{self.layer} features, this encoder gives "
+                f"voice {self.label} holds layer-{self.layer} features, this encoder gives "
                 f"layer {layer}; rebuild it with `knnvc voice build`"
             )
         if self.encoder_fingerprint != encoder_fingerprint:
@@ -107,16 +183,11 @@ class Voice:
         """
         path = Path(path)
         meta = {"knnvc": json.dumps(self.metadata())}
-        data = safetensors_bytes({"frames": self.frames.detach().to("cpu").contiguous()}, metadata=meta)
+        data = safetensors_bytes(self.tensors(), metadata=meta)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, data)
+            write_atomically(path, data)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"{path}: cannot write voice: the disk is full; free some space") from exc
-            raise OutputError(
-                f"{path}: cannot write voice ({exc.strerror or exc}); choose a folder you can write to"
-            ) from exc
+            raise write_error(path, exc, "write voice") from exc
         return path
 
     @classmethod
@@ -147,16 +218,22 @@ class Voice:
                 name=str(meta["name"]),
                 created=str(meta["created"]),
                 origin=str(path),
+                match_frames={int(n): tensors[f"frames_layer{n}"] for n in meta.get("match_layers", [])},
+                counts=tensors.get("counts"),
+                trim=meta.get("trim"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VoiceError(f"{path}: damaged voice metadata ({exc!r}); {rebuild}") from exc
-        _check_frames(path, voice.frames, meta.get("dim"))
+        for frames in (voice.frames, *voice.match_frames.values()):
+            _check_frames(path, frames, meta.get("dim"), voice.num_frames)
+        if voice.counts is not None and tuple(voice.counts.shape) != (voice.num_frames,):
+            raise VoiceError(f"{path}: damaged compact voice (cluster sizes do not match its frames); {rebuild}")
         return voice
 
 
-def _check_frames(path: Path, frames: Tensor, dim: object) -> None:
+def _check_frames(path: Path, frames: Tensor, dim: object, rows: int) -> None:
     """A voice's frames must be a non-empty (M, D) float matrix of finite values, D as its metadata says."""
-    if frames.ndim != 2 or frames.shape[0] == 0 or not frames.is_floating_point():
+    if frames.ndim != 2 or frames.shape[0] == 0 or frames.shape[0] != rows or not frames.is_floating_point():
         raise VoiceError(
             f"{path}: damaged voice (frames of shape {tuple(frames.shape)}, {frames.dtype}); "
             "rebuild it with `knnvc voice build`"
@@ -165,21 +242,3 @@ def _check_frames(path: Path, frames: Tensor, dim: object) -> None:
         raise VoiceError(f"{path}: damaged voice ({frames.shape[1]}-d frames, metadata says {dim}); rebuild it")
     if not bool(frames.isfinite().all()):
         raise VoiceError(f"{path}: damaged voice (NaN or infinite frames); rebuild it with `knnvc voice build`")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, fsync it and rename it over ``path``.
-
-    Any failure or interruption (Ctrl-C, SIGTERM) removes the temporary file; ``path`` is never partial.
-    """
-    tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise

@@ -1,48 +1,43 @@
 """The one registry of published weights: where each lives, where it is cached, how it is fetched and checked.
 
-Vocoders are single ``.pt`` files cached under :func:`cache_dir`; WavLM comes from the Hugging Face Hub and is
-cached in the Hugging Face cache. Every name also accepts a local path. Nothing here runs at import time.
+Vocoders (and the original-format ``WavLM-Large.pt``) are single ``.pt`` files cached under :func:`cache_dir`,
+checked against their published sha256, or against the one recorded at their first download where none is
+published; WavLM comes from the Hugging Face Hub and is cached in the Hugging Face cache. Every name also
+accepts a local path. The transfers themselves are ``knnvc.fetch``; turning files into models is
+``knnvc.checkpoints``. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import logging
 import os
-import pickle
 import re
-import sys
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from knnvc import fetch, integrity
 from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import WeightsError
+from knnvc.fetch import Progress as Progress  # the type of download callbacks, for callers of this module
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int | None], None]
-"""``progress(done_bytes, total_bytes_or_None)``, called as a download advances."""
-
 _RELEASE = "https://github.com/bshall/knn-vc/releases/download/v0.1"
-_CHUNK = 1 << 20
-_TIMEOUT_S = 30.0
 _TRUTHY = {"1", "true", "yes", "on"}
 _SAFETENSORS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
-_HTTP_CLIENT_ERRORS = (("requests", "RequestException"), ("httpx", "HTTPError"), ("httpx2", "HTTPError"))
 _PYTORCH_BIN = ["config.json", "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
 
 
 @dataclass(frozen=True)
 class WeightsEntry:
-    """One published checkpoint. ``location`` is a hub repo id (source "hub") or a URL (source "url")."""
+    """One published checkpoint. ``location`` is a hub repo id (source "hub") or a URL (source "url").
+
+    ``sha256`` is the published hash of a URL file (None: recorded at its first download instead);
+    ``default``: fetched by ``download_all()`` when no names are given.
+    """
 
     name: str
     kind: Literal["wavlm", "vocoder"]
@@ -51,12 +46,18 @@ class WeightsEntry:
     filename: str | None
     description: str
     sha256: str | None = None
+    default: bool = True
 
 
+# Published sha256 values: those of kNN-VC's own release (v0.1), as its code pins them.
 _ENTRIES = (
     WeightsEntry(DEFAULT_WAVLM, "wavlm", "hub", DEFAULT_WAVLM, None, "WavLM-Large encoder (layers 1-6 run)"),
+    WeightsEntry("wavlm-original", "wavlm", "url", f"{_RELEASE}/WavLM-Large.pt", "WavLM-Large.pt",
+                 "WavLM-Large in the original format, as kNN-VC publishes it (same weights as the hub's)",
+                 "6fb4b3c3e6aa567f0a997b30855859cb81528ee8078802af439f7b2da0bf100f", default=False),
     WeightsEntry(DEFAULT_VOCODER, "vocoder", "url", f"{_RELEASE}/prematch_g_02500000.pt",
-                 "prematch_g_02500000.pt", "HiFi-GAN trained on prematched layer-6 features (default)"),
+                 "prematch_g_02500000.pt", "HiFi-GAN trained on prematched layer-6 features (default)",
+                 "f924c7632c6eaf99004386d62293e124419e33582573552a6ae976eb88ed2dd5"),
     WeightsEntry("regular", "vocoder", "url", f"{_RELEASE}/g_02500000.pt", "g_02500000.pt",
                  "HiFi-GAN trained on plain layer-6 features"),
 )
@@ -101,118 +102,49 @@ def get_entry(name: str, kind: str | None = None) -> WeightsEntry:
     return entry
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_problem(path: Path, sha256: str | None = None) -> str | None:
-    """Why ``path`` is not a loadable zip-format torch checkpoint (cheap: zip directory only), or None."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return "not a zip-format torch checkpoint (truncated or not a checkpoint)"
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-        size = path.stat().st_size
-    except (zipfile.BadZipFile, OSError) as exc:
-        return f"unreadable zip archive ({exc})"
-    if not infos or max(i.header_offset + i.compress_size for i in infos) > size:
-        return "archive members extend past the end of the file (truncated)"
-    if sha256 is not None and sha256_of(path).lower() != sha256.lower():
-        return "sha256 does not match the registry"
-    return None
+    """Why ``path`` is not the expected checkpoint: its sha256 when given, else its zip structure; or None."""
+    return integrity.problem(path, sha256)
 
 
-def download_file(
-    url: str,
-    dest: Path,
-    *,
-    sha256: str | None = None,
-    progress: Progress | None = None,
-    check: Callable[[Path], str | None] | None = None,
-) -> Path:
-    """Stream ``url`` into ``dest`` atomically: a temp file beside it; Content-Length, ``sha256`` and
-    ``check`` (returns a problem or None) verified; fsync; ``os.replace``. A failure leaves no ``dest``.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, progress)
-            out.flush()
-            os.fsync(out.fileno())
-        if sha256 is not None and digest != sha256.lower():
-            raise WeightsError(f"sha256 mismatch for {url}: expected {sha256}, got {digest}")
-        problem = check(tmp) if check is not None else None
-        if problem is not None:
-            raise WeightsError(f"downloaded {url} is not a valid checkpoint: {problem}")
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise WeightsError(f"cannot write {dest} while downloading {url}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
-    logger.info("downloaded %s to %s", url, dest)
-    return dest
+def known_sha256(entry: WeightsEntry) -> tuple[str | None, str]:
+    """The sha256 a registry file must have, and how it is known: "published", "recorded" (at its first
+    download here; see ``knnvc.integrity``) or "" (never downloaded here, nothing published)."""
+    if entry.sha256 is not None:
+        return entry.sha256.lower(), "published"
+    recorded = integrity.recorded(cache_dir(), _filename(entry))
+    return (recorded, "recorded") if recorded else (None, "")
 
 
-def _stream(url: str, out: Any, progress: Progress | None) -> str:
-    """Copy the body of ``url`` into ``out`` in chunks; return its sha256. Network errors -> WeightsError."""
-    request = urllib.request.Request(url, headers={"User-Agent": "knnvc"})
-    digest, done = hashlib.sha256(), 0
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            if progress is not None:
-                progress(0, total)
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-    except urllib.error.HTTPError as exc:
-        raise WeightsError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
-    except urllib.error.URLError as exc:
-        raise WeightsError(f"cannot reach {url}: {exc.reason}") from exc
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        raise WeightsError(f"download of {url} failed after {done} bytes: {exc!r}") from exc
-    if total is not None and done != total:
-        raise WeightsError(f"download of {url} truncated: got {done} of {total} bytes")
-    return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows it (the rename is atomic either way)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-        os.close(fd)
+def _filename(entry: WeightsEntry) -> str:
+    return entry.filename or entry.location.rsplit("/", 1)[-1]
 
 
 def _ensure_file(entry: WeightsEntry, offline: bool, progress: Progress | None) -> Path:
-    """The cached file of a URL entry, verified; fetched (again, when corrupt) unless offline."""
-    dest = cache_dir() / (entry.filename or entry.location.rsplit("/", 1)[-1])
-    how = f"fetch {entry.location} or run `knnvc download` on a machine with internet, or pass a local path"
+    """The cached file of a URL entry, verified (sha256 when known); fetched (again, when bad) unless offline."""
+    dest = cache_dir() / _filename(entry)
+    expected, _ = known_sha256(entry)
+    how = (f"run `knnvc download {entry.name}` on a machine with internet and copy {dest} here, "
+           f"or pass a local path")
     if dest.is_file():
-        problem = checkpoint_problem(dest, entry.sha256)
+        problem = checkpoint_problem(dest, expected)
         if problem is None:
             return dest
-        if offline:
-            raise WeightsError(f"cached file {dest} is corrupt ({problem}); delete it, then {how}")
-        logger.warning("cached file %s is corrupt (%s); downloading it again", dest, problem)
         dest.unlink(missing_ok=True)
+        if offline:
+            raise WeightsError(f"cached file {dest} was corrupt ({problem}) and is deleted; offline mode is on: {how}")
+        logger.warning("cached file %s was corrupt (%s); deleted it, downloading it again", dest, problem)
     elif offline:
-        raise WeightsError(f"{entry.name} weights are not cached ({dest}) and offline mode is on: {how}")
-    return download_file(entry.location, dest, sha256=entry.sha256, progress=progress,
-                         check=checkpoint_problem)
+        raise WeightsError(f"{entry.name} weights are not cached ({dest}) and offline mode is on: {how} "
+                           f"(the file is at {entry.location})")
+    # With a hash known, the hash is the check; otherwise the zip structure, and the hash is recorded.
+    check = None if expected else integrity.zip_problem
+    path = fetch.download_file(entry.location, dest, sha256=expected, progress=progress, check=check)
+    if expected is None:
+        integrity.record(path)
+    else:
+        integrity.checked(path, expected)
+    return path
 
 
 def _step(path: Path) -> int:
@@ -269,60 +201,53 @@ def resolve_wavlm(id_or_path: str | Path, *, offline: bool | None = None) -> Pat
     text = str(id_or_path)
     if isinstance(id_or_path, Path) or _looks_like_path(text):
         raise WeightsError(f"WavLM weights {text}: no such file or folder")
+    entry = _url_entry(text, "wavlm")
+    if entry is not None:
+        return _ensure_file(entry, is_offline(offline), None)
     repo_id = ALIASES.get(text.lower(), text)
     return _hub_snapshot(repo_id, is_offline(offline))
 
 
+def _url_entry(name: str, kind: str) -> WeightsEntry | None:
+    """The registry's URL-sourced entry of ``kind`` called ``name`` (case-insensitive), or None."""
+    entry = REGISTRY.get(ALIASES.get(name.lower(), name.lower()))
+    return entry if entry is not None and entry.kind == kind and entry.source == "url" else None
+
+
 def _hub_snapshot(repo_id: str, offline: bool) -> Path:
     """The cached snapshot folder of ``repo_id`` with config.json and weights (safetensors preferred)."""
-    folder = _snapshot(repo_id, _SAFETENSORS, offline)
+    folder = fetch.snapshot(repo_id, _SAFETENSORS, offline, hf_cache_dir())
     if not any(folder.glob("*.safetensors")) and not offline:
-        folder = _snapshot(repo_id, _PYTORCH_BIN, offline)
+        folder = fetch.snapshot(repo_id, _PYTORCH_BIN, offline, hf_cache_dir())
     if not (folder / "config.json").is_file() or not _weights_in(folder):
-        how = "run `knnvc download` with internet" if offline else "it has no config.json and weights"
+        how = "run `knnvc download` with internet" if offline else "it has no config.json and weights; retry"
         raise WeightsError(f"hub snapshot of {repo_id} in {folder} is incomplete: {how}")
     return folder
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Connection errors, plus those of whichever HTTP client huggingface_hub uses (imported by then)."""
-    libs = [getattr(sys.modules[m], n, None) for m, n in _HTTP_CLIENT_ERRORS if m in sys.modules]
-    return (ConnectionError, TimeoutError, *(e for e in libs if isinstance(e, type)))
-
-
-def _snapshot(repo_id: str, patterns: list[str], offline: bool) -> Path:
-    import huggingface_hub
-    from huggingface_hub import utils as hf
-
-    where = hf_cache_dir()
-    how = f"run `knnvc download` on a machine with internet, or pass a local WavLM path (cache: {where})"
-    try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id, cache_dir=where, allow_patterns=patterns, local_files_only=offline
-        )
-    except hf.HFValidationError as exc:
-        raise WeightsError(f"WavLM {repo_id!r} is neither a local path nor a valid hub id: {exc}") from exc
-    except (hf.RepositoryNotFoundError, hf.GatedRepoError) as exc:
-        raise WeightsError(f"hub repo {repo_id} not found or not accessible (gated/private)") from exc
-    except hf.RevisionNotFoundError as exc:
-        raise WeightsError(f"hub repo {repo_id} has no such revision: {exc}") from exc
-    except hf.LocalEntryNotFoundError as exc:
-        state = "offline mode is on" if offline else "the Hub could not be reached"
-        raise WeightsError(f"{repo_id} is not (fully) in the Hugging Face cache and {state}: {how}") from exc
-    except hf.HfHubHTTPError as exc:
-        raise WeightsError(f"Hugging Face Hub error for {repo_id}: {exc}") from exc
-    except _network_errors() as exc:
-        raise WeightsError(f"cannot reach the Hugging Face Hub for {repo_id} ({exc!r}): {how}") from exc
-    return Path(folder)
-
-
 def download_all(
+    names: str | Iterable[str] | None = None,
     *,
-    names: Iterable[str] | None = None,
     progress_factory: Callable[[WeightsEntry], Progress | None] | None = None,
 ) -> dict[str, Path | str]:
-    """Fetch every registry entry (or ``names``) into its cache; returns name -> local location."""
-    entries = [get_entry(n) for n in names] if names is not None else list(REGISTRY.values())
+    """Fetch registry entries into their caches; returns name -> local location.
+
+    ``names``: one name, several, or None for every entry fetched by default (all but ``wavlm-original``,
+    a second copy of the hub's WavLM). ``download_all(["prematched"])`` fetches the default vocoder.
+
+    Raises:
+        WeightsError: an unknown name, offline mode on (``KNNVC_OFFLINE``/``HF_HUB_OFFLINE``), or a failed
+            download (with what to do about it).
+    """
+    if isinstance(names, str):
+        names = [names]
+    entries = [get_entry(n) for n in names] if names is not None else [e for e in REGISTRY.values() if e.default]
+    if is_offline():
+        flags = [v for v in ("KNNVC_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").strip().lower() in _TRUTHY]
+        raise WeightsError(
+            f"downloading needs the network, but offline mode is on ({', '.join(flags)}): unset it and retry, "
+            f"or copy {cache_dir()} and {hf_cache_dir()} from a machine that has the weights"
+        )
     done: dict[str, Path | str] = {}
     for entry in entries:
         if entry.source == "hub":
@@ -341,34 +266,7 @@ def cached_status() -> list[tuple[WeightsEntry, bool, Path | None]]:
         if entry.source == "hub":
             with contextlib.suppress(WeightsError):
                 where = _hub_snapshot(entry.location, offline=True)
-        elif entry.filename is not None and checkpoint_problem(cache_dir() / entry.filename) is None:
-            where = cache_dir() / entry.filename
+        elif checkpoint_problem(cache_dir() / _filename(entry), known_sha256(entry)[0]) is None:
+            where = cache_dir() / _filename(entry)
         status.append((entry, where is not None, where))
     return status
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` on CPU; the only place knnvc unpickles anything."""
-    import torch
-
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"{path}: refused to load: it holds pickled code, not only tensors, or is corrupt "
-            f"({_first_line(exc)}); use a checkpoint of plain tensors from a source you trust"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise WeightsError(
-            f"{path}: not a readable torch checkpoint, truncated or corrupt ({_first_line(exc)}); "
-            "download it again (delete the file first)"
-        ) from exc
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a dict checkpoint, got {type(state).__name__}; check the file")
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (torch's are paragraphs)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__

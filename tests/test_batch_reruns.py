@@ -69,7 +69,9 @@ def test_the_manifest_records_the_settings_and_each_file(tmp_path: Path) -> None
     assert record["format"] == "knnvc-manifest/1"
     ((key, settings),) = record["settings"].items()
     audio = settings["audio"]
-    assert audio["options"] == {"k": 3, "loudness": -16.0, "trim": False, "output_sample_rate": None}
+    assert audio["options"] == {"k": 3, "loudness": -16.0, "trim": False, "output_sample_rate": None,
+                                "strength": 1.0, "match_layer": 6, "knn_weighting": "uniform", "morph": None,
+                                "morph_weight": 0.5}  # fmt: skip
     assert audio["voice"]["name"] == "ref" and len(audio["voice"]["references"]) == 3
     assert set(audio["weights"]) == {"wavlm", "layer", "vocoder"} and audio["output"] == {
         "format": ".wav", "sample_rate": 16_000}  # fmt: skip

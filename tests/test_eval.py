@@ -135,7 +135,8 @@ def test_sweep_reads_settings_from_convert_options() -> None:
     assert [_typed(v, mode, "mode") for v in ("median", "none")] == ["median", None]
     with pytest.raises(UsageError, match="mode takes"):
         _typed("mode", mode, "mode")
-    for spec, message in (("strength=0.5", "unknown setting 'strength'"), ("k", "NAME=V1"), ("k=1,,2", "distinct"),
+    assert parse_sweep("strength=0.5,1").values == (0.5, 1.0)  # the controls (issue 12) sweep too
+    for spec, message in (("colour=red", "unknown setting 'colour'"), ("k", "NAME=V1"), ("k=1,,2", "distinct"),
                           ("k=1,1", "distinct"), ("k=two", "int"), ("k=0,4", "k must be at least 1")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             parse_sweep(spec)

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import audio, batch
+from knnvc import audio, batch, files
 from knnvc.errors import EXIT_INTERRUPTED, DiskFullError, OutputError
 from knnvc.manifest import MANIFEST_NAME
 from knnvc.voice import Voice
@@ -92,7 +92,7 @@ def test_outputs_are_only_ever_written_under_temporary_names(
         renamed.append((os.fsdecode(a), os.fsdecode(b)))
         real_replace(a, b)
 
-    monkeypatch.setattr(audio, "open", spy_open, raising=False)
+    monkeypatch.setattr(files, "open", spy_open, raising=False)  # knnvc.files: the one writer
     monkeypatch.setattr(os, "replace", spy_replace)
     src, out = tmp_path / "src", tmp_path / "out"
     sources(src, 3)
@@ -118,7 +118,7 @@ def test_read_only_output_folder(
             raise error(code, os.strerror(code), os.fsdecode(file))
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(audio, "open", guarded_open, raising=False)
+    monkeypatch.setattr(files, "open", guarded_open, raising=False)
     source = write_audio(tmp_path / "a.wav", 0.3)
     result = cli("convert", source, voice, "-o", locked / "out.wav", *FAST)
     assert result.exit_code == OutputError.exit_code

@@ -11,6 +11,7 @@ the command, with the tiny fixture models, and voices from another encoder or da
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import threading
@@ -104,8 +105,9 @@ def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[
     srv = _Server(TINY_VOCODER.read_bytes())
     thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
+    digest = hashlib.sha256(srv.body).hexdigest()  # the tiny vocoder stands in: its hash is the published one
     monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(weights.REGISTRY["prematched"],
-                                                                          location=srv.url))  # fmt: skip
+                                                                          location=srv.url, sha256=digest))  # fmt: skip
     # knnvc.api keeps loaded models by name for the process: forget any "prematched" loaded by another test
     monkeypatch.setattr(api, "_MODELS", {k: v for k, v in api._MODELS.items() if k[1] != "prematched"})
     cache = tmp_path / "cache"
@@ -125,8 +127,9 @@ def test_corrupt_cached_download_refused_offline_then_fetched_again(
     result = run(source, voice, tmp_path / "out.wav", vocoder="prematched")  # offline (KNNVC_OFFLINE=1)
     assert result.exit_code == WeightsError.exit_code
     line = one_line(result)
-    assert str(cached) in line and "corrupt" in line and "knnvc download" in line
-    assert server.hits == 0
+    assert str(cached) in line and "corrupt" in line and "deleted" in line and "knnvc download" in line
+    assert server.hits == 0 and not cached.exists()  # the bad file is not kept
+    cached.write_bytes(server.body[: len(server.body) - 1000])
     online = run(source, voice, tmp_path / "out.wav", "--json", vocoder="prematched", env={"KNNVC_OFFLINE": ""})
     assert json_summary(online)["converted"] == 1 and "downloading it again" in online.stderr
     assert server.hits == 1 and cached.read_bytes() == server.body

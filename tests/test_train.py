@@ -18,8 +18,8 @@ from conftest import REF_DIR, SOURCE_WAV, TINY_WAVLM
 from typer.testing import CliRunner
 
 from knnvc.cli import app
-from knnvc.errors import UsageError
-from knnvc.prematch import discover, prematch, prematch_features
+from knnvc.errors import OutputError, UsageError
+from knnvc.train import discover, prematch, prematch_features
 from vocoder import Generator, load_generator
 from vocoder.train import UPSAMPLE_PRESETS, TrainConfig, TrainingError, vocoder_config_for
 from vocoder.train.data import read_index, read_utterance
@@ -167,8 +167,91 @@ def test_pool_is_the_other_utterances_of_the_speaker() -> None:
     torch.testing.assert_close(mean, b.mean(0).expand_as(a))
 
 
+def test_pool_is_matched_once_without_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One kNN call per speaker pool, each frame's own utterance excluded by row range: equal to matching every
+    utterance against a copy of the others (the old way), without building those copies."""
+    import importlib
+
+    from knnvc.matcher import knn_regression
+
+    module = importlib.import_module("knnvc.train.prematch")  # the module (the package exports the function)
+
+    gen = torch.Generator().manual_seed(1)
+    items = [torch.randn(n, 16, generator=gen) for n in (40, 7, 33, 25)]
+    calls: list[int] = []
+
+    def spy(query: torch.Tensor, keys: torch.Tensor, k: int, **kw: object) -> torch.Tensor:
+        calls.append(keys.shape[0])
+        return knn_regression(query, keys, k, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "knn_regression", spy)
+    got = prematch_features(items, k=4)
+    assert calls == [105]  # the pool, once
+    for i, item in enumerate(items):
+        others = torch.cat([x for j, x in enumerate(items) if j != i])
+        torch.testing.assert_close(got[i], knn_regression(item, others, 4))
+    part = module._match_items(torch.cat(items), [len(x) for x in items], [2], 4)  # only the ones left to do
+    torch.testing.assert_close(part[0], got[2])
+
+
+def test_prematch_encodes_through_the_pipeline(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prematch encodes as voices do (``VoiceBuilder.encode_many``: windows, OOM retries, precision)."""
+    from knnvc.checkpoints import load_encoder
+    from knnvc.pipeline import VoiceBuilder
+
+    seen: list[int] = []
+    real = VoiceBuilder.encode_many
+
+    def spy(self: VoiceBuilder, wavs: list[np.ndarray], progress: object = None) -> list[torch.Tensor]:
+        seen.append(len(wavs))
+        return real(self, wavs)
+
+    monkeypatch.setattr(VoiceBuilder, "encode_many", spy)
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "spk1", data / "spk1")
+    report = prematch(data, tmp_path / "out", encoder=load_encoder(TINY_WAVLM), device="cpu", precision="fp32")
+    assert seen == [3] and report.written == 3
+    assert read_index(tmp_path / "out").settings["precision"] == "float32"
+
+
+@pytest.mark.parametrize("command", ["prematch", "vocoder"])
+@pytest.mark.parametrize("fault", ["under_a_file", "permission_denied"])
+def test_training_into_a_folder_that_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path, command: str, fault: str
+) -> None:
+    """One line and exit code 6, before any model loads; permission is simulated (tests often run as root)."""
+    import builtins
+
+    from knnvc import files
+
+    if fault == "under_a_file":
+        (tmp_path / "a_file").write_text("x")
+        target = tmp_path / "a_file" / "out"
+    else:
+        target = tmp_path / "locked"
+        real_open = builtins.open
+
+        def guarded(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+            if any(c in mode for c in "wax+") and Path(os.fsdecode(file)).parent == target:  # type: ignore[arg-type]
+                raise PermissionError(13, "Permission denied", os.fsdecode(file))  # type: ignore[arg-type]
+            return real_open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+        monkeypatch.setattr(files, "open", guarded, raising=False)
+    if command == "prematch":
+        args = ["train", "prematch", str(data_dir), str(target), "--wavlm", str(tmp_path / "never-loaded.pt")]
+    else:
+        args = ["train", "vocoder", str(tmp_path), "--out", str(target), "--init", "prematched", "--offline"]
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == OutputError.exit_code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output and result.exception is None or isinstance(
+        result.exception, SystemExit)
+    words = "a part of its folder path is a file" if fault == "under_a_file" else "permission denied"
+    assert str(target) in errors[0] and words in errors[0] and "choose" in errors[0]
+
+
 def test_big_speakers_are_matched_in_bounded_pools(tmp_path: Path) -> None:
-    from knnvc.speakers import Utterance, pool_groups
+    from knnvc.train import Utterance, pool_groups
 
     utts = []
     for i, seconds in enumerate([1, 1, 1, 1, 1, 1, 3]):

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from knnvc import weights
+from knnvc import fetch, weights
+from knnvc.checkpoints import load_checkpoint
 from knnvc.errors import WeightsError
 
 
@@ -91,7 +92,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def local_entry(monkeypatch: pytest.MonkeyPatch, server: _Server) -> weights.WeightsEntry:
-    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=server.url)
+    """The 'prematched' entry served locally; its published hash is that of the served body."""
+    digest = hashlib.sha256(BODY).hexdigest()
+    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=server.url, sha256=digest)
     monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
     return entry
 
@@ -134,8 +137,8 @@ def test_download_into_cache_with_progress_then_cache_hit(
     assert calls[-1] == (len(BODY), len(BODY))
     assert all(total == len(BODY) for _, total in calls)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    assert list(env.iterdir()) == [path]  # no temp file left behind
-    assert weights.load_checkpoint(path)["generator"]["conv.bias"].shape == (64,)
+    assert sorted(p.name for p in env.iterdir()) == [path.name, "sha256.json"]  # no temp file left behind
+    assert load_checkpoint(path)["generator"]["conv.bias"].shape == (64,)
 
     assert weights.resolve_vocoder("prematched") == path
     assert weights.resolve_vocoder("PREMATCHED", offline=True) == path
@@ -154,21 +157,21 @@ def test_truncated_download_leaves_nothing(
 def test_sha256_mismatch_leaves_nothing(server: _Server, tmp_path: Path) -> None:
     dest = tmp_path / "out" / "x.pt"
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        weights.download_file(server.url, dest, sha256="0" * 64)
+        fetch.download_file(server.url, dest, sha256="0" * 64)
     assert list(dest.parent.iterdir()) == []
     good = hashlib.sha256(BODY).hexdigest()
-    assert weights.download_file(server.url, dest, sha256=good).read_bytes() == BODY
+    assert fetch.download_file(server.url, dest, sha256=good).read_bytes() == BODY
 
 
 def test_http_error_and_unreachable_name_the_url(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="HTTP 404") as info:
-        weights.download_file(server.url + ".missing", tmp_path / "x.pt")
+        fetch.download_file(server.url + ".missing", tmp_path / "x.pt")
     assert server.url in str(info.value)
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(WeightsError, match=f"127.0.0.1:{port}"):
-        weights.download_file(f"http://127.0.0.1:{port}/x.pt", tmp_path / "y.pt")
+        fetch.download_file(f"http://127.0.0.1:{port}/x.pt", tmp_path / "y.pt")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -193,9 +196,9 @@ def test_sha256_checked_for_cached_file(
     monkeypatch.setitem(weights.REGISTRY, "prematched", good)
     path = weights.resolve_vocoder("prematched")
     monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(good, sha256="f" * 64))
-    with pytest.raises(WeightsError, match="corrupt.*sha256"):
+    with pytest.raises(WeightsError, match="corrupt.*sha256.*deleted"):
         weights.resolve_vocoder("prematched", offline=True)
-    assert path.exists()
+    assert not path.exists()  # a file that fails its hash is not kept
 
 
 def test_offline_missing_names_url_and_download_command(env: Path, no_network: None) -> None:
@@ -273,7 +276,7 @@ def _fake_hub_cache(tmp_path: Path, files: list[str]) -> Path:
 
 
 def test_cached_hub_snapshot_and_status(tmp_path: Path, env: Path, no_network: None) -> None:
-    assert [cached for _, cached, _ in weights.cached_status()] == [False, False, False]
+    assert [cached for _, cached, _ in weights.cached_status()] == [False, False, False, False]
     snapshot = _fake_hub_cache(tmp_path, ["config.json", "pytorch_model.bin"])
     assert weights.resolve_wavlm("microsoft/wavlm-large", offline=True) == snapshot
     env.mkdir()
@@ -281,6 +284,7 @@ def test_cached_hub_snapshot_and_status(tmp_path: Path, env: Path, no_network: N
     status = {entry.name: (cached, where) for entry, cached, where in weights.cached_status()}
     assert status == {
         "microsoft/wavlm-large": (True, snapshot),
+        "wavlm-original": (False, None),
         "prematched": (False, None),
         "regular": (True, env / "g_02500000.pt"),
     }
@@ -361,10 +365,129 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"generator": Evil()}, path)
     with pytest.raises(WeightsError, match="evil.pt"):
-        weights.load_checkpoint(path)
+        load_checkpoint(path)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(BODY[: len(BODY) // 2])
     with pytest.raises(WeightsError, match="truncated.pt"):
-        weights.load_checkpoint(truncated)
+        load_checkpoint(truncated)
     with pytest.raises(WeightsError, match="missing.pt"):
-        weights.load_checkpoint(tmp_path / "missing.pt")
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+# -- pinned hashes, recorded hashes, and errors that say what to do --------------------------------------------
+
+
+def test_published_hashes_are_pinned() -> None:
+    assert weights.REGISTRY["prematched"].sha256 == "f924c7632c6eaf99004386d62293e124419e33582573552a6ae976eb88ed2dd5"
+    original = weights.get_entry("wavlm-original")
+    assert original.location.endswith("/v0.1/WavLM-Large.pt") and original.kind == "wavlm"
+    assert original.sha256 == "6fb4b3c3e6aa567f0a997b30855859cb81528ee8078802af439f7b2da0bf100f"
+    assert weights.known_sha256(weights.REGISTRY["prematched"]) == (weights.REGISTRY["prematched"].sha256, "published")
+
+
+def test_a_download_that_fails_its_published_hash_is_deleted(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
+) -> None:
+    """The real pinned hash of prematch_g_02500000.pt against other bytes served by a real HTTP server."""
+    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=server.url)
+    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
+    with pytest.raises(WeightsError) as info:
+        weights.resolve_vocoder("prematched")
+    message = str(info.value)
+    assert "sha256 mismatch" in message and entry.sha256 in message and hashlib.sha256(BODY).hexdigest() in message
+    assert "deleted" in message and "\n" not in message
+    assert not env.exists() or list(env.iterdir()) == []  # neither the file nor a temporary one is left
+
+
+def test_unknown_hash_is_recorded_at_first_download_then_enforced_and_shown(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
+) -> None:
+    from knnvc.sysinfo import system_info
+
+    entry = dataclasses.replace(weights.REGISTRY["regular"], location=server.url)
+    monkeypatch.setitem(weights.REGISTRY, "regular", entry)
+    assert entry.sha256 is None and weights.known_sha256(entry) == (None, "")
+    path = weights.resolve_vocoder("regular")
+    digest = hashlib.sha256(BODY).hexdigest()
+    assert weights.known_sha256(entry) == (digest, "recorded")
+    row = next(r for r in system_info("cpu")["weights"] if r["name"] == "regular")
+    assert (row["sha256"], row["sha256_from"], row["cached"]) == (digest, "recorded", True)
+    path.write_bytes(_checkpoint_bytes()[:-1] + b"\x01")  # a later change of the file is caught
+    with pytest.raises(WeightsError, match="corrupt"):
+        weights.resolve_vocoder("regular", offline=True)
+    assert weights.resolve_vocoder("regular") == path and path.read_bytes() == BODY  # fetched again online
+
+
+def test_download_all_takes_the_readme_call(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry, env: Path
+) -> None:
+    assert weights.download_all(["prematched"]) == {"prematched": env / "prematch_g_02500000.pt"}  # the README's
+    assert weights.download_all("prematched") == {"prematched": env / "prematch_g_02500000.pt"}
+    assert server.hits == 1
+
+
+def test_offline_download_says_how_to_get_online(monkeypatch: pytest.MonkeyPatch, no_network: None) -> None:
+    from typer.testing import CliRunner
+
+    from knnvc.cli import app
+
+    monkeypatch.setenv("KNNVC_OFFLINE", "1")
+    with pytest.raises(WeightsError) as info:
+        weights.download_all(["prematched"])
+    assert "offline mode is on (KNNVC_OFFLINE)" in str(info.value) and "unset it" in str(info.value)
+    result = CliRunner().invoke(app, ["download", "prematched"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == WeightsError.exit_code and len(errors) == 1
+    assert "unset it" in errors[0] and "knnvc download" not in errors[0]  # not "run the command you just ran"
+
+
+def test_failed_vocoder_download_gives_advice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/prematch_g_02500000.pt"
+    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=url)
+    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
+    with pytest.raises(WeightsError) as info:
+        weights.resolve_vocoder("prematched")
+    message = str(info.value)
+    assert url in message and "check the internet connection" in message
+    assert f"save it as {env / 'prematch_g_02500000.pt'}" in message and "knnvc download" not in message
+
+
+def test_hub_unreachable_online_does_not_send_you_to_knnvc_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def unreachable(repo_id: str, **kwargs: Any) -> str:
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(WeightsError) as info:
+        weights.download_all(["microsoft/wavlm-large"])
+    assert "check the internet connection" in str(info.value) and "knnvc download" not in str(info.value)
+
+
+def test_original_wavlm_comes_from_the_registry_with_its_hash(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
+) -> None:
+    entry = dataclasses.replace(weights.get_entry("wavlm-original"), location=server.url,
+                                sha256=hashlib.sha256(BODY).hexdigest())
+    monkeypatch.setitem(weights.REGISTRY, "wavlm-original", entry)
+    assert weights.resolve_wavlm("wavlm-original") == env / "WavLM-Large.pt"
+
+
+def test_a_checked_file_is_not_hashed_again_until_it_changes(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry
+) -> None:
+    """A 1.2 GB WavLM would cost seconds per start: its verified size and mtime stand for the hash."""
+    from knnvc import files, integrity
+
+    path = weights.resolve_vocoder("prematched")
+    hashed: list[Path] = []
+    real = files.sha256
+    monkeypatch.setattr(files, "sha256", lambda p: (hashed.append(Path(p)), real(p))[1])  # type: ignore[arg-type]
+    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == []
+    path.write_bytes(BODY)  # same bytes, new mtime: hashed once more, then remembered again
+    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
+    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
+    assert integrity.problem(path, "0" * 64) is not None  # another expected hash is never taken on trust

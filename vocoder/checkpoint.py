@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import pickle
-import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vocoder.atomic import write_atomically
 from vocoder.config import HifiganConfig
 from vocoder.model import Generator
 
@@ -40,6 +41,10 @@ class VocoderLoadError(ValueError):
     """A vocoder checkpoint that is missing, unreadable, unsafe to load, or does not fit its config."""
 
 
+class UnsafeCheckpointError(VocoderLoadError):
+    """A checkpoint that holds pickled code or objects, which ``torch.load(weights_only=True)`` refuses."""
+
+
 def load_generator(
     path: StrPath,
     map_location: str | torch.device = "cpu",
@@ -54,7 +59,7 @@ def load_generator(
     Raises VocoderLoadError (a ValueError) naming the file on any failure.
     """
     path = Path(path)
-    ckpt = _read_checkpoint(path, map_location)
+    ckpt = read_checkpoint(path, map_location, "Vocoder checkpoint")
     state = _generator_state(path, ckpt)
     cfg, source = _resolve_config(path, ckpt, config)
     logger.debug("Loading vocoder %s with config from %s", path, source)
@@ -84,39 +89,44 @@ def save_generator(generator: Generator, path: StrPath, extra: Mapping[str, Any]
         "config": generator.config.to_dict(),
         **extra,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda fh: torch.save(payload, fh))
 
 
-def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+def read_checkpoint(
+    path: StrPath, map_location: str | torch.device = "cpu", what: str = "Checkpoint"
+) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a dict checkpoint: the one place knnvc and vocoder unpickle.
+
+    ``what`` names the file in messages ("Vocoder checkpoint", "Training state"...).
+
+    Raises:
+        UnsafeCheckpointError: the file holds pickled code or objects that ``weights_only`` refuses to run.
+        VocoderLoadError: the file is missing, truncated, corrupt or not a dict.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise VocoderLoadError(f"Vocoder checkpoint {path} does not exist or is not a file")
+        raise VocoderLoadError(f"{what} {path} does not exist or is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise VocoderLoadError(
-            f"Vocoder checkpoint {path} is not a plain-tensor checkpoint: it holds pickled code or objects "
-            f"that torch.load(weights_only=True) refuses to run ({str(e).splitlines()[0]})"
+        raise UnsafeCheckpointError(
+            f"{what} {path} is not a plain-tensor checkpoint: it holds pickled code or objects "
+            f"that torch.load(weights_only=True) refuses to run ({_first_line(e)})"
         ) from e
-    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, OSError... for bad files
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise VocoderLoadError(
-            f"Vocoder checkpoint {path} cannot be read as a PyTorch checkpoint (truncated or corrupt?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"{what} {path} cannot be read as a PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {_first_line(e)}"
         ) from e
     if not isinstance(ckpt, dict):
-        raise VocoderLoadError(
-            f"Vocoder checkpoint {path} is not a checkpoint dict (got {type(ckpt).__name__}); "
-            "expected {'generator': state_dict}"
-        )
+        raise VocoderLoadError(f"{what} {path} is not a checkpoint dict (got {type(ckpt).__name__})")
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's are paragraphs)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
 
 
 def _generator_state(path: Path, ckpt: dict[str, Any]) -> dict[str, Tensor]:

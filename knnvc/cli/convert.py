@@ -30,7 +30,16 @@ from knnvc.cli.common import (
     setup_logging,
     shown,
 )
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM
+from knnvc.cli.controls import (
+    MatchLayerOpt,
+    MorphOpt,
+    MorphWeightOpt,
+    StrengthOpt,
+    WeightingOpt,
+    controls,
+    with_morph_voice,
+)
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
 
 if TYPE_CHECKING:
@@ -58,6 +67,11 @@ def convert(
     sample_rate: Annotated[
         int | None, typer.Option("--sample-rate", help="Output rate in Hz (soxr) [default: the vocoder's, 16000].")
     ] = None,
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
     fmt: Annotated[
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
@@ -79,7 +93,8 @@ def convert(
         from knnvc.options import ConvertOptions
 
         # bad values fail here, before anything heavy is imported
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate)
+        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         api.check_options(batch_size=batch_size)
         from knnvc import batch, manifest
         from knnvc.voice import VOICE_SUFFIX, Voice
@@ -89,20 +104,26 @@ def convert(
         jobs = batch.plan(source, output, name, extension=fmt)
         models = None
         if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
-            models = _cluster().Models(wavlm, vocoder, device, precision, batch_size, offline or None)
+            models = _cluster().Models(wavlm, vocoder, device, precision, batch_size, offline or None, match_layer)
             _cluster().connect(ray)
             device, precision = "cpu", "fp32"
         with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
             vc = api.load_pipeline(
-                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-            )
+                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
+                match_layer=match_layer,
+            )  # fmt: skip
+            options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
             settings = manifest.batch_settings(
                 vc, saved or reference, options, vocoder=vocoder, extension=ext, compute=compute
             )
             ledger = manifest.Ledger(batch.manifest_folder(source, jobs), settings)
             resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
-            voice = (saved or vc.build_voice(reference, trim=trim, name=name)) if resume.todo else None
+            voice = (
+                (saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer))
+                if resume.todo
+                else None
+            )
         if voice is None:  # nothing to convert
             reasons = Counter(resume.reason(job) for job in jobs)
             report = batch.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)

@@ -53,8 +53,13 @@ def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
         for key in ("knnvc", "python", "torch", "transformers", "device", "cuda", "knnvc_cache", "hf_cache", "offline"):
             table.add_row(key, str(data[key]))
         out.print(table)
-        weights = Table("weights", "kind", "cached", Column("where", overflow="fold"))
+        weights = Table("weights", "kind", "cached", Column("where", overflow="fold"), "sha256")
         for row in data["weights"]:
-            weights.add_row(row["name"], row["kind"], "yes" if row["cached"] else "no", row["path"] or row["source"])
+            if row["sha256"]:
+                digest = f"{row['sha256'][:16]} ({row['sha256_from']})"
+            else:  # a URL file without a published hash, or a hub snapshot (huggingface_hub checks those)
+                digest = "recorded at first download" if "://" in row["source"] else "hub"
+            where = row["path"] or row["source"]
+            weights.add_row(row["name"], row["kind"], "yes" if row["cached"] else "no", where, digest)
         out.print(weights)
 

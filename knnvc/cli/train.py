@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from knnvc.cli.app import train_app
-from knnvc.cli.common import DeviceOpt, QuietOpt, VerboseOpt, err, handle_errors, setup_logging
+from knnvc.cli.common import DeviceOpt, PrecisionOpt, QuietOpt, VerboseOpt, err, handle_errors, setup_logging
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from knnvc.prematch import PrematchReport
-
-
+    from knnvc.train import PrematchReport
 
 
 @train_app.command("prematch")
@@ -34,6 +32,7 @@ def prematch_command(
     ] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Nearest frames averaged.")] = DEFAULT_K,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     sample_rate: Annotated[
         int, typer.Option("--sample-rate", help="Rate of the stored target audio (a multiple of 50 Hz).")
     ] = SAMPLE_RATE,
@@ -51,7 +50,7 @@ def prematch_command(
     with handle_errors(verbose):
         from rich.progress import Progress
 
-        from knnvc.prematch import prematch
+        from knnvc.train import prematch
 
         with Progress(console=err, transient=True, disable=quiet) as bar:
             task = bar.add_task("prematching", total=None)
@@ -60,7 +59,8 @@ def prematch_command(
                 bar.update(task, completed=done, total=total, description=f"speaker {speaker}")
 
             report = prematch(
-                data_dir, out_dir, wavlm=wavlm, manifest=manifest, k=k, device=device, sample_rate=sample_rate,
+                data_dir, out_dir, wavlm=wavlm, manifest=manifest, k=k, device=device, precision=precision,
+                sample_rate=sample_rate,
                 batch_size=batch_size, min_frames=min_frames, max_pool_minutes=max_pool_minutes,
                 offline=offline or None, on_speaker=on_speaker,
             )
@@ -126,6 +126,9 @@ def vocoder_command(
     """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
+        from knnvc.files import writable_folder
+
+        writable_folder(out)  # before any download or training: one line, not a traceback
         flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
         result = _train(features_dir, out, _read_overrides(config), {k: v for k, v in flags.items() if v},
                         _resolve_init(init, offline), device, quiet)
@@ -139,6 +142,7 @@ def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: M
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from knnvc.errors import UsageError, WeightsError
+    from knnvc.files import write_error
     from vocoder import VocoderLoadError
     from vocoder.train import TrainConfig, TrainingError, split_overrides
     from vocoder.train.trainer import train
@@ -159,3 +163,8 @@ def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: M
         raise UsageError(str(exc)) from exc
     except VocoderLoadError as exc:
         raise WeightsError(str(exc)) from exc
+    except OSError as exc:  # the run folder stopped being writable (full disk, permissions) mid-run
+        where = Path(exc.filename) if exc.filename else out
+        if not where.resolve().is_relative_to(out.resolve()):
+            raise
+        raise write_error(where, exc) from exc

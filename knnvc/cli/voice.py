@@ -25,8 +25,9 @@ from knnvc.cli.common import (
     say,
     setup_logging,
 )
-from knnvc.constants import DEFAULT_WAVLM
-from knnvc.errors import UsageError
+from knnvc.cli.controls import MatchLayerOpt
+from knnvc.constants import DEFAULT_WAVLM, WAVLM_LAYER
+from knnvc.errors import OutputError, UsageError
 
 
 @voice_app.command("build")
@@ -38,8 +39,14 @@ def voice_build(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     trim: TrimOpt = True,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    max_frames: Annotated[
+        int | None,
+        typer.Option("--max-frames", help="Compact voice: k-means the frames into at most N cluster means."),
+    ] = None,
     batch_size: BatchOpt = 8,
     offline: OfflineOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing voice file.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -47,18 +54,34 @@ def voice_build(
     setup_logging(verbose, quiet)
     with handle_errors(verbose):
         from knnvc import api
+        from knnvc.options import ConvertOptions
         from knnvc.voice import VOICE_SUFFIX
 
         if output.suffix != VOICE_SUFFIX:
             raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
+        if max_frames is not None and max_frames < 1:
+            raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
+        ConvertOptions(match_layer=match_layer)  # a layer out of range fails before any model loads
+        if output.exists() and not overwrite:
+            raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
         api.check_options(batch_size=batch_size)
         builder = api.load_voice_builder(
-            wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-        )
-        voice = builder.build_voice(list(references), trim=trim, name=name or output.stem)
+            wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
+            match_layer=match_layer,
+        )  # fmt: skip
+        builder.check_depth([match_layer])
+        voice = builder.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
+        full = voice.num_frames
+        if max_frames is not None:
+            voice, clustering = voice.compact(max_frames)
+            if not quiet and clustering.method != "none":
+                say("compacted", "green", f"{full} frames into {voice.num_frames} clusters ({clustering.method} "
+                    f"k-means, {clustering.seconds:.1f} s)")  # fmt: skip
         voice.save(output)
         if not quiet:
-            say("wrote", "green", f"{output}: {voice.num_frames} frames, {voice.seconds:.1f} s of speech")
+            size = output.stat().st_size / 2**20
+            frames = f"{voice.num_frames} frames, {voice.seconds:.1f} s of speech"
+            say("wrote", "green", f"{output}: {frames}, {size:.1f} MiB")
 
 
 @voice_app.command("info")
@@ -74,7 +97,9 @@ def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], jso
         from rich.table import Column, Table
 
         table = Table(show_header=False, box=None)
-        for key in ("name", "encoder", "encoder_fingerprint", "layer", "frames", "dim", "speech_seconds", "created"):
+        keys = ("name", "encoder", "encoder_fingerprint", "layer", "match_layers", "frames", "compact", "dim",
+                "speech_seconds", "created")  # fmt: skip
+        for key in keys:
             table.add_row(key, str(meta[key]))
         paths = [src["path"] for src in meta["sources"]]
         try:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from knnvc import files
 from knnvc.errors import OutputError
 from knnvc.eval.core import Evaluation
 from knnvc.eval.models import need
@@ -176,17 +175,12 @@ def _pyplot() -> Any:
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        _readable(tmp)
-        os.replace(tmp, path)
+        files.write_atomically(path, lambda fh: fig.savefig(fh, format="png"))
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
+        raise files.write_error(path, exc) from exc
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -199,21 +193,8 @@ def _folder(folder: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (a temporary file beside it, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``text`` atomically (``knnvc.files``: a temporary file beside it, then a rename)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        _readable(tmp)
-        os.replace(tmp, path)
+        files.write_atomically(path, text.encode("utf-8"))
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _readable(path: str) -> None:
-    """Give a temporary file the mode a plain ``open`` would (mkstemp makes it owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+        raise files.write_error(path, exc) from exc

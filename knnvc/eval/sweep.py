@@ -58,7 +58,9 @@ def parse_sweep(spec: str, base: ConvertOptions | None = None) -> Grid:
         raise UsageError(f"--sweep takes NAME=V1,V2,... (for example k=1,4,8), got {spec!r}")
     if name not in settings():
         raise UsageError(f"--sweep: unknown setting {name!r}; ConvertOptions has {', '.join(settings())}")
-    kind = typing.get_type_hints(ConvertOptions)[name]
+    from knnvc.voice import Voice  # ConvertOptions names it only for type checkers (options sits below voice)
+
+    kind = typing.get_type_hints(ConvertOptions, localns={"Voice": Voice})[name]
     texts = [v.strip() for v in raw.split(",")]
     if any(not t for t in texts) or len(set(texts)) != len(texts):
         raise UsageError(f"--sweep {spec!r}: values must be non-empty and distinct")

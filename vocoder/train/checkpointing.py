@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from vocoder.checkpoint import load_generator, save_generator
+from vocoder.atomic import write_atomically
+from vocoder.checkpoint import VocoderLoadError, load_generator, read_checkpoint, save_generator
 from vocoder.config import HifiganConfig
 from vocoder.model import Generator
 from vocoder.train.data import TrainingError
@@ -47,19 +46,6 @@ def latest_state(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(run_dir: Path, state: Mapping[str, Any], generator: Generator, keep_states: int) -> Path:
     """Write ``g_<step>.pt`` and ``state_<step>.pt`` (``state`` must hold ``step``); prune old states.
 
@@ -68,7 +54,7 @@ def save_checkpoint(run_dir: Path, state: Mapping[str, Any], generator: Generato
     step = int(state["step"])
     g_path = generator_path(run_dir, step)
     save_generator(generator, g_path, extra={"step": step})
-    _atomic_save(state, state_path(run_dir, step))
+    write_atomically(state_path(run_dir, step), lambda fh: torch.save(dict(state), fh))
     states = sorted(int(m.group(1)) for p in run_dir.glob("state_*.pt") if (m := _STATE.match(p.name)))
     for old in states[: max(0, len(states) - max(1, keep_states))]:
         state_path(run_dir, old).unlink(missing_ok=True)
@@ -78,10 +64,10 @@ def save_checkpoint(run_dir: Path, state: Mapping[str, Any], generator: Generato
 def load_state(path: Path, map_location: torch.device) -> dict[str, Any]:
     """Read a ``state_*.pt`` file (plain tensors only)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise TrainingError(f"{path}: cannot read training state ({exc})") from exc
-    if not isinstance(state, dict) or "step" not in state or "generator" not in state:
+        state = read_checkpoint(path, map_location, "Training state")
+    except VocoderLoadError as exc:
+        raise TrainingError(str(exc)) from exc
+    if "step" not in state or "generator" not in state:
         raise TrainingError(f"{path}: not a training state file")
     return state
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
+
+from vocoder.atomic import write_atomically
 
 FORMAT = "knnvc-prematched"
 VERSION = 1
@@ -76,11 +77,6 @@ def hop_for(sample_rate: int) -> int:
     return sample_rate // FRAME_RATE
 
 
-def _atomic_path(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def write_utterance(
     path: str | os.PathLike[str],
     features: Tensor,
@@ -106,14 +102,7 @@ def write_utterance(
     pcm = (wav.clamp(-1.0, 1.0) * (PCM_SCALE - 1)).round().to(torch.int16)
     meta = {**metadata, "format": FORMAT, "version": str(VERSION), "sample_rate": str(sample_rate),
             "hop": str(hop), "frames": str(feats.shape[0])}
-    fd, tmp = _atomic_path(Path(path))
-    os.close(fd)
-    try:
-        save_file({"features": feats, "audio": pcm.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, safetensors_bytes({"features": feats, "audio": pcm.contiguous()}, metadata=meta))
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -161,15 +150,7 @@ def write_index(
         "feature_dim": feature_dim, "settings": dict(settings),
         "utterances": [asdict(e) for e in sorted(entries, key=lambda e: e.id)],
     }
-    fd, tmp = _atomic_path(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, json.dumps(body, indent=1).encode("utf-8"))
 
 
 def read_index(root: str | os.PathLike[str]) -> FeatureIndex:

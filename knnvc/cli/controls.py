@@ -1,0 +1,59 @@
+"""The conversion controls' options for ``knnvc convert`` (strength, match layer, weighting, morph).
+
+Kept apart from ``convert.py`` so the command stays short; see docs/controls.md for what each control does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from knnvc.errors import UsageError
+
+if TYPE_CHECKING:
+    from knnvc.options import ConvertOptions
+    from knnvc.pipeline import KnnVC
+
+StrengthOpt = Annotated[
+    float,
+    typer.Option("--strength", help="0-2: 0 keeps the source voice, 1 the target (default), above 1 exaggerates."),
+]
+MatchLayerOpt = Annotated[
+    int,
+    typer.Option("--match-layer", help="WavLM layer searched for neighbours (1 to the model's layers; default 6)."),
+]
+WeightingOpt = Annotated[
+    str,
+    typer.Option("--knn-weighting", help="uniform (the paper's mean) or inverse-distance (1/d^2 weights)."),
+]
+MorphOpt = Annotated[
+    Path | None,
+    typer.Option("--morph", help="A second voice (.voice file, reference file or folder) to morph towards."),
+]
+MorphWeightOpt = Annotated[
+    float | None,
+    typer.Option("--morph-weight", help="0-1: share of the --morph voice (default 0.5; 0 first voice, 1 second)."),
+]
+
+
+def controls(
+    strength: float, match_layer: int, knn_weighting: str, morph: Path | None, morph_weight: float | None
+) -> dict[str, Any]:
+    """``ConvertOptions`` keywords for the control flags (the morph voice itself is loaded later)."""
+    if morph_weight is not None and morph is None:
+        raise UsageError("--morph-weight needs --morph VOICE (the second voice to morph towards)")
+    weight = {} if morph_weight is None else {"morph_weight": morph_weight}
+    return {"strength": strength, "match_layer": match_layer, "knn_weighting": knn_weighting, **weight}
+
+
+def with_morph_voice(vc: KnnVC, options: ConvertOptions, morph: Path | None) -> ConvertOptions:
+    """``options`` with the ``--morph`` voice loaded (a .voice file) or built (references, trimmed as asked)."""
+    if morph is None:
+        return options
+    from dataclasses import replace
+
+    voice = vc.voice_from(morph, trim=options.trim, match_layer=options.match_layer)
+    voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
+    return replace(options, morph=voice)

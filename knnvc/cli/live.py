@@ -1,0 +1,147 @@
+"""``knnvc live`` (extra ``[live]``): microphone -> ``Streamer`` -> speakers, through sounddevice (PortAudio).
+
+The microphone is read in chunks at its own rate (the stream resamples to 16 kHz) and the converted audio is
+written to the speakers at theirs, so any pair of devices works. A missing sounddevice package, PortAudio library
+or device is one line on stderr (exit 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from knnvc.cli.app import app
+from knnvc.cli.common import (
+    DeviceOpt,
+    OfflineOpt,
+    PrecisionOpt,
+    QuietOpt,
+    TrimOpt,
+    VerboseOpt,
+    VocoderOpt,
+    WavlmOpt,
+    err,
+    handle_errors,
+    parse_loudness,
+    say,
+    setup_logging,
+)
+from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
+from knnvc.cli.stream import (
+    ChunkOpt,
+    ContextOpt,
+    KOpt,
+    LookaheadOpt,
+    LoudnessOpt,
+    VocoderLookaheadOpt,
+    load_streamer,
+    settings_from,
+)
+from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, FRAME_RATE, WAVLM_LAYER
+from knnvc.errors import DeviceError, UsageError
+
+if TYPE_CHECKING:
+    from knnvc.stream import Streamer
+
+
+@dataclass(frozen=True)
+class AudioDevice:
+    """A PortAudio device as sounddevice names it (index or name; None: the default) and its default rate."""
+
+    device: int | str | None
+    rate: int
+    name: str
+
+
+def open_sounddevice() -> Any:
+    """The ``sounddevice`` module, or a one-line ``DeviceError`` saying what to install."""
+    try:
+        import sounddevice
+    except ImportError:
+        raise DeviceError("knnvc live needs the live extra: pip install 'knnvc[live]'") from None
+    except OSError as exc:  # sounddevice raises OSError when the PortAudio library is missing
+        hint = "e.g. apt-get install libportaudio2"
+        raise DeviceError(f"knnvc live needs the PortAudio library ({exc}); {hint}") from None
+    return sounddevice
+
+
+def find_device(sd: Any, device: str | None, kind: str) -> AudioDevice:
+    """The ``kind`` ("input" or "output") device called ``device`` (an index, a name, or None: the default)."""
+    wanted: int | str | None = int(device) if device is not None and device.isdigit() else device
+    try:
+        info = sd.query_devices(wanted, kind)
+    except (ValueError, sd.PortAudioError) as exc:
+        which = f"{kind} device {device!r}" if device is not None else f"default {kind} device"
+        raise DeviceError(f"no {which} ({exc}); see knnvc live --list-devices") from None
+    return AudioDevice(wanted, int(info["default_samplerate"]), str(info["name"]))
+
+
+def run(sd: Any, streamer: Streamer, mic: AudioDevice, speakers: AudioDevice) -> None:
+    """Read a chunk from the microphone, convert, play; until Ctrl-C, then play the tail."""
+    block = max(1, mic.rate // FRAME_RATE)  # read 20 ms at a time: a step starts as soon as it can
+    try:
+        with (
+            sd.InputStream(samplerate=mic.rate, device=mic.device, channels=1, dtype="float32", blocksize=block) as ins,
+            sd.OutputStream(samplerate=speakers.rate, device=speakers.device, channels=1, dtype="float32") as outs,
+        ):
+            try:
+                while True:
+                    data, _overflowed = ins.read(block)
+                    converted = streamer.push(data[:, 0])
+                    if len(converted):
+                        outs.write(converted[:, None])
+            except KeyboardInterrupt:
+                outs.write(streamer.flush()[:, None])
+    except sd.PortAudioError as exc:
+        raise DeviceError(f"audio device failed: {exc}") from None
+
+
+@app.command()
+def live(
+    reference: Annotated[Path | None, typer.Argument(help="Target speech: a file, a folder or a .voice file.")] = None,
+    list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
+    input_device: Annotated[str | None, typer.Option("--input-device", help="Microphone: index or name.")] = None,
+    output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: index or name.")] = None,
+    wavlm: WavlmOpt = DEFAULT_WAVLM,
+    vocoder: VocoderOpt = DEFAULT_VOCODER,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    k: KOpt = DEFAULT_K,
+    trim: TrimOpt = True,
+    loudness: LoudnessOpt = "-16",
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
+    chunk_ms: ChunkOpt = 100,
+    lookahead_ms: LookaheadOpt = None,
+    vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
+    context_ms: ContextOpt = None,
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Speak into the microphone, hear it in REFERENCE's voice (extra [live]). Ctrl-C stops."""
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        sd = open_sounddevice()
+        if list_devices:
+            err.print(str(sd.query_devices()), markup=False, highlight=False)
+            return
+        if reference is None:
+            raise UsageError("knnvc live needs REFERENCE (a file, folder or .voice), or --list-devices")
+        mic, speakers = find_device(sd, input_device, "input"), find_device(sd, output_device, "output")
+        from knnvc.options import ConvertOptions
+
+        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=speakers.rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
+        settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
+        streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
+                             precision=precision, offline=offline, input_rate=mic.rate, morph=morph)  # fmt: skip
+        if not quiet:
+            say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
+        run(sd, streamer, mic, speakers)

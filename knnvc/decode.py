@@ -1,0 +1,291 @@
+"""Decoding any audio file to mono float32 at a chosen rate, in bounded memory.
+
+libsndfile (soundfile) reads WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF...; what it does not recognise (m4a, aac, mp4,
+webm...) goes to FFmpeg through PyAV, whose wheel carries FFmpeg. Both paths decode block by block, average the
+channels and resample with soxr as they go. A file neither recognises is an "unsupported format"; one that a
+decoder recognises but cannot decode is damaged. ``knnvc.audio`` re-exports what callers use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from knnvc.constants import SAMPLE_RATE
+from knnvc.errors import AudioError
+
+if TYPE_CHECKING:
+    import av.container
+
+logger = logging.getLogger(__name__)
+
+AV_EXTENSIONS = frozenset({".m4a", ".m4b", ".aac", ".mp4", ".webm", ".mka", ".opus", ".wma", ".ac3", ".amr", ".mp3"})
+"""Extensions decoded by FFmpeg (those libsndfile also reads go to libsndfile first)."""
+RESAMPLE_QUALITY = "HQ"  # soxr: 20-bit precision, linear phase
+READ_BLOCK = 1 << 17  # frames decoded at a time by ``load`` (bounds its memory for long files)
+MIN_INPUT_RATE = 1_000  # Hz: lower rates in a header are taken as corruption (and would blow up on resampling)
+MAX_INPUT_RATE = 1_000_000  # Hz
+
+
+_FORMATS = sf.available_formats()
+_SF_EXTENSIONS: frozenset[str] = frozenset(
+    {".wav", ".flac", ".ogg", ".oga"}
+    | ({".mp3"} if "MP3" in _FORMATS else set())
+    | ({".aif", ".aiff"} if "AIFF" in _FORMATS else set())
+    | ({".opus"} if "OPUS" in sf.available_subtypes("OGG") else set())
+)
+_SF_UNRECOGNISED_FORMAT = 1  # libsndfile's SF_ERR_UNRECOGNISED_FORMAT: not a format it knows (try FFmpeg)
+AUDIO_EXTENSIONS: frozenset[str] = _SF_EXTENSIONS | AV_EXTENSIONS
+"""File extensions (lower case, with the dot) that ``load`` and ``audio_files`` accept."""
+"""File extensions (lower case, with the dot) that ``load`` and ``audio_files`` accept."""
+
+
+def load(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
+    """Decode an audio file to mono at ``sample_rate``, in bounded memory.
+
+    Any libsndfile format and subtype (integer or float), and through PyAV's FFmpeg m4a, aac, mp4, webm,
+    opus and the like (``AUDIO_EXTENSIONS``); any channel count (averaged), any rate from
+    ``MIN_INPUT_RATE`` to ``MAX_INPUT_RATE`` (soxr). The file is decoded, downmixed and resampled in blocks of
+    ``READ_BLOCK`` frames, so the peak memory is about the output array plus a few blocks, however long or
+    wide the file (a 1-hour 44.1 kHz stereo file never exists in memory at its own rate).
+
+    Args:
+        min_samples: fewest samples (at ``sample_rate``) the caller can use; fewer raises ``AudioError``.
+
+    Returns:
+        (N,) float32, C-contiguous, at ``sample_rate`` Hz; bit-identical to a one-shot decode and resample.
+
+    Raises:
+        AudioError: missing path, a folder, an unsupported format (neither libsndfile nor FFmpeg reads it),
+            unreadable or damaged data, no samples, too few samples, NaN/Inf samples, a sample rate outside
+            the accepted range.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder, not an audio file; give a file inside it")
+    try:
+        frames_read, wav = _decode(_open(path), path, sample_rate)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
+    except MemoryError as exc:
+        raise AudioError(f"{path} is too long to decode in this machine's memory; split it into parts") from exc
+    if frames_read == 0:
+        raise AudioError(f"{path} contains no audio samples; record or export it again")
+    if wav.shape[0] < min_samples:
+        raise AudioError(
+            f"{path} is too short ({1000 * wav.shape[0] / sample_rate:.1f} ms); "
+            f"give at least {1000 * min_samples / sample_rate:g} ms of audio"
+        )
+    return wav
+
+
+def _open(path: Path) -> tuple[int, int, Iterator[np.ndarray]]:
+    """(rate Hz, estimated frames, (n, C) float32 blocks): libsndfile first, FFmpeg (PyAV) for the rest.
+
+    A format libsndfile does not recognise goes to FFmpeg; one that neither recognises is "unsupported
+    format"; one libsndfile recognises but cannot decode is damaged.
+    """
+    if path.suffix.lower() in AV_EXTENSIONS - _SF_EXTENSIONS:
+        return _av_open(path)
+    try:
+        file = sf.SoundFile(_native(path))
+    except sf.LibsndfileError as exc:
+        if exc.code == _SF_UNRECOGNISED_FORMAT:
+            return _av_open(_not_sf_format(path))
+        raise AudioError(
+            f"cannot decode {path} ({exc.error_string.rstrip('.')}); if it is audio, it is damaged: "
+            "re-export it as WAV or FLAC"
+        ) from exc
+    return int(file.samplerate), int(file.frames), _sf_blocks(file, path)
+
+
+def _sf_blocks(file: sf.SoundFile, path: Path) -> Iterator[np.ndarray]:
+    with file:
+        try:
+            yield from file.blocks(blocksize=READ_BLOCK, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as exc:
+            raise AudioError(f"cannot decode {path} ({exc.error_string.rstrip('.')}); it is damaged: "
+                             "re-export it as WAV or FLAC") from exc
+
+
+def _decode(opened: tuple[int, int, Iterator[np.ndarray]], path: Path, sample_rate: int) -> tuple[int, np.ndarray]:
+    """Read the blocks of an opened file: check, downmix, resample. Returns (frames read, (N,) float32)."""
+    rate, frames, blocks = opened
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+        raise AudioError(
+            f"{path} says its sample rate is {rate} Hz, outside {MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz; "
+            "its header is probably corrupt: re-export it"
+        )
+    logger.debug("decoding %s: about %d frames at %d Hz", path, frames, rate)
+    stream = None
+    if rate != sample_rate:
+        stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+    out = _Growable(round(max(frames, 0) * sample_rate / rate) + 1)
+    frames_read = 0
+    for block in blocks:
+        if not np.isfinite(block).all():
+            raise AudioError(f"{path} contains NaN or infinite samples; re-export it as PCM WAV or FLAC")
+        frames_read += block.shape[0]
+        mono = downmix(block)
+        out.append(mono if stream is None else stream.resample_chunk(mono))
+    if stream is not None:
+        out.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return frames_read, out.array()
+
+
+class _Growable:
+    """A float32 buffer filled by appending blocks: preallocated from an estimate, doubled when it is short."""
+
+    def __init__(self, capacity: int) -> None:
+        self.data = np.empty(max(capacity, 1), dtype=np.float32)
+        self.size = 0
+
+    def append(self, block: np.ndarray) -> None:
+        end = self.size + block.shape[0]
+        if end > self.data.shape[0]:
+            grown = np.empty(max(end, 2 * self.data.shape[0]), dtype=np.float32)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : end] = block
+        self.size = end
+
+    def array(self) -> np.ndarray:
+        """The samples appended, without the unused tail (copied only when that tail is large)."""
+        if self.data.shape[0] - self.size > max(1024, self.size // 64):
+            return self.data[: self.size].copy()
+        return self.data[: self.size]
+
+
+def duration_seconds(path: str | os.PathLike[str]) -> float:
+    """Duration of an audio file in seconds, read from its header (no decoding). Raises AudioError."""
+    return header(path)[1]
+
+
+def native_rate(path: str | os.PathLike[str]) -> int:
+    """The file's own sample rate in Hz, from its header (no decoding); 0 when it cannot be read."""
+    try:
+        return header(path)[0]
+    except AudioError:
+        return 0
+
+
+def header(path: str | os.PathLike[str]) -> tuple[int, float]:
+    """(sample rate Hz, duration s) of an audio file from its header, libsndfile or FFmpeg. Raises AudioError."""
+    path = Path(path)
+    try:
+        info = sf.info(_native(path))
+    except sf.LibsndfileError as exc:
+        if exc.code == _SF_UNRECOGNISED_FORMAT:
+            return _av_header(_not_sf_format(path))
+        raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
+    except (OSError, RuntimeError) as exc:
+        raise AudioError(f"cannot read {path} as audio; check the path and the file") from exc
+    return int(info.samplerate), float(info.frames) / float(info.samplerate)
+
+
+def _native(path: Path) -> str | bytes:
+    """The path as libsndfile takes it: bytes on POSIX, so that names which are not valid UTF-8 open too."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
+def downmix(frames: np.ndarray) -> np.ndarray:
+    """(N, C) float -> (N,) float32 by the mean over channels (mono passes through untouched)."""
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
+    total = frames[:, 0].astype(np.float64)  # a loop over channels: 10x faster than mean(axis=1) on (N, C)
+    for channel in range(1, frames.shape[1]):
+        total += frames[:, channel]
+    total /= frames.shape[1]
+    return total.astype(np.float32)
+
+
+def unsupported(path: Path, why: str) -> AudioError:
+    """The error for a file neither libsndfile nor FFmpeg can read as audio."""
+    return AudioError(
+        f"cannot decode {path}: unsupported format ({why}); if it is audio, convert it to WAV or FLAC"
+    )
+
+
+def _not_sf_format(path: Path) -> Path:
+    """``path``, for FFmpeg to try: libsndfile did not recognise it. A name with one of libsndfile's own
+    extensions that it does not recognise is refused here (FFmpeg would guess a format from arbitrary bytes)."""
+    if path.suffix.lower() in _SF_EXTENSIONS:
+        raise unsupported(path, f"libsndfile does not recognise it as {path.suffix.lower()}")
+    return path
+
+
+def _av_open(path: Path) -> tuple[int, int, Iterator[np.ndarray]]:
+    """Open ``path`` with FFmpeg: (sample rate Hz, estimated frames, iterator of (n, C) float32 blocks).
+
+    Raises:
+        AudioError: "unsupported format" when FFmpeg finds no decodable audio stream.
+    """
+    import av
+
+    try:
+        container = av.open(str(path), mode="r")
+    except (PermissionError, FileNotFoundError, IsADirectoryError, UnicodeError) as exc:
+        raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
+    except av.FFmpegError as exc:
+        raise unsupported(path, f"FFmpeg cannot open it: {exc.strerror or exc}") from exc
+    try:
+        rate, seconds = _av_stream_header(container, path)
+    except AudioError:
+        container.close()
+        raise
+    return rate, round(seconds * rate), _av_blocks(container, path)
+
+
+def _av_stream_header(container: av.container.InputContainer, path: Path) -> tuple[int, float]:
+    """(rate Hz, duration s) of the container's first audio stream; "unsupported format" when it has none."""
+    import av
+
+    streams = container.streams.audio
+    if not streams or not streams[0].rate or streams[0].codec_context is None:
+        raise unsupported(path, "no audio stream FFmpeg can decode")
+    stream = streams[0]
+    if stream.duration and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    else:
+        seconds = float(container.duration or 0) / av.time_base
+    return int(stream.rate), seconds
+
+
+def _av_blocks(container: av.container.InputContainer, path: Path) -> Iterator[np.ndarray]:
+    """Decoded audio as (n, C) float32 blocks, at the stream's rate; the container is closed at the end."""
+    import av
+
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+    try:
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                yield np.ascontiguousarray(out.to_ndarray().T, dtype=np.float32)
+        for out in resampler.resample(None):
+            yield np.ascontiguousarray(out.to_ndarray().T, dtype=np.float32)
+    except av.FFmpegError as exc:
+        raise AudioError(f"cannot decode {path} ({exc}); it is damaged: re-export it as WAV or FLAC") from exc
+    finally:
+        container.close()
+
+
+def _av_header(path: Path) -> tuple[int, float]:
+    """(sample rate Hz, duration s) from an FFmpeg container's header, without decoding. Raises AudioError."""
+    import av
+
+    try:
+        with av.open(str(path), mode="r") as container:
+            return _av_stream_header(container, path)
+    except (PermissionError, FileNotFoundError, IsADirectoryError, UnicodeError) as exc:
+        raise AudioError(f"cannot read {path} as audio ({exc}); check the path and the file") from exc
+    except av.FFmpegError as exc:
+        raise unsupported(path, f"FFmpeg cannot open it: {exc.strerror or exc}") from exc
