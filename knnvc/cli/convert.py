@@ -49,7 +49,7 @@ from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
 from knnvc.progress import WINDOW_STAGES, Job, Progress
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from types import ModuleType, TracebackType
 
     from rich.progress import Progress as RichProgress
     from rich.progress import ProgressColumn, Task
@@ -88,6 +88,10 @@ def convert(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", metavar="ADDRESS", help="Run on Ray: 'local', or a cluster address (extra [cluster])."),
+    ] = None,
 ) -> None:
     """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume."""
     setup_logging(verbose, quiet)
@@ -113,14 +117,21 @@ def convert(
         name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
         jobs = batch.plan(source, output, name, extension=fmt)
         batch.check_outputs(batch.pending(jobs, overwrite=overwrite))
+        models = None
+        if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
+            models = _cluster().Models(wavlm, vocoder, device, precision, batch_size, offline or None, match_layer)
+            _cluster().connect(ray)
+            device, precision = "cpu", "fp32"
         with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
             vc = api.load_pipeline(
                 wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
                 match_layer=match_layer,
             )  # fmt: skip
             options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
-            ext = jobs[0].output.suffix.lower()
-            settings = manifest.batch_settings(vc, saved or reference, options, vocoder=vocoder, extension=ext)
+            ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
+            settings = manifest.batch_settings(
+                vc, saved or reference, options, vocoder=vocoder, extension=ext, compute=compute
+            )
             ledger = manifest.Ledger(batch.manifest_folder(source, jobs), settings)
             resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
             voice = (
@@ -135,8 +146,20 @@ def convert(
             voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
             voice.check_neighbours(k)  # references: now that their frames are counted, before any file
             with BatchView(resume.todo, show=not (quiet or json_out), verbose=verbose) as view:
-                report = batch.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event, ledger=ledger)
+                if models is not None:
+                    report = _cluster().run(jobs, voice, options, models, address=str(ray), overwrite=overwrite,
+                                         ledger=ledger, progress=view.on_event)  # fmt: skip
+                else:
+                    report = batch.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event,
+                                       ledger=ledger)  # fmt: skip
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
+
+
+def _cluster() -> ModuleType:
+    """``knnvc.cluster``, imported when ``--ray`` is used (it needs the cluster extra)."""
+    from knnvc import cluster
+
+    return cluster
 
 
 def eta_column() -> ProgressColumn:
