@@ -1,12 +1,46 @@
-"""Devices and precisions: what ``auto`` means, and clear errors for devices that are not there."""
+"""Devices and precisions: what ``auto`` means, native bf16 on CPUs, fp32 that really is fp32, clear errors.
+
+``auto`` picks a lower precision only where it was measured to keep kNN-VC's choices: on the fixtures and on
+the full-size random models, bf16's k nearest neighbours equal fp32's on at least 95 % of frames (``python -m
+bench`` measures it and writes it to ``bench/results/*.json`` as ``knn_agreement``, beside the output SNR).
+On a CPU, bf16 is used only when the processor computes it natively (AMX or AVX512-BF16); elsewhere it would be
+emulated and slower than fp32.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from knnvc.errors import DeviceError, UsageError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+AUTO_PRECISION = {"cuda": "bf16", "cpu": "bf16", "mps": "fp32"}
+"""What ``auto`` picks per device type (CPU: only with native bf16). bf16 agrees with fp32 on >= 95 % of kNN
+choices on the fixtures and the full-size random models (bench/results); fp16 is never picked by ``auto``."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AMX-BF16 or AVX512-BF16)."""
+    return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -29,11 +63,42 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` is fp32 on CPU/MPS and bf16 on CUDA; half precisions are refused on CPU."""
+    """The networks' dtype for ``precision`` on ``device`` (matching is always fp32).
+
+    ``auto``: bf16 on CUDA and on CPUs with native bf16, else fp32. On CPU, bf16 needs native support and fp16 is
+    refused.
+    """
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        precision = AUTO_PRECISION.get(device.type, "fp32")
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            precision = "fp32"
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
-    if device.type == "cpu" and precision != "fp32":
-        raise UsageError(f"--precision {precision} needs a GPU; on CPU use fp32")
+    if device.type == "cpu" and precision == "fp16":
+        raise UsageError("fp16 needs a GPU; on CPU use fp32, or bf16 where the CPU has AMX or AVX512-BF16")
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
+        raise UsageError("bf16 on CPU needs AMX or AVX512-BF16, which this CPU lacks; use fp32")
     return PRECISIONS[precision]
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bf16"``."""
+    return {v: k for k, v in PRECISIONS.items()}[dtype]
+
+
+@contextmanager
+def exact_fp32(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """While the block runs, fp32 on CUDA means fp32: TF32 is off for matmuls and convolutions (then restored).
+
+    Nothing changes for other devices or dtypes. Reads only host-side flags (no device sync).
+    """
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -5,7 +5,10 @@ norm") encoder of WavLM-Large the encoder's final layer norm is replaced by the 
 hidden state is exactly ``hidden_states[6]`` of the full model: the output of the 6th transformer block, which
 is what kNN-VC matches on. The waveform goes in raw, never layer-normalised, as the published vocoder expects.
 
-This module does no file I/O: ``knnvc.checkpoints`` builds the model from files.
+Precision: ``WavLMEncoder.cast`` casts the network but keeps an fp32 island at the input: the raw waveform and
+the first convolution stay fp32 (bf16 would keep 8 bits of a 16-bit sample).
+
+This module does no file I/O and does not import transformers: ``knnvc.checkpoints`` builds the model from files.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import logging
 import types
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import WavLMModel
 
 from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
+
+if TYPE_CHECKING:  # transformers is imported by whoever builds the model (knnvc.checkpoints), not here
+    from transformers import WavLMModel
 from knnvc.errors import AudioError
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,12 @@ def use_fused_attention(model: WavLMModel) -> None:
         attention.torch_multi_head_self_attention = types.MethodType(_fused_attention, attention)
 
 
+def _input_to_weight_dtype(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Forward pre-hook of a conv layer: its input in its own weight's dtype (fp32 island, then the network's)."""
+    weight = module.conv.weight  # type: ignore[union-attr]
+    return (args[0].to(weight.dtype), *args[1:])
+
+
 def fingerprint(model: nn.Module) -> str:
     """A short, stable hash of the weights, used to refuse voices built with another encoder.
 
@@ -116,8 +127,16 @@ class WavLMEncoder(nn.Module):
         self.fingerprint = fingerprint(self.model)
         fold_weight_norm(self.model)
         use_fused_attention(self.model)
+        for conv_layer in list(self.model.feature_extractor.conv_layers)[:2]:  # into and out of the fp32 island
+            conv_layer.register_forward_pre_hook(_input_to_weight_dtype)
         self.name = name
         self.layer = layer
+
+    def cast(self, dtype: torch.dtype) -> WavLMEncoder:
+        """Cast the network to ``dtype`` in place, keeping the first convolution layer fp32; returns ``self``."""
+        self.model.to(dtype)
+        self.model.feature_extractor.conv_layers[0].float()
+        return self
 
     @property
     def dim(self) -> int:
@@ -130,31 +149,33 @@ class WavLMEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The network's dtype (the first convolution layer is always fp32)."""
+        return self.model.feature_projection.projection.weight.dtype
 
     def forward(self, wavs: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Encode a right-padded batch.
 
         Args:
-            wavs: (B, N) raw waveforms at 16 kHz, zero-padded on the right.
-            lengths: (B,) valid samples per item; ``None`` means every item fills N.
+            wavs: (B, N) raw waveforms at 16 kHz, zero-padded on the right; fed to the fp32 island as fp32.
+            lengths: (B,) valid samples per item; ``None`` means every item fills N (no mask).
 
         Returns:
-            features (B, T, D) at 50 Hz, and (B,) valid frames per item. Frames past an item's valid count
-            are padding and carry no meaning.
+            features (B, T, D) at 50 Hz in the network's dtype, and (B,) valid frames per item (computed on the
+            device, so nothing waits for it). Frames past an item's valid count are padding.
         """
         batch, total = wavs.shape
+        mask = None
         if lengths is None:
             lengths = torch.full((batch,), total, dtype=torch.long, device=wavs.device)
-        frames = torch.tensor([num_frames(int(n)) for n in lengths], dtype=torch.long, device=wavs.device)
-        mask = None
-        if bool((lengths < total).any()):
+        else:
             positions = torch.arange(total, device=wavs.device)
             mask = (positions[None, :] < lengths[:, None]).long()
+        whole = torch.div(lengths - RECEPTIVE_FIELD, HOP, rounding_mode="floor") + 1
+        frames = torch.where(lengths >= RECEPTIVE_FIELD, whole, 0)
         with warnings.catch_warnings():
             # torch warns that transformers mixes a bool padding mask with a float position bias; it is exact.
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
-            out = self.model(wavs.to(self.dtype), attention_mask=mask)
+            out = self.model(wavs.float(), attention_mask=mask)
         return out.last_hidden_state, frames
 
     @torch.inference_mode()
@@ -177,15 +198,18 @@ class WavLMEncoder(nn.Module):
                     f"audio of {wav.numel()} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, "
                     "25 ms at 16 kHz)"
                 )
-        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+        sizes = [w.numel() for w in wavs]  # host-side lengths: slicing below needs no device sync
         # Assemble the batch on the host (pinned when a GPU waits for it), then copy it over in one transfer.
         on_gpu = self.device.type == "cuda"
-        padded = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32, pin_memory=on_gpu)
+        padded = torch.zeros(len(wavs), max(sizes), dtype=torch.float32, pin_memory=on_gpu)
         for i, wav in enumerate(wavs):
             padded[i, : wav.numel()] = wav
         padded = padded.to(self.device, non_blocking=on_gpu)
-        feats, frames = self(padded, lengths.to(self.device))
-        return [feats[i, : int(frames[i])] for i in range(len(wavs))]
+        lengths = None
+        if min(sizes) < max(sizes):
+            lengths = torch.tensor(sizes, dtype=torch.long, pin_memory=on_gpu).to(self.device, non_blocking=on_gpu)
+        feats, _ = self(padded, lengths)
+        return [feats[i, : num_frames(n)] for i, n in enumerate(sizes)]
 
     def encode(self, wav: Tensor) -> Tensor:
         """Encode one raw waveform: (N,) at 16 kHz -> (T, D) at 50 Hz, T = (N - 400) // 320 + 1."""

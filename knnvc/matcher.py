@@ -61,11 +61,13 @@ def _block_indices(query: Tensor, keys_n: Tensor, k: int, key_block: int) -> Ten
     return best[1]
 
 
-def _blocked(query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int) -> Iterator[tuple[int, Tensor]]:
+def _blocked(
+    query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int, normalised: bool = False
+) -> Iterator[tuple[int, Tensor]]:
     """(first query row, (Qb, k) neighbour indices) for each block of the flattened (Q, D) queries."""
     _check(query, keys, k)
     flat = query.reshape(-1, query.shape[-1])
-    keys_n = F.normalize(keys, dim=-1)
+    keys_n = keys if normalised else F.normalize(keys, dim=-1)
     for q0 in range(0, flat.shape[0], query_block):
         yield q0, _block_indices(flat[q0 : q0 + query_block], keys_n, k, key_block)
 
@@ -77,6 +79,7 @@ def knn_indices(
     *,
     query_block: int = QUERY_BLOCK,
     key_block: int = KEY_BLOCK,
+    keys_normalised: bool = False,
 ) -> Tensor:
     """Indices of the ``k`` keys nearest to each query by cosine distance, nearest first.
 
@@ -84,12 +87,13 @@ def knn_indices(
         query: (Q, D) or (B, Q, D) frames; a batch of sources shares the matching set.
         keys: (M, D) matching set, M >= k.
         k: neighbours per query.
+        keys_normalised: the keys already have unit norm (a pipeline normalises a voice once).
 
     Returns:
         (Q, k) or (B, Q, k) int64 indices into ``keys``, on the inputs' device.
     """
     out = torch.empty(query.numel() // max(1, query.shape[-1]), k, dtype=torch.long, device=query.device)
-    for q0, idx in _blocked(query, keys, k, query_block, key_block):
+    for q0, idx in _blocked(query, keys, k, query_block, key_block, keys_normalised):
         out[q0 : q0 + idx.shape[0]] = idx
     return out.reshape(*query.shape[:-1], k)
 

@@ -61,6 +61,9 @@ def convert(
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
     batch_size: BatchOpt = 8,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the networks first (pays off on long folders).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
     offline: OfflineOpt = False,
     json_out: JsonOpt = False,
@@ -87,9 +90,16 @@ def convert(
             report = batch.Report(total=len(jobs), skipped=list(jobs))
         else:
             with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
-                vc = api.load_pipeline(
-                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-                )
+                from knnvc.pipeline import KnnVC
+
+                vc = KnnVC.from_pretrained(
+                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
+                    compile=compile_,
+                )  # fmt: skip
+                if compile_:
+                    vc.warm_up()
+                    if not (quiet or json_out):
+                        say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
                 voice = saved or vc.build_voice(reference, trim=trim, name=name)
                 voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
             with BatchView(todo, show=not (quiet or json_out), verbose=verbose) as view:

@@ -52,7 +52,9 @@ def voice_build(
         if output.suffix != VOICE_SUFFIX:
             raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
         api.check_options(batch_size=batch_size)
-        builder = api.load_voice_builder(
+        from knnvc.pipeline import VoiceBuilder
+
+        builder = VoiceBuilder.from_pretrained(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None
         )
         voice = builder.build_voice(list(references), trim=trim, name=name or output.stem)
