@@ -15,6 +15,7 @@ import torch
 from transformers import WavLMConfig, WavLMModel
 from transformers.utils import logging as hf_logging
 
+from knnvc import converted
 from knnvc.constants import WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder
 from knnvc.errors import WeightsError
@@ -76,8 +77,17 @@ def wavlm_model(config: WavLMConfig, state: dict[str, torch.Tensor], layers: int
 
 
 def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER) -> WavLMEncoder:
-    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``)."""
-    config, state = read_original(path)
+    """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``).
+
+    The first load keeps a converted, memory-mappable copy of the layers used in the cache (``knnvc.converted``).
+    """
+    found = converted.load(path, layer)
+    if found is None:
+        config, state = read_original(path)
+        state = {k: v for k, v in state.items() if _keep_key(k, layer)}
+        converted.save(path, layer, config, state)
+    else:
+        config, state = found
     return WavLMEncoder(wavlm_model(config, state, layer), name=str(path), layer=layer)
 
 
@@ -121,10 +131,15 @@ def load_encoder(id_or_path: str | Path, *, offline: bool | None = None, layer: 
 def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progress: Any = None) -> Generator:
     """Load a HiFi-GAN generator by registry name or path; eval mode, weight norm folded, on CPU."""
     path = resolve_vocoder(name_or_path, offline=offline, progress=progress)
+    found = converted.load_vocoder(path)
+    if found is not None:
+        return found
     try:
-        return load_generator(path)
+        model = load_generator(path)
     except VocoderLoadError as exc:
         raise WeightsError(f"{exc}; pass --vocoder prematched, or a g_*.pt generator checkpoint you trust") from exc
+    converted.save_vocoder(path, model)
+    return model
 
 
 def original_to_hf(path: str | Path, out_dir: str | Path) -> Path:
