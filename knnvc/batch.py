@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = ConvertOptions()
 
 OUTPUT_EXTENSIONS = tuple(audio.OUTPUT_FORMATS)  # .wav, .flac, .ogg
+GROUP_FILES = 16  # files decoded and computed together; their windows are batched by the pipeline's batch_size
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,11 @@ class Overlap:
     leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
     """
 
-    def __init__(self, vc: KnnVC, rate: int, workers: int = 2) -> None:
-        self.vc, self.rate = vc, rate
+    def __init__(self, vc: KnnVC, rate: int, workers: int = 2, options: ConvertOptions = DEFAULT_OPTIONS) -> None:
+        self.vc, self.rate, self.options = vc, rate, options
         self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
+        # Loudness and resampling of finished outputs (numpy and soxr release the GIL), off the compute thread.
+        self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish")
         # One writer keeps outputs in order, so a full disk stops the batch at the first file it hits.
         self._writers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnvc-write")
         self._writes: list[tuple[int, Job, Future[float | None]]] = []
@@ -201,6 +204,7 @@ class Overlap:
     def __exit__(self, *exc: object) -> None:
         self._readers.shutdown(wait=True, cancel_futures=True)
         self._writers.shutdown(wait=True)
+        self._chores.shutdown(wait=True)
 
     def _load(self, job: Job) -> np.ndarray | KnnvcError:
         try:
@@ -220,10 +224,11 @@ class Overlap:
             yield [(i, job, future.result()) for i, job, future in futures[n]]
             futures[n] = []
 
-    def _save(self, job: Job, wav: np.ndarray) -> float | None:
+    def _save(self, job: Job, finished: Future[np.ndarray]) -> float | None:
         """Write one output; None when a full disk already stopped the batch (the job is left for a rerun)."""
         if self._disk_full.is_set():
             return None
+        wav = finished.result()
         try:
             audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
         except DiskFullError:
@@ -232,7 +237,9 @@ class Overlap:
         return len(wav) / self.rate
 
     def write(self, i: int, job: Job, wav: np.ndarray) -> None:
-        self._writes.append((i, job, self._writers.submit(self._save, job, wav)))
+        """Finish (``KnnVC.finish``) and write a synthesised output in the workers; the caller never waits."""
+        finished = self._chores.submit(self.vc.finish, wav, self.options)
+        self._writes.append((i, job, self._writers.submit(self._save, job, finished)))
 
     def _outcomes(self, wait: bool) -> list[tuple[int, Job, float | KnnvcError]]:
         done: list[tuple[int, Job, float | KnnvcError]] = []
@@ -269,7 +276,8 @@ class _Settings:
     on_chunk: ChunkProgress | None
 
     def convert(self, vc: KnnVC, wavs: list[np.ndarray], voice: Voice) -> list[np.ndarray]:
-        return vc.convert_batch(wavs, voice, self.options, progress=self.on_chunk)
+        """The compute only (``KnnVC.synthesise``): ``Overlap.write`` finishes each output in a worker."""
+        return vc.synthesise(wavs, voice, self.options, progress=self.on_chunk)
 
 
 @sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)
@@ -285,9 +293,10 @@ def run(
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. ``progress`` gets a ``Progress``
-    event per file; ``on_chunk(stage, done, total)`` reports the windows within one file. KeyboardInterrupt stops
-    after the current file has been written or abandoned (never half-written) and marks the report interrupted;
+    ``options`` (k, loudness, output rate...) go to the pipeline (``KnnVC.synthesise``, then ``KnnVC.finish`` in
+    a worker). Files are computed in groups of ``GROUP_FILES``, their windows batched together. ``progress`` gets a
+    ``Progress`` event per file; ``on_chunk(stage, done, total)`` reports the windows of a group. KeyboardInterrupt
+    stops after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
     ``report.stopped``.
     """
@@ -302,9 +311,9 @@ def run(
         else:
             todo.append((i, job))
     started = time.perf_counter()
-    with Overlap(vc, rate) as overlap:
+    with Overlap(vc, rate, options=options) as overlap:
         try:
-            for group in overlap.groups(todo, vc.batch_size):
+            for group in overlap.groups(todo, max(GROUP_FILES, vc.batch_size)):
                 if report.stopped is not None:
                     break
                 _convert_group(vc, group, voice, overlap, _Settings(options, on_chunk), report, notify)
