@@ -36,19 +36,16 @@ def load_average() -> float:
 
 
 def timed(command: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``command`` to completion: wall seconds, peak RSS (GiB), exit status, load before and after."""
+    """Run ``command`` to completion: wall seconds, peak RSS (GiB), load average before and after."""
     before = load_average()
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    wrapped = [sys.executable, "-S", str(ROOT / "bench" / "peak.py"), *command]  # -S: a small parent
+    proc = subprocess.run(wrapped, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    error = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])}... failed ({proc.returncode}):\n{error}")
-    return {"wall_seconds": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+        raise RuntimeError(f"{' '.join(command[:5])}... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    peak_kib = int(proc.stderr.strip().splitlines()[-1].split()[-1])
+    return {"wall_seconds": round(wall, 2), "peak_rss_gib": round(peak_kib / 2**20, 3),
             "load_before": before, "load_after": load_average()}  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import WavLMModel
 
 from knnvc import audio
@@ -42,7 +43,7 @@ def fast_cosine_dist(source: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     """(Q, M) cosine distances computed as the original does, through ``torch.cdist``."""
     source_norms = source.norm(p=2, dim=-1)
     pool_norms = pool.norm(p=2, dim=-1)
-    dot = -torch.cdist(source[None], pool[None], p=2)[0] ** 2 + source_norms[:, None] ** 2 + pool_norms[None] ** 2
+    dot = -(torch.cdist(source[None], pool[None], p=2)[0] ** 2) + source_norms[:, None] ** 2 + pool_norms[None] ** 2
     dot /= 2
     return 1 - dot / (source_norms[:, None] * pool_norms[None])
 
@@ -52,7 +53,8 @@ class Original:
 
     def __init__(self, wavlm: Path, vocoder: Path, device: torch.device) -> None:
         config, state = read_original(wavlm)  # the whole 1.2 GB checkpoint, every layer built and loaded
-        full = wavlm_model(config, state, config.num_hidden_layers).to(device).eval()
+        full = wavlm_model(config, state, config.num_hidden_layers)
+        nn.Module.to(full, device).eval()
         # extract_features(output_layer=6): the transformer stops after block 6 (no final layer norm)
         self.wavlm: WavLMModel = truncate_wavlm(full, WAVLM_LAYER)
         self.vocoder: Generator = load_generator(vocoder).to(device).eval()

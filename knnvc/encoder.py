@@ -96,7 +96,7 @@ def use_fused_attention(model: WavLMModel) -> None:
 
 def _input_to_weight_dtype(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Forward pre-hook of a conv layer: its input in its own weight's dtype (fp32 island, then the network's)."""
-    weight = module.conv.weight  # type: ignore[union-attr]
+    weight: Tensor = module.conv.weight  # type: ignore[union-attr,assignment]
     return (args[0].to(weight.dtype), *args[1:])
 
 
@@ -134,7 +134,7 @@ class WavLMEncoder(nn.Module):
 
     def cast(self, dtype: torch.dtype) -> WavLMEncoder:
         """Cast the network to ``dtype`` in place, keeping the first convolution layer fp32; returns ``self``."""
-        self.model.to(dtype)
+        nn.Module.to(self.model, dtype)
         self.model.feature_extractor.conv_layers[0].float()
         return self
 
