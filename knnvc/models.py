@@ -58,6 +58,12 @@ def prepare_vocoder(vocoder: Generator, device: torch.device, dtype: torch.dtype
     return _prepared(vocoder, device, dtype, vocoder.conv_post, "cast")
 
 
+def _owned(module: M, device: torch.device, dtype: torch.dtype) -> M:
+    """Prepare a module nobody else holds (just loaded) in place: no copy needed."""
+    module.to(device).cast(dtype)  # type: ignore[operator]
+    return module.eval()
+
+
 def _weights_key(name: str | Path) -> str:
     """A local path by its absolute location and modification time (an edited file reloads); else the name."""
     path = Path(name).expanduser()
@@ -72,7 +78,7 @@ def cached_encoder(name: str | Path, device: torch.device, dtype: torch.dtype, o
     if key not in _CACHE:
         from knnvc.checkpoints import load_encoder
 
-        _CACHE[key] = prepare_encoder(load_encoder(name, offline=offline), device, dtype)
+        _CACHE[key] = _owned(load_encoder(name, offline=offline), device, dtype)
     found: WavLMEncoder = _CACHE[key]
     return found
 
@@ -83,7 +89,7 @@ def cached_vocoder(name: str | Path, device: torch.device, dtype: torch.dtype, o
     if key not in _CACHE:
         from knnvc.checkpoints import load_vocoder
 
-        _CACHE[key] = prepare_vocoder(load_vocoder(name, offline=offline), device, dtype)
+        _CACHE[key] = _owned(load_vocoder(name, offline=offline), device, dtype)
     found: Generator = _CACHE[key]
     return found
 
