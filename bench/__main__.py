@@ -20,6 +20,8 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +89,12 @@ def main() -> None:
     models = models_in(work)
     jobs = tasks(work, args.quick)
     extra = args.knnvc_args.split()
-    warm = compare.Task("warm", [jobs["folder"].sources[0]], jobs["folder"].sources[0], jobs["folder"].references, 0)
     env = {**os.environ, "KNNVC_CACHE": str(work / "cache"), "PYTHONPATH": str(compare.ROOT)}
-    compare.timed(compare.knnvc_command(warm, models, work / "warm", args.device, extra), env)  # fills the cache
+    fill = (
+        "from knnvc.checkpoints import load_encoder as e, load_vocoder as v; import sys; e(sys.argv[1]); v(sys.argv[2])"
+    )
+    compare.timed([sys.executable, "-c", fill, str(models["wavlm"]), str(models["vocoder"])], env)  # the first run
+    out = RESULTS / f"{machine_name(device)}.json"
     result: dict[str, Any] = {
         "machine": machine_name(device),
         "cpu": platform.processor() or platform.machine(),
@@ -97,19 +102,22 @@ def main() -> None:
         "torch": torch.__version__,
         "device": args.device,
         "knnvc_args": extra,
-        "precision_agreement": agreement.measure(
-            models, jobs["folder"].sources[0], jobs["whole_process"].references[:1], device
-        ),
     }
+    probe = jobs["folder"].sources[0], jobs["whole_process"].references[:1]
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("precision_agreement", partial(agreement.measure, models, *probe, device))
+    ]
     for name, task in jobs.items():
-        print(f"{name}: {task.audio_seconds:.1f} s of audio", file=sys.stderr)  # noqa: T201
-        result[name] = compare.alternate(task, models, work, args.device, args.repeats, extra)
+        steps.append((name, partial(compare.alternate, task, models, work, args.device, args.repeats, extra)))
+    for name, step in steps:
+        print(f"{name} ...", file=sys.stderr)  # noqa: T201 (progress of a benchmark)
+        result[name] = step()
+        if not args.quick:  # saved after every step: a long run interrupted keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
     text = json.dumps(result, indent=2)
     print(text)  # noqa: T201 (a benchmark's output is its report)
     if not args.quick:
-        out = RESULTS / f"{result['machine']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
         table.main()
 
 
