@@ -32,6 +32,7 @@ import torch
 from bench import agreement, compare, table
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
 from bench.measure import speech
+from knnvc.devices import precision_name, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SR = 16_000
@@ -75,6 +76,12 @@ def tasks(work: Path, quick: bool) -> dict[str, compare.Task]:
     }
 
 
+def _precision(extra: list[str], device: torch.device) -> str:
+    """The precision ``knnvc convert`` runs in with ``extra`` flags on ``device``."""
+    asked = extra[extra.index("--precision") + 1] if "--precision" in extra else "auto"
+    return precision_name(resolve_precision(asked, device))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -102,6 +109,7 @@ def main() -> None:
         "torch": torch.__version__,
         "device": args.device,
         "knnvc_args": extra,
+        "knnvc_precision": _precision(extra, device),
     }
     probe = jobs["folder"].sources[0], jobs["whole_process"].references[:1]
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [

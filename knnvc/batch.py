@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from knnvc.interrupt import sigterm_as_interrupt
 from knnvc.options import ConvertOptions
 
 if TYPE_CHECKING:
+    from knnvc.manifest import Ledger
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
     from knnvc.windows import Progress as ChunkProgress
@@ -64,6 +65,7 @@ class Report:
     wall_seconds: float = 0.0
     interrupted: bool = False
     stopped: KnnvcError | None = None  # an error that ended the batch early (a full disk)
+    skip_reasons: Counter[str] = field(default_factory=Counter)  # done / unrecorded / exists (no settings record)
 
     @property
     def ok(self) -> bool:
@@ -93,6 +95,7 @@ class Report:
             "stopped": None if self.stopped is None else str(self.stopped),
             "outputs": [str(j.output) for j in self.converted],
             "skipped_outputs": [str(j.output) for j in self.skipped],
+            "skip_reasons": dict(self.skip_reasons),
             "failures": [{"file": str(f.source), "error": str(f.error)} for f in self.failed],
         }
 
@@ -101,7 +104,8 @@ class Report:
 class Progress:
     """A progress event: ``stage`` is start, done, skip or fail; ``index`` counts from 0 over ``total``.
 
-    ``seconds`` is the wall time a finished file took and ``audio_seconds`` its length.
+    ``seconds`` is a finished file's share of the compute wall time (its group's time split by audio length;
+    decoding and writing overlap the compute in threads) and ``audio_seconds`` its length.
     """
 
     stage: str
@@ -133,7 +137,8 @@ def plan(source: Path, output: Path | None, voice_name: str, *, extension: str =
     ``<stem>_<voice>.<ext>`` in the current folder. A folder is searched recursively and mirrored under
     ``output`` (default ``<folder>_<voice>`` in the current folder): relative paths are kept and the extension
     becomes ``extension``. Sources that would land on the same output (``a.wav`` and ``a.flac``) keep their own
-    extension in the name (``a.wav``, ``a.flac.wav``). Files already inside ``output`` are not sources.
+    extension in the name (``a.wav``, ``a.flac.wav``). An output that would replace a source, or an output folder
+    inside the source folder (a rerun would read its outputs back), is a ``UsageError``: nothing is written.
     """
     ext = check_extension(extension)
     name = safe_name(voice_name)
@@ -148,18 +153,41 @@ def plan(source: Path, output: Path | None, voice_name: str, *, extension: str =
             raise UsageError(
                 f"{output}: give an output file ending in {', '.join(OUTPUT_EXTENSIONS)}, or an existing folder"
             )
+        if output.resolve() == source.resolve():
+            raise UsageError(f"{output}: the output would replace its own source; give another output file")
         return [Job(source, output)]
     root = output if output is not None else Path.cwd() / f"{source.name or source.resolve().name}_{name}"
     if root.suffix.lower() in OUTPUT_EXTENSIONS and not root.is_dir():
         raise UsageError(f"{root}: a folder of sources needs an output folder, not a file name")
     if root.resolve() == source.resolve():
         raise UsageError(f"{root}: the output folder must differ from the source folder")
-    return _mirror(source, root, ext)
+    if source.resolve() in root.resolve().parents:
+        raise UsageError(
+            f"{root}: the output folder is inside the source folder {source}, whose outputs a rerun would read "
+            "back as sources; choose an output folder outside it"
+        )
+    jobs = _mirror(source, root, ext)
+    inputs = {job.source.resolve() for job in jobs}
+    for job in jobs:
+        if job.output.resolve() in inputs:
+            raise UsageError(f"{job.output}: an output would replace a source file; choose another output folder")
+    return jobs
+
+
+def manifest_folder(source: Path, jobs: list[Job]) -> Path:
+    """The folder whose settings record (``knnvc.manifest``) covers ``plan(source, ...)``'s jobs.
+
+    A folder of sources: the output tree's top; one file: the output's folder.
+    """
+    if source.is_file() or not jobs:
+        return jobs[0].output.parent if jobs else Path.cwd()
+    depth = len(jobs[0].source.relative_to(source).parts)
+    return jobs[0].output.parents[depth - 1]
 
 
 def _mirror(source: Path, root: Path, ext: str) -> list[Job]:
     top = root.resolve()
-    files = [p for p in audio.audio_files(source) if top not in p.resolve().parents]
+    files = audio.audio_files(source)
     if not files:
         raise AudioError(f"{source}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
     relative = [p.relative_to(source) for p in files]
@@ -197,6 +225,7 @@ class Overlap:
         self._writes: list[tuple[int, Job, Future[float | None]]] = []
         self._disk_full = threading.Event()
         self.interrupted = False
+        self.seconds: dict[int, float] = {}  # job index -> its share of the compute, until recorded
 
     def __enter__(self) -> Overlap:
         return self
@@ -275,10 +304,6 @@ class _Settings:
     options: ConvertOptions
     on_chunk: ChunkProgress | None
 
-    def convert(self, vc: KnnVC, wavs: list[np.ndarray], voice: Voice) -> list[np.ndarray]:
-        """The compute only (``KnnVC.synthesise``): ``Overlap.write`` finishes each output in a worker."""
-        return vc.synthesise(wavs, voice, self.options, progress=self.on_chunk)
-
 
 @sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)
 def run(
@@ -290,6 +315,7 @@ def run(
     overwrite: bool = False,
     progress: Callable[[Progress], None] | None = None,
     on_chunk: ChunkProgress | None = None,
+    ledger: Ledger | None = None,
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
@@ -298,18 +324,11 @@ def run(
     ``Progress`` event per file; ``on_chunk(stage, done, total)`` reports the windows of a group. KeyboardInterrupt
     stops after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
-    ``report.stopped``.
+    ``report.stopped``. With a ``ledger`` (``knnvc.manifest``), outputs made with other settings stop the batch
+    before it starts (``StaleOutputsError``) unless ``overwrite``, and every outcome is recorded in its manifest.
     """
-    report = Report(total=len(jobs))
-    notify = progress or (lambda event: None)
+    report, todo, notify = begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
     rate = vc.output_rate(options)
-    todo: list[tuple[int, Job]] = []
-    for i, job in enumerate(jobs):
-        if job.output.exists() and not overwrite:
-            report.skipped.append(job)
-            notify(Progress("skip", i, len(jobs), job))
-        else:
-            todo.append((i, job))
     started = time.perf_counter()
     with Overlap(vc, rate, options=options) as overlap:
         try:
@@ -317,13 +336,114 @@ def run(
                 if report.stopped is not None:
                     break
                 _convert_group(vc, group, voice, overlap, _Settings(options, on_chunk), report, notify)
+                if ledger is not None:
+                    ledger.flush()  # every few seconds
         except KeyboardInterrupt:
             report.interrupted = True
         for i, job, outcome in overlap.finish():  # outputs already handed to the writer complete atomically
-            _record(report, notify, i, job, outcome)
+            _record(report, notify, i, job, outcome, overlap.seconds.pop(i, 0.0))
         report.interrupted = report.interrupted or overlap.interrupted
+    if ledger is not None:
+        try:
+            ledger.flush(force=True)
+        except KeyboardInterrupt:
+            report.interrupted = True
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def begin(
+    jobs: list[Job],
+    *,
+    overwrite: bool = False,
+    ledger: Ledger | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> tuple[Report, list[tuple[int, Job]], Callable[[Progress], None]]:
+    """The start of a batch, local or on Ray: skip existing outputs (saying why), queue the rest in the ledger.
+
+    Returns the report so far, the (index, job) pairs to convert, and the callback that records each outcome in
+    the ledger and passes it on to ``progress``. Raises ``StaleOutputsError`` as ``Ledger.check`` does.
+    """
+    report = Report(total=len(jobs))
+    resume = ledger.check(jobs, overwrite=overwrite) if ledger is not None else None
+    notify = _recording(progress, ledger)
+    todo: list[tuple[int, Job]] = []
+    for i, job in enumerate(jobs):
+        if job.output.exists() and not overwrite:
+            report.skipped.append(job)
+            report.skip_reasons[resume.reason(job) if resume is not None else "exists"] += 1
+            notify(Progress("skip", i, len(jobs), job))
+        else:
+            todo.append((i, job))
+    if ledger is not None:
+        ledger.queue([job for _, job in todo])
+    return report, todo, notify
+
+
+def _recording(progress: Callable[[Progress], None] | None, ledger: Ledger | None) -> Callable[[Progress], None]:
+    """``progress``, and the ledger's record of each finished file, as one callback."""
+
+    def notify(event: Progress) -> None:
+        if ledger is not None:
+            ledger.record(event)
+        if progress is not None:
+            progress(event)
+
+    return notify
+
+
+def convert_group(
+    vc: KnnVC,
+    wavs: Sequence[np.ndarray | KnnvcError],
+    voice: Voice,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+    *,
+    on_chunk: ChunkProgress | None = None,
+    finish: bool = True,
+) -> list[tuple[np.ndarray | KnnvcError, float]]:
+    """The unit of batch work, mapped by the local batch and by the Ray job (``knnvc.cluster``).
+
+    ``finish=False`` returns the raw synthesis (``KnnVC.synthesise``) for the caller to finish (``KnnVC.finish``:
+    loudness, output rate) elsewhere, as the local batch does in its worker threads.
+
+    Takes decoded sources ((N_i,) float32 at 16 kHz) or the errors that decoding them raised, and returns, in
+    order, each output ((M_i,) float32 at ``vc.output_rate(options)``) or its error, with the compute seconds it
+    took (the group's time split by audio length). The sources are converted together; if that fails, one by
+    one, so only the bad file fails. No I/O.
+    """
+    arrays = [(n, wav) for n, wav in enumerate(wavs) if isinstance(wav, np.ndarray)]
+    results: list[tuple[np.ndarray | KnnvcError, float]] = [(wav, 0.0) for wav in wavs]  # errors pass through
+    started = time.perf_counter()
+    outs: Sequence[np.ndarray | KnnvcError]
+    try:
+        compute = vc.convert_batch if finish else vc.synthesise
+        outs = compute([wav for _, wav in arrays], voice, options, progress=on_chunk) if arrays else []
+    except KnnvcError as exc:
+        if len(arrays) > 1:  # find which file failed
+            return [_convert_one(vc, wav, voice, options, on_chunk, finish) for wav in wavs]
+        outs = [exc]
+    total, samples = time.perf_counter() - started, sum(len(wav) for _, wav in arrays) or 1
+    for (n, wav), out in zip(arrays, outs, strict=True):
+        results[n] = (out, total * len(wav) / samples)
+    return results
+
+
+def _convert_one(
+    vc: KnnVC,
+    wav: np.ndarray | KnnvcError,
+    voice: Voice,
+    options: ConvertOptions,
+    on_chunk: ChunkProgress | None,
+    finish: bool,
+) -> tuple[np.ndarray | KnnvcError, float]:
+    if isinstance(wav, KnnvcError):
+        return wav, 0.0
+    started = time.perf_counter()
+    compute = vc.convert_batch if finish else vc.synthesise
+    try:
+        return compute([wav], voice, options, progress=on_chunk)[0], time.perf_counter() - started
+    except KnnvcError as exc:
+        return exc, time.perf_counter() - started
 
 
 def _convert_group(
@@ -335,43 +455,38 @@ def _convert_group(
     report: Report,
     notify: Callable[[Progress], None],
 ) -> None:
-    """Convert one group of decoded sources together; decoding errors and a failing batch go file by file."""
-    ready = [(i, job, wav) for i, job, wav in group if isinstance(wav, np.ndarray)]
+    """Convert one group of decoded sources together (``convert_group``) and hand the outputs to the writer."""
     for i, job, wav in group:
-        if not isinstance(wav, np.ndarray):
-            _record(report, notify, i, job, wav)
-        else:
+        if isinstance(wav, np.ndarray):
             notify(Progress("start", i, report.total, job))
-    try:
-        outs = settings.convert(vc, [w for _, _, w in ready], voice) if ready else []
-    except KnnvcError as exc:
-        if len(ready) == 1:
-            _record(report, notify, ready[0][0], ready[0][1], exc)
-            return
-        outs = None  # find which file failed: convert them one by one
-    for n, (i, job, wav) in enumerate(ready):
-        if outs is None:
-            try:
-                out = settings.convert(vc, [wav], voice)[0]
-            except KnnvcError as exc:
-                _record(report, notify, i, job, exc)
-                continue
+    wavs = [wav for _, _, wav in group]  # synthesised only: Overlap.write finishes each output in a worker
+    outcomes = convert_group(vc, wavs, voice, settings.options, on_chunk=settings.on_chunk, finish=False)
+    for (i, job, _), (out, seconds) in zip(group, outcomes, strict=True):
+        if isinstance(out, KnnvcError):
+            _record(report, notify, i, job, out, seconds)
         else:
-            out = outs[n]
-        overlap.write(i, job, out)
+            overlap.seconds[i] = seconds
+            overlap.write(i, job, out)
     for i, job, outcome in overlap.finished():
-        _record(report, notify, i, job, outcome)
+        _record(report, notify, i, job, outcome, overlap.seconds.pop(i, 0.0))
 
 
-def _record(report: Report, notify: Callable[[Progress], None], i: int, job: Job, outcome: float | KnnvcError) -> None:
-    """Record a finished job: its audio seconds, or its error."""
+def _record(
+    report: Report,
+    notify: Callable[[Progress], None],
+    i: int,
+    job: Job,
+    outcome: float | KnnvcError,
+    seconds: float = 0.0,
+) -> None:
+    """Record a finished job: its audio seconds, or its error; ``seconds`` is its share of the compute."""
     if isinstance(outcome, KnnvcError):
         log.debug("failed: %s", job.source, exc_info=outcome)
         report.failed.append(Failure(job.source, outcome))
-        notify(Progress("fail", i, report.total, job, error=outcome))
+        notify(Progress("fail", i, report.total, job, seconds=seconds, error=outcome))
         if isinstance(outcome, DiskFullError) and report.stopped is None:  # every later file would fail too
             report.stopped = outcome
         return
     report.converted.append(job)
     report.audio_seconds += outcome
-    notify(Progress("done", i, report.total, job, audio_seconds=outcome))
+    notify(Progress("done", i, report.total, job, seconds=seconds, audio_seconds=outcome))

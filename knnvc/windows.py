@@ -50,7 +50,7 @@ class Window:
         return self.start * HOP, (self.stop - 1) * HOP + RECEPTIVE_FIELD
 
 
-def plan(total: int, core: int, context: int) -> list[Window]:
+def split(total: int, core: int, context: int) -> list[Window]:
     """Windows covering frames ``[0, total)``; a single whole window when it fits in ``core + 2 * context``."""
     if core < 1 or context < 0:
         raise ValueError(f"window core must be >= 1 and context >= 0 frames, got {core} and {context}")
@@ -77,7 +77,7 @@ class Piece:
 
 def pieces(totals: Sequence[int], core: int, context: int) -> list[Piece]:
     """Every window of every input (``totals``: frames per input), the unit of cross-file batching."""
-    return [Piece(i, w) for i, total in enumerate(totals) for w in plan(total, core, context)]
+    return [Piece(i, w) for i, total in enumerate(totals) for w in split(total, core, context)]
 
 
 def buckets(lengths: Sequence[int], batch_size: int, slack: float) -> list[list[int]]:
@@ -111,7 +111,7 @@ def encode_windowed(
     ``encode_batch`` encodes a list of 1-D waveforms to (T_i, D) frames, each as if alone.
     """
     total = (wav.numel() - RECEPTIVE_FIELD) // HOP + 1
-    windows = plan(total, core, context)
+    windows = split(total, core, context)
     parts: list[Tensor] = []
     for first in range(0, len(windows), batch_size):
         group = windows[first : first + batch_size]
@@ -137,7 +137,7 @@ def vocode_windowed(
 
     ``vocode_batch`` maps (B, T_w, D) frames to (B, T_w * hop) samples. Windows of equal length are batched.
     """
-    windows = plan(features.shape[0], core, context)
+    windows = split(features.shape[0], core, context)
     out = torch.empty(features.shape[0] * hop, dtype=torch.float32, device=features.device)
     groups: dict[int, list[Window]] = {}
     for w in windows:

@@ -29,6 +29,7 @@ from typer.testing import CliRunner, Result
 from knnvc import audio
 from knnvc.cli import app
 from knnvc.errors import AudioError, DeviceError, UsageError, VoiceError, WeightsError
+from knnvc.manifest import MANIFEST_NAME
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -263,7 +264,7 @@ def test_folder_is_mirrored_and_resumes(tmp_path: Path, inputs: dict[str, Path])
     src, out = inputs["wav16"].parent, tmp_path / "out"
     summary = convert_json(src, REF_DIR, "-o", out)
     expected = {"a.wav", "a.flac.wav", "deep/er/b.wav", "deep/c.wav"}
-    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     assert written == expected and summary["converted"] == 4 and summary["failed"] == 0
     for rel in expected:  # every input format converted to a full-length 16 kHz file
         wav, rate = sf.read(out / rel, dtype="float32")
@@ -285,7 +286,7 @@ def test_folder_default_output_and_format(
     src = inputs["wav16"].parent
     convert_json(src, REF_DIR, "--format", "ogg")
     root = tmp_path / f"{src.name}_ref"
-    written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     assert written == {"a.wav.ogg", "a.flac.ogg", "deep/er/b.ogg", "deep/c.ogg"}  # a.wav and a.flac clash
 
 

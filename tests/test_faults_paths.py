@@ -14,6 +14,7 @@ import soundfile as sf
 
 from knnvc import batch
 from knnvc.errors import AudioError, OutputError, UsageError, VoiceError
+from knnvc.manifest import MANIFEST_NAME
 from tests.conftest import REF_DIR, SOURCE_WAV
 from tests.fault_tools import (
     FAST,
@@ -96,7 +97,7 @@ def test_non_audio_in_a_folder_is_listed_or_ignored(tmp_path: Path) -> None:
     assert (summary["files"], summary["converted"], summary["failed"]) == (2, 1, 1)
     assert summary["failures"][0]["file"] == str(src / "fake.wav")
     assert "cannot decode" in summary["failures"][0]["error"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.wav"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.wav", MANIFEST_NAME]
 
 
 def test_spaces_and_unicode_everywhere(tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_spaces_and_unicode_everywhere(tmp_path: Path) -> None:
     summary = json_summary(cli("convert", src, ref, "-o", out, *FAST, "--json"))
     assert summary["converted"] == 3 and summary["failed"] == 0
     expected = {str(Path(n).with_suffix(".wav")) for n in names}
-    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME} == expected
     single = tmp_path / "ünï cödé.wav"
     one = json_summary(cli("convert", src / names[0], ref, "-o", single, *FAST, "--json"))
     assert one["outputs"] == [str(single)] and sf.info(single).frames == round(0.4 * 16_000)

@@ -28,21 +28,21 @@ def models() -> tuple:
 
 
 @pytest.mark.parametrize("total", [1, 50, 699, 700, 701, 3116, 10_000])
-def test_plan_covers_every_frame_once(total: int) -> None:
-    plan = windows.plan(total, core=500, context=100)
-    kept = [f for w in plan for f in range(w.keep_start, w.keep_stop)]
+def test_split_covers_every_frame_once(total: int) -> None:
+    cut = windows.split(total, core=500, context=100)
+    kept = [f for w in cut for f in range(w.keep_start, w.keep_stop)]
     assert kept == list(range(total))
-    for w in plan:
+    for w in cut:
         assert 0 <= w.start <= w.keep_start < w.keep_stop <= w.stop <= total
         assert w.keep_start - w.start == min(100, w.keep_start)  # full context unless at the start
         assert w.stop - w.keep_stop == min(100, total - w.keep_stop)
-    assert (len(plan) == 1) == (total <= 700)
+    assert (len(cut) == 1) == (total <= 700)
 
 
 def test_window_sample_span_gives_exactly_its_frames() -> None:
     from knnvc.encoder import num_frames
 
-    for w in windows.plan(5000, core=1000, context=150):
+    for w in windows.split(5000, core=1000, context=150):
         lo, hi = w.sample_span()
         assert num_frames(hi - lo) == w.stop - w.start
 
@@ -56,7 +56,7 @@ def test_windowed_vocoder_equals_whole(models: tuple) -> None:
     encoder, vocoder = models
     vc = KnnVC(encoder, vocoder, device="cpu", precision="fp32", batch_size=3)
     feats = vc.encode(long_source(8), sample_rate=16_000)  # 31 s: 3 windows of 10 s + context
-    assert len(windows.plan(feats.shape[0], windows.VOCODER_CORE, windows.VOCODER_CONTEXT)) == 4
+    assert len(windows.split(feats.shape[0], windows.VOCODER_CORE, windows.VOCODER_CONTEXT)) == 4
     windowed = vc.vocode(feats)
     with torch.inference_mode():
         whole = vocoder(feats[None]).reshape(-1).numpy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -79,33 +80,36 @@ def convert(
         # bad values fail here, before anything heavy is imported
         options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate)
         api.check_options(batch_size=batch_size)
-        from knnvc import batch
+        from knnvc import batch, manifest
         from knnvc.voice import VOICE_SUFFIX, Voice
 
         saved = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else None
         name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
         jobs = batch.plan(source, output, name, extension=fmt)
-        todo = batch.pending(jobs, overwrite=overwrite)
-        if not todo:
-            report = batch.Report(total=len(jobs), skipped=list(jobs))
-        else:
-            with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
-                from knnvc.pipeline import KnnVC
+        with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
+            from knnvc.pipeline import KnnVC
 
-                vc = KnnVC.from_pretrained(
-                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
-                    compile=compile_,
-                )  # fmt: skip
-                if compile_:
-                    vc.warm_up()
-                    if not (quiet or json_out):
-                        say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
-                voice = saved or vc.build_voice(reference, trim=trim, name=name)
-                voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
-            with BatchView(todo, show=not (quiet or json_out), verbose=verbose) as view:
-                report = batch.run(
-                    vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event, on_chunk=view.on_chunk
-                )
+            vc = KnnVC.from_pretrained(
+                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
+                compile=compile_,
+            )  # fmt: skip
+            if compile_:
+                vc.warm_up()
+                if not (quiet or json_out):
+                    say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
+            ext = jobs[0].output.suffix.lower()
+            settings = manifest.batch_settings(vc, saved or reference, options, vocoder=vocoder, extension=ext)
+            ledger = manifest.Ledger(batch.manifest_folder(source, jobs), settings)
+            resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
+            voice = (saved or vc.build_voice(reference, trim=trim, name=name)) if resume.todo else None
+        if voice is None:  # nothing to convert
+            reasons = Counter(resume.reason(job) for job in jobs)
+            report = batch.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)
+        else:
+            voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
+            with BatchView(resume.todo, show=not (quiet or json_out), verbose=verbose) as view:
+                report = batch.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event,
+                                   on_chunk=view.on_chunk, ledger=ledger)  # fmt: skip
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
 
 
@@ -189,6 +193,8 @@ def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose
         keys = ("files", "converted", "skipped", "failed", "audio_seconds", "wall_seconds")
         table.add_row(*(str(s[c]) for c in keys), f"{report.realtime_factor:.3f}")
         err.print(table)
+    if report.skipped and not (quiet or json_out):
+        say("skipped:", "yellow", skip_line(report))
     for failure in report.failed:
         if verbose:
             from rich.traceback import Traceback
@@ -205,3 +211,12 @@ def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose
     if report.failed:
         raise typer.Exit(report.failed[0].error.exit_code if single else EXIT_PARTIAL)
 
+
+
+def skip_line(report: Report) -> str:
+    """How many existing outputs were kept, and why (from the output folder's settings record)."""
+    why = report.skip_reasons
+    parts = [f"{why['done']} already converted with these settings"] if why["done"] else []
+    if why["unrecorded"] or why["exists"]:
+        parts.append(f"{why['unrecorded'] + why['exists']} with no settings record (kept as they are)")
+    return f"{len(report.skipped)} existing output(s): {', '.join(parts)}; --overwrite re-converts them"

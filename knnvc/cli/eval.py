@@ -1,0 +1,266 @@
+"""``knnvc eval``: score a file or folder of conversions (speaker similarity, EER, WER/CER, DNSMOS), or sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from knnvc.cli.app import app
+from knnvc.cli.common import (
+    BatchOpt,
+    DeviceOpt,
+    JsonOpt,
+    OfflineOpt,
+    PrecisionOpt,
+    QuietOpt,
+    VerboseOpt,
+    VocoderOpt,
+    WavlmOpt,
+    err,
+    handle_errors,
+    nothing,
+    say,
+    setup_logging,
+)
+from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
+from knnvc.errors import UsageError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from rich.progress import Progress as RichProgress
+
+    from knnvc.batch import Report
+    from knnvc.eval import Evaluation
+    from knnvc.eval.sweep import Grid
+
+PathOpt = Path | None
+
+
+@app.command("eval")
+def eval_command(
+    converted: Annotated[
+        PathOpt, typer.Argument(help="Converted file or folder (with --sweep: where the conversions go).")
+    ] = None,
+    target: Annotated[PathOpt, typer.Option("--target", "-t", help="The target's real speech: file or folder.")] = None,
+    report: Annotated[Path, typer.Option("--report", "-r", help="Folder for report.json, report.md and plots.")] = Path(
+        "eval_report"
+    ),
+    source: Annotated[PathOpt, typer.Option("--source", "-s", help="Source file or folder converted.")] = None,
+    transcripts: Annotated[
+        PathOpt, typer.Option("--transcripts", help="What was said: 'ID TEXT' lines; a file or folder.")
+    ] = None,
+    manifest: Annotated[
+        PathOpt, typer.Option("--manifest", help="Many targets: TSV with columns converted, target[, source, text].")
+    ] = None,
+    verifier: Annotated[
+        str, typer.Option("--verifier", help="auto, resemblyzer, or a WavLMForXVector folder or cached hub id.")
+    ] = "auto",
+    asr: Annotated[str, typer.Option("--asr", help="auto, whisper, pocketsphinx, none, or a Whisper path.")] = "auto",
+    dnsmos: Annotated[bool, typer.Option("--dnsmos/--no-dnsmos", help="Estimate quality with DNSMOS.")] = True,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Convert --source over a grid first, e.g. k=1,4,8.")
+    ] = None,
+    wavlm: WavlmOpt = DEFAULT_WAVLM,
+    vocoder: VocoderOpt = DEFAULT_VOCODER,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = 8,
+    offline: OfflineOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Score converted speech the way the kNN-VC paper does, and write a report (JSON, markdown, PNG plots)."""
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        grid = _check(converted, target, source, manifest, sweep)
+        show = not (quiet or json_out)
+        with err.status("loading metric models", spinner="dots") if show else nothing():
+            models = _load_models(verifier, asr, dnsmos, device, show)
+        if grid is not None:
+            assert target is not None and source is not None  # checked by _check
+            result: dict[str, Any] = _sweep(grid, converted or report / "converted", target, source, transcripts,
+                                            report, models, show=show,
+                                            pipeline=dict(wavlm=wavlm, vocoder=vocoder, device=device,
+                                                          precision=precision, batch_size=batch_size,
+                                                          offline=offline or None))  # fmt: skip
+        else:
+            evaluation = _score(converted, target, source, transcripts, manifest, models, show=show)
+            from knnvc.eval import write_report
+
+            written = write_report(evaluation, report)
+            result = evaluation.to_json()
+            if show:
+                _table(evaluation)
+                say("report:", "green", ", ".join(str(p) for p in written))
+        if json_out:
+            typer.echo(json.dumps(result, indent=2))
+
+
+def _check(converted: PathOpt, target: PathOpt, source: PathOpt, manifest: PathOpt, sweep: str | None) -> Grid | None:
+    """Usage errors before any model loads; the sweep's grid when there is one."""
+    if manifest is not None:
+        if converted is not None or target is not None or source is not None or sweep is not None:
+            raise UsageError("--manifest names every file itself: drop CONVERTED, --target, --source and --sweep")
+        return None
+    if target is None:
+        raise UsageError("give --target (the target speaker's real speech), or --manifest")
+    if target.suffix == ".voice":
+        raise UsageError(f"--target {target}: scoring needs the target's audio, not a saved voice")
+    if sweep is None:
+        if converted is None:
+            raise UsageError("give CONVERTED (a converted file or folder), or --sweep with --source")
+        return None
+    if source is None:
+        raise UsageError("--sweep converts --source into the --target voice: give --source")
+    from knnvc.eval.sweep import parse_sweep
+
+    return parse_sweep(sweep)
+
+
+def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool) -> dict[str, Any]:
+    from knnvc.devices import resolve_device
+    from knnvc.eval import load_asr, load_dnsmos, load_verifier
+
+    where = str(resolve_device(device))
+    models: dict[str, Any] = {"verifier": load_verifier(verifier, where)}
+    models["asr"] = None if asr == "none" else load_asr(asr, where)
+    if asr == "auto" and show and not models["asr"].name.startswith("Whisper"):
+        say("note:", "yellow", "Whisper-base is not in the local Hugging Face cache: WER/CER come from pocketsphinx, "
+            "which is far weaker (compare its numbers only with each other)")  # fmt: skip
+    models["dnsmos"] = None
+    if dnsmos:
+        models["dnsmos"], why = load_dnsmos()
+        if why and show:
+            say("note:", "yellow", why)
+    return models
+
+
+def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: PathOpt, manifest: PathOpt,
+           models: dict[str, Any], *, show: bool) -> Evaluation:  # fmt: skip
+    from knnvc.eval import evaluate, pair, read_manifest
+
+    if manifest is not None:
+        items = read_manifest(manifest, transcripts)
+    else:
+        assert converted is not None and target is not None
+        items = pair(converted, target, source, transcripts)
+    with StageBar(show) as bar:
+        return evaluate(items, models["verifier"], models["asr"], models["dnsmos"], progress=bar.update)
+
+
+def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathOpt, report: Path,
+           models: dict[str, Any], *, show: bool, pipeline: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    from knnvc.eval import write_report
+    from knnvc.eval.report import plot_sweep
+    from knnvc.eval.sweep import run_sweep
+
+    with err.status("loading conversion models", spinner="dots") if show else nothing():
+        from knnvc.pipeline import KnnVC
+
+        vc = KnnVC.from_pretrained(**pipeline)
+        voice = vc.build_voice(target, name=target.stem if target.is_file() else target.resolve().name)
+
+    def converted(name: str, rep: Report) -> None:
+        if show:
+            say("converted:", "green", f"{name}: {len(rep.converted)} new, {len(rep.skipped)} kept")
+
+    points = run_sweep(vc, source, voice, grid, out, on_point=converted)
+    summaries = []
+    for value, folder in points:
+        evaluation = _score(folder, target, source, transcripts, None, models, show=show)
+        write_report(evaluation, report / grid.folder(value))
+        summaries.append(evaluation.summary)
+        if show:
+            _table(evaluation, title=f"knnvc eval: {grid.folder(value)}")
+    plot = plot_sweep(grid.name, grid.values, summaries, _mkdir(report) / "sweep.png")
+    result = {"setting": grid.name, "values": list(grid.values), "summaries": summaries}
+    from knnvc.eval.report import _write_text
+
+    _write_text(report / "sweep.json", json.dumps(result, indent=2) + "\n")
+    if show:
+        say("report:", "green", f"{report / 'sweep.json'}, {plot}, and one folder per value")
+    return result
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _table(evaluation: Evaluation, title: str = "knnvc eval") -> None:
+    from rich.table import Table
+
+    from knnvc.eval.report import summary_rows
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in summary_rows(evaluation.summary):
+        table.add_row(label, value)
+    err.print(table)
+    err.print("  " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), markup=False, highlight=False)
+    for note in evaluation.notes:
+        say("note:", "yellow", note)
+
+
+class StageBar:
+    """Rich progress on stderr for ``evaluate``'s (stage, done, total) callbacks: one bar per stage."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.bar: RichProgress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> StageBar:
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=err, transient=True)  # fmt: skip
+            self.bar.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+
+@app.command("eval-librispeech")
+def eval_librispeech(
+    test_clean: Annotated[Path, typer.Argument(help="LibriSpeech's test-clean folder (SPEAKER/CHAPTER/*.flac).")],
+    work: Annotated[Path, typer.Argument(help="Folder for sources/, targets/, converted/ and manifest.tsv.")],
+    sources_per_speaker: Annotated[
+        int, typer.Option("--sources-per-speaker", help="Utterances each speaker gives as sources.")
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice of source utterances.")] = 0,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Lay out the paper's kind of test set from LibriSpeech test-clean, then print the commands that score it."""
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        from knnvc.eval.librispeech import plan
+
+        laid = plan(test_clean, work, sources_per_speaker=sources_per_speaker, seed=seed)
+        if quiet:
+            return
+        minutes = [s / 60 for s in laid.reference_seconds.values()]
+        say("planned:", "green", f"{laid.conversions} conversions into {laid.speakers} target speakers; references "
+            f"{min(minutes):.1f}-{max(minutes):.1f} min per target; {laid.manifest}")  # fmt: skip
+        w = str(work)
+        err.print("next:", markup=False)
+        err.print(f"  for t in $(ls {w}/sources); do knnvc convert {w}/sources/$t {w}/targets/$t "
+                  f"-o {w}/converted/$t; done", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(f"  knnvc eval --manifest {w}/manifest.tsv --report {w}/report", markup=False, soft_wrap=True)

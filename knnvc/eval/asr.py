@@ -1,0 +1,105 @@
+"""Speech recognition for WER/CER: Whisper from the local Hugging Face cache, else pocketsphinx's in-wheel model.
+
+The kNN-VC paper transcribed with Whisper-base. When ``openai/whisper-base`` (or another Whisper) is in the local
+cache, ``load_asr("auto")`` uses it offline, greedy, English. Otherwise it falls back to pocketsphinx's US-English
+model, which ships inside its wheel: far weaker (on the espeak-ng fixture sentence its WER is about 0.9), so its
+numbers only rank settings against each other; they are not comparable with the paper's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from knnvc.constants import SAMPLE_RATE
+from knnvc.errors import WeightsError
+from knnvc.eval.models import cached_hf_model, need
+
+log = logging.getLogger(__name__)
+
+WHISPER = "openai/whisper-base"  # the paper's ASR
+
+
+class Transcriber(Protocol):
+    """``transcribe`` maps (N,) float32 16 kHz audio to text; ``name`` says which model, for the report."""
+
+    name: str
+
+    def transcribe(self, wav: np.ndarray) -> str: ...
+
+
+class PocketSphinx:
+    """CMU pocketsphinx with its default US-English acoustic model, dictionary and language model (in the wheel)."""
+
+    name = "pocketsphinx en-us (in-wheel model)"
+
+    def __init__(self) -> None:
+        pocketsphinx = need("pocketsphinx", "WER/CER")
+        try:
+            self._decoder = pocketsphinx.Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+        except (RuntimeError, ValueError) as exc:
+            raise WeightsError(f"pocketsphinx's en-us model did not load ({exc}); reinstall pocketsphinx") from exc
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        pcm = (np.clip(np.asarray(wav, np.float32), -1.0, 1.0) * 32767).astype("<i2")
+        self._decoder.start_utt()
+        self._decoder.process_raw(pcm.tobytes(), full_utt=True)
+        self._decoder.end_utt()
+        hyp = self._decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+
+class Whisper:
+    """transformers' Whisper from a local folder or the local HF cache: English, greedy, 30 s windows chunked."""
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        need("transformers", "WER/CER")
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        try:
+            self._processor = WhisperProcessor.from_pretrained(path, local_files_only=True)
+            self._model = WhisperForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"cannot load Whisper from {path}: {exc}") from exc
+        self._model.to(torch.device(device)).eval()  # type: ignore[arg-type]
+        self._torch, self._device = torch, device
+        self.name = f"Whisper ({path}), greedy, English"
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        window = 30 * SAMPLE_RATE  # Whisper hears 30 s at a time
+        texts = []
+        for start in range(0, max(len(wav), 1), window):
+            piece = np.asarray(wav[start : start + window], np.float32)
+            inputs = self._processor(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            features = inputs.input_features.to(self._device)
+            with self._torch.inference_mode():
+                ids = self._model.generate(features, language="en", task="transcribe", num_beams=1, do_sample=False)
+            texts.append(self._processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
+        return " ".join(t for t in texts if t)
+
+
+def load_asr(name: str = "auto", device: str = "cpu") -> Transcriber:
+    """``auto`` (Whisper-base when cached, else pocketsphinx), ``pocketsphinx``, ``whisper``, or a Whisper path/id.
+
+    Raises:
+        WeightsError: the model asked for is not installed or not in the local cache.
+    """
+    if name == "pocketsphinx":
+        return PocketSphinx()
+    if name == "auto":
+        local = cached_hf_model(WHISPER)
+        if local is not None:
+            return Whisper(local, device)
+        log.info("%s is not in the local Hugging Face cache: transcribing with pocketsphinx", WHISPER)
+        return PocketSphinx()
+    repo = WHISPER if name == "whisper" else name
+    local = cached_hf_model(repo)
+    if local is None:
+        raise WeightsError(
+            f"ASR model {repo!r} is neither a folder nor in the local Hugging Face cache; "
+            "use --asr pocketsphinx (its model ships in its wheel) or download it on a machine online"
+        )
+    return Whisper(local, device)

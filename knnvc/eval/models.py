@@ -1,0 +1,34 @@
+"""Finding the models the metrics need: installed packages and the local Hugging Face cache, never the network."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+from knnvc.errors import WeightsError
+
+INSTALL_HINT = "pip install 'knnvc[eval]'"
+
+
+def need(module: str, metric: str) -> ModuleType:
+    """Import ``module`` for ``metric``, or raise ``WeightsError`` saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise WeightsError(f"{metric} needs the {module} package, which is not installed: {INSTALL_HINT}") from exc
+
+
+def cached_hf_model(repo_or_path: str) -> str | None:
+    """A local folder or the snapshot of ``repo_or_path`` in the local HF cache, or None; never downloads."""
+    if Path(repo_or_path).is_dir():
+        return str(Path(repo_or_path))
+    if "/" not in repo_or_path or os.path.exists(repo_or_path):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(snapshot_download(repo_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001  (any failure here means "not cached": LocalEntryNotFoundError, bad id, ...)
+        return None

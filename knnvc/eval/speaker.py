@@ -1,0 +1,112 @@
+"""Speaker embeddings for similarity and verification: resemblyzer (in its wheel), or a stronger local model.
+
+Every embedding is a unit vector, so the cosine of two is their dot product. ``load_verifier("auto")`` takes
+WavLM-Base-Plus-SV (transformers' ``WavLMForXVector``, an x-vector head on WavLM trained on VoxCeleb) when it is
+in the local Hugging Face cache, else resemblyzer's GE2E d-vector encoder, whose weights ship in its wheel.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Protocol
+
+import numpy as np
+
+from knnvc.constants import SAMPLE_RATE
+from knnvc.errors import AudioError, UsageError, WeightsError
+from knnvc.eval.models import cached_hf_model, need
+
+log = logging.getLogger(__name__)
+
+WAVLM_SV = "microsoft/wavlm-base-plus-sv"  # the stronger verifier taken when it is cached locally
+
+
+class Verifier(Protocol):
+    """A speaker encoder: ``embed`` maps (N,) float32 16 kHz audio to a (D,) unit vector."""
+
+    name: str
+
+    def embed(self, wav: np.ndarray) -> np.ndarray: ...
+
+
+class Resemblyzer:
+    """resemblyzer's GE2E speaker encoder (256-d d-vectors from 40-band log-mels; weights in its wheel)."""
+
+    name = "resemblyzer GE2E d-vector (256-d)"
+
+    def __init__(self, device: str = "cpu") -> None:
+        with warnings.catch_warnings():  # webrtcvad imports pkg_resources, which warns that it is deprecated
+            warnings.simplefilter("ignore")
+            need("resemblyzer", "speaker similarity")
+            from resemblyzer import VoiceEncoder, preprocess_wav
+        self._encoder = VoiceEncoder(device, verbose=False)
+        self._preprocess = preprocess_wav
+
+    def embed(self, wav: np.ndarray) -> np.ndarray:
+        """(N,) 16 kHz float32 -> (256,) unit vector; long pauses removed by resemblyzer's webrtcvad step first."""
+        speech = self._preprocess(np.asarray(wav, np.float32), source_sr=SAMPLE_RATE)
+        if speech.size < SAMPLE_RATE // 10:  # the VAD found (almost) no speech: embed the audio as it is
+            speech = np.asarray(wav, np.float32)
+        return _unit(np.asarray(self._encoder.embed_utterance(speech), np.float64))
+
+
+class XVector:
+    """transformers' ``WavLMForXVector`` from a local folder or the local HF cache (512-d x-vectors)."""
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        need("transformers", "speaker similarity")
+        import torch
+        from transformers import AutoFeatureExtractor, WavLMForXVector
+
+        try:
+            self._features = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
+            self._model = WavLMForXVector.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"cannot load the speaker verifier from {path}: {exc}") from exc
+        self._model.to(torch.device(device)).eval()  # type: ignore[arg-type]
+        self._torch, self._device = torch, device
+        self.name = f"WavLMForXVector x-vector ({path})"
+
+    def embed(self, wav: np.ndarray) -> np.ndarray:
+        """(N,) 16 kHz float32 -> (D,) unit vector."""
+        inputs = self._features(np.asarray(wav, np.float32), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        with self._torch.inference_mode():
+            out = self._model(**{k: v.to(self._device) for k, v in inputs.items()})
+        return _unit(out.embeddings[0].float().cpu().numpy().astype(np.float64))
+
+
+def load_verifier(name: str = "auto", device: str = "cpu") -> Verifier:
+    """``auto`` (WavLM-SV when cached, else resemblyzer), ``resemblyzer``, or a local/cached WavLMForXVector.
+
+    Raises:
+        WeightsError: the model asked for is not installed or not in the local cache.
+    """
+    if name == "resemblyzer":
+        return Resemblyzer(device)
+    if name == "auto":
+        local = cached_hf_model(WAVLM_SV)
+        if local is not None:
+            return XVector(local, device)
+        return Resemblyzer(device)
+    local = cached_hf_model(name)
+    if local is None:
+        raise WeightsError(
+            f"speaker verifier {name!r} is neither a folder nor in the local Hugging Face cache; "
+            "use --verifier resemblyzer (its weights ship in its wheel) or download it on a machine online"
+        )
+    return XVector(local, device)
+
+
+def speaker_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """(R, D) unit utterance embeddings of one speaker -> (D,) unit speaker embedding (their normalised mean)."""
+    if embeddings.ndim != 2 or len(embeddings) == 0:
+        raise UsageError("a speaker embedding needs at least one utterance embedding")
+    return _unit(embeddings.mean(axis=0))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise AudioError("the speaker encoder returned a zero or non-finite embedding (silent audio?)")
+    return v / norm

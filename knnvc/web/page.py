@@ -1,0 +1,221 @@
+"""The Gradio page: a Convert tab (upload or record; references or a saved voice; every control; play and
+download), a Batch tab (a zip in, a zip out) and a Voice tab (build a voice and save it).
+
+Each handler calls ``Service`` and turns any failure into one status line (``error: ...``); the page never shows
+a stack trace. The controls are made from ``ConvertOptions``' fields (``knnvc.web.controls``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from knnvc.errors import KnnvcError, UsageError
+from knnvc.options import ConvertOptions
+from knnvc.web.controls import Control, controls, options_from_values
+from knnvc.web.service import Job, Notify, Service
+
+log = logging.getLogger(__name__)
+
+Inputs = dict[Any, Any]  # a Gradio handler given a set of inputs receives {component: value}
+
+INTRO = (
+    "# knnvc\nSay the **source**'s words in the **target**'s voice (kNN-VC). Give a few minutes of the target's "
+    "speech as reference files, or pick a saved voice."
+)
+
+
+def build_page(service: Service) -> gr.Blocks:
+    """The page's layout and event handlers, bound to ``service``."""
+    with gr.Blocks(title="knnvc", delete_cache=(600, 3600), analytics_enabled=False) as page:
+        gr.Markdown(INTRO)
+        pickers: list[gr.Dropdown] = []
+        with gr.Tab("Convert", id="convert"):
+            _convert_tab(service, pickers)
+        with gr.Tab("Batch", id="batch"):
+            _batch_tab(service, pickers)
+        with gr.Tab("Voice", id="voice"):
+            _voice_tab(service, pickers)
+        page.load(lambda: _voice_choices(service, len(pickers)), outputs=pickers)
+    page.queue(default_concurrency_limit=service.limits.max_waiting + 1)  # the service's queue orders the model
+    return page
+
+
+def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
+    with gr.Row():
+        with gr.Column():
+            source = gr.Audio(
+                sources=["upload", "microphone"], type="filepath", label="Source speech", elem_id="source"
+            )
+            refs, voice = _target_inputs(service, "convert")
+            widgets = _control_widgets(service, "convert", pickers)
+            button = gr.Button("Convert", variant="primary", elem_id="convert-button")
+        with gr.Column():
+            result = gr.Audio(
+                type="filepath", label="Result", interactive=False, buttons=["download"], elem_id="result"
+            )
+            status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="convert-status")
+    pickers.append(voice)
+
+    def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
+        def work(job: Job, notify: Notify) -> tuple[str | None, str]:
+            if not values[source]:
+                raise UsageError("give the source speech: upload a file or record")
+            src = job.known(Path(values[source]), Path(values[source]).name)
+            options = _options(service, widgets, values)
+            wav, rate = service.convert(
+                job, src, voice=values[voice] or None, references=_files(job, values[refs]), options=options,
+                notify=notify,
+            )  # fmt: skip
+            out = service.save(wav, rate, service.result_path(f"{src.stem}_converted.wav"))
+            return str(out), f"done: {len(wav) / rate:.1f} s at {rate} Hz"
+
+        return _guarded(service, work, progress, failed=(None,))
+
+    button.click(run, inputs={source, refs, voice, *widgets.values()}, outputs=[result, status])
+
+
+def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
+    with gr.Row():
+        with gr.Column():
+            archive = gr.File(label="Sources: a .zip of audio files", file_types=[".zip"], elem_id="batch-zip")
+            refs, voice = _target_inputs(service, "batch")
+            fmt = gr.Dropdown(["wav", "flac", "ogg"], value="wav", label="output format", elem_id="batch-format")
+            widgets = _control_widgets(service, "batch", pickers)
+            button = gr.Button("Convert all", variant="primary", elem_id="batch-button")
+        with gr.Column():
+            result = gr.File(label="Results (.zip, with report.json)", interactive=False, elem_id="batch-result")
+            status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="batch-status")
+    pickers.append(voice)
+
+    def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
+        def work(job: Job, notify: Notify) -> tuple[str | None, str]:
+            if not values[archive]:
+                raise UsageError("give a .zip of the audio files to convert")
+            zipped = job.known(Path(values[archive]), Path(values[archive]).name)
+            out, report = service.convert_zip(
+                job, zipped, voice=values[voice] or None, references=_files(job, values[refs]),
+                options=_options(service, widgets, values), extension=values[fmt], notify=notify,
+            )  # fmt: skip
+            line = f"converted {len(report.converted)} of {report.total} files in {report.wall_seconds:.1f} s"
+            if report.failed:
+                first = report.failed[0]
+                said = job.message(first.error)
+                said = said if job.shown(first.source) in said else f"{job.shown(first.source)}: {said}"
+                line += f"; {len(report.failed)} failed (first: {said}); report.json in the zip lists each"
+            return str(out), line
+
+        return _guarded(service, work, progress, failed=(None,))
+
+    button.click(run, inputs={archive, refs, voice, fmt, *widgets.values()}, outputs=[result, status])
+
+
+def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
+    where = f"saved in {service.voices_dir}" if service.voices_dir else "not kept (start with --voices DIR to keep)"
+    gr.Markdown(f"Build a voice from reference speech once; use it by name afterwards. Voices are {where}.")
+    with gr.Row():
+        with gr.Column():
+            refs = gr.File(
+                file_count="multiple", file_types=["audio"], label="Reference speech", elem_id="voice-references"
+            )
+            name = gr.Textbox(label="Voice name", placeholder="alice", max_lines=1, elem_id="voice-name")
+            trim = gr.Checkbox(value=ConvertOptions().trim, label="trim silence from each reference's ends")
+            button = gr.Button("Build voice", variant="primary", elem_id="voice-button")
+        with gr.Column():
+            result = gr.File(label="Voice file", interactive=False, elem_id="voice-result")
+            status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="voice-status")
+
+    def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        def work(job: Job, notify: Notify) -> tuple[Any, ...]:
+            files = _files(job, values[refs])
+            if not files:
+                raise UsageError("give reference speech of the target speaker")
+            built, path = service.build_voice(job, files, values[name] or "", trim=values[trim], notify=notify)
+            line = f"built {built.name!r}: {built.seconds:.1f} s of speech, {built.num_frames} frames"
+            return (str(path), line + (f", saved as {path.name}" if service.voices_dir else ""))
+
+        done = _guarded(service, work, progress, failed=(None,))
+        return (*done, *_voice_choices(service, len(pickers)))
+
+    button.click(run, inputs={refs, name, trim}, outputs=[result, status, *pickers])
+
+
+def _target_inputs(service: Service, tab: str) -> tuple[gr.File, gr.Dropdown]:
+    refs = gr.File(
+        file_count="multiple", file_types=["audio"], label="Target: reference speech", elem_id=f"{tab}-references"
+    )
+    voice = gr.Dropdown(
+        choices=["", *service.voice_names()], value="", label="…or a saved voice", elem_id=f"{tab}-voice"
+    )
+    return refs, voice
+
+
+def _control_widgets(service: Service, tab: str, pickers: list[gr.Dropdown]) -> dict[str, gr.components.Component]:
+    """One widget per ``ConvertOptions`` field, keyed by field name; voice pickers join ``pickers``."""
+    with gr.Accordion("Controls", open=True):
+        widgets = {c.name: _widget(service, c, f"{tab}-{c.name.replace('_', '-')}") for c in controls()}
+    pickers += [w for c in controls() if c.kind == "voice" and isinstance(w := widgets[c.name], gr.Dropdown)]
+    return widgets
+
+
+def _widget(service: Service, control: Control, elem_id: str) -> gr.components.Component:
+    info = control.help or None
+    if control.kind == "voice":
+        names = ["", *service.voice_names()]
+        return gr.Dropdown(names, value="", label=f"{control.label} (a saved voice)", info=info, elem_id=elem_id)
+    if control.kind == "bool":
+        return gr.Checkbox(value=bool(control.default), label=control.label, info=info, elem_id=elem_id)
+    if control.kind == "choice":
+        return gr.Dropdown(
+            list(control.choices), value=control.default, label=control.label, info=info, elem_id=elem_id
+        )
+    if control.kind in ("int", "float") and control.hint is not None and not control.optional:
+        hint = control.hint
+        return gr.Slider(hint.low, hint.high, value=control.default, step=hint.step, label=control.label, info=info,
+                         elem_id=elem_id)  # fmt: skip
+    if control.kind in ("int", "float") and not control.optional:
+        precision = 0 if control.kind == "int" else None
+        return gr.Number(value=control.default, label=control.label, info=info, precision=precision, elem_id=elem_id)
+    value = "" if control.default is None else str(control.default)  # optional numbers: text, blank for none
+    label = control.label + (" (blank: none)" if control.optional else "")
+    return gr.Textbox(value=value, label=label, info=info, max_lines=1, elem_id=elem_id)
+
+
+def _options(service: Service, widgets: dict[str, gr.components.Component], values: Inputs) -> ConvertOptions:
+    return options_from_values({name: values[widget] for name, widget in widgets.items()}, service.voice)
+
+
+def _files(job: Job, paths: list[str] | None) -> list[Path]:
+    """Gradio's uploaded files (in its cache, named as uploaded), registered with the job for messages."""
+    return [job.known(Path(p), Path(p).name) for p in paths or []]
+
+
+def _voice_choices(service: Service, count: int) -> tuple[Any, ...]:
+    names = ["", *service.voice_names()]
+    return tuple(gr.Dropdown(choices=names) for _ in range(count))
+
+
+def _guarded(
+    service: Service,
+    work: Callable[[Job, Notify], tuple[Any, ...]],
+    progress: gr.Progress,
+    *,
+    failed: tuple[Any, ...],
+) -> tuple[Any, ...]:
+    """Run ``work`` in a fresh job; any failure becomes ``(*failed, "error: <one line>")``."""
+
+    def notify(description: str, fraction: float | None) -> None:
+        progress(fraction, desc=description)
+
+    with service.job() as job:
+        try:
+            return work(job, notify)
+        except KnnvcError as exc:
+            return (*failed, f"error: {job.message(exc)}")
+        except Exception as exc:  # the page's boundary: log the traceback, show one line
+            log.exception("unexpected error in the page")
+            return (*failed, f"error: internal error ({type(exc).__name__}); the server log has the details")

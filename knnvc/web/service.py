@@ -1,0 +1,300 @@
+"""The server's one object: the loaded pipeline, the saved voices, the limits, the temp folders and the queue.
+
+The page and the HTTP API both call ``Service``; it calls ``KnnVC.convert``, ``KnnVC.build_voice`` and
+``knnvc.batch`` with a ``ConvertOptions`` and does nothing else to the audio. Every upload lands in a request's own
+temp folder (``Service.job``), removed when the request ends; the whole workspace goes at ``close``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from knnvc import audio, batch
+from knnvc.errors import AudioError, UsageError, VoiceError
+from knnvc.options import ConvertOptions
+from knnvc.voice import VOICE_SUFFIX, Voice
+from knnvc.web import zips
+from knnvc.web.queue import ModelQueue
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from knnvc.pipeline import KnnVC
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str, "float | None"], None]
+"""``notify(description, fraction done or None)``: progress of long work, for the page's progress bar."""
+
+RESULT_TTL_S = 3600.0  # s: results handed to the page are removed after this long (the page copies them at once)
+BATCH_EXPANSION = 4  # a batch zip may hold up to this many times the upload limit, uncompressed
+
+
+class TooLargeError(UsageError):
+    """An upload over the server's size or duration limit (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send.
+
+    Attributes:
+        max_upload_mb: megabytes (10^6 bytes) in one request, all its files together.
+        max_seconds: seconds of audio in any one uploaded file (read from its header).
+        max_batch_files: files in one batch zip.
+        max_waiting: requests that may wait for the model while one runs; more get "busy" (HTTP 503).
+    """
+
+    max_upload_mb: float = 200.0
+    max_seconds: float = 600.0
+    max_batch_files: int = 500
+    max_waiting: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_upload_mb <= 0 or self.max_seconds <= 0 or self.max_batch_files < 1 or self.max_waiting < 0:
+            raise UsageError("upload limits must be positive (and the waiting line at least 0)")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1e6)
+
+
+class Job:
+    """One request's temp folder. Error messages name the uploads as the user called them, never temp paths."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._shown: dict[str, str] = {}
+
+    def place(self, shown: str, group: str) -> Path:
+        """A fresh path in this job for an upload called ``shown`` (its name made safe), in subfolder ``group``."""
+        base = re.sub(r"[^\w.\- ]+", "_", Path(shown.replace("\\", "/")).name).strip(" .") or "upload"
+        folder = self.folder / group
+        folder.mkdir(parents=True, exist_ok=True)
+        path, n = folder / base, 1
+        while path.exists():
+            path, n = folder / f"{n}-{base}", n + 1
+        return self.known(path, Path(shown.replace("\\", "/")).name or base)
+
+    def known(self, path: Path, shown: str) -> Path:
+        """Remember that ``path`` is called ``shown`` in messages; returns ``path``."""
+        self._shown[str(path)] = shown
+        return path
+
+    def shown(self, path: str | os.PathLike[str]) -> str:
+        return self._shown.get(str(path), Path(path).name)
+
+    def message(self, exc: BaseException) -> str:
+        """``exc`` as one line, temp paths replaced by the names the user gave."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        for path in sorted(self._shown, key=len, reverse=True):
+            text = text.replace(path, self._shown[path])
+        return text.replace(str(self.folder) + os.sep, "")
+
+
+class Service:
+    """Everything the page and the API share; thread-safe (the model is used one request at a time).
+
+    Args:
+        vc: a loaded ``KnnVC`` (``KnnVC.from_pretrained``).
+        voices: the folder of saved ``.voice`` files offered by name (created if missing), or None.
+        limits: what one request may send.
+        temp_root: where the workspace folder is made (default: the system's temp folder).
+    """
+
+    def __init__(
+        self, vc: KnnVC, *, voices: Path | None = None, limits: Limits | None = None, temp_root: Path | None = None
+    ) -> None:
+        self.vc = vc
+        self.limits = limits or Limits()
+        self.voices_dir = voices
+        if voices is not None:
+            voices.mkdir(parents=True, exist_ok=True)
+        self.queue = ModelQueue(self.limits.max_waiting)
+        self.workspace = Path(tempfile.mkdtemp(prefix="knnvc-serve-", dir=temp_root))
+        for sub in ("jobs", "results", "gradio"):
+            (self.workspace / sub).mkdir()
+
+    def close(self) -> None:
+        """Remove the workspace: every upload and result still there."""
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    @contextmanager
+    def job(self) -> Iterator[Job]:
+        """A temp folder for one request, removed when the block ends."""
+        folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.workspace / "jobs"))
+        try:
+            yield Job(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def result_path(self, name: str) -> Path:
+        """Where to write a file the page hands to Gradio (which copies it); old results are swept here."""
+        now = time.time()
+        for old in (self.workspace / "results").iterdir():
+            if now - old.stat().st_mtime > RESULT_TTL_S:
+                zips.remove(old)
+        return Path(tempfile.mkdtemp(dir=self.workspace / "results")) / name
+
+    # -- voices -----------------------------------------------------------------------------------------
+    def voice_names(self) -> list[str]:
+        """Names of the saved voices (file stems in ``--voices``), sorted."""
+        if self.voices_dir is None or not self.voices_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.voices_dir.glob(f"*{VOICE_SUFFIX}") if p.is_file())
+
+    def voice(self, name: str) -> Voice:
+        """A saved voice by name; ``VoiceError`` for a name that is not one of ``voice_names``."""
+        names = self.voice_names()
+        if name not in names:
+            none = "none yet (build one in the Voice tab)" if self.voices_dir else "none (start with --voices DIR)"
+            offered = ", ".join(names) if names else none
+            raise VoiceError(f"no saved voice named {name!r}; the saved voices are: {offered}")
+        assert self.voices_dir is not None
+        return Voice.load(self.voices_dir / f"{name}{VOICE_SUFFIX}")
+
+    # -- checks -----------------------------------------------------------------------------------------
+    def check_audio(self, job: Job, path: Path) -> None:
+        """Refuse an empty upload, or one longer than ``max_seconds`` (from its header, before decoding)."""
+        shown = job.shown(path)
+        if path.stat().st_size == 0:
+            raise AudioError(f"{shown} is empty (0 bytes); record or upload some speech")
+        try:
+            seconds = audio.duration_seconds(path)
+        except AudioError:
+            kinds = ", ".join(sorted(ext.lstrip(".").upper() for ext in audio.AUDIO_EXTENSIONS))
+            raise AudioError(f"{shown} is not audio this server can read; send {kinds}") from None
+        if seconds > self.limits.max_seconds:
+            raise TooLargeError(
+                f"{shown} is {seconds:.0f} s long; this server takes at most {self.limits.max_seconds:g} s per file"
+            )
+
+    def _target(self, job: Job, voice: str | None, references: Sequence[Path], trim: bool, name: str = "") -> Voice:
+        if voice and references:
+            raise UsageError("give reference audio or a saved voice, not both")
+        if voice:
+            return self.voice(voice)
+        if not references:
+            raise UsageError("give reference audio of the target speaker, or pick a saved voice")
+        built = self.vc.build_voice(list(references), trim=trim, name=name or Path(job.shown(references[0])).stem)
+        sources = tuple(dataclasses.replace(s, path=job.shown(s.path)) for s in built.sources)
+        return dataclasses.replace(built, sources=sources)
+
+    # -- work -------------------------------------------------------------------------------------------
+    def convert(
+        self,
+        job: Job,
+        source: Path,
+        *,
+        voice: str | None = None,
+        references: Sequence[Path] = (),
+        options: ConvertOptions | None = None,
+        notify: Notify | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """``source`` said in the saved ``voice`` or the ``references``' voice: ((N,) float32, its rate in Hz)."""
+        options = options or ConvertOptions()
+        for path in (source, *references):
+            self.check_audio(job, path)
+        say = notify or _quiet
+        with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
+            say("building the voice" if references else "loading the voice", None)
+            target = self._target(job, voice, references, options.trim)
+            say("converting", 0.0)
+            wav = self.vc.convert(source, target, options, progress=_windows(say))
+        return wav, self.vc.output_rate(options)
+
+    def save(self, wav: np.ndarray, rate: int, path: Path) -> Path:
+        """Write a result (format from the extension), atomically."""
+        return audio.save(path, wav, sample_rate=rate, source_rate=rate)
+
+    def build_voice(
+        self, job: Job, references: Sequence[Path], name: str, *, trim: bool = True, notify: Notify | None = None
+    ) -> tuple[Voice, Path]:
+        """Build a voice from ``references`` and save it as ``NAME.voice`` in ``--voices`` (else a result)."""
+        clean = batch.safe_name(name.strip()) if name.strip() else ""
+        if not clean:
+            raise UsageError("give the voice a name (letters, digits, '-', '_' or '.')")
+        if self.voices_dir is not None and clean in self.voice_names():
+            raise UsageError(f"a saved voice named {clean!r} exists; choose another name")
+        for path in references:
+            self.check_audio(job, path)
+        say = notify or _quiet
+        with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
+            say("encoding the references", None)
+            voice = self._target(job, None, references, trim, name=clean)
+        folder = self.voices_dir
+        path = folder / f"{clean}{VOICE_SUFFIX}" if folder is not None else self.result_path(f"{clean}{VOICE_SUFFIX}")
+        return voice, voice.save(path)
+
+    def convert_zip(
+        self,
+        job: Job,
+        archive: Path,
+        *,
+        voice: str | None = None,
+        references: Sequence[Path] = (),
+        options: ConvertOptions | None = None,
+        extension: str = ".wav",
+        notify: Notify | None = None,
+    ) -> tuple[Path, batch.Report]:
+        """Convert every audio file in a zip; returns a zip of the results (same tree) plus ``report.json``."""
+        options = options or ConvertOptions()
+        ext = batch.check_extension(extension)
+        inputs, outputs = job.folder / "in", job.folder / "out"
+        limit = self.limits.max_upload_bytes * BATCH_EXPANSION
+        files = zips.extract(
+            archive, inputs, max_bytes=limit, max_files=self.limits.max_batch_files, label=job.shown(archive)
+        )
+        job.known(inputs, job.shown(archive))
+        for path in files:
+            job.known(path, str(path.relative_to(inputs)))
+            if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
+                with contextlib.suppress(AudioError):  # an unreadable file fails alone, named in the report
+                    self.check_audio(job, path)
+        for path in references:
+            self.check_audio(job, path)
+        say = notify or _quiet
+        with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
+            say("building the voice" if references else "loading the voice", None)
+            target = self._target(job, voice, references, options.trim)
+            jobs = batch.plan(inputs, outputs, target.name, extension=ext)
+
+            def on_file(event: batch.Progress) -> None:
+                if event.stage in ("done", "fail"):
+                    say(f"converted {event.index + 1} of {event.total} files", (event.index + 1) / event.total)
+
+            report = batch.run(self.vc, jobs, target, options, progress=on_file)
+        summary = report.summary()
+        summary["outputs"] = [str(j.output.relative_to(outputs)) for j in report.converted]
+        summary["failures"] = [{"file": job.shown(f.source), "error": job.message(f.error)} for f in report.failed]
+        summary.pop("skipped_outputs", None)
+        outputs.mkdir(parents=True, exist_ok=True)
+        (outputs / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+        stem = Path(job.shown(archive)).stem or "batch"
+        return zips.pack(outputs, self.result_path(f"{stem}_{batch.safe_name(target.name)}.zip")), report
+
+
+def _quiet(description: str, fraction: float | None) -> None:
+    log.debug("%s %s", description, "" if fraction is None else f"{fraction:.0%}")
+
+
+def _windows(say: Notify) -> Callable[[str, int, int], None]:
+    """The pipeline's ``progress(stage, done, total)`` over windows of long audio, as ``say``."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        say(f"{stage}: window {done} of {total}", done / total if total else None)
+
+    return progress
