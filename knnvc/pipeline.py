@@ -363,7 +363,9 @@ class KnnVC(VoiceBuilder):
         if min(sizes) < max(sizes):
             lengths = torch.tensor(sizes, pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
         with exact_fp32(self.device, self.dtype):
-            wavs = self._vocoder_run(batch, lengths).reshape(len(features), -1)
+            wavs = (self._vocoder_run(batch) if lengths is None else self._vocoder_run(batch, lengths)).reshape(
+                len(features), -1
+            )
         hop = self.vocoder.config.hop
         return [wav[: n * hop] for wav, n in zip(wavs, sizes, strict=True)]
 
