@@ -22,6 +22,21 @@ layouts and random weights (they cost the same to run as the real ones). Regener
 layer 6, fp32, batch 1, whole files, the matching set built once per voice, the vocoder on the whole file
 (`bench/reference.py`). Both run as whole processes (start-up, model loading, the voice, every file, writing),
 alternated A B B A; the figures are medians, with the load average of the shared machine beside them.
+
+Where knnvc's time goes, and what makes it faster:
+- **Fast start.** `import knnvc` and `knnvc --help` import no torch; transformers loads only with a WavLM. The
+  first load keeps a converted copy of the weights in the cache (WavLM's 6 layers, the vocoder with weight norm
+  folded, as safetensors); later loads memory-map it instead of unpickling 1.2 GB.
+- **Cross-file batching.** The windows of all the files of a group (16 files) form the encoder's and the
+  vocoder's batches, bucketed by length: on a CPU only lengths within 2 % share a batch (padding costs in
+  full there), on a GPU within 25 %. Padding never changes a result (masks in WavLM and the vocoder; tested
+  to 1e-5 against each file alone).
+- **Nothing waits.** The voice stays on the device, normalised once; the encoder reads lengths on the host
+  (no device sync); decoding, loudness, resampling and atomic writes run in worker threads.
+- **Precision.** `--precision bf16` (CUDA, or a CPU with AMX or AVX512-BF16) keeps fp32 islands: the raw
+  waveform and WavLM's first convolution, and the vocoder's last convolution and tanh. fp32 means fp32 (TF32
+  off). `auto` is fp32: bf16 keeps fewer than 95 % of fp32's kNN choices (table below).
+- **`--compile`** runs `torch.compile` on both networks and reports the compile time.
 """
 
 
@@ -40,6 +55,7 @@ def _rows(name: str, result: dict[str, Any]) -> list[str]:
         if not task:
             continue
         ref, fast = task["reference"], task["knnvc"]
+        label += f", knnvc in {result.get('knnvc_precision', '?')}"
         rows.append(
             f"| {name} | {label} ({task['audio_seconds']:g} s) "
             f"| {ref['wall_seconds']:g} s | {fast['wall_seconds']:g} s "
