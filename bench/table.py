@@ -82,6 +82,7 @@ def render() -> str:
              "| peak RSS (ref / knnvc) | load avg |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, result in results.items():
         lines += _rows(name, result)
+    lines += [f"\n{name}: {result['note']}" for name, result in results.items() if result.get("note")]
     lines += ["", "## Lower precisions against fp32", "",
               "kNN agreement: share of source frames whose 4 nearest matching-set frames equal fp32's; SNR: the "
               "converted waveform against fp32's. `--precision auto` may use a precision only where both reach 95 %.",
