@@ -1,117 +1,132 @@
-"""``python -m bench``: full-size random-weight models, reference mode vs fast path, JSON out.
+"""``python -m bench``: the honest CPU (or GPU) benchmark, full-size random-weight models, JSON out.
 
-    python -m bench --device cpu --files 4 --seconds 5 --ref-seconds 30
-    python -m bench --device cuda --files 64 --seconds 10 --ref-seconds 480 --long-seconds 3600
+    python -m bench                    # this machine: writes bench/results/<machine>.json and docs/performance.md
+    python -m bench --repeats 1 --quick   # a fast smoke run (small corpus), nothing written to bench/results
 
-Writes ``bench/results/<machine>.json`` and prints the same JSON. Nothing is downloaded: the models have the
-published layouts (``bench/layouts.py``) and random weights, which cost the same to run as the real ones.
+Compared, each as a whole process (imports, loading, the voice, every file, writing), alternating A B B A:
+- the original kNN-VC algorithm (``bench.reference``: 6 layers, fp32, batch 1, whole files, the matching set
+  built once per voice) and ``knnvc convert`` with its defaults;
+- on a 30 s source with 60 s of references, and on a folder of 20 clips of 3-10 s against one voice.
+Also: each lower precision's kNN agreement with fp32 and its output SNR (``bench.agreement``). Nothing is
+downloaded: the models have the published layouts (``bench/layouts.py``) and random weights, which cost the
+same to run as the real ones. knnvc runs "after the first run": one untimed run fills its converted-weights cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
-import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
 import torch
 
-from bench import measure
+from bench import agreement, compare, table
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
-from bench.reference import ReferenceMode, full_wavlm
-from knnvc import batch
-from knnvc.checkpoints import load_encoder, load_vocoder
-from knnvc.devices import resolve_device
-from knnvc.pipeline import KnnVC
+from bench.measure import speech
+from knnvc.devices import precision_name, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SR = 16_000
 
 
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).lower().replace(" ", "-")
-    import os
-
     return f"cpu-{platform.machine()}-{os.cpu_count()}core"
 
 
-def run_reference(wavlm_path: Path, vocoder_path: Path, corpus: measure.Corpus, device: torch.device) -> dict:
-    mode = ReferenceMode(full_wavlm(wavlm_path, device), load_vocoder(vocoder_path), device)
-    out_dir = corpus.root / "out_reference"
-    with measure.Peak(device) as peak:
-        start = time.perf_counter()
-        seconds = sum(mode.convert_file(src, corpus.references, out_dir / src.name) for src in corpus.sources)
-        wall = time.perf_counter() - start
-    return measure.report(seconds, wall, mode.stages, peak)
+def models_in(work: Path) -> dict[str, Path]:
+    """Full-size random checkpoints in ``work`` (written once, reused by later runs with the same ``--work``)."""
+    found = {"wavlm": work / "WavLM-Large.pt", "vocoder": work / "prematch_g_02500000.pt"}
+    if not found["wavlm"].exists():
+        write_wavlm_large(found["wavlm"])
+    if not found["vocoder"].exists():
+        write_prematch_vocoder(found["vocoder"])
+    return found
 
 
-def run_fast(vc: KnnVC, corpus: measure.Corpus) -> tuple[dict, Any]:
-    stages: dict[str, float] = {}
-    with measure.Peak(vc.device) as peak:
-        start = time.perf_counter()
-        with measure.stage(stages, "build_voice", vc.device):
-            voice = vc.build_voice(corpus.references)
-        jobs = batch.plan(corpus.root / "src", corpus.root / "out_fast", voice.name)
-        report = batch.run(vc, jobs, voice, overwrite=True)
-        wall = time.perf_counter() - start
-    staged = measure.staged_fast(vc, voice, corpus)
-    result = measure.report(report.audio_seconds, wall, {**stages, **staged}, peak)
-    result["failed"] = len(report.failed)
-    return result, voice
+def _write(path: Path, seconds: float, shift: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, speech(seconds, shift), SR, subtype="PCM_16")
+    return path
+
+
+def tasks(work: Path, quick: bool) -> dict[str, compare.Task]:
+    """The whole-process task (one 30 s source, 60 s of references) and the folder task (20 clips, 3-10 s)."""
+    ref_seconds, source_seconds, clips = (20.0, 6.0, 4) if quick else (60.0, 30.0, 20)
+    refs = [_write(work / "refs" / f"ref_{i}.wav", min(30.0, ref_seconds - 30 * i), 100 + i)
+            for i in range(int(np.ceil(ref_seconds / 30)))]  # fmt: skip
+    source = _write(work / "single" / "source_30s.wav", source_seconds, 7)
+    lengths = np.random.default_rng(0).uniform(3.0, 10.0, clips)
+    folder = [_write(work / "folder" / f"clip_{i:02d}.wav", float(s), i) for i, s in enumerate(lengths)]
+    return {
+        "whole_process": compare.Task("whole_process", [source], source, refs, source_seconds),
+        "folder": compare.Task(
+            "folder", folder, work / "folder", refs, float(sum(len(sf.read(p)[0]) for p in folder)) / SR
+        ),
+    }
+
+
+def _precision(extra: list[str], device: torch.device) -> str:
+    """The precision ``knnvc convert`` runs in with ``extra`` flags on ``device``."""
+    asked = extra[extra.index("--precision") + 1] if "--precision" in extra else "auto"
+    return precision_name(resolve_precision(asked, device))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--files", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each source file")
-    parser.add_argument("--ref-seconds", type=float, default=30.0, help="total reference speech")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--long-seconds", type=float, default=0.0, help="also convert one file this long")
-    parser.add_argument("--window-check-seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode per task (alternated)")
+    parser.add_argument("--work", type=Path, default=None, help="keep models and corpus here between runs")
+    parser.add_argument("--quick", action="store_true", help="a small corpus; results are not saved")
+    parser.add_argument("--knnvc-args", default="", help="extra flags for knnvc convert, e.g. '--precision fp32'")
     args = parser.parse_args()
-
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="knnvc-bench-") as tmp:
-        root = Path(tmp)
-        wavlm_path = write_wavlm_large(root / "WavLM-Large.pt")
-        vocoder_path = write_prematch_vocoder(root / "prematch_g_02500000.pt")
-        corpus = measure.make_corpus(root, args.files, args.seconds, args.ref_seconds)
-        vc = KnnVC(
-            load_encoder(wavlm_path),
-            load_vocoder(vocoder_path),
-            device=device,
-            precision=args.precision,
-            batch_size=args.batch_size,
-        )
-        fast, voice = run_fast(vc, corpus)
-        reference = run_reference(wavlm_path, vocoder_path, corpus, device)
-        result: dict[str, Any] = {
-            "machine": machine_name(device),
-            "device": str(device),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "corpus": {"files": args.files, "seconds_each": args.seconds, "reference_seconds": args.ref_seconds},
-            "precision": str(vc.dtype).replace("torch.", ""),
-            "reference_mode": reference,
-            "fast_path": fast,
-            "speedup_end_to_end": round(fast["realtime"] / reference["realtime"], 2),
-            "knn_agreement": measure.knn_agreement(wavlm_path, vocoder_path, corpus, device, voice),
-            "windows": measure.window_gap(vc, corpus, args.window_check_seconds),
-        }
-        if args.long_seconds:
-            result["long_file"] = measure.long_file(vc, voice, root, args.long_seconds)
+    device = torch.device(args.device)
+    work = args.work or Path(tempfile.mkdtemp(prefix="knnvc-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    models = models_in(work)
+    jobs = tasks(work, args.quick)
+    extra = args.knnvc_args.split()
+    env = {**os.environ, "KNNVC_CACHE": str(work / "cache"), "PYTHONPATH": str(compare.ROOT)}
+    fill = (
+        "from knnvc.checkpoints import load_encoder as e, load_vocoder as v; import sys; e(sys.argv[1]); v(sys.argv[2])"
+    )
+    compare.timed([sys.executable, "-c", fill, str(models["wavlm"]), str(models["vocoder"])], env)  # the first run
+    out = RESULTS / f"{machine_name(device)}.json"
+    result: dict[str, Any] = {
+        "machine": machine_name(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": args.device,
+        "knnvc_args": extra,
+        "knnvc_precision": _precision(extra, device),
+    }
+    probe = jobs["folder"].sources[0], jobs["whole_process"].references[:1]
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("precision_agreement", partial(agreement.measure, models, *probe, device))
+    ]
+    for name, task in jobs.items():
+        steps.append((name, partial(compare.alternate, task, models, work, args.device, args.repeats, extra)))
+    for name, step in steps:
+        print(f"{name} ...", file=sys.stderr)  # noqa: T201 (progress of a benchmark)
+        result[name] = step()
+        if not args.quick:  # saved after every step: a long run interrupted keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
     text = json.dumps(result, indent=2)
-    out = args.out or RESULTS / f"{result['machine']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
     print(text)  # noqa: T201 (a benchmark's output is its report)
+    if not args.quick:
+        table.main()
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
     >>> wav = knnvc.convert("source.wav", "target_speaker/")                  # (N,) float32 at 16 kHz
     >>> knnvc.convert(array, "alice.voice", sample_rate=44_100, output="out.flac")
 
-Loaded models are kept in a small module-level cache keyed by (weights, device, precision), so repeated calls
-(and repeated CLI invocations in one process) load each model once. For many conversions in a program, hold a
-``KnnVC`` yourself (``load_pipeline`` returns one from the cache). Nothing heavy is imported at module level.
+Models come from the model cache behind ``KnnVC.from_pretrained`` (``knnvc.models``, keyed by weights, device and
+precision), so repeated calls load each model once. For many conversions in a program, hold a pipeline yourself:
+``vc = knnvc.KnnVC.from_pretrained(...)``. Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import UsageError
@@ -22,13 +22,9 @@ from knnvc.errors import UsageError
 if TYPE_CHECKING:
     import numpy as np
 
-    from knnvc.pipeline import AudioInput, KnnVC, VoiceBuilder
+    from knnvc.pipeline import AudioInput
     from knnvc.progress import OnProgress
     from knnvc.voice import Voice
-
-_MODELS: dict[tuple[str, str, str, str, int], Any] = {}
-"""(kind, weights key, device, dtype, depth) -> a loaded encoder (run to ``depth`` layers) or vocoder (depth 0),
-on that device in that precision."""
 
 
 def check_options(*, batch_size: int = 1) -> None:
@@ -37,74 +33,11 @@ def check_options(*, batch_size: int = 1) -> None:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
 
 
-def _weights_key(name: str | Path) -> str:
-    """A local path by its absolute location and modification time (an edited file reloads); else the name."""
-    from knnvc.weights import with_local_default
-
-    name = with_local_default(name)
-    path = Path(name).expanduser()
-    if path.exists():
-        return f"{path.resolve()}@{path.stat().st_mtime_ns}"
-    return str(name)
-
-
-def _cached(kind: str, name: str | Path, device: str, precision: str, offline: bool | None, depth: int = 0) -> Any:
-    from knnvc.checkpoints import load_encoder, load_vocoder
-    from knnvc.pipeline import resolve_device, resolve_precision
-
-    dev = resolve_device(device)  # fail on a bad device or precision before any download
-    dtype = resolve_precision(precision, dev)
-    key = (kind, _weights_key(name), str(dev), str(dtype), depth)
-    if key not in _MODELS:
-        model: Any
-        if kind == "wavlm":
-            model = load_encoder(name, offline=offline, depth=depth or None)
-        else:
-            model = load_vocoder(name, offline=offline)
-        _MODELS[key] = model.to(dev, dtype).eval()
-    return _MODELS[key]
-
-
-def load_pipeline(
-    wavlm: str | Path = DEFAULT_WAVLM,
-    vocoder: str | Path = DEFAULT_VOCODER,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 8,
-    offline: bool | None = None,
-    match_layer: int = WAVLM_LAYER,
-) -> KnnVC:
-    """A ``KnnVC`` whose encoder and vocoder come from the cache (loaded, or downloaded, on first use).
-
-    ``match_layer``: the deepest match layer it will be asked for; WavLM runs max(it, 6) layers.
-    """
-    from knnvc.pipeline import KnnVC
-
-    encoder = _cached("wavlm", wavlm, device, precision, offline, max(match_layer, WAVLM_LAYER))
-    generator = _cached("vocoder", vocoder, device, precision, offline)
-    return KnnVC(encoder, generator, device=device, precision=precision, batch_size=batch_size)
-
-
-def load_voice_builder(
-    wavlm: str | Path = DEFAULT_WAVLM,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 8,
-    offline: bool | None = None,
-    match_layer: int = WAVLM_LAYER,
-) -> VoiceBuilder:
-    """The encoder half only (no vocoder is loaded): enough to build and save voices (run to ``match_layer``)."""
-    from knnvc.pipeline import VoiceBuilder
-
-    encoder = _cached("wavlm", wavlm, device, precision, offline, max(match_layer, WAVLM_LAYER))
-    return VoiceBuilder(encoder, device=device, precision=precision, batch_size=batch_size)
-
-
 def clear_cache() -> None:
-    """Forget every cached model (frees their memory once nothing else holds them)."""
-    _MODELS.clear()
+    """Forget every cached model (``knnvc.models``): frees their memory once no pipeline holds them."""
+    from knnvc.models import clear_cache as clear
+
+    clear()
 
 
 def convert(
@@ -156,6 +89,7 @@ def convert(
 
     from knnvc import audio
     from knnvc.options import ConvertOptions
+    from knnvc.pipeline import KnnVC
 
     options = ConvertOptions(
         k=k,
@@ -172,7 +106,7 @@ def convert(
         raise UsageError(f"{output}: output files end in {', '.join(audio.OUTPUT_FORMATS)}")
     if sample_rate is None and not isinstance(source, (str, os.PathLike)):
         raise UsageError("an in-memory source (array or tensor) needs its sample_rate")
-    vc = load_pipeline(
+    vc = KnnVC.from_pretrained(
         wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline,
         match_layer=match_layer,
     )  # fmt: skip

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = ConvertOptions()
 
 OUTPUT_EXTENSIONS = tuple(audio.OUTPUT_FORMATS)  # .wav, .flac, .ogg
+GROUP_FILES = 16  # files decoded and computed together; their windows are batched by the pipeline's batch_size
 
 
 @dataclass
@@ -189,9 +190,11 @@ class Overlap:
     leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
     """
 
-    def __init__(self, vc: KnnVC, rate: int, workers: int = 2) -> None:
-        self.vc, self.rate = vc, rate
+    def __init__(self, vc: KnnVC, rate: int, workers: int = 2, options: ConvertOptions = DEFAULT_OPTIONS) -> None:
+        self.vc, self.rate, self.options = vc, rate, options
         self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
+        # Loudness and resampling of finished outputs (numpy and soxr release the GIL), off the compute thread.
+        self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish")
         # One writer keeps outputs in order, so a full disk stops the batch at the first file it hits.
         self._writers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnvc-write")
         self._writes: list[tuple[int, Job, Future[float | None]]] = []
@@ -205,6 +208,7 @@ class Overlap:
     def __exit__(self, *exc: object) -> None:
         self._readers.shutdown(wait=True, cancel_futures=True)
         self._writers.shutdown(wait=True)
+        self._chores.shutdown(wait=True)
 
     def _load(self, job: Job) -> np.ndarray | KnnvcError:
         try:
@@ -224,10 +228,11 @@ class Overlap:
             yield [(i, job, future.result()) for i, job, future in futures[n]]
             futures[n] = []
 
-    def _save(self, job: Job, wav: np.ndarray) -> float | None:
+    def _save(self, job: Job, finished: Future[np.ndarray]) -> float | None:
         """Write one output; None when a full disk already stopped the batch (the job is left for a rerun)."""
         if self._disk_full.is_set():
             return None
+        wav = finished.result()
         try:
             audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
         except DiskFullError:
@@ -236,7 +241,9 @@ class Overlap:
         return len(wav) / self.rate
 
     def write(self, i: int, job: Job, wav: np.ndarray) -> None:
-        self._writes.append((i, job, self._writers.submit(self._save, job, wav)))
+        """Finish (``KnnVC.finish``) and write a synthesised output in the workers; the caller never waits."""
+        finished = self._chores.submit(self.vc.finish, wav, self.options)
+        self._writes.append((i, job, self._writers.submit(self._save, job, finished)))
 
     def _outcomes(self, wait: bool) -> list[tuple[int, Job, float | KnnvcError]]:
         done: list[tuple[int, Job, float | KnnvcError]] = []
@@ -288,11 +295,12 @@ def run(
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``options`` (k, loudness, output rate...) go to ``KnnVC.convert_batch``. What would fail every file raises
-    before any file is read: ``k`` above the voice's frame count (``UsageError``), an output folder that cannot be
-    written (``OutputError``). ``progress`` gets ``knnvc.progress.Progress`` events: start, done, skip or fail per
-    file, and encode/vocode over the windows of a long file (with its ``job``); ``start`` comes as the pipeline
-    turns to that file. KeyboardInterrupt stops
+    ``options`` (k, loudness, output rate...) go to the pipeline (``KnnVC.synthesise``, then ``KnnVC.finish`` in
+    a worker). Files are computed in groups of ``GROUP_FILES``, their windows batched together. What would fail
+    every file raises before any file is read: ``k`` above the voice's frame count (``UsageError``), an output
+    folder that cannot be written (``OutputError``). ``progress`` gets ``knnvc.progress.Progress`` events: start,
+    done, skip or fail per file (``start`` as its group begins), and encode/vocode over the windows of a group
+    (``job`` None: a group's files are computed together). KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
     ``report.stopped``. With a ``ledger`` (``knnvc.manifest``), outputs made with other settings stop the batch
@@ -304,9 +312,9 @@ def run(
     rate = vc.output_rate(options)
     voice, options = vc.voices_for(voice, options)  # the match layer's frames, rebuilt once if a voice lacks them
     started = time.perf_counter()
-    with Overlap(vc, rate) as overlap:
+    with Overlap(vc, rate, options=options) as overlap:
         try:
-            for group in overlap.groups(todo, vc.batch_size):
+            for group in overlap.groups(todo, max(GROUP_FILES, vc.batch_size)):
                 if report.stopped is not None:
                     break
                 _convert_group(vc, group, voice, overlap, options, report, notify)
@@ -373,8 +381,12 @@ def convert_group(
     options: ConvertOptions = DEFAULT_OPTIONS,
     *,
     progress: OnProgress | None = None,
+    finish: bool = True,
 ) -> list[tuple[np.ndarray | KnnvcError, float]]:
     """The unit of batch work, mapped by the local batch and by the Ray job (``knnvc.cluster``).
+
+    ``finish=False`` returns the raw synthesis (``KnnVC.synthesise``) for the caller to finish (``KnnVC.finish``:
+    loudness, output rate) elsewhere, as the local batch does in its worker threads.
 
     Takes decoded sources ((N_i,) float32 at 16 kHz) or the errors that decoding them raised, and returns, in
     order, each output ((M_i,) float32 at ``vc.output_rate(options)``) or its error, with the compute seconds it
@@ -388,10 +400,11 @@ def convert_group(
     started = time.perf_counter()
     outs: Sequence[np.ndarray | KnnvcError]
     try:
-        outs = vc.convert_batch([wav for _, wav in arrays], voice, options, progress=on_chunk) if arrays else []
+        compute = vc.convert_batch if finish else vc.synthesise
+        outs = compute([wav for _, wav in arrays], voice, options, progress=on_chunk) if arrays else []
     except KnnvcError as exc:
         if len(arrays) > 1:  # find which file failed
-            return [_convert_one(vc, wav, voice, options, _indexed(progress, [n], len(wavs)))
+            return [_convert_one(vc, wav, voice, options, _indexed(progress, [n], len(wavs)), finish)
                     for n, wav in enumerate(wavs)]  # fmt: skip
         outs = [exc]
     total, samples = time.perf_counter() - started, sum(len(wav) for _, wav in arrays) or 1
@@ -414,13 +427,19 @@ def _indexed(progress: OnProgress | None, positions: list[int], total: int) -> O
 
 
 def _convert_one(
-    vc: KnnVC, wav: np.ndarray | KnnvcError, voice: Voice, options: ConvertOptions, on_chunk: OnProgress | None
+    vc: KnnVC,
+    wav: np.ndarray | KnnvcError,
+    voice: Voice,
+    options: ConvertOptions,
+    on_chunk: OnProgress | None,
+    finish: bool,
 ) -> tuple[np.ndarray | KnnvcError, float]:
     if isinstance(wav, KnnvcError):
         return wav, 0.0
     started = time.perf_counter()
+    compute = vc.convert_batch if finish else vc.synthesise
     try:
-        return vc.convert_batch([wav], voice, options, progress=on_chunk)[0], time.perf_counter() - started
+        return compute([wav], voice, options, progress=on_chunk)[0], time.perf_counter() - started
     except KnnvcError as exc:
         return exc, time.perf_counter() - started
 
@@ -436,18 +455,18 @@ def _convert_group(
 ) -> None:
     """Convert one group of decoded sources together (``convert_group``) and hand the outputs to the writer.
 
-    Each file's ``start`` is reported as the pipeline turns to it; window events carry the file in hand.
+    Every file of the group ``start``s at once (their windows are batched together); window events carry no job.
     """
-    current: list[Job | None] = [None]
+    for i, job, wav in group:
+        if isinstance(wav, np.ndarray):
+            notify(Progress("start", i, report.total, job))
 
     def relay(event: Progress) -> None:
-        if event.stage == "convert":  # the group's n-th file -> the batch's file
-            i, current[0], _ = group[event.index]
-            notify(Progress("start", i, report.total, current[0]))
-        else:
-            notify(replace(event, job=current[0]))
+        if event.stage != "convert":
+            notify(replace(event, job=None))
 
-    outcomes = convert_group(vc, [wav for _, _, wav in group], voice, options, progress=relay)
+    wavs = [wav for _, _, wav in group]  # synthesised only: Overlap.write finishes each output in a worker
+    outcomes = convert_group(vc, wavs, voice, options, progress=relay, finish=False)
     for (i, job, _), (out, seconds) in zip(group, outcomes, strict=True):
         if isinstance(out, KnnvcError):
             _record(report, notify, i, job, out, seconds)

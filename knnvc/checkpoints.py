@@ -19,6 +19,7 @@ import torch
 from transformers import WavLMConfig, WavLMModel
 from transformers.utils import logging as hf_logging
 
+from knnvc import converted
 from knnvc.constants import WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder
 from knnvc.errors import UsageError, WeightsError
@@ -216,10 +217,18 @@ def check_depth(name: str, num_layers: int, layer: int, depth: int) -> None:
 def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER, depth: int | None = None) -> WavLMEncoder:
     """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``).
 
-    ``depth``: transformer layers to build and run (default ``layer``), for a deeper match layer.
+    ``depth``: transformer layers to build and run (default ``layer``), for a deeper match layer. The first load
+    keeps a converted, memory-mappable copy of the layers used in the cache (``knnvc.converted``).
     """
-    config, state = read_original(path)
     depth = max(layer, depth or layer)
+    found = converted.load(path, depth)
+    if found is None:
+        config, state = read_original(path)
+        check_depth(str(path), int(config.num_hidden_layers), layer, depth)
+        state = {k: v for k, v in state.items() if _keep_key(k, depth)}
+        converted.save(path, depth, config, state)
+    else:
+        config, state = found
     num_layers = int(config.num_hidden_layers)
     check_depth(str(path), num_layers, layer, depth)
     model = wavlm_model(config, state, depth)
@@ -273,10 +282,15 @@ def load_encoder(
 def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progress: Any = None) -> Generator:
     """Load a HiFi-GAN generator by registry name or path; eval mode, weight norm folded, on CPU."""
     path = resolve_vocoder(name_or_path, offline=offline, progress=progress)
+    found = converted.load_vocoder(path)
+    if found is not None:
+        return found
     try:
-        return load_generator(path)
+        model = load_generator(path)
     except VocoderLoadError as exc:
         raise WeightsError(f"{exc}; pass vocoder='prematched', or a g_*.pt generator checkpoint you trust") from exc
+    converted.save_vocoder(path, model)
+    return model
 
 
 def original_to_hf(path: str | Path, out_dir: str | Path) -> Path:

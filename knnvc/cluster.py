@@ -46,7 +46,7 @@ CPUS_PER_CPU_ACTOR = 4  # on CPU-only clusters, one converting actor per this ma
 
 @dataclass(frozen=True)
 class Models:
-    """What each actor loads (through ``knnvc.api.load_pipeline``); paths must exist on every node."""
+    """What each actor loads (through ``KnnVC.from_pretrained``); paths must exist on every node."""
 
     wavlm: str
     vocoder: str
@@ -192,15 +192,15 @@ class Converter:
     def __init__(self, voice: list[Any], options: ConvertOptions, models: Models, plan: Layout) -> None:
         import torch
 
-        from knnvc import api
+        from knnvc.pipeline import KnnVC
 
         ray = _ray()
         torch.set_num_threads(plan.threads)
         self.voice: Voice = ray.get(voice[0])
         self.options = options
-        self.vc = api.load_pipeline(models.wavlm, models.vocoder, device=plan.device, precision=models.precision,
-                                    batch_size=models.batch_size, offline=models.offline,
-                                    match_layer=models.match_layer)  # fmt: skip
+        self.vc = KnnVC.from_pretrained(models.wavlm, models.vocoder, device=plan.device, precision=models.precision,
+                                        batch_size=models.batch_size, offline=models.offline,
+                                        match_layer=models.match_layer)  # fmt: skip
         self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
         self.rate = self.vc.output_rate(options)
 

@@ -6,7 +6,10 @@ norm") encoder of WavLM-Large the encoder's final layer norm is replaced by the 
 hidden state is exactly ``hidden_states[6]`` of the full model: the output of the 6th transformer block, which
 is what kNN-VC matches on. The waveform goes in raw, never layer-normalised, as the published vocoder expects.
 
-This module does no file I/O: ``knnvc.checkpoints`` builds the model from files.
+Precision: ``WavLMEncoder.cast`` casts the network but keeps an fp32 island at the input: the raw waveform and
+the first convolution stay fp32 (bf16 would keep 8 bits of a 16-bit sample).
+
+This module does no file I/O and does not import transformers: ``knnvc.checkpoints`` builds the model from files.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import re
 import types
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import WavLMModel
 
 from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
+
+if TYPE_CHECKING:  # transformers is imported by whoever builds the model (knnvc.checkpoints), not here
+    from transformers import WavLMModel
 from knnvc.errors import AudioError
 from knnvc.files import sha256
 
@@ -93,6 +98,12 @@ def use_fused_attention(model: WavLMModel) -> None:
         attention.torch_multi_head_self_attention = types.MethodType(_fused_attention, attention)
 
 
+def _input_to_weight_dtype(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Forward pre-hook of a conv layer: its input in its own weight's dtype (fp32 island, then the network's)."""
+    weight: Tensor = module.conv.weight  # type: ignore[union-attr,assignment]
+    return (args[0].to(weight.dtype), *args[1:])
+
+
 def fingerprint(model: nn.Module, layers: int = WAVLM_LAYER) -> str:
     """A short, stable hash of the weights, used to refuse voices built with another encoder.
 
@@ -145,8 +156,16 @@ class WavLMEncoder(nn.Module):
         self.fingerprint = fingerprint(self.model, min(self.depth, WAVLM_LAYER))
         fold_weight_norm(self.model)
         use_fused_attention(self.model)
+        for conv_layer in list(self.model.feature_extractor.conv_layers)[:2]:  # into and out of the fp32 island
+            conv_layer.register_forward_pre_hook(_input_to_weight_dtype)
         self.name = name
         self.layer = layer
+
+    def cast(self, dtype: torch.dtype) -> WavLMEncoder:
+        """Cast the network to ``dtype`` in place, keeping the first convolution layer fp32; returns ``self``."""
+        nn.Module.to(self.model, dtype)
+        self.model.feature_extractor.conv_layers[0].float()
+        return self
 
     @property
     def dim(self) -> int:
@@ -159,7 +178,8 @@ class WavLMEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The network's dtype (the first convolution layer is always fp32)."""
+        return self.model.feature_projection.projection.weight.dtype
 
     def check_layers(self, layers: Sequence[int]) -> None:
         """Raise ``ValueError`` unless every layer is within 1..depth (the layers this encoder runs)."""
@@ -173,31 +193,32 @@ class WavLMEncoder(nn.Module):
         """Encode a right-padded batch.
 
         Args:
-            wavs: (B, N) raw waveforms at 16 kHz, zero-padded on the right.
-            lengths: (B,) valid samples per item; ``None`` means every item fills N.
+            wavs: (B, N) raw waveforms at 16 kHz, zero-padded on the right; fed to the fp32 island as fp32.
+            lengths: (B,) valid samples per item; ``None`` means every item fills N (no mask).
             layers: the layers to return (default: ``(self.layer,)``), each within 1..depth.
 
         Returns:
-            features (B, T, len(layers) * D) at 50 Hz, the layers side by side in the order asked (split them
-            with ``split_layers``), and (B,) valid frames per item. Frames past an item's valid count are
-            padding and carry no meaning.
+            features (B, T, len(layers) * D) at 50 Hz in the network's dtype, the layers side by side in the order
+            asked (split them with ``split_layers``), and (B,) valid frames per item (computed on the device, so
+            nothing waits for it). Frames past an item's valid count are padding and carry no meaning.
         """
         layers = tuple(layers or (self.layer,))
         self.check_layers(layers)
         batch, total = wavs.shape
+        mask = None
         if lengths is None:
             lengths = torch.full((batch,), total, dtype=torch.long, device=wavs.device)
-        frames = torch.tensor([num_frames(int(n)) for n in lengths], dtype=torch.long, device=wavs.device)
-        mask = None
-        if bool((lengths < total).any()):
+        else:
             positions = torch.arange(total, device=wavs.device)
             mask = (positions[None, :] < lengths[:, None]).long()
+        whole = torch.div(lengths - RECEPTIVE_FIELD, HOP, rounding_mode="floor") + 1
+        frames = torch.where(lengths >= RECEPTIVE_FIELD, whole, 0)
         with warnings.catch_warnings():
             # torch warns that transformers mixes a bool padding mask with a float position bias; it is exact.
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
             if layers == (self.depth,):
-                return self.model(wavs.to(self.dtype), attention_mask=mask).last_hidden_state, frames
-            out = self.model(wavs.to(self.dtype), attention_mask=mask, output_hidden_states=True)
+                return self.model(wavs.float(), attention_mask=mask).last_hidden_state, frames
+            out = self.model(wavs.float(), attention_mask=mask, output_hidden_states=True)
         # hidden_states[i] is block i's output (the final layer norm is the identity, see truncate_wavlm)
         return torch.cat([out.hidden_states[i] for i in layers], dim=-1), frames
 
@@ -222,15 +243,18 @@ class WavLMEncoder(nn.Module):
                     f"audio of {wav.numel()} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, "
                     "25 ms at 16 kHz)"
                 )
-        lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+        sizes = [w.numel() for w in wavs]  # host-side lengths: slicing below needs no device sync
         # Assemble the batch on the host (pinned when a GPU waits for it), then copy it over in one transfer.
         on_gpu = self.device.type == "cuda"
-        padded = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32, pin_memory=on_gpu)
+        padded = torch.zeros(len(wavs), max(sizes), dtype=torch.float32, pin_memory=on_gpu)
         for i, wav in enumerate(wavs):
             padded[i, : wav.numel()] = wav
         padded = padded.to(self.device, non_blocking=on_gpu)
-        feats, frames = self(padded, lengths.to(self.device), layers)
-        return [feats[i, : int(frames[i])] for i in range(len(wavs))]
+        lengths = None
+        if min(sizes) < max(sizes):
+            lengths = torch.tensor(sizes, dtype=torch.long, pin_memory=on_gpu).to(self.device, non_blocking=on_gpu)
+        feats, _ = self(padded, lengths, layers)
+        return [feats[i, : num_frames(n)] for i, n in enumerate(sizes)]
 
     @property
     def frame_local_frontend(self) -> bool:
@@ -244,7 +268,7 @@ class WavLMEncoder(nn.Module):
         With ``frame_local_frontend``, frame t depends only on samples [320 t, 320 t + 400), so the frames of
         overlapping spans are equal and a stream computes each once (``knnvc.stream``).
         """
-        feats = self.model.feature_extractor(wav.to(self.device, self.dtype)[None]).transpose(1, 2)
+        feats = self.model.feature_extractor(wav.to(self.device, torch.float32)[None]).transpose(1, 2)
         hidden, _ = self.model.feature_projection(feats)
         return hidden[0]
 

@@ -87,13 +87,19 @@ def _block_topk(
 
 
 def _blocked(
-    query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int, exclude: Tensor | None = None
+    query: Tensor,
+    keys: Tensor,
+    k: int,
+    query_block: int,
+    key_block: int,
+    exclude: Tensor | None = None,
+    normalised: bool = False,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """(first query row, (Qb, k) similarities, (Qb, k) indices) per block of the flattened (Q, D) queries."""
     _check(query, keys, k, exclude)
     flat = query.reshape(-1, query.shape[-1])
     ranges = None if exclude is None else exclude.reshape(-1, 2).to(query.device)
-    keys_n = F.normalize(keys, dim=-1)
+    keys_n = keys if normalised else F.normalize(keys, dim=-1)
     for q0 in range(0, flat.shape[0], query_block):
         part = None if ranges is None else ranges[q0 : q0 + query_block]
         sims, idx = _block_topk(flat[q0 : q0 + query_block], keys_n, k, key_block, part)
@@ -107,6 +113,7 @@ def knn_indices(
     *,
     query_block: int = QUERY_BLOCK,
     key_block: int = KEY_BLOCK,
+    keys_normalised: bool = False,
 ) -> Tensor:
     """Indices of the ``k`` keys nearest to each query by cosine distance, nearest first.
 
@@ -114,12 +121,13 @@ def knn_indices(
         query: (Q, D) or (B, Q, D) frames; a batch of sources shares the matching set.
         keys: (M, D) matching set, M >= k.
         k: neighbours per query.
+        keys_normalised: the keys already have unit norm (a pipeline normalises a voice once).
 
     Returns:
         (Q, k) or (B, Q, k) int64 indices into ``keys``, on the inputs' device.
     """
     out = torch.empty(query.numel() // max(1, query.shape[-1]), k, dtype=torch.long, device=query.device)
-    for q0, _, idx in _blocked(query, keys, k, query_block, key_block):
+    for q0, _, idx in _blocked(query, keys, k, query_block, key_block, normalised=keys_normalised):
         out[q0 : q0 + idx.shape[0]] = idx
     return out.reshape(*query.shape[:-1], k)
 
@@ -150,6 +158,7 @@ def knn_regression(
     query_block: int = QUERY_BLOCK,
     key_block: int = KEY_BLOCK,
     exclude: Tensor | None = None,
+    keys_normalised: bool = False,
 ) -> Tensor:
     """Replace each query frame by the (weighted) mean of its ``k`` nearest matching-set frames (kNN-VC's step 3).
 
@@ -162,6 +171,7 @@ def knn_regression(
         weighting: ``uniform`` or ``inverse-distance`` (see ``neighbour_weights``).
         exclude: optional (Q, 2) or (B, Q, 2) int64 [start, stop) rows of ``keys`` each query frame may not
             use (prematching: the query's own utterance inside its speaker's pool), so no key is copied.
+        keys_normalised: ``keys`` already have unit norm (a pipeline normalises a voice once).
 
     Returns:
         (Q, E) or (B, Q, E) frames, in ``synth``'s dtype.
@@ -171,7 +181,7 @@ def knn_regression(
         raise ValueError(f"synth set has {synth.shape[0]} frames, matching set {keys.shape[0]}: they must pair up")
     rows = query.numel() // max(1, query.shape[-1])
     out = torch.empty(rows, synth.shape[-1], dtype=synth.dtype, device=query.device)
-    for q0, sims, idx in _blocked(query, keys, k, query_block, key_block, exclude):
+    for q0, sims, idx in _blocked(query, keys, k, query_block, key_block, exclude, keys_normalised):
         if weighting == "uniform":
             out[q0 : q0 + idx.shape[0]] = synth[idx].mean(dim=-2)
         else:

@@ -10,7 +10,8 @@ Two decorators for the pipeline's methods keep its code free of retry loops:
   vocoder's window, see ``vocoder_core``) and the whole stage is retried, down to ``MIN_WINDOW`` frames. Then
   it raises ``DeviceError``, whose message says what to change.
 
-Out-of-memory is ``torch.OutOfMemoryError`` (CUDA), or a ``RuntimeError`` saying so (MPS, CPU allocator).
+Out-of-memory is ``torch.OutOfMemoryError`` (CUDA), or a ``RuntimeError`` saying so (MPS, CPU allocator, or
+cuBLAS's ``CUBLAS_STATUS_ALLOC_FAILED``).
 The state lives on the pipeline object (``guard(owner)``); nothing here is global.
 """
 
@@ -36,7 +37,12 @@ R = TypeVar("R")
 Batch = TypeVar("Batch", list[Tensor], Tensor)
 
 MIN_WINDOW = FRAME_RATE  # frames: windows are not halved below 1 s
-_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "cublas_status_alloc_failed",  # cuBLAS could not get its workspace: the device is full
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -11,8 +11,10 @@ own the computation.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,12 +34,13 @@ from knnvc.constants import (
     SAMPLE_RATE,
     WAVLM_LAYER,
 )
-from knnvc.devices import resolve_device, resolve_precision
+from knnvc.devices import exact_fp32, resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames, split_layers
 from knnvc.errors import AudioError, UsageError
 from knnvc.files import sha256
 from knnvc.layers import rebuild_layer
 from knnvc.matcher import blend, knn_regression, morph
+from knnvc.models import cached_encoder, cached_vocoder, compiled, prepare_encoder, prepare_vocoder
 from knnvc.options import ConvertOptions
 from knnvc.progress import OnProgress, Progress, report
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 DEFAULT_OPTIONS = ConvertOptions()
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
+
+HELD_VOICES = 4  # voices (x match layers) kept on the device, normalised: the voice and a morph target
 
 
 def _first_time(path: Path, seen: set[Path]) -> bool:
@@ -67,9 +72,13 @@ class VoiceBuilder:
         encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
         device: auto, cpu, cuda, cuda:N or mps.
         precision: auto, fp32, bf16 or fp16 for the networks; matching is always fp32.
-        batch_size: waveforms (or windows of long audio) encoded together.
+        batch_size: waveforms (or windows of long audio), from any number of files, computed together.
         window_seconds: audio longer than this (plus context) is encoded in windows this long.
         context_seconds: context on each side of a window, computed and dropped.
+        compile: ``torch.compile`` the networks (``warm_up`` compiles them and reports the time).
+
+    The modules passed in are never changed: when they are not already in eval mode on the device in the
+    precision asked for, the pipeline works on a prepared copy (``knnvc.models``).
     """
 
     def __init__(
@@ -81,6 +90,7 @@ class VoiceBuilder:
         batch_size: int = 8,
         window_seconds: float = windows.ENCODER_CORE / FRAME_RATE,
         context_seconds: float = windows.ENCODER_CONTEXT / FRAME_RATE,
+        compile: bool = False,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
@@ -88,10 +98,38 @@ class VoiceBuilder:
             raise UsageError("the encoder window must be at least 1 s and its context at least 0 s")
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        self.encoder = encoder.to(self.device, self.dtype).eval()
+        self.encoder = prepare_encoder(encoder, self.device, self.dtype)
+        self.compile = compile
+        self.compile_seconds = 0.0
+        if compile:  # a shallow copy holds the compiled network: the prepared (maybe shared) encoder is untouched
+            self.encoder = copy.copy(self.encoder)
+            self.encoder._modules = dict(self.encoder._modules)
+            self.encoder.model, self.compile_seconds = compiled(self.encoder.model)
         self.batch_size = batch_size
+        self.slack = windows.BUCKET_SLACK.get(self.device.type, windows.BUCKET_SLACK["default"])
         self.window = round(window_seconds * FRAME_RATE)  # frames kept per encoder window
         self.context = round(context_seconds * FRAME_RATE)  # frames of context on each side
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        wavlm: str | Path = DEFAULT_WAVLM,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 8,
+        offline: bool | None = None,
+        compile: bool = False,
+        match_layer: int = WAVLM_LAYER,
+    ) -> VoiceBuilder:
+        """The encoder half only (no vocoder is loaded), from the model cache: enough to build voices.
+
+        ``match_layer``: the deepest match layer it will be asked for; WavLM runs max(it, 6) layers.
+        """
+        dev = resolve_device(device)  # fail on a bad device or precision before any download
+        dtype = resolve_precision(precision, dev)
+        encoder = cached_encoder(wavlm, dev, dtype, offline, max(match_layer, WAVLM_LAYER))
+        return cls(encoder, device=dev, precision=precision, batch_size=batch_size, compile=compile)
 
     # -- audio in ---------------------------------------------------------------------------------------
     def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -112,8 +150,9 @@ class VoiceBuilder:
     @oom.splits_batches("encoding")  # out of memory: halve the batch, then (below) the window
     def _encode_batch(self, wavs: list[Tensor], layers: tuple[int, ...] | None = None) -> list[Tensor]:
         plain = layers is None or tuple(layers) == (self.encoder.layer,)  # the usual call: layer 6 alone
-        feats = self.encoder.encode_batch(wavs) if plain else self.encoder.encode_batch(wavs, layers)
-        return [f.float() for f in feats]
+        with exact_fp32(self.device, self.dtype):
+            feats = self.encoder.encode_batch(wavs) if plain else self.encoder.encode_batch(wavs, layers)
+            return [f.float() for f in feats]
 
     @oom.retries_smaller("encoding")
     def encode_many(
@@ -122,11 +161,12 @@ class VoiceBuilder:
         progress: OnProgress | None = None,
         layers: tuple[int, ...] | None = None,
     ) -> list[Tensor]:
-        """Encode 16 kHz mono waveforms; results keep the input order, (T_i, D) fp32 at 50 Hz.
+        """Encode 16 kHz mono waveforms; results keep the input order, (T_i, D) fp32 at 50 Hz, on the device.
 
-        Inputs that fit in one window are batched by length; longer ones are encoded in overlapping windows
-        (``knnvc.windows``), their windows batched, so memory stays flat in the input's length. ``layers``
-        (default: layer 6 alone) come side by side, (T_i, len(layers) * D): see ``encoder.split_layers``.
+        Inputs longer than a window are cut into overlapping windows (``knnvc.windows``); the windows and whole
+        inputs of all the files form the batches together, bucketed by length, so memory stays flat in any
+        input's length and short files share batches. ``layers`` (default: layer 6 alone) come side by side,
+        (T_i, len(layers) * D): see ``encoder.split_layers``.
         """
         self.check_depth(layers or ())
         for i, wav in enumerate(wavs):
@@ -134,24 +174,19 @@ class VoiceBuilder:
                 raise AudioError(
                     f"input {i}: {len(wav)} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, 25 ms)"
                 )
-        out: list[Tensor | None] = [None] * len(wavs)
-        short = [i for i, w in enumerate(wavs) if num_frames(len(w)) <= self.window + 2 * self.context]
-        for i in set(range(len(wavs))) - set(short):
-            out[i] = windows.encode_windowed(
-                lambda batch: self._encode_batch(batch, layers),
-                torch.from_numpy(np.ascontiguousarray(wavs[i])),
-                batch_size=self.batch_size,
-                core=self.window,
-                context=self.context,
-                progress=progress,
-            )
-        short.sort(key=lambda i: len(wavs[i]))
-        for start in range(0, len(short), self.batch_size):
-            chunk = short[start : start + self.batch_size]
-            feats = self._encode_batch([torch.from_numpy(np.ascontiguousarray(wavs[i])) for i in chunk], layers)
-            for i, f in zip(chunk, feats, strict=True):
-                out[i] = f
-        return [f for f in out if f is not None]
+        tensors = [torch.from_numpy(np.ascontiguousarray(w)) for w in wavs]
+        parts = windows.pieces([num_frames(len(w)) for w in wavs], self.window, self.context)
+        kept: list[list[tuple[int, Tensor]]] = [[] for _ in wavs]
+        done = 0
+        for group in windows.buckets([p.frames for p in parts], self.batch_size, self.slack):
+            chunk = [parts[g] for g in group]
+            feats = self._encode_batch([tensors[p.item][slice(*p.window.sample_span())] for p in chunk], layers)
+            for p, f in zip(chunk, feats, strict=True):
+                w = p.window
+                kept[p.item].append((w.keep_start, f[w.keep_start - w.start : w.keep_stop - w.start]))
+            done += len(chunk)
+            report(progress, Progress("encode", done, len(parts)))
+        return [_stitch(found) for found in kept]
 
     # -- voices -----------------------------------------------------------------------------------------
     def build_voice(
@@ -203,7 +238,7 @@ class VoiceBuilder:
         if deepest > self.encoder.depth:
             raise UsageError(
                 f"match layer {deepest} needs WavLM run to layer {deepest}, this pipeline's encoder stops at "
-                f"{self.encoder.depth}; load it with match_layer={deepest} (KnnVC.from_pretrained or load_pipeline)"
+                f"{self.encoder.depth}; load it with match_layer={deepest} (KnnVC.from_pretrained)"
             )
 
     def with_layer(self, voice: Voice, layer: int) -> Voice:
@@ -253,10 +288,13 @@ class VoiceBuilder:
 class KnnVC(VoiceBuilder):
     """kNN-VC: WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
 
+    Get one with ``KnnVC.from_pretrained(...)`` (models loaded once per process, from the model cache), or
+    ``KnnVC(encoder, vocoder, ...)`` with modules you built yourself (they are never changed).
+
     Args:
         encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
         vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features.
-        device, precision, batch_size, window_seconds, context_seconds: as for ``VoiceBuilder``.
+        device, precision, batch_size, window_seconds, context_seconds, compile: as for ``VoiceBuilder``.
     """
 
     def __init__(
@@ -269,7 +307,10 @@ class KnnVC(VoiceBuilder):
         batch_size: int = 8,
         window_seconds: float = windows.ENCODER_CORE / FRAME_RATE,
         context_seconds: float = windows.ENCODER_CONTEXT / FRAME_RATE,
+        compile: bool = False,
     ) -> None:
+        if vocoder.config.input_dim != encoder.dim:
+            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
         super().__init__(
             encoder,
             device=device,
@@ -277,13 +318,17 @@ class KnnVC(VoiceBuilder):
             batch_size=batch_size,
             window_seconds=window_seconds,
             context_seconds=context_seconds,
+            compile=compile,
         )
-        if vocoder.config.input_dim != encoder.dim:
-            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
-        self.vocoder = vocoder.to(self.device, self.dtype).eval()
+        self.vocoder = prepare_vocoder(vocoder, self.device, self.dtype)
+        self._vocoder_run: torch.nn.Module = self.vocoder
+        if compile:
+            self._vocoder_run, seconds = compiled(self.vocoder)
+            self.compile_seconds += seconds
+        self._held_voices: dict[tuple[int, int], tuple[Voice, Tensor, Tensor]] = {}  # (id, layer): on the device
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]
         cls,
         wavlm: str | Path = DEFAULT_WAVLM,
         vocoder: str | Path = DEFAULT_VOCODER,
@@ -292,25 +337,28 @@ class KnnVC(VoiceBuilder):
         precision: str = "auto",
         batch_size: int = 8,
         offline: bool | None = None,
+        compile: bool = False,
+        window_seconds: float = windows.ENCODER_CORE / FRAME_RATE,
+        context_seconds: float = windows.ENCODER_CONTEXT / FRAME_RATE,
         match_layer: int = WAVLM_LAYER,
-        **window: float,
     ) -> KnnVC:
-        """Load WavLM and a vocoder by registry name, hub id or local path (downloading lazily).
+        """The one way to get a pipeline: WavLM and a vocoder by registry name, hub id or local path.
 
-        ``match_layer``: the deepest match layer this pipeline will be asked for (WavLM runs max(it, 6) layers).
-        ``window`` takes ``window_seconds`` and ``context_seconds`` (see ``VoiceBuilder``).
+        Models come from the process-wide cache (``knnvc.models``): loaded (or downloaded) on first use, then
+        shared by every pipeline asking for the same weights, device and precision. ``match_layer``: the deepest
+        match layer this pipeline will be asked for (WavLM runs max(it, 6) layers).
         """
-        from knnvc.checkpoints import load_encoder, load_vocoder
-
-        dev = resolve_device(device)  # fail on a bad device before any download
-        resolve_precision(precision, dev)
+        dev = resolve_device(device)  # fail on a bad device or precision before any download
+        dtype = resolve_precision(precision, dev)
         return cls(
-            load_encoder(wavlm, offline=offline, depth=max(match_layer, WAVLM_LAYER)),
-            load_vocoder(vocoder, offline=offline),
+            cached_encoder(wavlm, dev, dtype, offline, max(match_layer, WAVLM_LAYER)),
+            cached_vocoder(vocoder, dev, dtype, offline),
             device=dev,
             precision=precision,
             batch_size=batch_size,
-            **window,
+            window_seconds=window_seconds,
+            context_seconds=context_seconds,
+            compile=compile,
         )
 
     @property
@@ -318,7 +366,64 @@ class KnnVC(VoiceBuilder):
         """Output rate of ``convert`` and ``vocode``: the vocoder's (16 kHz for the published ones)."""
         return int(self.vocoder.config.sample_rate)
 
+    def warm_up(self, seconds: float = 2.0) -> float:
+        """Run every network once on ``seconds`` of silence (compiling them with ``compile``); returns the time."""
+        start = time.perf_counter()
+        feats = self.encode_many([np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)])
+        self.vocode_many(feats)
+        took = time.perf_counter() - start
+        if self.compile:
+            self.compile_seconds += took
+            log.info("torch.compile: %.1f s", self.compile_seconds)
+        return took
+
+    # -- matching ---------------------------------------------------------------------------------------
+    def _held(self, voice: Voice, layer: int) -> tuple[Tensor, Tensor]:
+        """The voice's layer-6 frames and its ``layer`` frames with unit norm, on the device (fp32), moved and
+        normalised once per voice and layer (the last ``HELD_VOICES`` are kept)."""
+        key = (id(voice), layer)
+        found = self._held_voices.get(key)
+        if found is None or found[0] is not voice:
+            voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+            frames = voice.frames.to(self.device, torch.float32)
+            keys = frames if layer == voice.layer else voice.keys(layer).to(self.device, torch.float32)
+            if len(self._held_voices) >= HELD_VOICES:
+                self._held_voices.clear()
+            found = self._held_voices[key] = (voice, frames, torch.nn.functional.normalize(keys, dim=-1))
+        return found[1], found[2]
+
+    def _match_voice(self, query: Tensor, voice: Voice, options: ConvertOptions) -> Tensor:
+        """kNN regression of (T, D) match-layer frames onto one voice -> (T, D) mean of its layer-6 frames."""
+        voice.check_neighbours(options.k)
+        frames, keys = self._held(voice, options.match_layer)
+        return knn_regression(
+            query, keys, options.k, synth=frames, weighting=options.knn_weighting, keys_normalised=True  # type: ignore[arg-type]
+        )
+
     @oom.retries_smaller("matching")
+    def match_many(
+        self,
+        features: Sequence[Tensor | Mapping[int, Tensor]],
+        voice: Voice,
+        options: ConvertOptions | int = DEFAULT_K,
+    ) -> list[Tensor]:
+        """Several sources matched onto one voice at once -> (T_i, D) fp32 layer 6 on the device (see ``match``)."""
+        opts = options if isinstance(options, ConvertOptions) else ConvertOptions(k=options)
+        layered = [f if isinstance(f, Mapping) else {WAVLM_LAYER: f} for f in features]
+        for by_layer in layered:
+            if opts.match_layer not in by_layer:
+                raise UsageError(
+                    f"match layer {opts.match_layer}: the source was encoded to layers {sorted(by_layer)}"
+                )
+        query = torch.cat([f[opts.match_layer].to(self.device, torch.float32) for f in layered])
+        matched = self._match_voice(query, voice, opts)
+        if opts.morph is not None:
+            matched = morph(matched, self._match_voice(query, opts.morph, opts), opts.morph_weight)
+        if opts.strength != 1.0:
+            source = torch.cat([f[WAVLM_LAYER].to(self.device, torch.float32) for f in layered])
+            matched = blend(matched, source, opts.strength)
+        return list(matched.split([f[opts.match_layer].shape[0] for f in layered]))
+
     def match(
         self, features: Tensor | Mapping[int, Tensor], voice: Voice, options: ConvertOptions | int = DEFAULT_K
     ) -> Tensor:
@@ -329,49 +434,61 @@ class KnnVC(VoiceBuilder):
         The search runs on the match layer; the result averages the chosen frames' layer-6 features, morphs
         towards ``options.morph`` by ``morph_weight``, then blends with the source by ``strength``.
         """
-        opts = options if isinstance(options, ConvertOptions) else ConvertOptions(k=options)
-        by_layer = features if isinstance(features, Mapping) else {WAVLM_LAYER: features}
-        if opts.match_layer not in by_layer:
-            raise UsageError(f"match layer {opts.match_layer}: the source was encoded to layers {sorted(by_layer)}")
-        query = by_layer[opts.match_layer].to(self.device, torch.float32)
-        matched = self._match_voice(query, voice, opts)
-        if opts.morph is not None:
-            matched = morph(matched, self._match_voice(query, opts.morph, opts), opts.morph_weight)
-        return blend(matched, by_layer[WAVLM_LAYER].to(self.device, torch.float32), opts.strength)
-
-    def _match_voice(self, query: Tensor, voice: Voice, options: ConvertOptions) -> Tensor:
-        """kNN regression of (T, D) match-layer frames onto one voice -> (T, D) mean of its layer-6 frames."""
-        voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
-        voice.check_neighbours(options.k)
-        keys = voice.keys(options.match_layer).to(self.device, torch.float32)
-        synth = None if options.match_layer == voice.layer else voice.frames.to(self.device, torch.float32)
-        return knn_regression(query, keys, options.k, synth=synth, weighting=options.knn_weighting)  # type: ignore[arg-type]
+        return self.match_many([features], voice, options)[0]
 
     def voices_for(self, voice: Voice, options: ConvertOptions) -> tuple[Voice, ConvertOptions]:
         """``voice`` and ``options.morph`` holding the match layer's frames (rebuilt where needed: ``with_layer``)."""
         self.check_depth(options.layers)
         voice = self.with_layer(voice, options.match_layer)
-        if options.morph is not None:
+        if options.morph is not None and options.match_layer not in options.morph.layers:
             options = replace(options, morph=self.with_layer(options.morph, options.match_layer))
         return voice, options
 
+    # -- vocoding ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     @oom.splits_batches("vocoding")
-    def _vocode_batch(self, features: Tensor) -> Tensor:
-        return self.vocoder(features.to(self.dtype)).reshape(features.shape[0], -1)
+    def _vocode_batch(self, features: list[Tensor]) -> list[Tensor]:
+        """Windows of (T_i, D) frames -> (T_i * hop,) waveforms, as one right-padded batch."""
+        sizes = [f.shape[0] for f in features]
+        batch = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
+        lengths = None
+        if min(sizes) < max(sizes):
+            lengths = torch.tensor(sizes, pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
+        with exact_fp32(self.device, self.dtype):
+            wavs = (self._vocoder_run(batch) if lengths is None else self._vocoder_run(batch, lengths)).reshape(
+                len(features), -1
+            )
+        hop = self.vocoder.config.hop
+        return [wav[: n * hop] for wav, n in zip(wavs, sizes, strict=True)]
 
     @oom.retries_smaller("vocoding")
+    def vocode_many(self, features: Sequence[Tensor], progress: OnProgress | None = None) -> list[np.ndarray]:
+        """(T_i, D) frames at 50 Hz -> (T_i * hop,) float32 waveforms at ``sample_rate``.
+
+        The 10 s windows of all inputs form the batches together, bucketed by length; the waveforms come back
+        to the host in one transfer at the end.
+        """
+        hop = self.vocoder.config.hop
+        sizes = [f.shape[0] * hop for f in features]
+        out = torch.empty(sum(sizes), dtype=torch.float32, device=self.device)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        parts = windows.pieces([f.shape[0] for f in features], oom.vocoder_core(self), windows.VOCODER_CONTEXT)
+        done = 0
+        for group in windows.buckets([p.frames for p in parts], self.batch_size, self.slack):
+            chunk = [parts[g] for g in group]
+            wavs = self._vocode_batch([features[p.item][p.window.start : p.window.stop] for p in chunk])
+            for p, y in zip(chunk, wavs, strict=True):
+                w, base = p.window, offsets[p.item]
+                lo, hi = (w.keep_start - w.start) * hop, (w.keep_stop - w.start) * hop
+                out[base + w.keep_start * hop : base + w.keep_stop * hop] = y[lo:hi]
+            done += len(chunk)
+            report(progress, Progress("vocode", done, len(parts)))
+        host = out.cpu().numpy()
+        return [host[offsets[i] : offsets[i + 1]] for i in range(len(features))]
+
     def vocode(self, features: Tensor, progress: OnProgress | None = None) -> np.ndarray:
         """(T, D) frames at 50 Hz -> (T * hop,) float32 waveform at ``sample_rate``, in windows of 10 s."""
-        wav = windows.vocode_windowed(
-            self._vocode_batch,
-            features.to(self.device),
-            hop=self.vocoder.config.hop,
-            batch_size=self.batch_size,
-            core=oom.vocoder_core(self),
-            progress=progress,
-        )
-        return wav.cpu().numpy()
+        return self.vocode_many([features], progress=progress)[0]
 
     # -- conversion -------------------------------------------------------------------------------------
     def output_rate(self, options: ConvertOptions = DEFAULT_OPTIONS) -> int:
@@ -405,6 +522,35 @@ class KnnVC(VoiceBuilder):
         wav = self.load_audio(source, sample_rate)
         return self.convert_batch([wav], voice, options, progress=progress)[0]
 
+    def synthesise(
+        self,
+        wavs: Sequence[np.ndarray],
+        voice: Voice,
+        options: ConvertOptions = DEFAULT_OPTIONS,
+        *,
+        progress: OnProgress | None = None,
+    ) -> list[np.ndarray]:
+        """The compute of ``convert_batch``: (N_i,) 16 kHz waveforms -> raw vocoder output at ``sample_rate``,
+        as long as each source, before ``finish`` (loudness, output rate). All files are batched together.
+
+        ``progress`` gets a ``convert`` event at the start, then ``encode``/``vocode`` events over the windows
+        of all the inputs."""
+        voice, options = self.voices_for(voice, options)
+        layers = options.layers
+        report(progress, Progress("convert", 0, len(wavs)))
+        encoded = self.encode_many(wavs, progress=progress, layers=layers)
+        features = [split_layers(f, layers) for f in encoded]
+        outs = self.vocode_many(self.match_many(features, voice, options), progress=progress)
+        # Pad the < 25 ms tail that whole vocoder frames do not cover: the output is as long as the source.
+        lengths = [round(len(wav) * self.sample_rate / SAMPLE_RATE) for wav in wavs]
+        return [np.pad(out, (0, max(0, n - len(out)))) for out, n in zip(outs, lengths, strict=True)]
+
+    def finish(self, wav: np.ndarray, options: ConvertOptions = DEFAULT_OPTIONS) -> np.ndarray:
+        """The host-side chores after ``synthesise``: loudness, then the output rate (safe in worker threads)."""
+        if options.loudness is not None:
+            wav = audio.normalise_loudness(wav, options.loudness, self.sample_rate)
+        return audio.resample(wav, self.sample_rate, self.output_rate(options))
+
     def convert_batch(
         self,
         wavs: Sequence[np.ndarray],
@@ -413,28 +559,11 @@ class KnnVC(VoiceBuilder):
         *,
         progress: OnProgress | None = None,
     ) -> list[np.ndarray]:
-        """Convert several (N_i,) 16 kHz waveforms against one voice, encoding them in length-sorted batches.
+        """Convert several (N_i,) 16 kHz waveforms against one voice, their windows batched across files.
 
         Each result equals ``convert`` of that waveform alone: (N_i,) float32 at ``self.output_rate(options)``.
-        ``progress`` gets a ``convert`` event as each input's turn begins (the first at once: it is encoded with
-        the rest), and ``encode``/``vocode`` events over the windows of long inputs.
         """
-        outputs = []
-        rate = self.output_rate(options)
-        voice, options = self.voices_for(voice, options)
-        layers = options.layers
-        report(progress, Progress("convert", 0, len(wavs)))
-        encoded = self.encode_many(wavs, progress=progress, layers=layers)
-        for i, (wav, features) in enumerate(zip(wavs, encoded, strict=True)):
-            if i:
-                report(progress, Progress("convert", i, len(wavs)))
-            out = self.vocode(self.match(split_layers(features, layers), voice, options), progress=progress)
-            # Pad the < 25 ms tail that whole vocoder frames do not cover: the output is as long as the source.
-            out = np.pad(out, (0, max(0, round(len(wav) * self.sample_rate / SAMPLE_RATE) - len(out))))
-            if options.loudness is not None:
-                out = audio.normalise_loudness(out, options.loudness, self.sample_rate)
-            outputs.append(audio.resample(out, self.sample_rate, rate))
-        return outputs
+        return [self.finish(out, options) for out in self.synthesise(wavs, voice, options, progress=progress)]
 
     def convert_file(
         self,
@@ -447,3 +576,9 @@ class KnnVC(VoiceBuilder):
         wav = self.convert(source, target, options)
         rate = self.output_rate(options)
         return audio.save(Path(output), wav, sample_rate=rate, source_rate=rate)
+
+
+def _stitch(parts: list[tuple[int, Tensor]]) -> Tensor:
+    """Kept window frames of one input, (first frame, (T_w, D)) in any order -> (T, D) in frame order."""
+    parts.sort(key=lambda part: part[0])
+    return parts[0][1] if len(parts) == 1 else torch.cat([t for _, t in parts])

@@ -24,10 +24,14 @@ from torch import Tensor
 from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD
 from knnvc.progress import OnProgress, Progress, report
 
-ENCODER_CORE = 20 * FRAME_RATE  # frames: 20 s kept per encoder window
+ENCODER_CORE = 30 * FRAME_RATE  # frames: 30 s kept per encoder window (a 30 s file is one window)
 ENCODER_CONTEXT = 3 * FRAME_RATE  # frames: 3 s of context on each side (26 s windows)
 VOCODER_CORE = 10 * FRAME_RATE  # frames: 10 s of output per vocoder window
 VOCODER_CONTEXT = 25  # frames: 0.5 s on each side, over twice HiFi-GAN's receptive field
+
+BUCKET_SLACK = {"cpu": 0.02, "default": 0.25}
+"""Padding allowed in a batch, as a share of its longest item: on a CPU padding is paid for in full, so only
+(nearly) equal lengths share a batch; a GPU trades some padding for full batches."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,40 @@ def split(total: int, core: int, context: int) -> list[Window]:
         keep_stop = min(total, keep_start + core)
         windows.append(Window(max(0, keep_start - context), min(total, keep_stop + context), keep_start, keep_stop))
     return windows
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One window of one input of a group: ``item`` indexes the inputs."""
+
+    item: int
+    window: Window
+
+    @property
+    def frames(self) -> int:
+        return self.window.stop - self.window.start
+
+
+def pieces(totals: Sequence[int], core: int, context: int) -> list[Piece]:
+    """Every window of every input (``totals``: frames per input), the unit of cross-file batching."""
+    return [Piece(i, w) for i, total in enumerate(totals) for w in split(total, core, context)]
+
+
+def buckets(lengths: Sequence[int], batch_size: int, slack: float) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches of at most ``batch_size``, longest first.
+
+    Within a batch the shortest item is at least ``1 - slack`` of the longest, so padding wastes at most
+    ``slack`` of the batch's work (``slack=0``: equal lengths only). Input order is kept among equal lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group and len(group) < batch_size and lengths[i] >= (1 - slack) * lengths[group[0]]:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def encode_windowed(

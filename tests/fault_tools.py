@@ -18,7 +18,6 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner, Result
 
-from knnvc import api
 from knnvc.cli import app
 from knnvc.encoder import WavLMEncoder
 from knnvc.errors import EXIT_CODES
@@ -93,7 +92,7 @@ def torch_threads(count: int) -> Iterator[None]:
 
 def tiny_pipeline() -> KnnVC:
     """A fresh ``KnnVC`` around the cached tiny models (fresh, so out-of-memory state never leaks)."""
-    return api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    return KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
 
 
 @functools.lru_cache(maxsize=1)

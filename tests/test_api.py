@@ -18,7 +18,7 @@ import knnvc
 from knnvc import api, batch
 from knnvc.errors import DeviceError, UsageError
 from knnvc.options import ConvertOptions
-from knnvc.pipeline import KnnVC
+from knnvc.pipeline import KnnVC, VoiceBuilder
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 
 @pytest.fixture(scope="module")
 def vc() -> KnnVC:
-    return api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    return KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_output_file_and_rate(tmp_path: Path, expected: np.ndarray) -> None:
 
 
 def test_saved_voice(tmp_path: Path, expected: np.ndarray) -> None:
-    builder = api.load_voice_builder(TINY_WAVLM, device="cpu")
+    builder = VoiceBuilder.from_pretrained(TINY_WAVLM, device="cpu")
     voice = builder.build_voice(REF_DIR, trim=False, name="alice")
     path = voice.save(tmp_path / "alice.voice")
     assert np.array_equal(knnvc.convert(SOURCE_WAV, path, **TINY), expected)
@@ -122,19 +122,18 @@ def test_absent_device() -> None:
 
 
 def test_model_cache(tmp_path: Path, vc: KnnVC) -> None:
-    again = api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="auto" if not torch.cuda.is_available() else "cpu",
-                              batch_size=2)  # fmt: skip
+    again = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", batch_size=2)
     assert again.encoder is vc.encoder and again.vocoder is vc.vocoder and again.batch_size == 2
-    assert api.load_voice_builder(TINY_WAVLM, device="cpu").encoder is vc.encoder
+    assert VoiceBuilder.from_pretrained(TINY_WAVLM, device="cpu").encoder is vc.encoder
     copy = tmp_path / "vocoder.pt"
     shutil.copy(TINY_VOCODER, copy)
     shutil.copy(TINY_VOCODER.parent / "config.json", tmp_path / "config.json")
-    first = api.load_pipeline(TINY_WAVLM, copy, device="cpu").vocoder
-    assert api.load_pipeline(TINY_WAVLM, copy, device="cpu").vocoder is first
+    first = KnnVC.from_pretrained(TINY_WAVLM, copy, device="cpu").vocoder
+    assert KnnVC.from_pretrained(TINY_WAVLM, copy, device="cpu").vocoder is first
     os.utime(copy, ns=(0, 1))  # an edited checkpoint is loaded again
-    assert api.load_pipeline(TINY_WAVLM, copy, device="cpu").vocoder is not first
+    assert KnnVC.from_pretrained(TINY_WAVLM, copy, device="cpu").vocoder is not first
     api.clear_cache()
-    assert api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu").encoder is not vc.encoder
+    assert KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu").encoder is not vc.encoder
 
 
 def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
@@ -154,7 +153,7 @@ def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
     for index in (0, 1):
         assert [e.stage for e in files if e.index == index] == ["start", "done"]
     windows = [(e.stage, e.index, e.total, e.job) for e in events if e.stage in ("encode", "vocode")]
-    assert ("vocode", 1, 1, jobs[0]) in windows and ("vocode", 1, 1, jobs[1]) in windows  # each names its file
+    assert ("vocode", 2, 2, None) in windows  # the windows of both files, batched together
     assert report.summary()["realtime_factor"] == pytest.approx(report.wall_seconds / report.audio_seconds, rel=1e-2)
     assert batch.pending(jobs) == [] and len(batch.pending(jobs, overwrite=True)) == 2
     assert batch.run(vc, jobs, voice).summary()["skipped"] == 2

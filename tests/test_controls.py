@@ -19,7 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 import knnvc
-from knnvc import api, batch, matcher
+from knnvc import batch, matcher
 from knnvc.cli import app
 from knnvc.encoder import split_layers
 from knnvc.errors import UsageError, VoiceError
@@ -45,7 +45,7 @@ def controls_outputs() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def vc8() -> KnnVC:
     """The tiny pipeline with WavLM run to layer 8 (the tiny model's last)."""
-    return api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu", match_layer=8)
+    return KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", match_layer=8)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_match_layer_beyond_the_encoder(tmp_path: Path, vc8: KnnVC, voice8: Voic
     args = ["convert", str(SOURCE_WAV), str(REF_DIR), "-o", str(tmp_path / "o.wav"), *EXACT_ARGS, "--match-layer", "9"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "has 8 layers" in result.output
-    shallow = api.load_pipeline(TINY_WAVLM, TINY_VOCODER, device="cpu")  # runs 6 layers
+    shallow = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")  # runs 6 layers
     assert (shallow.encoder.depth, vc8.encoder.depth) == (6, 8)
     assert shallow.encoder.fingerprint == vc8.encoder.fingerprint  # a voice fits both
     with pytest.raises(UsageError, match="match_layer=8"):

@@ -60,6 +60,7 @@ def test_batch_is_halved_and_results_are_unchanged(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(vc.encoder, "encode_batch", one_at_a_time)
     vc = tiny_pipeline()  # a fresh pipeline: nothing learnt yet
+    vc.slack = 1.0  # one batch for the three references, however different their lengths
     with caplog.at_level(logging.WARNING, logger="knnvc"):
         frames = vc.build_voice(REF_DIR, trim=False).frames
     assert sizes == [3, 1, 1, 1]  # 3 references at once, then halved to 1

@@ -218,8 +218,11 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
         def voices_for(self, voice: object, options: object) -> tuple[object, object]:
             return voice, options
 
-        def convert_batch(self, wavs: list[np.ndarray], voice: object, *args: object, **kw: object) -> list[np.ndarray]:
+        def synthesise(self, wavs: list[np.ndarray], voice: object, *args: object, **kw: object) -> list[np.ndarray]:
             return [np.zeros(SR // 10, dtype=np.float32) for _ in wavs]
+
+        def finish(self, wav: np.ndarray, options: object) -> np.ndarray:
+            return wav
 
     jobs = [batch.Job(tmp_path / f"{i}.wav", tmp_path / "out" / f"{i}.flac") for i in range(3)]
     voice = Voice(frames=torch.zeros(4, 8), encoder="x", encoder_fingerprint="y", layer=6)

@@ -7,7 +7,7 @@ as the source. Nothing may end in a traceback or an exception that is not a ``Kn
 
 Inputs up to ``TINY_MAX_S`` run through the tiny fixture models; longer ones (to 10 minutes) through
 ``micro_pipeline`` (the same pipeline code with smaller random weights), so the suite stays fast. The CLI runs
-in process, with ``knnvc.api.load_pipeline`` answering with the chosen pipeline.
+in process, with ``KnnVC.from_pretrained`` answering with the chosen pipeline.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import soundfile as sf
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from knnvc import api
 from knnvc.constants import RECEPTIVE_FIELD
 from knnvc.errors import AudioError, KnnvcError
 from knnvc.pipeline import KnnVC
@@ -154,7 +153,7 @@ def test_any_audio_converts_or_fails_as_documented(
     vc, voice = pipelines[size]
     out = folder / "out" / "converted.wav"
     with pytest.MonkeyPatch.context() as mp, torch_threads(1):
-        mp.setattr(api, "load_pipeline", lambda *args, **kwargs: vc)
+        mp.setattr(KnnVC, "from_pretrained", classmethod(lambda cls, *args, **kwargs: vc))
         result = cli("convert", source, voice, "-o", out, *FAST)
         if size == "tiny":  # the library itself: a result or a KnnvcError, nothing else
             try:

@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from knnvc import api, weights
+from knnvc import models, weights
 from knnvc.errors import VoiceError, WeightsError
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_VOCODER_CONFIG, TINY_WAVLM
@@ -108,8 +108,8 @@ def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[
     digest = hashlib.sha256(srv.body).hexdigest()  # the tiny vocoder stands in: its hash is the published one
     monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(weights.REGISTRY["prematched"],
                                                                           location=srv.url, sha256=digest))  # fmt: skip
-    # knnvc.api keeps loaded models by name for the process: forget any "prematched" loaded by another test
-    monkeypatch.setattr(api, "_MODELS", {k: v for k, v in api._MODELS.items() if k[1] != "prematched"})
+    # knnvc.models keeps loaded models by name for the process: forget any "prematched" loaded by another test
+    monkeypatch.setattr(models, "_CACHE", {k: v for k, v in models._CACHE.items() if k[1] != "prematched"})
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(TINY_VOCODER_CONFIG, cache / "config.json")  # the tiny vocoder's shape, beside the download

@@ -64,11 +64,12 @@ def load_generator(
     cfg, source = _resolve_config(path, ckpt, config)
     logger.debug("Loading vocoder %s with config from %s", path, source)
     state, names = _to_parametrized_keys(state)
-    model = Generator(cfg)
+    with torch.device("meta"):  # no random init to overwrite: every tensor comes from the checkpoint
+        model = Generator(cfg)
     if not any(_PARAM_MARK in k for k in state):
         model.fold_weight_norm()  # the checkpoint is already folded: load plain weights
     _check_compatible(path, model, state, names, source)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     model.fold_weight_norm()
     return model.to(map_location).eval()
 

@@ -3,11 +3,17 @@
 Module names match the published checkpoint (``lin_pre``, ``conv_pre``, ``ups.N``, ``resblocks.N.convs1.M``
 / ``convs2.M`` or ``convs.M``, ``conv_post``). Every convolution carries weight norm (as a
 ``torch.nn.utils.parametrizations.weight_norm`` parametrization) until :meth:`Generator.fold_weight_norm`.
+
+Inference precision: :meth:`Generator.cast` casts the network but keeps an fp32 island at the output (the last
+convolution and the tanh), where bf16 would quantise the waveform. A padded batch (``lengths``) gives each item
+what it gives alone: the padding is zeroed before every convolution, as the convolutions' own zero padding.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,17 @@ LRELU_SLOPE = 0.1  # every activation but the last
 FINAL_LRELU_SLOPE = 0.01  # the original calls F.leaky_relu with its default slope before conv_post
 
 _Conv = nn.Conv1d | nn.ConvTranspose1d
+Mask = Callable[[Tensor], Tensor]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _zero_padding(x: Tensor, *, lengths: Tensor, scale: int) -> Tensor:
+    """Zero (B, C, L) activations past each item's ``lengths * scale`` valid steps."""
+    steps = torch.arange(x.shape[-1], device=x.device)
+    return x * (steps[None, :] < (lengths * scale)[:, None]).unsqueeze(1).to(x.dtype)
 
 
 def _padding(kernel_size: int, dilation: int = 1) -> int:
@@ -49,10 +66,11 @@ class ResBlock1(nn.Module):
             for _ in dilations
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Mask | None = None) -> Tensor:
+        m = keep or _identity
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            xt = c1(F.leaky_relu(x, LRELU_SLOPE))
-            xt = c2(F.leaky_relu(xt, LRELU_SLOPE))
+            xt = c1(m(F.leaky_relu(x, LRELU_SLOPE)))
+            xt = c2(m(F.leaky_relu(xt, LRELU_SLOPE)))
             x = xt + x
         return x
 
@@ -67,9 +85,10 @@ class ResBlock2(nn.Module):
             for d in dilations[:2]
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Mask | None = None) -> Tensor:
+        m = keep or _identity
         for c in self.convs:
-            x = c(F.leaky_relu(x, LRELU_SLOPE)) + x
+            x = c(m(F.leaky_relu(x, LRELU_SLOPE))) + x
         return x
 
 
@@ -101,19 +120,33 @@ class Generator(nn.Module):
         )
         self.conv_post = _wn(nn.Conv1d(ch0 // 2**self.num_upsamples, 1, 7, 1, padding=3))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, input_dim) at 50 Hz -> (B, 1, T * hop) at 16 kHz."""
-        x = self.lin_pre(x).permute(0, 2, 1)  # (B, hidden_dim, T)
-        x = self.conv_pre(x)
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, T, input_dim) at 50 Hz -> (B, 1, T * hop) at 16 kHz, fp32 (the output island).
+
+        ``lengths`` (B,): valid frames of a right-padded batch; samples past ``lengths * hop`` are meaningless.
+        """
+        x = self.lin_pre(x.to(self.lin_pre.weight.dtype)).permute(0, 2, 1)  # (B, hidden_dim, T)
+        scale = 1
+        keep = _identity if lengths is None else functools.partial(_zero_padding, lengths=lengths, scale=scale)
+        x = self.conv_pre(keep(x))
+        for i, (up, rate) in enumerate(zip(self.ups, self.config.upsample_rates, strict=True)):
+            x = up(keep(F.leaky_relu(x, LRELU_SLOPE)))
+            scale *= rate
+            if lengths is not None:
+                keep = functools.partial(_zero_padding, lengths=lengths, scale=scale)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x)
+            xs = blocks[0](x, keep)
             for block in blocks[1:]:
-                xs = xs + block(x)
+                xs = xs + block(x, keep)
             x = xs / self.num_kernels
-        x = self.conv_post(F.leaky_relu(x, FINAL_LRELU_SLOPE))
-        return torch.tanh(x)
+        x = self.conv_post(keep(F.leaky_relu(x, FINAL_LRELU_SLOPE)).to(self.conv_post.weight.dtype))
+        return torch.tanh(x.float())
+
+    def cast(self, dtype: torch.dtype) -> Generator:
+        """Cast to ``dtype`` in place for inference, keeping ``conv_post`` (and the tanh) fp32; returns ``self``."""
+        self.to(dtype)
+        self.conv_post.float()
+        return self
 
     def _convs(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)]

@@ -83,6 +83,9 @@ def convert(
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
     batch_size: BatchOpt = 8,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the networks first (pays off on long folders).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
     offline: OfflineOpt = False,
     json_out: JsonOpt = False,
@@ -123,10 +126,17 @@ def convert(
             _cluster().connect(ray)
             device, precision = "cpu", "fp32"
         with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
-            vc = api.load_pipeline(
+            from knnvc.pipeline import KnnVC
+
+            compile_ = compile_ and models is None  # with --ray the actors convert; the driver only builds voices
+            vc = KnnVC.from_pretrained(
                 wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
-                match_layer=match_layer,
+                match_layer=match_layer, compile=compile_,
             )  # fmt: skip
+            if compile_:
+                vc.warm_up()
+                if not (quiet or json_out):
+                    say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
             options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
             settings = manifest.batch_settings(

@@ -157,13 +157,14 @@ def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: Pa
 
 def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathOpt, report: Path,
            models: dict[str, Any], *, show: bool, pipeline: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    from knnvc import api
     from knnvc.eval import write_report
     from knnvc.eval.report import plot_sweep
     from knnvc.eval.sweep import run_sweep
 
     with err.status("loading conversion models", spinner="dots") if show else nothing():
-        vc = api.load_pipeline(**pipeline)
+        from knnvc.pipeline import KnnVC
+
+        vc = KnnVC.from_pretrained(**pipeline)
         voice = vc.build_voice(target, name=target.stem if target.is_file() else target.resolve().name)
 
     def converted(name: str, rep: Report) -> None:

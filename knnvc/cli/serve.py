@@ -79,7 +79,9 @@ def serve(
         api.check_options(batch_size=batch_size)
         with _bind(host, port) as sock:  # before the models load: a port in use fails at once
             with err.status("loading models", spinner="dots") if not quiet else nothing():
-                vc = api.load_pipeline(
+                from knnvc.pipeline import KnnVC
+
+                vc = KnnVC.from_pretrained(
                     wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
                 )
             service = Service(vc, voices=voices, limits=limits)

@@ -86,12 +86,12 @@ def load_streamer(
     morph: Path | None = None,
 ) -> Streamer:
     """Load the models (cached), the voice (a .voice file, or built from audio) and any morph voice."""
-    from knnvc import api
     from knnvc.cli.controls import with_morph_voice
+    from knnvc.pipeline import KnnVC
     from knnvc.stream import Streamer
 
-    vc = api.load_pipeline(wavlm, vocoder, device=device, precision=precision, batch_size=1, offline=offline or None,
-                           match_layer=options.match_layer)  # fmt: skip
+    vc = KnnVC.from_pretrained(wavlm, vocoder, device=device, precision=precision, batch_size=1,
+                               offline=offline or None, match_layer=options.match_layer)  # fmt: skip
     options = with_morph_voice(vc, options, morph)
     voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
     return Streamer(vc, voice, options, settings, input_rate=input_rate)

@@ -74,7 +74,9 @@ def voice_build(
         for reference in references:
             check_references(reference)
         writable_folder(output.parent)
-        builder = api.load_voice_builder(
+        from knnvc.pipeline import VoiceBuilder
+
+        builder = VoiceBuilder.from_pretrained(
             wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
             match_layer=match_layer,
         )  # fmt: skip

@@ -110,7 +110,7 @@ class Service:
     """Everything the page and the API share; thread-safe (the model is used one request at a time).
 
     Args:
-        vc: a loaded ``KnnVC`` (``knnvc.api.load_pipeline``).
+        vc: a loaded ``KnnVC`` (``KnnVC.from_pretrained``).
         voices: the folder of saved ``.voice`` files offered by name (created if missing), or None.
         limits: what one request may send.
         temp_root: where the workspace folder is made (default: the system's temp folder).

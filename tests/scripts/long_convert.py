@@ -47,7 +47,9 @@ def micro_pipeline() -> KnnVC:
             resblock_dilation_sizes=((1,),),
         )
     ).fold_weight_norm()
-    return KnnVC(encoder, vocoder.eval(), device="cpu", window_seconds=5, context_seconds=1, batch_size=4)
+    return KnnVC(
+        encoder, vocoder.eval(), device="cpu", precision="fp32", window_seconds=5, context_seconds=1, batch_size=4
+    )
 
 
 def current_rss() -> int:

@@ -1,0 +1,177 @@
+"""The fast path keeps every result: cross-file batching, precision choices and islands, callers' modules, caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from knnvc import checkpoints, devices, models, oom, windows
+from knnvc.checkpoints import load_encoder, load_vocoder
+from knnvc.errors import UsageError
+from knnvc.options import ConvertOptions
+from knnvc.pipeline import KnnVC
+from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+RAW = ConvertOptions(loudness=None, trim=False)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    return load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
+
+
+def clips() -> list[np.ndarray]:
+    """Seven sources: equal lengths, near-equal, far apart, and one longer than the 4 s test window."""
+    wav, _ = sf.read(SOURCE_WAV, dtype="float32")
+    long = np.tile(wav, 3)  # 11.7 s: three encoder windows and two vocoder windows at the test sizes
+    return [wav, wav[::-1].copy(), wav[:40_000], wav[:39_680], wav[5_000:20_000], long, wav[:1_000]]
+
+
+def test_cross_file_batching_equals_each_file_alone(tiny: tuple) -> None:
+    encoder, vocoder = tiny
+    vc = KnnVC(encoder, vocoder, device="cpu", precision="fp32", batch_size=4, window_seconds=4, context_seconds=1)
+    vc.slack = 1.0  # pad anything with anything: the hardest case for the masks
+    voice = vc.build_voice(REF_DIR, trim=False)
+    sources = clips()
+    together = vc.convert_batch(sources, voice, RAW)
+    for wav, out in zip(sources, together, strict=True):
+        alone = vc.convert_batch([wav], voice, RAW)[0]
+        assert out.shape == alone.shape == (len(wav),)
+        assert np.abs(out - alone).max() < 1e-5
+
+
+def test_padded_vocoder_batch_equals_each_item_alone(tiny: tuple) -> None:
+    _, vocoder = tiny
+    torch.manual_seed(0)
+    feats = [torch.randn(n, vocoder.config.input_dim) for n in (37, 12, 50, 3)]
+    batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    with torch.inference_mode():
+        out = vocoder(batch, torch.tensor([f.shape[0] for f in feats])).squeeze(1)
+        for i, f in enumerate(feats):
+            alone = vocoder(f[None]).reshape(-1)
+            torch.testing.assert_close(out[i, : alone.numel()], alone, rtol=0, atol=1e-5)
+
+
+def test_buckets_keep_lengths_close_and_batches_bounded() -> None:
+    lengths = [100, 99, 50, 100, 98, 10, 51, 100]
+    groups = windows.buckets(lengths, batch_size=3, slack=0.02)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) <= 3 and min(lengths[i] for i in g) >= 0.98 * max(lengths[i] for i in g)
+    assert windows.buckets([5, 5, 5], batch_size=8, slack=0.0) == [[0, 1, 2]]
+
+
+def _snapshot(module: torch.nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "dtypes": {k: v.dtype for k, v in module.state_dict().items()},
+        "training": [m.training for m in module.modules()],
+    }
+
+
+def _same(module: torch.nn.Module, before: dict) -> bool:
+    after = _snapshot(module)
+    return (
+        after["dtypes"] == before["dtypes"]
+        and after["training"] == before["training"]
+        and all(torch.equal(after["state"][k], v) for k, v in before["state"].items())
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_callers_modules_are_never_changed(precision: str) -> None:
+    if precision == "bf16" and not devices.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    encoder, vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
+    vocoder.train()  # a caller's module in training mode must stay so
+    before = _snapshot(encoder), _snapshot(vocoder)
+    vc = KnnVC(encoder, vocoder, device="cpu", precision=precision)
+    out = vc.convert(SOURCE_WAV, REF_DIR, RAW)
+    assert np.isfinite(out).all()
+    assert _same(encoder, before[0]) and _same(vocoder, before[1])
+    assert vc.vocoder is not vocoder and not vc.vocoder.training
+
+
+def test_ready_modules_are_shared_not_copied(tiny: tuple) -> None:
+    encoder, vocoder = tiny
+    vc = KnnVC(encoder.eval(), vocoder.eval(), device="cpu", precision="fp32")
+    assert vc.encoder is encoder and vc.vocoder is vocoder
+
+
+@pytest.mark.skipif(not devices.cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_keeps_fp32_islands_at_both_ends(tiny: tuple) -> None:
+    vc = KnnVC(*tiny, device="cpu", precision="bf16")
+    first = vc.encoder.model.feature_extractor.conv_layers
+    assert first[0].conv.weight.dtype == torch.float32 and first[1].conv.weight.dtype == torch.bfloat16
+    assert vc.vocoder.conv_post.weight.dtype == torch.float32 and vc.vocoder.lin_pre.weight.dtype == torch.bfloat16
+    feats = vc.encode(SOURCE_WAV)
+    assert feats.dtype == torch.float32
+    with torch.inference_mode():
+        wav = vc.vocoder(feats[None])
+    assert wav.dtype == torch.float32
+
+
+def test_bf16_is_chosen_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    for flags, native in ((set(), False), ({"avx2", "avx512f"}, False), ({"avx512_bf16"}, True), ({"amx_bf16"}, True)):
+        monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert devices.cpu_has_native_bf16() is native
+        expected = torch.bfloat16 if native and devices.AUTO_PRECISION["cpu"] == "bf16" else torch.float32
+        assert devices.resolve_precision("auto", cpu) == expected
+        if native:
+            assert devices.resolve_precision("bf16", cpu) == torch.bfloat16
+        else:
+            with pytest.raises(UsageError, match="AMX or AVX512-BF16"):
+                devices.resolve_precision("bf16", cpu)
+        with pytest.raises(UsageError, match="'fp16' needs a GPU"):
+            devices.resolve_precision("fp16", cpu)
+
+
+def test_cublas_alloc_failure_is_out_of_memory() -> None:
+    assert oom.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`"))
+    assert not oom.is_out_of_memory(RuntimeError("CUBLAS_STATUS_INVALID_VALUE"))
+
+
+def test_converted_copies_load_without_the_original(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KNNVC_CACHE", str(tmp_path / "cache"))
+    first_encoder, first_vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
+    assert len(list((tmp_path / "cache" / "converted").glob("*.safetensors"))) == 2
+
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the original checkpoint was read again")
+
+    monkeypatch.setattr(checkpoints, "read_original", unreadable)
+    monkeypatch.setattr(checkpoints, "load_generator", unreadable)
+    encoder, vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
+    assert encoder.fingerprint == first_encoder.fingerprint
+    wav = torch.from_numpy(sf.read(SOURCE_WAV, dtype="float32")[0])
+    torch.testing.assert_close(encoder.encode(wav), first_encoder.encode(wav), rtol=0, atol=0)
+    for (name, a), b in zip(first_vocoder.state_dict().items(), vocoder.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_converted_copy_of_an_edited_checkpoint_is_not_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KNNVC_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "WavLM-tiny.pt"
+    copy.write_bytes(TINY_WAVLM.read_bytes())
+    load_encoder(copy)
+    os.utime(copy, ns=(0, 1))
+    calls: list[Path] = []
+    original = checkpoints.read_original
+    monkeypatch.setattr(checkpoints, "read_original", lambda path: calls.append(path) or original(path))
+    load_encoder(copy)
+    assert calls == [copy]
+
+
+def test_from_pretrained_shares_the_cached_models() -> None:
+    a = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", precision="fp32")
+    b = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", precision="fp32", batch_size=2)
+    assert a.encoder is b.encoder and a.vocoder is b.vocoder
+    models.clear_cache()
+    assert KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", precision="fp32").encoder is not a.encoder
