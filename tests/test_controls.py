@@ -61,19 +61,19 @@ class Spy:
         self.features: list[torch.Tensor] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Spy:
-        block_topk, vocode = matcher._block_topk, KnnVC.vocode
+        block_topk, vocode_many = matcher._block_topk, KnnVC.vocode_many
 
         def topk(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
             sims, idx = block_topk(*args, **kwargs)
             self.indices.append(idx.cpu())
             return sims, idx
 
-        def spy_vocode(vc: KnnVC, features: torch.Tensor, *args: Any, **kwargs: Any) -> np.ndarray:
-            self.features.append(features.detach().cpu().clone())
-            return vocode(vc, features, *args, **kwargs)
+        def spy_vocode(vc: KnnVC, features: list[torch.Tensor], *args: Any, **kwargs: Any) -> list[np.ndarray]:
+            self.features += [f.detach().cpu().clone() for f in features]
+            return vocode_many(vc, features, *args, **kwargs)
 
         monkeypatch.setattr(matcher, "_block_topk", topk)
-        monkeypatch.setattr(KnnVC, "vocode", spy_vocode)
+        monkeypatch.setattr(KnnVC, "vocode_many", spy_vocode)
         return self
 
     def check(self, expected: dict[str, torch.Tensor]) -> None:
