@@ -15,7 +15,7 @@ import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import WeightsError
-from knnvc.eval.models import cached_hf_model, need
+from knnvc.eval.models import cached_hf_model, from_local, need
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,8 @@ class Whisper:
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        try:
-            self._processor = WhisperProcessor.from_pretrained(path, local_files_only=True)
-            self._model = WhisperForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot load Whisper from {path}: {exc}") from exc
-        self._model.to(torch.device(device)).eval()  # type: ignore[arg-type]
+        self._processor, self._model = from_local(path, WhisperProcessor, WhisperForConditionalGeneration, device,
+                                                  "Whisper")  # fmt: skip
         self._torch, self._device = torch, device
         self.name = f"Whisper ({path}), greedy, English"
 

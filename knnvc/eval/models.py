@@ -6,6 +6,7 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from knnvc.errors import WeightsError
 
@@ -32,3 +33,17 @@ def cached_hf_model(repo_or_path: str) -> str | None:
         return str(snapshot_download(repo_or_path, local_files_only=True))
     except Exception:  # noqa: BLE001  (any failure here means "not cached": LocalEntryNotFoundError, bad id, ...)
         return None
+
+
+def from_local(path: str, preprocessor: Any, model: Any, device: str, what: str) -> tuple[Any, Any]:
+    """transformers' ``preprocessor`` and ``model`` classes loaded from ``path`` (a folder or a cached hub id, never
+    downloaded); the model in eval mode on ``device``. A failure is a ``WeightsError`` naming ``what``."""
+    import torch
+
+    try:
+        loaded = preprocessor.from_pretrained(path, local_files_only=True)
+        net = model.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"cannot load {what} from {path}: {exc}") from exc
+    net.to(torch.device(device)).eval()
+    return loaded, net

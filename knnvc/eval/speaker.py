@@ -15,7 +15,7 @@ import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import AudioError, UsageError, WeightsError
-from knnvc.eval.models import cached_hf_model, need
+from knnvc.eval.models import cached_hf_model, from_local, need
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,8 @@ class XVector:
         import torch
         from transformers import AutoFeatureExtractor, WavLMForXVector
 
-        try:
-            self._features = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-            self._model = WavLMForXVector.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot load the speaker verifier from {path}: {exc}") from exc
-        self._model.to(torch.device(device)).eval()  # type: ignore[arg-type]
+        self._features, self._model = from_local(path, AutoFeatureExtractor, WavLMForXVector, device,
+                                                 "the speaker verifier")  # fmt: skip
         self._torch, self._device = torch, device
         self.name = f"WavLMForXVector x-vector ({path})"
 
