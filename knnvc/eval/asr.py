@@ -15,7 +15,7 @@ import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import WeightsError
-from knnvc.eval.models import cached_hf_model, from_local, need
+from knnvc.eval.models import LocalModel, cached_hf_model, need
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +51,22 @@ class PocketSphinx:
         return hyp.hypstr if hyp is not None else ""
 
 
-class Whisper:
+class Whisper(LocalModel):
     """transformers' Whisper from a local folder or the local HF cache: English, greedy, 30 s windows chunked."""
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        need("transformers", "WER/CER")
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        self._processor, self._model = from_local(path, WhisperProcessor, WhisperForConditionalGeneration, device,
-                                                  "Whisper")  # fmt: skip
-        self._torch, self._device = torch, device
-        self.name = f"Whisper ({path}), greedy, English"
+    preprocessor, model = "WhisperProcessor", "WhisperForConditionalGeneration"
+    metric, what, label = "WER/CER", "Whisper", "Whisper ({path}), greedy, English"
 
     def transcribe(self, wav: np.ndarray) -> str:
         window = 30 * SAMPLE_RATE  # Whisper hears 30 s at a time
         texts = []
         for start in range(0, max(len(wav), 1), window):
             piece = np.asarray(wav[start : start + window], np.float32)
-            inputs = self._processor(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            inputs = self._prepare(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             features = inputs.input_features.to(self._device)
             with self._torch.inference_mode():
                 ids = self._model.generate(features, language="en", task="transcribe", num_beams=1, do_sample=False)
-            texts.append(self._processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
+            texts.append(self._prepare.batch_decode(ids, skip_special_tokens=True)[0].strip())
         return " ".join(t for t in texts if t)
 
 

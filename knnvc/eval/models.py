@@ -6,7 +6,7 @@ import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from knnvc.errors import WeightsError
 
@@ -33,6 +33,27 @@ def cached_hf_model(repo_or_path: str) -> str | None:
         return str(snapshot_download(repo_or_path, local_files_only=True))
     except Exception:  # noqa: BLE001  (any failure here means "not cached": LocalEntryNotFoundError, bad id, ...)
         return None
+
+
+
+class LocalModel:
+    """A transformers preprocessor and model (class names in ``transformers``) loaded by ``from_local``; the
+    subclass names them, the metric that needs them and its ``label`` (``{path}``: where it was loaded from)."""
+
+    preprocessor: ClassVar[str]
+    model: ClassVar[str]
+    metric: ClassVar[str]
+    what: ClassVar[str]
+    label: ClassVar[str]
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        transformers = need("transformers", self.metric)
+        import torch
+
+        classes = getattr(transformers, self.preprocessor), getattr(transformers, self.model)
+        self._prepare, self._model = from_local(path, *classes, device, self.what)
+        self._torch, self._device = torch, device
+        self.name = self.label.format(path=path)
 
 
 def from_local(path: str, preprocessor: Any, model: Any, device: str, what: str) -> tuple[Any, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import AudioError, UsageError, WeightsError
-from knnvc.eval.models import cached_hf_model, from_local, need
+from knnvc.eval.models import LocalModel, cached_hf_model, need
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +51,15 @@ class Resemblyzer:
         return _unit(np.asarray(self._encoder.embed_utterance(speech), np.float64))
 
 
-class XVector:
+class XVector(LocalModel):
     """transformers' ``WavLMForXVector`` from a local folder or the local HF cache (512-d x-vectors)."""
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        need("transformers", "speaker similarity")
-        import torch
-        from transformers import AutoFeatureExtractor, WavLMForXVector
-
-        self._features, self._model = from_local(path, AutoFeatureExtractor, WavLMForXVector, device,
-                                                 "the speaker verifier")  # fmt: skip
-        self._torch, self._device = torch, device
-        self.name = f"WavLMForXVector x-vector ({path})"
+    preprocessor, model = "AutoFeatureExtractor", "WavLMForXVector"
+    metric, what, label = "speaker similarity", "the speaker verifier", "WavLMForXVector x-vector ({path})"
 
     def embed(self, wav: np.ndarray) -> np.ndarray:
         """(N,) 16 kHz float32 -> (D,) unit vector."""
-        inputs = self._features(np.asarray(wav, np.float32), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        inputs = self._prepare(np.asarray(wav, np.float32), sampling_rate=SAMPLE_RATE, return_tensors="pt")
         with self._torch.inference_mode():
             out = self._model(**{k: v.to(self._device) for k, v in inputs.items()})
         return _unit(out.embeddings[0].float().cpu().numpy().astype(np.float64))
