@@ -8,24 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    BatchOpt,
-    DeviceOpt,
-    JsonOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    err,
-    handle_errors,
-    nothing,
-    progress_bar,
-    say,
-    setup_logging,
-)
 from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
 
@@ -66,22 +50,22 @@ def eval_command(
     sweep: Annotated[
         str | None, typer.Option("--sweep", help="Convert --source over a grid first, e.g. k=1,4,8.")
     ] = None,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 8,
-    offline: OfflineOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
+    batch_size: common.BatchOpt = 8,
+    offline: common.OfflineOpt = False,
+    json_out: common.JsonOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Score converted speech the way the kNN-VC paper does, and write a report (JSON, markdown, PNG plots)."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    common.setup_logging(verbose, quiet)
+    with common.handle_errors(verbose):
         grid = _check(converted, target, source, manifest, sweep)
         show = not (quiet or json_out)
-        with err.status("loading metric models", spinner="dots") if show else nothing():
+        with common.err.status("loading metric models", spinner="dots") if show else common.nothing():
             models = _load_models(verifier, asr, dnsmos, device, show)
         if grid is not None:
             assert target is not None and source is not None  # checked by _check
@@ -98,7 +82,7 @@ def eval_command(
             result = evaluation.to_json()
             if show:
                 _table(evaluation)
-                say("report:", "green", ", ".join(str(p) for p in written))
+                common.say("report:", "green", ", ".join(str(p) for p in written))
         if json_out:
             typer.echo(json.dumps(result, indent=2))
 
@@ -132,13 +116,13 @@ def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool)
     models: dict[str, Any] = {"verifier": load_verifier(verifier, where)}
     models["asr"] = None if asr == "none" else load_asr(asr, where)
     if asr == "auto" and show and not models["asr"].name.startswith("Whisper"):
-        say("note:", "yellow", "Whisper-base is not in the local Hugging Face cache: WER/CER come from pocketsphinx, "
-            "which is far weaker (compare its numbers only with each other)")  # fmt: skip
+        common.say("note:", "yellow", "Whisper-base is not in the local Hugging Face cache: WER/CER come from "
+            "pocketsphinx, which is far weaker (compare its numbers only with each other)")  # fmt: skip
     models["dnsmos"] = None
     if dnsmos:
         models["dnsmos"], why = load_dnsmos()
         if why and show:
-            say("note:", "yellow", why)
+            common.say("note:", "yellow", why)
     return models
 
 
@@ -162,13 +146,13 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
     from knnvc.eval.report import plot_sweep
     from knnvc.eval.sweep import run_sweep
 
-    with err.status("loading conversion models", spinner="dots") if show else nothing():
+    with common.err.status("loading conversion models", spinner="dots") if show else common.nothing():
         vc = api.load_pipeline(**pipeline)
         voice = vc.build_voice(target, name=target.stem if target.is_file() else target.resolve().name)
 
     def converted(name: str, rep: Report) -> None:
         if show:
-            say("converted:", "green", f"{name}: {len(rep.converted)} new, {len(rep.skipped)} kept")
+            common.say("converted:", "green", f"{name}: {len(rep.converted)} new, {len(rep.skipped)} kept")
 
     points = run_sweep(vc, source, voice, grid, out, on_point=converted)
     summaries = []
@@ -184,7 +168,7 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
 
     _write_text(report / "sweep.json", json.dumps(result, indent=2) + "\n")
     if show:
-        say("report:", "green", f"{report / 'sweep.json'}, {plot}, and one folder per value")
+        common.say("report:", "green", f"{report / 'sweep.json'}, {plot}, and one folder per value")
     return result
 
 
@@ -203,10 +187,10 @@ def _table(evaluation: Evaluation, title: str = "knnvc eval") -> None:
     table.add_column("value", justify="right")
     for label, value in summary_rows(evaluation.summary):
         table.add_row(label, value)
-    err.print(table)
-    err.print("  " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), markup=False, highlight=False)
+    common.err.print(table)
+    common.err.print("  " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), markup=False, highlight=False)
     for note in evaluation.notes:
-        say("note:", "yellow", note)
+        common.say("note:", "yellow", note)
 
 
 class StageBar:
@@ -221,7 +205,7 @@ class StageBar:
         if self.show:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-            self.bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = common.progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                     TimeRemainingColumn())  # fmt: skip
             self.bar.start()
         return self
@@ -247,22 +231,22 @@ def eval_librispeech(
         int, typer.Option("--sources-per-speaker", help="Utterances each speaker gives as sources.")
     ] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice of source utterances.")] = 0,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Lay out the paper's kind of test set from LibriSpeech test-clean, then print the commands that score it."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    common.setup_logging(verbose, quiet)
+    with common.handle_errors(verbose):
         from knnvc.eval.librispeech import plan
 
         laid = plan(test_clean, work, sources_per_speaker=sources_per_speaker, seed=seed)
         if quiet:
             return
         minutes = [s / 60 for s in laid.reference_seconds.values()]
-        say("planned:", "green", f"{laid.conversions} conversions into {laid.speakers} target speakers; references "
-            f"{min(minutes):.1f}-{max(minutes):.1f} min per target; {laid.manifest}")  # fmt: skip
+        common.say("planned:", "green", f"{laid.conversions} conversions into {laid.speakers} target speakers; "
+            f"references {min(minutes):.1f}-{max(minutes):.1f} min per target; {laid.manifest}")  # fmt: skip
         w = str(work)
-        err.print("next:", markup=False)
-        err.print(f"  for t in $(ls {w}/sources); do knnvc convert {w}/sources/$t {w}/targets/$t "
+        common.err.print("next:", markup=False)
+        common.err.print(f"  for t in $(ls {w}/sources); do knnvc convert {w}/sources/$t {w}/targets/$t "
                   f"-o {w}/converted/$t; done", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-        err.print(f"  knnvc eval --manifest {w}/manifest.tsv --report {w}/report", markup=False, soft_wrap=True)
+        common.err.print(f"  knnvc eval --manifest {w}/manifest.tsv --report {w}/report", markup=False, soft_wrap=True)

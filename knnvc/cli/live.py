@@ -13,22 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    DeviceOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TrimOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    err,
-    handle_errors,
-    parse_loudness,
-    say,
-    setup_logging,
-)
 from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
 from knnvc.cli.stream import (
     ChunkOpt,
@@ -105,12 +91,12 @@ def live(
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     input_device: Annotated[str | None, typer.Option("--input-device", help="Microphone: index or name.")] = None,
     output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: index or name.")] = None,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
     k: KOpt = DEFAULT_K,
-    trim: TrimOpt = True,
+    trim: common.TrimOpt = True,
     loudness: LoudnessOpt = "-16",
     strength: StrengthOpt = 1.0,
     match_layer: MatchLayerOpt = WAVLM_LAYER,
@@ -121,27 +107,28 @@ def live(
     lookahead_ms: LookaheadOpt = None,
     vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
     context_ms: ContextOpt = None,
-    offline: OfflineOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    offline: common.OfflineOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Speak into the microphone, hear it in REFERENCE's voice (extra [live]). Ctrl-C stops."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    common.setup_logging(verbose, quiet)
+    with common.handle_errors(verbose):
         sd = open_sounddevice()
         if list_devices:
-            err.print(str(sd.query_devices()), markup=False, highlight=False)
+            common.err.print(str(sd.query_devices()), markup=False, highlight=False)
             return
         if reference is None:
             raise UsageError("knnvc live needs REFERENCE (a file, folder or .voice), or --list-devices")
         mic, speakers = find_device(sd, input_device, "input"), find_device(sd, output_device, "output")
         from knnvc.options import ConvertOptions
 
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=speakers.rate,
+        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
+                                 output_sample_rate=speakers.rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
         streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
                              precision=precision, offline=offline, input_rate=mic.rate, morph=morph)  # fmt: skip
         if not quiet:
-            say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
+            common.say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
         run(sd, streamer, mic, speakers)

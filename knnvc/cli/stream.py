@@ -15,21 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    DeviceOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TrimOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    handle_errors,
-    parse_loudness,
-    say,
-    setup_logging,
-)
 from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
 from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.errors import UsageError
@@ -114,12 +101,12 @@ def to_pcm16(wav: np.ndarray) -> bytes:
 @app.command()
 def stream(
     reference: ReferenceArg,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
     k: KOpt = DEFAULT_K,
-    trim: TrimOpt = True,
+    trim: common.TrimOpt = True,
     loudness: LoudnessOpt = "-16",
     strength: StrengthOpt = 1.0,
     match_layer: MatchLayerOpt = WAVLM_LAYER,
@@ -132,27 +119,28 @@ def stream(
     context_ms: ContextOpt = None,
     input_rate: Annotated[int, typer.Option("--input-rate", help="Rate of the PCM on stdin, Hz.")] = SAMPLE_RATE,
     output_rate: Annotated[int, typer.Option("--output-rate", help="Rate of the PCM on stdout, Hz.")] = SAMPLE_RATE,
-    offline: OfflineOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    offline: common.OfflineOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Convert raw s16le mono PCM from stdin into REFERENCE's voice on stdout, chunk by chunk, as it arrives.
 
     Output sample n is input sample n converted (the delay is in time, not inserted silence); at the end of the
     input the tail is flushed, so the output is exactly as long as the input.
     """
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    common.setup_logging(verbose, quiet)
+    with common.handle_errors(verbose):
         from knnvc.options import ConvertOptions
 
         _check_rate("--input-rate", input_rate)
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=output_rate,
+        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
+                                 output_sample_rate=output_rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
         streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
                              precision=precision, offline=offline, input_rate=input_rate, morph=morph)  # fmt: skip
         if not quiet:
-            say("streaming:", "green", streamer.settings.describe())
+            common.say("streaming:", "green", streamer.settings.describe())
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)
 
 
@@ -174,7 +162,7 @@ def pump(streamer: Streamer, fd_in: int, fd_out: int, chunk_ms: int) -> None:
             _write(fd_out, to_pcm16(streamer.push(samples)))
         _write(fd_out, to_pcm16(streamer.flush()))
     except BrokenPipeError:
-        say("stopped:", "yellow", "the reader of stdout went away")
+        common.say("stopped:", "yellow", "the reader of stdout went away")
 
 
 def _write(fd: int, data: bytes) -> None:
