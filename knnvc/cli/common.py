@@ -6,11 +6,13 @@ typed (``knnvc.errors``); ``handle_errors`` turns each into one line on stderr a
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -19,6 +21,8 @@ from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress as Bar
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 err = Console(stderr=True)
 out = Console()
@@ -103,6 +107,40 @@ def handle_errors(verbose: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         say("interrupted", "yellow", "")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@contextmanager
+def session(verbose: bool, quiet: bool) -> Iterator[None]:
+    """A command's body: logging set up (``setup_logging``), then library errors mapped (``handle_errors``)."""
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        yield
+
+
+def takes(group: Callable[..., Any]) -> Callable[[Command], Command]:
+    """Let commands share a group of options: ``group``'s own typer parameters take the place (in the signature,
+    so in ``--help`` too) of the command's parameter named like ``group``, which receives ``group(**values)``.
+
+    ``group`` only gathers the values (typer calls it before any error is mapped); it checks nothing.
+    """
+
+    def decorate(command: Command) -> Command:
+        grouped = list(inspect.signature(group, eval_str=True).parameters.values())
+        names = [p.name for p in grouped]
+        own = inspect.signature(command, eval_str=True)
+        spliced = [q for p in own.parameters.values() for q in (grouped if p.name == group.__name__ else [p])]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in spliced]  # typer passes keywords
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            gathered = group(**{name: values.pop(name) for name in names})
+            return command(**values, **{group.__name__: gathered})
+
+        run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": own.return_annotation}
+        return cast(Command, run)
+
+    return decorate
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,8 +25,7 @@ from knnvc.errors import UsageError
 if TYPE_CHECKING:
     import numpy as np
 
-    from knnvc.options import ConvertOptions
-    from knnvc.stream import Streamer, StreamSettings
+    from knnvc.stream import Streamer
 
 ReferenceArg = Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")]
 KOpt = Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")]
@@ -51,37 +51,48 @@ VocoderLookaheadOpt = Annotated[
 ]
 
 
-def settings_from(
-    chunk_ms: int, lookahead_ms: int | None, vocoder_lookahead_ms: int, context_ms: int | None
-) -> StreamSettings:
-    from knnvc.stream import StreamSettings
-
-    return StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
+StreamLoader = Callable[[Path, int, int, bool], "Streamer"]
+"""``load(reference, input_rate, output_rate, offline)``: the models (cached), the voice and any morph voice."""
 
 
-def load_streamer(
-    reference: Path,
-    options: ConvertOptions,
-    settings: StreamSettings,
-    *,
-    wavlm: str,
-    vocoder: str,
-    device: str,
-    precision: str,
-    offline: bool,
-    input_rate: int,
-    morph: Path | None = None,
-) -> Streamer:
-    """Load the models (cached), the voice (a .voice file, or built from audio) and any morph voice."""
-    from knnvc import api
-    from knnvc.cli.controls import with_morph_voice
-    from knnvc.stream import Streamer
+def streaming(
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
+    k: KOpt = DEFAULT_K,
+    trim: common.TrimOpt = True,
+    loudness: LoudnessOpt = "-16",
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
+    chunk_ms: ChunkOpt = 100,
+    lookahead_ms: LookaheadOpt = None,
+    vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
+    context_ms: ContextOpt = None,
+) -> StreamLoader:
+    """The options ``knnvc stream`` and ``knnvc live`` share (``common.takes``), as the function that checks them
+    and loads the ``Streamer``."""
 
-    vc = api.load_pipeline(wavlm, vocoder, device=device, precision=precision, batch_size=1, offline=offline or None,
-                           match_layer=options.match_layer)  # fmt: skip
-    options = with_morph_voice(vc, options, morph)
-    voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
-    return Streamer(vc, voice, options, settings, input_rate=input_rate)
+    def load(reference: Path, input_rate: int, output_rate: int, offline: bool) -> Streamer:
+        from knnvc import api
+        from knnvc.cli.controls import with_morph_voice
+        from knnvc.options import ConvertOptions
+        from knnvc.stream import Streamer, StreamSettings
+
+        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
+                                 output_sample_rate=output_rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
+        settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
+        vc = api.load_pipeline(wavlm, vocoder, device=device, precision=precision, batch_size=1,
+                               offline=offline or None, match_layer=options.match_layer)  # fmt: skip
+        options = with_morph_voice(vc, options, morph)
+        voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
+        return Streamer(vc, voice, options, settings, input_rate=input_rate)
+
+    return load
 
 
 def _check_rate(name: str, rate: int) -> None:
@@ -99,24 +110,10 @@ def to_pcm16(wav: np.ndarray) -> bytes:
 
 
 @app.command()
+@common.takes(streaming)
 def stream(
     reference: ReferenceArg,
-    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
-    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
-    device: common.DeviceOpt = "auto",
-    precision: common.PrecisionOpt = "auto",
-    k: KOpt = DEFAULT_K,
-    trim: common.TrimOpt = True,
-    loudness: LoudnessOpt = "-16",
-    strength: StrengthOpt = 1.0,
-    match_layer: MatchLayerOpt = WAVLM_LAYER,
-    knn_weighting: WeightingOpt = "uniform",
-    morph: MorphOpt = None,
-    morph_weight: MorphWeightOpt = None,
-    chunk_ms: ChunkOpt = 100,
-    lookahead_ms: LookaheadOpt = None,
-    vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
-    context_ms: ContextOpt = None,
+    streaming: StreamLoader,
     input_rate: Annotated[int, typer.Option("--input-rate", help="Rate of the PCM on stdin, Hz.")] = SAMPLE_RATE,
     output_rate: Annotated[int, typer.Option("--output-rate", help="Rate of the PCM on stdout, Hz.")] = SAMPLE_RATE,
     offline: common.OfflineOpt = False,
@@ -128,17 +125,9 @@ def stream(
     Output sample n is input sample n converted (the delay is in time, not inserted silence); at the end of the
     input the tail is flushed, so the output is exactly as long as the input.
     """
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
-        from knnvc.options import ConvertOptions
-
+    with common.session(verbose, quiet):
         _check_rate("--input-rate", input_rate)
-        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
-                                 output_sample_rate=output_rate,
-                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
-        settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
-        streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
-                             precision=precision, offline=offline, input_rate=input_rate, morph=morph)  # fmt: skip
+        streamer = streaming(reference, input_rate, output_rate, offline)
         if not quiet:
             common.say("streaming:", "green", streamer.settings.describe())
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)
