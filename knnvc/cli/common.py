@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import typer
 from rich.console import Console
 
+from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
 
 if TYPE_CHECKING:
@@ -39,6 +40,20 @@ TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence fr
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (and nothing else there).")]
+
+
+def pipeline(
+    wavlm: WavlmOpt = DEFAULT_WAVLM,
+    vocoder: VocoderOpt = DEFAULT_VOCODER,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = 8,
+    offline: OfflineOpt = False,
+) -> dict[str, Any]:
+    """The model options of commands that load one pipeline (``takes(pipeline)``), as the keyword arguments of
+    ``knnvc.api.load_pipeline``."""
+    return dict(wavlm=wavlm, vocoder=vocoder, device=device, precision=precision, batch_size=batch_size,
+                offline=offline or None)  # fmt: skip
 
 
 def say(label: str, style: str, message: str) -> None:

@@ -71,8 +71,7 @@ def convert(
     ] = None,
 ) -> None:
     """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc import api
         from knnvc.options import ConvertOptions
 

@@ -10,7 +10,6 @@ import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +26,7 @@ PathOpt = Path | None
 
 
 @app.command("eval")
+@common.takes(common.pipeline)
 def eval_command(
     converted: Annotated[
         PathOpt, typer.Argument(help="Converted file or folder (with --sweep: where the conversions go).")
@@ -50,30 +50,22 @@ def eval_command(
     sweep: Annotated[
         str | None, typer.Option("--sweep", help="Convert --source over a grid first, e.g. k=1,4,8.")
     ] = None,
-    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
-    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
-    device: common.DeviceOpt = "auto",
-    precision: common.PrecisionOpt = "auto",
-    batch_size: common.BatchOpt = 8,
-    offline: common.OfflineOpt = False,
+    *,
+    pipeline: dict[str, Any],
     json_out: common.JsonOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Score converted speech the way the kNN-VC paper does, and write a report (JSON, markdown, PNG plots)."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         grid = _check(converted, target, source, manifest, sweep)
         show = not (quiet or json_out)
         with common.err.status("loading metric models", spinner="dots") if show else common.nothing():
-            models = _load_models(verifier, asr, dnsmos, device, show)
+            models = _load_models(verifier, asr, dnsmos, pipeline["device"], show)
         if grid is not None:
             assert target is not None and source is not None  # checked by _check
             result: dict[str, Any] = _sweep(grid, converted or report / "converted", target, source, transcripts,
-                                            report, models, show=show,
-                                            pipeline=dict(wavlm=wavlm, vocoder=vocoder, device=device,
-                                                          precision=precision, batch_size=batch_size,
-                                                          offline=offline or None))  # fmt: skip
+                                            report, models, show=show, pipeline=pipeline)  # fmt: skip
         else:
             evaluation = _score(converted, target, source, transcripts, manifest, models, show=show)
             from knnvc.eval import write_report
@@ -235,8 +227,7 @@ def eval_librispeech(
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Lay out the paper's kind of test set from LibriSpeech test-clean, then print the commands that score it."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc.eval.librispeech import plan
 
         laid = plan(test_clean, work, sources_per_speaker=sources_per_speaker, seed=seed)

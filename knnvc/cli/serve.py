@@ -5,13 +5,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
 from knnvc.interrupt import sigterm_as_interrupt
 
@@ -19,6 +18,7 @@ LOCAL_HOSTS = frozenset({"localhost"})
 
 
 @app.command()
+@common.takes(common.pipeline)
 def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but localhost exposes the server.")
@@ -33,18 +33,13 @@ def serve(
     max_waiting: Annotated[
         int, typer.Option("--max-waiting", help="Requests that may wait for the model; more get 'busy' (503).")
     ] = 16,
-    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
-    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
-    device: common.DeviceOpt = "auto",
-    precision: common.PrecisionOpt = "auto",
-    batch_size: common.BatchOpt = 8,
-    offline: common.OfflineOpt = False,
+    *,
+    pipeline: dict[str, Any],
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Serve a page and an HTTP API (POST /api/convert) for conversions; models load once, here."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         if not 1 <= port <= 65535:
             raise UsageError(f"--port must be 1-65535, got {port}")
         try:
@@ -62,12 +57,10 @@ def serve(
             exposed = f"listening on {host}: anyone who can reach this machine can upload files and use its "
             common.say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
         limits = Limits(max_upload_mb, max_seconds, max_batch_files, max_waiting)
-        api.check_options(batch_size=batch_size)
+        api.check_options(batch_size=pipeline["batch_size"])
         with _bind(host, port) as sock:  # before the models load: a port in use fails at once
             with common.err.status("loading models", spinner="dots") if not quiet else common.nothing():
-                vc = api.load_pipeline(
-                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-                )
+                vc = api.load_pipeline(**pipeline)
             service = Service(vc, voices=voices, limits=limits)
             try:
                 config = uvicorn.Config(create_app(service), log_level="info" if verbose else "warning")

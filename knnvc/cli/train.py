@@ -46,8 +46,7 @@ def prematch_command(
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         common.require_inputs(data_dir, manifest)
         common.check_device(device, precision)
         from rich.progress import Progress
@@ -126,8 +125,7 @@ def vocoder_command(
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc.files import writable_folder
 
         common.require_inputs(features_dir, config)

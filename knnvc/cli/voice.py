@@ -37,8 +37,7 @@ def voice_build(
     verbose: common.VerboseOpt = False,
 ) -> None:
     """Encode reference speech once and save it as a reusable voice (safetensors + JSON metadata)."""
-    common.setup_logging(verbose, quiet)
-    with common.handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc import api
         from knnvc.files import writable_folder
         from knnvc.options import ConvertOptions
