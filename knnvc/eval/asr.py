@@ -8,16 +8,15 @@ numbers only rank settings against each other; they are not comparable with the 
 
 from __future__ import annotations
 
-import logging
+import functools
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import WeightsError
-from knnvc.eval.models import LocalModel, cached_hf_model, need
-
-log = logging.getLogger(__name__)
+from knnvc.eval.models import LocalModel, need, pick
 
 WHISPER = "openai/whisper-base"  # the paper's ASR
 
@@ -76,19 +75,7 @@ def load_asr(name: str = "auto", device: str = "cpu") -> Transcriber:
     Raises:
         WeightsError: the model asked for is not installed or not in the local cache.
     """
-    if name == "pocketsphinx":
-        return PocketSphinx()
-    if name == "auto":
-        local = cached_hf_model(WHISPER)
-        if local is not None:
-            return Whisper(local, device)
-        log.info("%s is not in the local Hugging Face cache: transcribing with pocketsphinx", WHISPER)
-        return PocketSphinx()
-    repo = WHISPER if name == "whisper" else name
-    local = cached_hf_model(repo)
-    if local is None:
-        raise WeightsError(
-            f"ASR model {repo!r} is neither a folder nor in the local Hugging Face cache; "
-            "use asr='pocketsphinx' (its model ships in its wheel) or download it on a machine online"
-        )
-    return Whisper(local, device)
+    whisper: Callable[[str], Transcriber] = functools.partial(Whisper, device=device)
+    return pick(name, option="asr", fallback="pocketsphinx", make_fallback=PocketSphinx,
+                always="its model ships in its wheel", repo=WHISPER, make=whisper, alias="whisper",
+                what="ASR model")  # fmt: skip

@@ -7,17 +7,16 @@ in the local Hugging Face cache, else resemblyzer's GE2E d-vector encoder, whose
 
 from __future__ import annotations
 
-import logging
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
-from knnvc.errors import AudioError, UsageError, WeightsError
-from knnvc.eval.models import LocalModel, cached_hf_model, need
-
-log = logging.getLogger(__name__)
+from knnvc.errors import AudioError, UsageError
+from knnvc.eval.models import LocalModel, need, pick
 
 WAVLM_SV = "microsoft/wavlm-base-plus-sv"  # the stronger verifier taken when it is cached locally
 
@@ -71,20 +70,9 @@ def load_verifier(name: str = "auto", device: str = "cpu") -> Verifier:
     Raises:
         WeightsError: the model asked for is not installed or not in the local cache.
     """
-    if name == "resemblyzer":
-        return Resemblyzer(device)
-    if name == "auto":
-        local = cached_hf_model(WAVLM_SV)
-        if local is not None:
-            return XVector(local, device)
-        return Resemblyzer(device)
-    local = cached_hf_model(name)
-    if local is None:
-        raise WeightsError(
-            f"speaker verifier {name!r} is neither a folder nor in the local Hugging Face cache; "
-            "use verifier='resemblyzer' (its weights ship in its wheel) or download it on a machine online"
-        )
-    return XVector(local, device)
+    xvector: Callable[[str], Verifier] = functools.partial(XVector, device=device)
+    return pick(name, option="verifier", fallback="resemblyzer", make_fallback=functools.partial(Resemblyzer, device),
+                always="its weights ship in its wheel", repo=WAVLM_SV, make=xvector, what="speaker verifier")
 
 
 def speaker_embedding(embeddings: np.ndarray) -> np.ndarray:
