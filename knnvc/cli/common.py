@@ -109,6 +109,12 @@ def check_device(device: str, precision: str = "auto") -> None:
     resolve_precision(precision, resolve_device(device))
 
 
+def preflight(*paths: Path | None, device: str, precision: str = "auto") -> None:
+    """What a command that loads models checks first: its inputs exist, then its device and precision resolve."""
+    require_inputs(*paths)
+    check_device(device, precision)
+
+
 @contextmanager
 def handle_errors(verbose: bool) -> Iterator[None]:
     """Turn library errors into one line and an exit code (tracebacks only when verbose); Ctrl-C into 130."""

@@ -81,8 +81,7 @@ def convert(
                                  output_sample_rate=sample_rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         api.check_options(batch_size=batch_size)
-        common.require_inputs(source, reference)
-        common.check_device(device, precision)
+        common.preflight(source, reference, device=device, precision=precision)
         from knnvc import batch, manifest
         from knnvc.voice import VOICE_SUFFIX, Voice
 

@@ -47,8 +47,7 @@ def prematch_command(
 ) -> None:
     """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
     with common.session(verbose, quiet):
-        common.require_inputs(data_dir, manifest)
-        common.check_device(device, precision)
+        common.preflight(data_dir, manifest, device=device, precision=precision)
         from rich.progress import Progress
 
         from knnvc.train import prematch
@@ -128,8 +127,7 @@ def vocoder_command(
     with common.session(verbose, quiet):
         from knnvc.files import writable_folder
 
-        common.require_inputs(features_dir, config)
-        common.check_device(device)
+        common.preflight(features_dir, config, device=device)
         writable_folder(out)  # before any download or training: one line, not a traceback
         flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
         result = _train(features_dir, out, _read_overrides(config), {k: v for k, v in flags.items() if v},

@@ -51,8 +51,7 @@ def voice_build(
         if output.exists() and not overwrite:
             raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
         api.check_options(batch_size=batch_size)
-        common.require_inputs(*references)
-        common.check_device(device, precision)
+        common.preflight(*references, device=device, precision=precision)
         for reference in references:
             common.check_references(reference)
         writable_folder(output.parent)
