@@ -6,6 +6,9 @@
 - ```python blocks run in the same sandbox, in the same order, and must not raise.
 - ```bash blocks are setup a reader types once (install, the test suite itself, the benchmark); they are checked to
   hold only those commands, since running them here would install packages or recurse.
+- ```sh blocks need what this machine lacks (the published weights, LibriSpeech, a GPU, a cluster, a microphone, a
+  server left running): every ``knnvc`` command in them is parsed by the real CLI (its subcommand, options, option
+  values and required arguments must exist), not run.
 
 The defaults point at copies of the tiny test models (``KNNVC_WAVLM``, ``KNNVC_VOCODER``), offline. Masked when
 comparing: timings, versions, dates, cache paths, the device; padding of tables (their widths follow the numbers).
@@ -67,6 +70,7 @@ def steps(block: Block) -> list[tuple[str, list[str]]]:
 
 _MASKS = [
     (re.compile(r"( of audio in )\d+\.\d+ s"), r"\1N s"),
+    (re.compile(r"(k-means, )\d+\.\d+ s"), r"\1N s"),
     (re.compile(r'("(?:wall_seconds|realtime_factor|speed)": )[\d.e-]+'), r"\1N"),
     (re.compile(r"^( created\s+)\S+"), r"\1DATE"),
     (re.compile(r"^( (?:knnvc|python|torch|transformers|device|cuda|knnvc_cache|hf_cache)\s+)\S.*"), r"\1X"),
@@ -118,6 +122,45 @@ def environment(root: Path) -> dict[str, str]:
     }
 
 
+def knnvc_commands(text: str) -> list[list[str]]:
+    """The argument lists of every ``knnvc ...`` command in a shell snippet (pipes, ``&&``, loops, continuations)."""
+    joined = text.replace("\\\n", " ")
+    found = []
+    for line in joined.splitlines():
+        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+        for part in re.split(r"\||&&|;", line):
+            words = shlex.split(part.strip().removeprefix("do ").removeprefix("then "))
+            if words[:1] == ["knnvc"]:
+                found.append(without_redirections(words[1:]))
+    return found
+
+
+def without_redirections(words: list[str]) -> list[str]:
+    """``a < in.pcm > out.pcm`` -> ``a``: the shell's redirections are not the command's arguments."""
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif re.fullmatch(r"\d?[<>]{1,2}", word):
+            skip = True
+        elif not re.match(r"\d?[<>]", word):
+            kept.append(word)
+    return kept
+
+
+def parse_command(args: list[str]) -> str:
+    """Parse ``knnvc ARGS`` exactly as the CLI would, without running it; the (sub)command's name."""
+    import typer
+
+    command = typer.main.get_command(app)
+    context = command.make_context("knnvc", list(args))
+    while hasattr(command, "resolve_command"):
+        name, sub, rest = command.resolve_command(context, [*context._protected_args, *context.args])
+        assert sub is not None, args
+        command, context = sub, sub.make_context(name, rest, parent=context)
+    return str(command.name)
+
+
 def run_command(command: str, root: Path, env: dict[str, str]) -> str:
     """What ``command`` prints (stdout, then stderr), as the README shows it."""
     if command.startswith("knnvc "):
@@ -138,7 +181,7 @@ def test_readme_examples_run_and_print_what_it_shows(sandbox: Path, monkeypatch:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     found = blocks()
-    assert {b.lang for b in found} <= {"console", "python", "bash"}, {b.lang for b in found}
+    assert {b.lang for b in found} <= {"console", "python", "bash", "sh"}, {b.lang for b in found}
     assert sum(b.lang == "console" for b in found) >= 5 and sum(b.lang == "python" for b in found) >= 2
     drift: list[str] = []
     rewritten: dict[str, str] = {}  # a console block's text -> the same commands with what they printed
@@ -146,6 +189,9 @@ def test_readme_examples_run_and_print_what_it_shows(sandbox: Path, monkeypatch:
         if block.lang == "bash":
             commands = [c.strip() for c in re.split(r"&&|\n", block.text) if c.strip()]
             assert all(c.startswith(SETUP) for c in commands), f"README.md:{block.line}: not setup: {commands}"
+        elif block.lang == "sh":
+            for args in knnvc_commands(block.text):
+                parse_command(args)  # raises, naming the bad option or argument
         elif block.lang == "python":
             exec(compile(block.text, f"README.md:{block.line}", "exec"), {"__name__": "readme"})  # noqa: S102
         else:
