@@ -92,7 +92,7 @@ def layout(resources: dict[str, float], models: Models, actors: int | None = Non
     on_gpu = gpus > 0 and models.device in ("auto", "cuda") or models.device.startswith("cuda")
     if on_gpu:
         if gpus == 0:
-            raise UsageError("--device cuda was asked for, but the Ray cluster has no GPU; use --device cpu")
+            raise UsageError("device='cuda' was asked for, but the Ray cluster has no GPU; use device='cpu'")
         count = actors or gpus
         return Layout(count, 1.0, 1.0, max(1, int(cpus // max(count, 1)) - 1), "cuda")
     count = actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
@@ -276,5 +276,5 @@ def _ray() -> Any:
         import ray.data
         import ray.exceptions
     except ImportError:
-        raise UsageError("--ray needs the cluster extra: pip install 'knnvc[cluster]'") from None
+        raise UsageError("a Ray job needs the cluster extra: pip install 'knnvc[cluster]'") from None
     return ray

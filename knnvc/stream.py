@@ -35,6 +35,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import overload
 
 import numpy as np
 import soxr
@@ -55,6 +56,22 @@ log = logging.getLogger(__name__)
 
 FRAME_MS = 1000 // FRAME_RATE  # 20 ms per frame
 GAIN_PROBE_FRAMES = 10 * FRAME_RATE  # frames of the voice vocoded to measure the stream's gain (10 s)
+
+
+class _InFrames:
+    """A read-only attribute of ``StreamSettings``: its ``<name>_ms`` setting in whole 20 ms frames (None: 0)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.setting = f"{name}_ms"
+
+    @overload
+    def __get__(self, settings: None, owner: type) -> _InFrames: ...
+    @overload
+    def __get__(self, settings: StreamSettings, owner: type) -> int: ...
+    def __get__(self, settings: StreamSettings | None, owner: type) -> int | _InFrames:
+        if settings is None:
+            return self
+        return int(getattr(settings, self.setting) or 0) // FRAME_MS
 
 
 @dataclass(frozen=True)
@@ -92,21 +109,10 @@ class StreamSettings:
         context = max(2000, reach * FRAME_MS) if self.context_ms is None else self.context_ms
         return replace(self, lookahead_ms=lookahead, context_ms=context)
 
-    @property
-    def chunk(self) -> int:
-        return self.chunk_ms // FRAME_MS
-
-    @property
-    def lookahead(self) -> int:
-        return (self.lookahead_ms or 0) // FRAME_MS
-
-    @property
-    def vocoder_lookahead(self) -> int:
-        return self.vocoder_lookahead_ms // FRAME_MS
-
-    @property
-    def context(self) -> int:
-        return (self.context_ms or 0) // FRAME_MS
+    chunk = _InFrames()
+    lookahead = _InFrames()
+    vocoder_lookahead = _InFrames()
+    context = _InFrames()
 
     def describe(self) -> str:
         """One line for people: every setting and the delay they add up to."""

@@ -62,7 +62,7 @@ def test_sweep_k(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sweep", "strength=0.5", "--source", SOURCE_WAV, "--target", REF_DIR], "unknown setting 'strength'"),
+        (["--sweep", "strenght=0.5", "--source", SOURCE_WAV, "--target", REF_DIR], "unknown setting 'strenght'"),
         (["--sweep", "k=1,4", "--target", REF_DIR], "give --source"),
         ([SOURCE_WAV], "give --target"),
         (["--target", REF_DIR], "give CONVERTED"),

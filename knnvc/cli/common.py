@@ -6,19 +6,24 @@ typed (``knnvc.errors``); ``handle_errors`` turns each into one line on stderr a
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
 
+from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress as Bar
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 err = Console(stderr=True)
 out = Console()
@@ -35,6 +40,20 @@ TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence fr
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (and nothing else there).")]
+
+
+def pipeline(
+    wavlm: WavlmOpt = DEFAULT_WAVLM,
+    vocoder: VocoderOpt = DEFAULT_VOCODER,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    batch_size: BatchOpt = 8,
+    offline: OfflineOpt = False,
+) -> dict[str, Any]:
+    """The model options of commands that load one pipeline (``takes(pipeline)``), as the keyword arguments of
+    ``KnnVC.from_pretrained``."""
+    return dict(wavlm=wavlm, vocoder=vocoder, device=device, precision=precision, batch_size=batch_size,
+                offline=offline or None)  # fmt: skip
 
 
 def say(label: str, style: str, message: str) -> None:
@@ -90,6 +109,12 @@ def check_device(device: str, precision: str = "auto") -> None:
     resolve_precision(precision, resolve_device(device))
 
 
+def preflight(*paths: Path | None, device: str, precision: str = "auto") -> None:
+    """What a command that loads models checks first: its inputs exist, then its device and precision resolve."""
+    require_inputs(*paths)
+    check_device(device, precision)
+
+
 @contextmanager
 def handle_errors(verbose: bool) -> Iterator[None]:
     """Turn library errors into one line and an exit code (tracebacks only when verbose); Ctrl-C into 130."""
@@ -103,6 +128,40 @@ def handle_errors(verbose: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         say("interrupted", "yellow", "")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@contextmanager
+def session(verbose: bool, quiet: bool) -> Iterator[None]:
+    """A command's body: logging set up (``setup_logging``), then library errors mapped (``handle_errors``)."""
+    setup_logging(verbose, quiet)
+    with handle_errors(verbose):
+        yield
+
+
+def takes(group: Callable[..., Any]) -> Callable[[Command], Command]:
+    """Let commands share a group of options: ``group``'s own typer parameters take the place (in the signature,
+    so in ``--help`` too) of the command's parameter named like ``group``, which receives ``group(**values)``.
+
+    ``group`` only gathers the values (typer calls it before any error is mapped); it checks nothing.
+    """
+
+    def decorate(command: Command) -> Command:
+        grouped = list(inspect.signature(group, eval_str=True).parameters.values())
+        names = [p.name for p in grouped]
+        own = inspect.signature(command, eval_str=True)
+        spliced = [q for p in own.parameters.values() for q in (grouped if p.name == group.__name__ else [p])]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in spliced]  # typer passes keywords
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            gathered = group(**{name: values.pop(name) for name in names})
+            return command(**values, **{group.__name__: gathered})
+
+        run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": own.return_annotation}
+        return cast(Command, run)
+
+    return decorate
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:

@@ -10,31 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    BatchOpt,
-    DeviceOpt,
-    JsonOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TrimOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    check_device,
-    check_references,
-    cli_words,
-    err,
-    handle_errors,
-    nothing,
-    parse_loudness,
-    progress_bar,
-    require_inputs,
-    say,
-    setup_logging,
-    shown,
-)
 from knnvc.cli.controls import (
     MatchLayerOpt,
     MorphOpt,
@@ -64,12 +41,12 @@ def convert(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output file (for one source) or folder (mirrored tree).")
     ] = None,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
     k: Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")] = DEFAULT_K,
-    trim: TrimOpt = True,
+    trim: common.TrimOpt = True,
     loudness: Annotated[str, typer.Option("--loudness", help="Output loudness in LUFS, or 'none'.")] = "-16",
     sample_rate: Annotated[
         int | None, typer.Option("--sample-rate", help="Output rate in Hz (soxr) [default: the vocoder's, 16000].")
@@ -82,33 +59,32 @@ def convert(
     fmt: Annotated[
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
-    batch_size: BatchOpt = 8,
+    batch_size: common.BatchOpt = 8,
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the networks first (pays off on long folders).")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
-    offline: OfflineOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    offline: common.OfflineOpt = False,
+    json_out: common.JsonOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
     ray: Annotated[
         str | None,
         typer.Option("--ray", metavar="ADDRESS", help="Run on Ray: 'local', or a cluster address (extra [cluster])."),
     ] = None,
 ) -> None:
     """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc import api
         from knnvc.options import ConvertOptions
 
         # What would fail every file fails here, once, before any model loads: bad values, missing or unreadable
         # inputs, the device, k against a saved voice, output folders that cannot be written.
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=sample_rate,
+        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
+                                 output_sample_rate=sample_rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         api.check_options(batch_size=batch_size)
-        require_inputs(source, reference)
-        check_device(device, precision)
+        common.preflight(source, reference, device=device, precision=precision)
         from knnvc import batch, manifest
         from knnvc.voice import VOICE_SUFFIX, Voice
 
@@ -116,7 +92,7 @@ def convert(
         if saved is not None:
             saved.check_neighbours(k)
         else:
-            check_references(reference)
+            common.check_references(reference)
         name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
         jobs = batch.plan(source, output, name, extension=fmt)
         batch.check_outputs(batch.pending(jobs, overwrite=overwrite))
@@ -125,7 +101,7 @@ def convert(
             models = _cluster().Models(wavlm, vocoder, device, precision, batch_size, offline or None, match_layer)
             _cluster().connect(ray)
             device, precision = "cpu", "fp32"
-        with err.status("loading models", spinner="dots") if not (quiet or json_out) else nothing():
+        with common.err.status("loading models", spinner="dots") if not (quiet or json_out) else common.nothing():
             from knnvc.pipeline import KnnVC
 
             compile_ = compile_ and models is None  # with --ray the actors convert; the driver only builds voices
@@ -136,7 +112,7 @@ def convert(
             if compile_:
                 vc.warm_up()
                 if not (quiet or json_out):
-                    say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
+                    common.say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
             options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
             settings = manifest.batch_settings(
@@ -219,7 +195,7 @@ class BatchView:
             return self
         info = TextColumn("{task.fields[info]}")
         columns = (TextColumn("{task.description}"), BarColumn(), info, eta_column())
-        self.bar = progress_bar(*columns, get_time=self.clock)
+        self.bar = common.progress_bar(*columns, get_time=self.clock)
         self.bar.start()
         self.files_task = self.bar.add_task("converting", total=sum(self.lengths.values()) or None, info=self._info())
         self.chunk_task = self.bar.add_task("", total=None, visible=False, info="")
@@ -254,7 +230,8 @@ class BatchView:
             self._window(event)
         elif stage == "skip":
             if self.verbose:
-                self.bar.console.print(f"skipped {shown(job.output)} (exists; --overwrite replaces it)", markup=False)
+                skipped = f"skipped {common.shown(job.output)} (exists; --overwrite replaces it)"
+                self.bar.console.print(skipped, markup=False)
         else:
             self._finished(event)
 
@@ -282,7 +259,7 @@ class BatchView:
         self.bar.update(self.chunk_task, visible=False)
         if event.stage == "done":
             self.bar.console.print(
-                f"{shown(job.output)}: {event.audio_seconds:.1f} s of audio in {event.seconds:.2f} s",
+                f"{common.shown(job.output)}: {event.audio_seconds:.1f} s of audio in {event.seconds:.2f} s",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
 
@@ -311,21 +288,22 @@ def finish(report: Report, *, single: bool, json_out: bool, quiet: bool, verbose
             table.add_column(col, justify="right")
         keys = ("files", "converted", "skipped", "failed", "audio_seconds", "wall_seconds")
         table.add_row(*(str(s[c]) for c in keys), f"{report.realtime_factor:.3f}")
-        err.print(table)
+        common.err.print(table)
     if report.skipped and not (quiet or json_out):
-        say("skipped:", "yellow", skip_line(report))
+        common.say("skipped:", "yellow", skip_line(report))
     for failure in report.failed:
         if verbose:
             from rich.traceback import Traceback
 
             exc = failure.error
-            err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
-        say("error:" if single else "failed:", "bold red", _failure_line(failure.source, failure.error))
+            common.err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
+        common.say("error:" if single else "failed:", "bold red", _failure_line(failure.source, failure.error))
     if report.interrupted:
-        say("interrupted:", "yellow", "finished files are kept; rerun the same command to convert the rest")
+        common.say("interrupted:", "yellow", "finished files are kept; rerun the same command to convert the rest")
         raise typer.Exit(EXIT_INTERRUPTED)
     if report.stopped is not None:  # a full disk: the batch stopped at once
-        say("stopped:", "bold red", "finished files are kept; fix the error above, then rerun to convert the rest")
+        kept = "finished files are kept; fix the error above, then rerun to convert the rest"
+        common.say("stopped:", "bold red", kept)
         raise typer.Exit(report.stopped.exit_code)
     if report.failed:
         raise typer.Exit(report.failed[0].error.exit_code if single else EXIT_PARTIAL)
@@ -342,5 +320,6 @@ def skip_line(report: Report) -> str:
 
 def _failure_line(source: Path, error: KnnvcError) -> str:
     """``FILE: why``, naming the file once (most messages already name it)."""
-    message = cli_words(str(error))
-    return message if str(source) in message or shown(source) in message else f"{shown(source)}: {message}"
+    message = common.cli_words(str(error))
+    name = common.shown(source)
+    return message if str(source) in message or name in message else f"{name}: {message}"

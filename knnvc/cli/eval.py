@@ -8,25 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    BatchOpt,
-    DeviceOpt,
-    JsonOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    err,
-    handle_errors,
-    nothing,
-    progress_bar,
-    say,
-    setup_logging,
-)
-from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
@@ -43,6 +26,7 @@ PathOpt = Path | None
 
 
 @app.command("eval")
+@common.takes(common.pipeline)
 def eval_command(
     converted: Annotated[
         PathOpt, typer.Argument(help="Converted file or folder (with --sweep: where the conversions go).")
@@ -66,30 +50,22 @@ def eval_command(
     sweep: Annotated[
         str | None, typer.Option("--sweep", help="Convert --source over a grid first, e.g. k=1,4,8.")
     ] = None,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 8,
-    offline: OfflineOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    pipeline: dict[str, Any],
+    json_out: common.JsonOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Score converted speech the way the kNN-VC paper does, and write a report (JSON, markdown, PNG plots)."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         grid = _check(converted, target, source, manifest, sweep)
         show = not (quiet or json_out)
-        with err.status("loading metric models", spinner="dots") if show else nothing():
-            models = _load_models(verifier, asr, dnsmos, device, show)
+        with common.err.status("loading metric models", spinner="dots") if show else common.nothing():
+            models = _load_models(verifier, asr, dnsmos, pipeline["device"], show)
         if grid is not None:
             assert target is not None and source is not None  # checked by _check
             result: dict[str, Any] = _sweep(grid, converted or report / "converted", target, source, transcripts,
-                                            report, models, show=show,
-                                            pipeline=dict(wavlm=wavlm, vocoder=vocoder, device=device,
-                                                          precision=precision, batch_size=batch_size,
-                                                          offline=offline or None))  # fmt: skip
+                                            report, models, show=show, pipeline=pipeline)  # fmt: skip
         else:
             evaluation = _score(converted, target, source, transcripts, manifest, models, show=show)
             from knnvc.eval import write_report
@@ -98,7 +74,7 @@ def eval_command(
             result = evaluation.to_json()
             if show:
                 _table(evaluation)
-                say("report:", "green", ", ".join(str(p) for p in written))
+                common.say("report:", "green", ", ".join(str(p) for p in written))
         if json_out:
             typer.echo(json.dumps(result, indent=2))
 
@@ -132,13 +108,13 @@ def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool)
     models: dict[str, Any] = {"verifier": load_verifier(verifier, where)}
     models["asr"] = None if asr == "none" else load_asr(asr, where)
     if asr == "auto" and show and not models["asr"].name.startswith("Whisper"):
-        say("note:", "yellow", "Whisper-base is not in the local Hugging Face cache: WER/CER come from pocketsphinx, "
-            "which is far weaker (compare its numbers only with each other)")  # fmt: skip
+        common.say("note:", "yellow", "Whisper-base is not in the local Hugging Face cache: WER/CER come from "
+            "pocketsphinx, which is far weaker (compare its numbers only with each other)")  # fmt: skip
     models["dnsmos"] = None
     if dnsmos:
         models["dnsmos"], why = load_dnsmos()
         if why and show:
-            say("note:", "yellow", why)
+            common.say("note:", "yellow", why)
     return models
 
 
@@ -161,7 +137,7 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
     from knnvc.eval.report import plot_sweep
     from knnvc.eval.sweep import run_sweep
 
-    with err.status("loading conversion models", spinner="dots") if show else nothing():
+    with common.err.status("loading conversion models", spinner="dots") if show else common.nothing():
         from knnvc.pipeline import KnnVC
 
         vc = KnnVC.from_pretrained(**pipeline)
@@ -169,7 +145,7 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
 
     def converted(name: str, rep: Report) -> None:
         if show:
-            say("converted:", "green", f"{name}: {len(rep.converted)} new, {len(rep.skipped)} kept")
+            common.say("converted:", "green", f"{name}: {len(rep.converted)} new, {len(rep.skipped)} kept")
 
     points = run_sweep(vc, source, voice, grid, out, on_point=converted)
     summaries = []
@@ -185,7 +161,7 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
 
     _write_text(report / "sweep.json", json.dumps(result, indent=2) + "\n")
     if show:
-        say("report:", "green", f"{report / 'sweep.json'}, {plot}, and one folder per value")
+        common.say("report:", "green", f"{report / 'sweep.json'}, {plot}, and one folder per value")
     return result
 
 
@@ -204,10 +180,10 @@ def _table(evaluation: Evaluation, title: str = "knnvc eval") -> None:
     table.add_column("value", justify="right")
     for label, value in summary_rows(evaluation.summary):
         table.add_row(label, value)
-    err.print(table)
-    err.print("  " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), markup=False, highlight=False)
+    common.err.print(table)
+    common.err.print("  " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), markup=False, highlight=False)
     for note in evaluation.notes:
-        say("note:", "yellow", note)
+        common.say("note:", "yellow", note)
 
 
 class StageBar:
@@ -222,7 +198,7 @@ class StageBar:
         if self.show:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-            self.bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = common.progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                     TimeRemainingColumn())  # fmt: skip
             self.bar.start()
         return self
@@ -248,22 +224,21 @@ def eval_librispeech(
         int, typer.Option("--sources-per-speaker", help="Utterances each speaker gives as sources.")
     ] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice of source utterances.")] = 0,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Lay out the paper's kind of test set from LibriSpeech test-clean, then print the commands that score it."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc.eval.librispeech import plan
 
         laid = plan(test_clean, work, sources_per_speaker=sources_per_speaker, seed=seed)
         if quiet:
             return
         minutes = [s / 60 for s in laid.reference_seconds.values()]
-        say("planned:", "green", f"{laid.conversions} conversions into {laid.speakers} target speakers; references "
-            f"{min(minutes):.1f}-{max(minutes):.1f} min per target; {laid.manifest}")  # fmt: skip
+        common.say("planned:", "green", f"{laid.conversions} conversions into {laid.speakers} target speakers; "
+            f"references {min(minutes):.1f}-{max(minutes):.1f} min per target; {laid.manifest}")  # fmt: skip
         w = str(work)
-        err.print("next:", markup=False)
-        err.print(f"  for t in $(ls {w}/sources); do knnvc convert {w}/sources/$t {w}/targets/$t "
+        common.err.print("next:", markup=False)
+        common.err.print(f"  for t in $(ls {w}/sources); do knnvc convert {w}/sources/$t {w}/targets/$t "
                   f"-o {w}/converted/$t; done", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-        err.print(f"  knnvc eval --manifest {w}/manifest.tsv --report {w}/report", markup=False, soft_wrap=True)
+        common.err.print(f"  knnvc eval --manifest {w}/manifest.tsv --report {w}/report", markup=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from knnvc.cli.app import app
-from knnvc.cli.common import DeviceOpt, JsonOpt, VerboseOpt, handle_errors, out, progress_bar, setup_logging
+from knnvc.cli.common import DeviceOpt, JsonOpt, VerboseOpt, handle_errors, out, progress_bar, session
 from knnvc.progress import Progress
 
 
@@ -18,8 +18,7 @@ def download(
     verbose: VerboseOpt = False,
 ) -> None:
     """Prefetch the published weights into the caches (needs internet)."""
-    setup_logging(verbose, False)
-    with handle_errors(verbose):
+    with session(verbose, False):
         from rich.progress import DownloadColumn, TaskID, TextColumn, TransferSpeedColumn
 
         from knnvc import weights

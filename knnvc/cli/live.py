@@ -13,34 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    DeviceOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TrimOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    err,
-    handle_errors,
-    parse_loudness,
-    say,
-    setup_logging,
-)
-from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
-from knnvc.cli.stream import (
-    ChunkOpt,
-    ContextOpt,
-    KOpt,
-    LookaheadOpt,
-    LoudnessOpt,
-    VocoderLookaheadOpt,
-    load_streamer,
-    settings_from,
-)
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, FRAME_RATE, WAVLM_LAYER
+from knnvc.cli.stream import StreamLoader, streaming
+from knnvc.constants import FRAME_RATE
 from knnvc.errors import DeviceError, UsageError
 
 if TYPE_CHECKING:
@@ -100,48 +76,28 @@ def run(sd: Any, streamer: Streamer, mic: AudioDevice, speakers: AudioDevice) ->
 
 
 @app.command()
+@common.takes(streaming)
 def live(
     reference: Annotated[Path | None, typer.Argument(help="Target speech: a file, a folder or a .voice file.")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     input_device: Annotated[str | None, typer.Option("--input-device", help="Microphone: index or name.")] = None,
     output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: index or name.")] = None,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    k: KOpt = DEFAULT_K,
-    trim: TrimOpt = True,
-    loudness: LoudnessOpt = "-16",
-    strength: StrengthOpt = 1.0,
-    match_layer: MatchLayerOpt = WAVLM_LAYER,
-    knn_weighting: WeightingOpt = "uniform",
-    morph: MorphOpt = None,
-    morph_weight: MorphWeightOpt = None,
-    chunk_ms: ChunkOpt = 100,
-    lookahead_ms: LookaheadOpt = None,
-    vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
-    context_ms: ContextOpt = None,
-    offline: OfflineOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    streaming: StreamLoader,
+    offline: common.OfflineOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Speak into the microphone, hear it in REFERENCE's voice (extra [live]). Ctrl-C stops."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         sd = open_sounddevice()
         if list_devices:
-            err.print(str(sd.query_devices()), markup=False, highlight=False)
+            common.err.print(str(sd.query_devices()), markup=False, highlight=False)
             return
         if reference is None:
             raise UsageError("knnvc live needs REFERENCE (a file, folder or .voice), or --list-devices")
         mic, speakers = find_device(sd, input_device, "input"), find_device(sd, output_device, "output")
-        from knnvc.options import ConvertOptions
-
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=speakers.rate,
-                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
-        settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
-        streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
-                             precision=precision, offline=offline, input_rate=mic.rate, morph=morph)  # fmt: skip
+        streamer = streaming(reference, mic.rate, speakers.rate, offline)
         if not quiet:
-            say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
+            common.say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
         run(sd, streamer, mic, speakers)

@@ -5,27 +5,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    BatchOpt,
-    DeviceOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    err,
-    handle_errors,
-    nothing,
-    say,
-    setup_logging,
-)
-from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import UsageError
 from knnvc.interrupt import sigterm_as_interrupt
 
@@ -33,6 +18,7 @@ LOCAL_HOSTS = frozenset({"localhost"})
 
 
 @app.command()
+@common.takes(common.pipeline)
 def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but localhost exposes the server.")
@@ -47,18 +33,13 @@ def serve(
     max_waiting: Annotated[
         int, typer.Option("--max-waiting", help="Requests that may wait for the model; more get 'busy' (503).")
     ] = 16,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 8,
-    offline: OfflineOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    pipeline: dict[str, Any],
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Serve a page and an HTTP API (POST /api/convert) for conversions; models load once, here."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         if not 1 <= port <= 65535:
             raise UsageError(f"--port must be 1-65535, got {port}")
         try:
@@ -74,22 +55,20 @@ def serve(
 
         if not _is_local(host):
             exposed = f"listening on {host}: anyone who can reach this machine can upload files and use its "
-            say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
+            common.say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
         limits = Limits(max_upload_mb, max_seconds, max_batch_files, max_waiting)
-        api.check_options(batch_size=batch_size)
+        api.check_options(batch_size=pipeline["batch_size"])
         with _bind(host, port) as sock:  # before the models load: a port in use fails at once
-            with err.status("loading models", spinner="dots") if not quiet else nothing():
+            with common.err.status("loading models", spinner="dots") if not quiet else common.nothing():
                 from knnvc.pipeline import KnnVC
 
-                vc = KnnVC.from_pretrained(
-                    wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None
-                )
+                vc = KnnVC.from_pretrained(**pipeline)
             service = Service(vc, voices=voices, limits=limits)
             try:
                 config = uvicorn.Config(create_app(service), log_level="info" if verbose else "warning")
                 if not quiet:
                     shown = f"[{host}]" if ":" in host else host
-                    say("serving", "green", f"http://{shown}:{port}/ (API: POST /api/convert); Ctrl-C stops")
+                    common.say("serving", "green", f"http://{shown}:{port}/ (API: POST /api/convert); Ctrl-C stops")
                 with sigterm_as_interrupt():  # uvicorn stops gracefully, then re-raises the signal: caught here
                     uvicorn.Server(config).run(sockets=[sock])
             except KeyboardInterrupt:
@@ -97,7 +76,7 @@ def serve(
             finally:
                 service.close()
             if not quiet:
-                say("stopped;", "green", "uploads and results removed")
+                common.say("stopped;", "green", "uploads and results removed")
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.common import (
-    DeviceOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TrimOpt,
-    VerboseOpt,
-    VocoderOpt,
-    WavlmOpt,
-    handle_errors,
-    parse_loudness,
-    say,
-    setup_logging,
-)
 from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
 from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.errors import UsageError
@@ -37,8 +25,7 @@ from knnvc.errors import UsageError
 if TYPE_CHECKING:
     import numpy as np
 
-    from knnvc.options import ConvertOptions
-    from knnvc.stream import Streamer, StreamSettings
+    from knnvc.stream import Streamer
 
 ReferenceArg = Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")]
 KOpt = Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")]
@@ -64,37 +51,48 @@ VocoderLookaheadOpt = Annotated[
 ]
 
 
-def settings_from(
-    chunk_ms: int, lookahead_ms: int | None, vocoder_lookahead_ms: int, context_ms: int | None
-) -> StreamSettings:
-    from knnvc.stream import StreamSettings
-
-    return StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
+StreamLoader = Callable[[Path, int, int, bool], "Streamer"]
+"""``load(reference, input_rate, output_rate, offline)``: the models (cached), the voice and any morph voice."""
 
 
-def load_streamer(
-    reference: Path,
-    options: ConvertOptions,
-    settings: StreamSettings,
-    *,
-    wavlm: str,
-    vocoder: str,
-    device: str,
-    precision: str,
-    offline: bool,
-    input_rate: int,
-    morph: Path | None = None,
-) -> Streamer:
-    """Load the models (cached), the voice (a .voice file, or built from audio) and any morph voice."""
-    from knnvc.cli.controls import with_morph_voice
-    from knnvc.pipeline import KnnVC
-    from knnvc.stream import Streamer
+def streaming(
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    vocoder: common.VocoderOpt = DEFAULT_VOCODER,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
+    k: KOpt = DEFAULT_K,
+    trim: common.TrimOpt = True,
+    loudness: LoudnessOpt = "-16",
+    strength: StrengthOpt = 1.0,
+    match_layer: MatchLayerOpt = WAVLM_LAYER,
+    knn_weighting: WeightingOpt = "uniform",
+    morph: MorphOpt = None,
+    morph_weight: MorphWeightOpt = None,
+    chunk_ms: ChunkOpt = 100,
+    lookahead_ms: LookaheadOpt = None,
+    vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
+    context_ms: ContextOpt = None,
+) -> StreamLoader:
+    """The options ``knnvc stream`` and ``knnvc live`` share (``common.takes``), as the function that checks them
+    and loads the ``Streamer``."""
 
-    vc = KnnVC.from_pretrained(wavlm, vocoder, device=device, precision=precision, batch_size=1,
-                               offline=offline or None, match_layer=options.match_layer)  # fmt: skip
-    options = with_morph_voice(vc, options, morph)
-    voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
-    return Streamer(vc, voice, options, settings, input_rate=input_rate)
+    def load(reference: Path, input_rate: int, output_rate: int, offline: bool) -> Streamer:
+        from knnvc.cli.controls import with_morph_voice
+        from knnvc.options import ConvertOptions
+        from knnvc.pipeline import KnnVC
+        from knnvc.stream import Streamer, StreamSettings
+
+        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
+                                 output_sample_rate=output_rate,
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
+        settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
+        vc = KnnVC.from_pretrained(wavlm, vocoder, device=device, precision=precision, batch_size=1,
+                                   offline=offline or None, match_layer=options.match_layer)  # fmt: skip
+        options = with_morph_voice(vc, options, morph)
+        voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
+        return Streamer(vc, voice, options, settings, input_rate=input_rate)
+
+    return load
 
 
 def _check_rate(name: str, rate: int) -> None:
@@ -112,47 +110,26 @@ def to_pcm16(wav: np.ndarray) -> bytes:
 
 
 @app.command()
+@common.takes(streaming)
 def stream(
     reference: ReferenceArg,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    vocoder: VocoderOpt = DEFAULT_VOCODER,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    k: KOpt = DEFAULT_K,
-    trim: TrimOpt = True,
-    loudness: LoudnessOpt = "-16",
-    strength: StrengthOpt = 1.0,
-    match_layer: MatchLayerOpt = WAVLM_LAYER,
-    knn_weighting: WeightingOpt = "uniform",
-    morph: MorphOpt = None,
-    morph_weight: MorphWeightOpt = None,
-    chunk_ms: ChunkOpt = 100,
-    lookahead_ms: LookaheadOpt = None,
-    vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
-    context_ms: ContextOpt = None,
+    streaming: StreamLoader,
     input_rate: Annotated[int, typer.Option("--input-rate", help="Rate of the PCM on stdin, Hz.")] = SAMPLE_RATE,
     output_rate: Annotated[int, typer.Option("--output-rate", help="Rate of the PCM on stdout, Hz.")] = SAMPLE_RATE,
-    offline: OfflineOpt = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    offline: common.OfflineOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Convert raw s16le mono PCM from stdin into REFERENCE's voice on stdout, chunk by chunk, as it arrives.
 
     Output sample n is input sample n converted (the delay is in time, not inserted silence); at the end of the
     input the tail is flushed, so the output is exactly as long as the input.
     """
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
-        from knnvc.options import ConvertOptions
-
+    with common.session(verbose, quiet):
         _check_rate("--input-rate", input_rate)
-        options = ConvertOptions(k=k, loudness=parse_loudness(loudness), trim=trim, output_sample_rate=output_rate,
-                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
-        settings = settings_from(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
-        streamer = load_streamer(reference, options, settings, wavlm=wavlm, vocoder=vocoder, device=device,
-                             precision=precision, offline=offline, input_rate=input_rate, morph=morph)  # fmt: skip
+        streamer = streaming(reference, input_rate, output_rate, offline)
         if not quiet:
-            say("streaming:", "green", streamer.settings.describe())
+            common.say("streaming:", "green", streamer.settings.describe())
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)
 
 
@@ -174,7 +151,7 @@ def pump(streamer: Streamer, fd_in: int, fd_out: int, chunk_ms: int) -> None:
             _write(fd_out, to_pcm16(streamer.push(samples)))
         _write(fd_out, to_pcm16(streamer.flush()))
     except BrokenPipeError:
-        say("stopped:", "yellow", "the reader of stdout went away")
+        common.say("stopped:", "yellow", "the reader of stdout went away")
 
 
 def _write(fd: int, data: bytes) -> None:

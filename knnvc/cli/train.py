@@ -12,19 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import train_app
-from knnvc.cli.common import (
-    DeviceOpt,
-    PrecisionOpt,
-    QuietOpt,
-    VerboseOpt,
-    check_device,
-    err,
-    handle_errors,
-    progress_bar,
-    require_inputs,
-    setup_logging,
-)
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -42,8 +31,8 @@ def prematch_command(
         Path | None, typer.Option("--manifest", help="CSV with the columns path,speaker (instead of folders).")
     ] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Nearest frames averaged.")] = DEFAULT_K,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
     sample_rate: Annotated[
         int, typer.Option("--sample-rate", help="Rate of the stored target audio (a multiple of 50 Hz).")
     ] = SAMPLE_RATE,
@@ -53,19 +42,17 @@ def prematch_command(
         float, typer.Option("--max-pool-minutes", min=1, help="Match bigger speakers in pools of this size.")
     ] = 60.0,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
-        require_inputs(data_dir, manifest)
-        check_device(device, precision)
+    with common.session(verbose, quiet):
+        common.preflight(data_dir, manifest, device=device, precision=precision)
         from rich.progress import Progress
 
         from knnvc.train import prematch
 
-        with progress_bar(*Progress.get_default_columns(), quiet=quiet) as bar:
+        with common.progress_bar(*Progress.get_default_columns(), quiet=quiet) as bar:
             task = bar.add_task("prematching", total=None)
 
             def on_speaker(done: int, total: int, speaker: str) -> None:
@@ -82,15 +69,15 @@ def prematch_command(
 
 
 def _print_prematch(report: PrematchReport) -> None:
-    err.print(
+    common.err.print(
         f"{report.out_dir}: {report.written} utterances written, {report.existing} already done, "
         f"{len(report.skipped)} skipped ({report.speakers} speakers)", highlight=False,
     )
     if report.below_rate:
-        err.print(f"[yellow]warning:[/] {report.below_rate} utterances were recorded below the target rate and "
+        common.err.print(f"[yellow]warning:[/] {report.below_rate} utterances were recorded below the target rate and "
                   "upsampled", highlight=False)
     if report.skipped:
-        err.print(f"skipped utterances and reasons: {report.out_dir / 'skipped.json'}", highlight=False)
+        common.err.print(f"skipped utterances and reasons: {report.out_dir / 'skipped.json'}", highlight=False)
 
 
 def _read_overrides(path: Path | None) -> dict[str, Any]:
@@ -131,24 +118,22 @@ def vocoder_command(
     init: Annotated[
         str | None, typer.Option("--init", help="Generator to fine-tune from: 'prematched' or a checkpoint.")
     ] = None,
-    device: DeviceOpt = "auto",
+    device: common.DeviceOpt = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (for --init).")] = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc.files import writable_folder
 
-        require_inputs(features_dir, config)
-        check_device(device)
+        common.preflight(features_dir, config, device=device)
         writable_folder(out)  # before any download or training: one line, not a traceback
         flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
         result = _train(features_dir, out, _read_overrides(config), {k: v for k, v in flags.items() if v},
                         _resolve_init(init, offline), device, quiet)
         if not quiet:
-            err.print(f"stopped at step {result.step}; generator: {result.generator_path}", highlight=False)
+            common.err.print(f"stopped at step {result.step}; generator: {result.generator_path}", highlight=False)
 
 
 def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: Mapping[str, Any],
@@ -166,7 +151,7 @@ def _train(features_dir: Path, out: Path, overrides: Mapping[str, Any], flags: M
         vocoder_overrides, train_overrides = split_overrides(overrides)
         cfg = TrainConfig.from_dict({**train_overrides, **flags})
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with progress_bar(*columns, quiet=quiet) as bar:
+        with common.progress_bar(*columns, quiet=quiet) as bar:
             task = bar.add_task("training", total=cfg.max_steps)
 
             def on_step(step: int, losses: Mapping[str, float]) -> None:

@@ -9,25 +9,8 @@ from typing import Annotated
 
 import typer
 
+from knnvc.cli import common
 from knnvc.cli.app import voice_app
-from knnvc.cli.common import (
-    BatchOpt,
-    DeviceOpt,
-    JsonOpt,
-    OfflineOpt,
-    PrecisionOpt,
-    QuietOpt,
-    TrimOpt,
-    VerboseOpt,
-    WavlmOpt,
-    check_device,
-    check_references,
-    handle_errors,
-    out,
-    require_inputs,
-    say,
-    setup_logging,
-)
 from knnvc.cli.controls import MatchLayerOpt
 from knnvc.constants import DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import OutputError, UsageError
@@ -38,24 +21,23 @@ def voice_build(
     references: Annotated[list[Path], typer.Argument(help="Reference files and/or folders of the target speaker.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write NAME.voice.")],
     name: Annotated[str | None, typer.Option("--name", help="Voice name (default: the output's stem).")] = None,
-    wavlm: WavlmOpt = DEFAULT_WAVLM,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    trim: TrimOpt = True,
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
+    device: common.DeviceOpt = "auto",
+    precision: common.PrecisionOpt = "auto",
+    trim: common.TrimOpt = True,
     match_layer: MatchLayerOpt = WAVLM_LAYER,
     max_frames: Annotated[
         int | None,
         typer.Option("--max-frames", help="Compact voice: k-means the frames into at most N cluster means."),
     ] = None,
-    batch_size: BatchOpt = 8,
-    offline: OfflineOpt = False,
+    batch_size: common.BatchOpt = 8,
+    offline: common.OfflineOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing voice file.")] = False,
-    quiet: QuietOpt = False,
-    verbose: VerboseOpt = False,
+    quiet: common.QuietOpt = False,
+    verbose: common.VerboseOpt = False,
 ) -> None:
     """Encode reference speech once and save it as a reusable voice (safetensors + JSON metadata)."""
-    setup_logging(verbose, quiet)
-    with handle_errors(verbose):
+    with common.session(verbose, quiet):
         from knnvc import api
         from knnvc.files import writable_folder
         from knnvc.options import ConvertOptions
@@ -69,10 +51,9 @@ def voice_build(
         if output.exists() and not overwrite:
             raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
         api.check_options(batch_size=batch_size)
-        require_inputs(*references)
-        check_device(device, precision)
+        common.preflight(*references, device=device, precision=precision)
         for reference in references:
-            check_references(reference)
+            common.check_references(reference)
         writable_folder(output.parent)
         from knnvc.pipeline import VoiceBuilder
 
@@ -86,22 +67,22 @@ def voice_build(
         if max_frames is not None:
             voice, clustering = voice.compact(max_frames)
             if not quiet and clustering.method != "none":
-                say("compacted", "green", f"{full} frames into {voice.num_frames} clusters ({clustering.method} "
+                common.say("compacted", "green", f"{full} frames into {voice.num_frames} clusters ({clustering.method} "
                     f"k-means, {clustering.seconds:.1f} s)")  # fmt: skip
         voice.save(output)
         if not quiet:
             size = output.stat().st_size / 2**20
             frames = f"{voice.num_frames} frames, {voice.seconds:.1f} s of speech"
-            say("wrote", "green", f"{output}: {frames}, {size:.1f} MiB")
+            common.say("wrote", "green", f"{output}: {frames}, {size:.1f} MiB")
 
 
 @voice_app.command("info")
-def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], json_out: JsonOpt = False) -> None:
+def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], json_out: common.JsonOpt = False) -> None:
     """Print a saved voice's metadata: encoder and layer, sources and their hashes, speech seconds, frames."""
-    with handle_errors(False):
+    with common.handle_errors(False):
         from knnvc.voice import Voice
 
-        require_inputs(path)
+        common.require_inputs(path)
         meta = Voice.load(path).metadata()
         if json_out:
             typer.echo(json.dumps(meta, indent=2))
@@ -119,10 +100,10 @@ def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], jso
         except ValueError:  # absolute and relative paths mixed
             root = ""
         table.add_row("sources in", root or ".")
-        out.print(table)
+        common.out.print(table)
         sources = Table(Column("source", overflow="fold"), "seconds", "sha256")
         for src in meta["sources"]:  # relative to their common folder, so long paths stay readable
             sources.add_row(os.path.relpath(src["path"], root) if root else src["path"], f"{src['seconds']:.2f}",
                             src["sha256"][:16])  # fmt: skip
-        out.print(sources)
+        common.out.print(sources)
 

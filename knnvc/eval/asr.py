@@ -8,16 +8,15 @@ numbers only rank settings against each other; they are not comparable with the 
 
 from __future__ import annotations
 
-import logging
+import functools
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import WeightsError
-from knnvc.eval.models import cached_hf_model, need
-
-log = logging.getLogger(__name__)
+from knnvc.eval.models import LocalModel, need, pick
 
 WHISPER = "openai/whisper-base"  # the paper's ASR
 
@@ -51,33 +50,22 @@ class PocketSphinx:
         return hyp.hypstr if hyp is not None else ""
 
 
-class Whisper:
+class Whisper(LocalModel):
     """transformers' Whisper from a local folder or the local HF cache: English, greedy, 30 s windows chunked."""
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        need("transformers", "WER/CER")
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        try:
-            self._processor = WhisperProcessor.from_pretrained(path, local_files_only=True)
-            self._model = WhisperForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot load Whisper from {path}: {exc}") from exc
-        self._model.to(torch.device(device)).eval()  # type: ignore[arg-type]
-        self._torch, self._device = torch, device
-        self.name = f"Whisper ({path}), greedy, English"
+    preprocessor, model = "WhisperProcessor", "WhisperForConditionalGeneration"
+    metric, what, label = "WER/CER", "Whisper", "Whisper ({path}), greedy, English"
 
     def transcribe(self, wav: np.ndarray) -> str:
         window = 30 * SAMPLE_RATE  # Whisper hears 30 s at a time
         texts = []
         for start in range(0, max(len(wav), 1), window):
             piece = np.asarray(wav[start : start + window], np.float32)
-            inputs = self._processor(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            inputs = self._prepare(piece, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             features = inputs.input_features.to(self._device)
             with self._torch.inference_mode():
                 ids = self._model.generate(features, language="en", task="transcribe", num_beams=1, do_sample=False)
-            texts.append(self._processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
+            texts.append(self._prepare.batch_decode(ids, skip_special_tokens=True)[0].strip())
         return " ".join(t for t in texts if t)
 
 
@@ -87,19 +75,7 @@ def load_asr(name: str = "auto", device: str = "cpu") -> Transcriber:
     Raises:
         WeightsError: the model asked for is not installed or not in the local cache.
     """
-    if name == "pocketsphinx":
-        return PocketSphinx()
-    if name == "auto":
-        local = cached_hf_model(WHISPER)
-        if local is not None:
-            return Whisper(local, device)
-        log.info("%s is not in the local Hugging Face cache: transcribing with pocketsphinx", WHISPER)
-        return PocketSphinx()
-    repo = WHISPER if name == "whisper" else name
-    local = cached_hf_model(repo)
-    if local is None:
-        raise WeightsError(
-            f"ASR model {repo!r} is neither a folder nor in the local Hugging Face cache; "
-            "use asr='pocketsphinx' (its model ships in its wheel) or download it on a machine online"
-        )
-    return Whisper(local, device)
+    whisper: Callable[[str], Transcriber] = functools.partial(Whisper, device=device)
+    return pick(name, option="asr", fallback="pocketsphinx", make_fallback=PocketSphinx,
+                always="its model ships in its wheel", repo=WHISPER, make=whisper, alias="whisper",
+                what="ASR model")  # fmt: skip

@@ -7,17 +7,16 @@ in the local Hugging Face cache, else resemblyzer's GE2E d-vector encoder, whose
 
 from __future__ import annotations
 
-import logging
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from knnvc.constants import SAMPLE_RATE
-from knnvc.errors import AudioError, UsageError, WeightsError
-from knnvc.eval.models import cached_hf_model, need
-
-log = logging.getLogger(__name__)
+from knnvc.errors import AudioError, UsageError
+from knnvc.eval.models import LocalModel, need, pick
 
 WAVLM_SV = "microsoft/wavlm-base-plus-sv"  # the stronger verifier taken when it is cached locally
 
@@ -51,26 +50,15 @@ class Resemblyzer:
         return _unit(np.asarray(self._encoder.embed_utterance(speech), np.float64))
 
 
-class XVector:
+class XVector(LocalModel):
     """transformers' ``WavLMForXVector`` from a local folder or the local HF cache (512-d x-vectors)."""
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        need("transformers", "speaker similarity")
-        import torch
-        from transformers import AutoFeatureExtractor, WavLMForXVector
-
-        try:
-            self._features = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-            self._model = WavLMForXVector.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot load the speaker verifier from {path}: {exc}") from exc
-        self._model.to(torch.device(device)).eval()  # type: ignore[arg-type]
-        self._torch, self._device = torch, device
-        self.name = f"WavLMForXVector x-vector ({path})"
+    preprocessor, model = "AutoFeatureExtractor", "WavLMForXVector"
+    metric, what, label = "speaker similarity", "the speaker verifier", "WavLMForXVector x-vector ({path})"
 
     def embed(self, wav: np.ndarray) -> np.ndarray:
         """(N,) 16 kHz float32 -> (D,) unit vector."""
-        inputs = self._features(np.asarray(wav, np.float32), sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        inputs = self._prepare(np.asarray(wav, np.float32), sampling_rate=SAMPLE_RATE, return_tensors="pt")
         with self._torch.inference_mode():
             out = self._model(**{k: v.to(self._device) for k, v in inputs.items()})
         return _unit(out.embeddings[0].float().cpu().numpy().astype(np.float64))
@@ -82,20 +70,9 @@ def load_verifier(name: str = "auto", device: str = "cpu") -> Verifier:
     Raises:
         WeightsError: the model asked for is not installed or not in the local cache.
     """
-    if name == "resemblyzer":
-        return Resemblyzer(device)
-    if name == "auto":
-        local = cached_hf_model(WAVLM_SV)
-        if local is not None:
-            return XVector(local, device)
-        return Resemblyzer(device)
-    local = cached_hf_model(name)
-    if local is None:
-        raise WeightsError(
-            f"speaker verifier {name!r} is neither a folder nor in the local Hugging Face cache; "
-            "use verifier='resemblyzer' (its weights ship in its wheel) or download it on a machine online"
-        )
-    return XVector(local, device)
+    xvector: Callable[[str], Verifier] = functools.partial(XVector, device=device)
+    return pick(name, option="verifier", fallback="resemblyzer", make_fallback=functools.partial(Resemblyzer, device),
+                always="its weights ship in its wheel", repo=WAVLM_SV, make=xvector, what="speaker verifier")
 
 
 def speaker_embedding(embeddings: np.ndarray) -> np.ndarray:

@@ -58,14 +58,12 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             result = gr.Audio(
                 type="filepath", label="Result", interactive=False, buttons=["download"], elem_id="result"
             )
-            status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="convert-status")
+            status = _status("convert")
     pickers.append(voice)
 
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
         def work(job: Job, notify: Notify) -> tuple[str | None, str]:
-            if not values[source]:
-                raise UsageError("give the source speech: upload a file or record")
-            src = job.known(Path(values[source]), Path(values[source]).name)
+            src = _file(job, values[source], "give the source speech: upload a file or record")
             options = _options(service, widgets, values)
             wav, rate = service.convert(
                 job, src, voice=values[voice] or None, references=_files(job, values[refs]), options=options,
@@ -89,14 +87,12 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             button = gr.Button("Convert all", variant="primary", elem_id="batch-button")
         with gr.Column():
             result = gr.File(label="Results (.zip, with report.json)", interactive=False, elem_id="batch-result")
-            status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="batch-status")
+            status = _status("batch")
     pickers.append(voice)
 
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
         def work(job: Job, notify: Notify) -> tuple[str | None, str]:
-            if not values[archive]:
-                raise UsageError("give a .zip of the audio files to convert")
-            zipped = job.known(Path(values[archive]), Path(values[archive]).name)
+            zipped = _file(job, values[archive], "give a .zip of the audio files to convert")
             out, report = service.convert_zip(
                 job, zipped, voice=values[voice] or None, references=_files(job, values[refs]),
                 options=_options(service, widgets, values), extension=values[fmt], notify=notify,
@@ -127,7 +123,7 @@ def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             button = gr.Button("Build voice", variant="primary", elem_id="voice-button")
         with gr.Column():
             result = gr.File(label="Voice file", interactive=False, elem_id="voice-result")
-            status = gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id="voice-status")
+            status = _status("voice")
 
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
         def work(job: Job, notify: Notify) -> tuple[Any, ...]:
@@ -187,6 +183,18 @@ def _widget(service: Service, control: Control, elem_id: str) -> gr.components.C
 
 def _options(service: Service, widgets: dict[str, gr.components.Component], values: Inputs) -> ConvertOptions:
     return options_from_values({name: values[widget] for name, widget in widgets.items()}, service.voice)
+
+
+def _status(tab: str) -> gr.Textbox:
+    """The one-line status box under a tab's result."""
+    return gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id=f"{tab}-status")
+
+
+def _file(job: Job, path: str | None, missing: str) -> Path:
+    """Gradio's one uploaded file, registered with the job; ``UsageError(missing)`` when nothing was given."""
+    if not path:
+        raise UsageError(missing)
+    return job.known(Path(path), Path(path).name)
 
 
 def _files(job: Job, paths: list[str] | None) -> list[Path]:
