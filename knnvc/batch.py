@@ -300,7 +300,7 @@ def run(
     every file raises before any file is read: ``k`` above the voice's frame count (``UsageError``), an output
     folder that cannot be written (``OutputError``). ``progress`` gets ``knnvc.progress.Progress`` events: start,
     done, skip or fail per file (``start`` as its group begins), and encode/vocode over the windows of a group
-    (``job`` None: a group's files are computed together). KeyboardInterrupt stops
+    (with the ``job`` of a group of one file; None for several, computed together). KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
     ``report.stopped``. With a ``ledger`` (``knnvc.manifest``), outputs made with other settings stop the batch
@@ -455,15 +455,19 @@ def _convert_group(
 ) -> None:
     """Convert one group of decoded sources together (``convert_group``) and hand the outputs to the writer.
 
-    Every file of the group ``start``s at once (their windows are batched together); window events carry no job.
+    Every file of the group ``start``s at once (their windows are batched together); window events carry the
+    file's job when the group computes one file, else none.
     """
     for i, job, wav in group:
         if isinstance(wav, np.ndarray):
             notify(Progress("start", i, report.total, job))
 
+    computed = [job for _, job, wav in group if isinstance(wav, np.ndarray)]
+    alone = computed[0] if len(computed) == 1 else None  # a file computed alone owns its window events
+
     def relay(event: Progress) -> None:
         if event.stage != "convert":
-            notify(replace(event, job=None))
+            notify(replace(event, job=alone))
 
     wavs = [wav for _, _, wav in group]  # synthesised only: Overlap.write finishes each output in a worker
     outcomes = convert_group(vc, wavs, voice, options, progress=relay, finish=False)

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import api, batch
+from knnvc import batch, pipeline
 from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
 from knnvc.pipeline import KnnVC
 from knnvc.progress import Job, Progress
@@ -36,7 +36,8 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         loads.append(kind)
         raise AssertionError(f"a {kind} model was loaded before the check")
 
-    monkeypatch.setattr(api, "_cached", refuse)
+    monkeypatch.setattr(pipeline, "cached_encoder", refuse)
+    monkeypatch.setattr(pipeline, "cached_vocoder", refuse)
     yield loads
     assert loads == []
 
@@ -271,7 +272,7 @@ def test_library_errors_speak_python() -> None:
     from knnvc.errors import KnnvcError
 
     failures: list[str] = []
-    for call in (lambda: resolve_device("nonsense:1"), lambda: resolve_precision("bf16", torch.device("cpu"))):
+    for call in (lambda: resolve_device("nonsense:1"), lambda: resolve_precision("fp16", torch.device("cpu"))):
         with pytest.raises(KnnvcError) as info:
             call()
         failures.append(str(info.value))
@@ -297,8 +298,8 @@ def test_library_errors_speak_python() -> None:
 # -- 12. progress ------------------------------------------------------------------------------------------------
 
 
-def test_the_bar_names_the_file_being_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a batch of several files, each one's vocoding runs while the bar names it (not the next one)."""
+def test_the_bar_names_the_files_being_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group of files is vocoded together while the bar names the group (its first file, and how many more)."""
     from knnvc.cli import convert as convert_cli
     from knnvc.pipeline import KnnVC
 
@@ -309,24 +310,24 @@ def test_the_bar_names_the_file_being_converted(tmp_path: Path, monkeypatch: pyt
         views.append(self)
         return real_enter(self)
 
-    seen: list[tuple[str, int]] = []
-    real_vocode = KnnVC.vocode
+    seen: list[tuple[str, list[int]]] = []
+    real_vocode = KnnVC.vocode_many
 
-    def vocode(self: KnnVC, features: torch.Tensor, progress: Any = None) -> np.ndarray:
+    def vocode_many(self: KnnVC, features: list[torch.Tensor], progress: Any = None) -> list[np.ndarray]:
         assert views and views[-1].bar is not None
-        seen.append((views[-1].bar.tasks[0].description, features.shape[0]))
+        seen.append((views[-1].bar.tasks[0].description, [f.shape[0] for f in features]))
         return real_vocode(self, features, progress)
 
     monkeypatch.setattr(convert_cli.BatchView, "__enter__", enter)
-    monkeypatch.setattr(KnnVC, "vocode", vocode)
+    monkeypatch.setattr(KnnVC, "vocode_many", vocode_many)
     src = tmp_path / "src"
     lengths = {"a.wav": 0.4, "b.wav": 0.8, "c.wav": 1.2}  # distinct frame counts tell the files apart
     for name, seconds in lengths.items():
         write_audio(src / name, seconds)
     result = cli("convert", src, REF_DIR, "-o", tmp_path / "out", *FAST, "--batch-size", "3")
     assert result.exit_code == 0, result.stderr
-    assert [d for d, _ in seen] == [f"converting {name}" for name in lengths]
-    assert [n for _, n in seen] == sorted(n for _, n in seen)
+    assert len(seen) == 1 and seen[0][0] == "converting a.wav (+2)"
+    assert seen[0][1] == sorted(seen[0][1]) and len(seen[0][1]) == 3  # the three files in one call
 
 
 def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:

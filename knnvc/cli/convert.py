@@ -172,8 +172,9 @@ def eta_column() -> ProgressColumn:
 class BatchView:
     """Rich progress on stderr: one bar over the files (ETA by audio seconds), one over the current file's windows.
 
-    The bar names the file the pipeline is converting (its ``start`` event), not one being decoded ahead. A file's
-    audio seconds count as done when the pipeline moves on to the next file, and within a long file by its windows.
+    The bar names the files the pipeline is converting (their ``start`` events; a group's files are computed
+    together), not ones being decoded ahead. A file's audio seconds count as done when it is written, and within a
+    file converted alone by its windows.
     """
 
     def __init__(
@@ -184,7 +185,7 @@ class BatchView:
         self.show, self.verbose, self.clock = show, verbose, clock
         self.lengths = {job.source: _safe_duration(duration_seconds, job.source) for job in todo}
         self.credited: dict[Path, float] = {}  # audio seconds of each file counted as converted so far
-        self.current: Job | None = None
+        self.running: list[Job] = []  # started, not yet done or failed
         self.files, self.done, self.failed = len(todo), 0, 0
         self.bar: RichProgress | None = None
 
@@ -223,9 +224,8 @@ class BatchView:
             return
         job, stage = event.job, event.stage
         if stage == "start":
-            self._credit(self.current, 1.0)  # the pipeline moved on: the last file's compute is done
-            self.current = job
-            self.bar.update(self.files_task, description=f"converting {job.source.name}")
+            self.running.append(job)
+            self._describe()
         elif stage in WINDOW_STAGES:
             self._window(event)
         elif stage == "skip":
@@ -234,6 +234,13 @@ class BatchView:
                 self.bar.console.print(skipped, markup=False)
         else:
             self._finished(event)
+
+    def _describe(self) -> None:
+        """Name the files being converted: the first of the group, and how many more."""
+        assert self.bar is not None
+        if self.running:
+            more = f" (+{len(self.running) - 1})" if len(self.running) > 1 else ""
+            self.bar.update(self.files_task, description=f"converting {self.running[0].source.name}{more}")
 
     def _window(self, event: Progress) -> None:
         """Windows of a long file: their own bar, and half of the file's audio per stage (encode, vocode)."""
@@ -248,6 +255,9 @@ class BatchView:
         assert self.bar is not None and event.job is not None
         job = event.job
         self.done += 1
+        if job in self.running:
+            self.running.remove(job)
+            self._describe()
         if event.stage == "fail" and not self.credited.get(job.source):  # never computed: no longer to come
             self.failed += 1
             total = self.bar.tasks[self.files_task].total
