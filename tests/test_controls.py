@@ -175,6 +175,20 @@ def test_several_layers_in_a_padded_batch_equal_each_alone(vc8: KnnVC) -> None:
         assert torch.allclose(split_layers(alone, (6, 8))[6], vc8.encoder.encode(item, (6,)), atol=1e-5)
 
 
+def test_controls_in_a_cross_file_batch_equal_each_file_alone(
+    vc8: KnnVC, voice8: Voice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Match layer 8, weighting and strength inside the pipeline's cross-file batches (padded: any slack)."""
+    wav = vc8.load_audio(SOURCE_WAV)
+    wavs = [wav, wav[: 16_000 + 123], wav[5_000:]]
+    options = ConvertOptions(match_layer=8, strength=0.7, knn_weighting="inverse-distance", loudness=None)
+    monkeypatch.setattr(vc8, "slack", 1.0)  # every window shares one padded batch
+    together = vc8.convert_batch(wavs, voice8, options)
+    for item, out in zip(wavs, together, strict=True):
+        alone = vc8.convert_batch([item], voice8, options)[0]
+        assert out.shape == alone.shape and np.abs(out - alone).max() <= 1e-4
+
+
 # -- matcher ------------------------------------------------------------------------------------------------------
 def test_matcher_controls_are_the_formulas() -> None:
     gen = torch.Generator().manual_seed(0)
