@@ -13,6 +13,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PAGE = ROOT / "docs" / "performance.md"
+README = ROOT / "README.md"
+START, END = "<!-- python -m bench.table: start -->", "<!-- python -m bench.table: end -->"
 
 HEADER = """# Performance
 
@@ -76,9 +78,15 @@ def _agreement(name: str, result: dict[str, Any]) -> list[str]:
     return rows
 
 
-def render() -> str:
-    results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
-    lines = [HEADER, "| machine | task | reference mode | knnvc | speed-up | audio s per wall s (ref / knnvc) "
+def speed_results() -> dict[str, dict[str, Any]]:
+    """The results files of ``python -m bench`` and ``python -m bench.gpu`` (not those of the other benchmarks)."""
+    loaded = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    return {name: r for name, r in loaded.items() if {"whole_process", "folder", "gpu", "precision_agreement"} & set(r)}
+
+
+def render(header: str = HEADER) -> str:
+    results = speed_results()
+    lines = [header, "| machine | task | reference mode | knnvc | speed-up | audio s per wall s (ref / knnvc) "
              "| peak RSS (ref / knnvc) | load avg |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, result in results.items():
         lines += _rows(name, result)
@@ -97,8 +105,14 @@ def render() -> str:
 
 
 def main() -> None:
+    """Write docs/performance.md, and the same tables into the README between its bench.table markers."""
     PAGE.parent.mkdir(parents=True, exist_ok=True)
     PAGE.write_text(render())
+    text = README.read_text(encoding="utf-8")
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tables = render(header="").strip().replace("\n## ", "\n### ")  # sections of the README's Performance
+        README.write_text(f"{head}{START}\n{tables}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
 
 
 if __name__ == "__main__":
