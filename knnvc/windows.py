@@ -15,17 +15,13 @@ An input no longer than ``core + 2 * context`` frames is a single window: exactl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD
-from knnvc.progress import OnProgress, Progress, report
 
 ENCODER_CORE = 30 * FRAME_RATE  # frames: 30 s kept per encoder window (a 30 s file is one window)
-ENCODER_CONTEXT = 3 * FRAME_RATE  # frames: 3 s of context on each side (26 s windows)
+ENCODER_CONTEXT = 3 * FRAME_RATE  # frames: 3 s of context on each side (36 s windows)
 VOCODER_CORE = 10 * FRAME_RATE  # frames: 10 s of output per vocoder window
 VOCODER_CONTEXT = 25  # frames: 0.5 s on each side, over twice HiFi-GAN's receptive field
 
@@ -93,65 +89,3 @@ def buckets(lengths: Sequence[int], batch_size: int, slack: float) -> list[list[
         else:
             groups.append([i])
     return groups
-
-
-def encode_windowed(
-    encode_batch: Callable[[list[Tensor]], list[Tensor]],
-    wav: Tensor,
-    *,
-    batch_size: int,
-    core: int = ENCODER_CORE,
-    context: int = ENCODER_CONTEXT,
-    progress: OnProgress | None = None,
-) -> Tensor:
-    """Layer-6 frames of one long (N,) waveform at 16 kHz: (T, D) at 50 Hz, in windows of ``core`` frames.
-
-    ``encode_batch`` encodes a list of 1-D waveforms to (T_i, D) frames, each as if alone.
-    """
-    total = (wav.numel() - RECEPTIVE_FIELD) // HOP + 1
-    windows = split(total, core, context)
-    parts: list[Tensor] = []
-    for first in range(0, len(windows), batch_size):
-        group = windows[first : first + batch_size]
-        feats = encode_batch([wav[slice(*w.sample_span())] for w in group])
-        for w, f in zip(group, feats, strict=True):
-            parts.append(f[w.keep_start - w.start : w.keep_stop - w.start])
-        report(progress, Progress("encode", first + len(group), len(windows)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def vocode_windowed(
-    vocode_batch: Callable[[Tensor], Tensor],
-    features: Tensor,
-    *,
-    hop: int,
-    batch_size: int,
-    core: int = VOCODER_CORE,
-    context: int = VOCODER_CONTEXT,
-    progress: OnProgress | None = None,
-) -> Tensor:
-    """Waveform for (T, D) frames: (T * hop,) samples, vocoded in windows of ``core`` frames.
-
-    ``vocode_batch`` maps (B, T_w, D) frames to (B, T_w * hop) samples. Windows of equal length are batched.
-    """
-    windows = split(features.shape[0], core, context)
-    out = torch.empty(features.shape[0] * hop, dtype=torch.float32, device=features.device)
-    groups: dict[int, list[Window]] = {}
-    for w in windows:
-        groups.setdefault(w.stop - w.start, []).append(w)
-    done = 0
-    for same_length in groups.values():
-        for first in range(0, len(same_length), batch_size):
-            group = same_length[first : first + batch_size]
-            wavs = vocode_batch(torch.stack([features[w.start : w.stop] for w in group]))
-            for w, y in zip(group, wavs, strict=True):
-                lo, hi = (w.keep_start - w.start) * hop, (w.keep_stop - w.start) * hop
-                out[w.keep_start * hop : w.keep_stop * hop] = y[lo:hi].float()
-            done += len(group)
-            report(progress, Progress("vocode", done, len(windows)))
-    return out
-
-
-def seams(windows: Sequence[Window]) -> list[int]:
-    """Frame indices where one window's kept frames end and the next one's begin."""
-    return [w.keep_stop for w in windows[:-1]]
