@@ -46,7 +46,7 @@ BLOCK = 320  # samples: the audio arrives in 20 ms blocks, as from a sound card 
 
 SETTINGS: dict[str, list[dict[str, int]]] = {
     "tiny": [{}, {"chunk_ms": 200}, {"context_ms": 1000}, {"lookahead_ms": 240}, {"lookahead_ms": 120},
-             {"chunk_ms": 60, "lookahead_ms": 60}, {"vocoder_lookahead_ms": 40}],
+             {"chunk_ms": 40, "lookahead_ms": 160}, {"chunk_ms": 60, "lookahead_ms": 60}, {"vocoder_lookahead_ms": 40}],
     "full": [{"chunk_ms": 400}, {"chunk_ms": 400, "lookahead_ms": 640}, {"chunk_ms": 400, "lookahead_ms": 320},
              {"chunk_ms": 200, "lookahead_ms": 200, "context_ms": 1000}],
 }  # fmt: skip

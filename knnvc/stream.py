@@ -176,6 +176,17 @@ def vocoder_reach(config: HifiganConfig) -> int:
     return math.ceil(reach + 3 / rate)
 
 
+def future_fill(hidden: Tensor, frames: int) -> Tensor:
+    """(T, D) frontend frames followed by ``frames`` copies of their mean: a stand-in for audio not heard yet.
+
+    On the tiny test model at 120 ms lookahead this lifts the share of frames with offline's 4 neighbours from
+    5 % (zeros) to 29 % (repeating the last frame: 21 %, reflecting: 19 %); see docs/streaming.md.
+    """
+    if frames <= 0:
+        return hidden
+    return torch.cat([hidden, hidden.mean(0, keepdim=True).expand(frames, -1)])
+
+
 class Streamer:
     """Converts a live stream chunk by chunk, keeping the encoder's left context and the vocoder's context.
 
@@ -212,7 +223,8 @@ class Streamer:
         if voice.num_frames < options.k:
             raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={options.k}")
         self.vc, self.voice, self.options = vc, voice, options
-        self.settings = (settings or StreamSettings()).resolved(encoder_reach(vc))
+        self.reach = encoder_reach(vc)
+        self.settings = (settings or StreamSettings()).resolved(self.reach)
         self.input_rate = input_rate
         self.output_rate = vc.output_rate(options)
         self.hop_out = int(vc.vocoder.config.hop)
@@ -329,16 +341,25 @@ class Streamer:
         return out
 
     def _encode(self, window: Window) -> Tensor:
-        """(T, D) fp32 features of ``window``'s frames, from its samples (on the pipeline's device)."""
+        """(T, D) fp32 features of ``window``'s frames, from its samples (on the pipeline's device).
+
+        When the lookahead is shorter than the encoder's reach and more input is still to come, the frames the
+        window cannot see yet are stood in for by the window's mean frontend frame (``future_fill``): WavLM's
+        positional convolution then sees typical speech there instead of zeros. Offline the end of the input is
+        zeros, and so it is at ``flush``.
+        """
         encoder = self.vc.encoder
-        if not self.cache_frontend:
-            return encoder.encode(self._samples(window), self.layers).float()
-        have = self._hidden_start + len(self._hidden)
-        if window.stop > have:  # the conv stack runs once per frame: only on frames not seen yet
-            fresh = encoder.frontend(self._samples(Window(have, window.stop, have, window.stop)))
-            self._hidden = torch.cat([self._hidden, fresh])
-        first = window.start - self._hidden_start
-        return encoder.contextualise(self._hidden[first : first + window.stop - window.start], self.layers).float()
+        if self.cache_frontend:
+            have = self._hidden_start + len(self._hidden)
+            if window.stop > have:  # the conv stack runs once per frame: only on frames not seen yet
+                fresh = encoder.frontend(self._samples(Window(have, window.stop, have, window.stop)))
+                self._hidden = torch.cat([self._hidden, fresh])
+            first = window.start - self._hidden_start
+            hidden = self._hidden[first : first + window.stop - window.start]
+        else:
+            hidden = encoder.frontend(self._samples(window))
+        unseen = 0 if self._closed else self.reach - (window.stop - window.keep_stop)
+        return encoder.contextualise(future_fill(hidden, unseen), self.layers)[: len(hidden)].float()
 
     def _samples(self, window: Window) -> Tensor:
         """The (N,) samples whose WavLM frames are exactly ``window``'s, on the pipeline's device."""

@@ -94,6 +94,32 @@ def test_any_chunking_gives_the_same_output(vc: KnnVC, voice: Voice, source: np.
     assert np.allclose(run(Streamer(vc, voice, QUIET), source, sizes=[len(source)]), streamed[0], atol=1e-5)
 
 
+def test_unseen_future_is_filled_with_typical_speech(
+    vc: KnnVC, voice: Voice, source: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the encoder's reach, the frames not heard yet are the window's mean frame, not zeros: the kNN choices
+    then agree with offline far more often, the same whether the conv stack is cached or re-run."""
+    import knnvc.stream as stream_module
+
+    theirs = knn_indices(vc.encode(source, 16_000), voice.frames, 4).sort(-1).values
+    short = StreamSettings(chunk_ms=60, lookahead_ms=120)
+
+    def agreement(cache: bool) -> tuple[float, torch.Tensor]:
+        streamer = Streamer(vc, voice, QUIET, short, record=True, cache_frontend=cache)
+        run(streamer, source)
+        assert streamer.features is not None
+        feats = torch.cat(streamer.features)
+        ours = knn_indices(feats, voice.frames, 4).sort(-1).values
+        return (ours == theirs).all(-1).float().mean().item(), feats
+
+    filled, feats = agreement(True)
+    again, feats_again = agreement(False)
+    np.testing.assert_allclose(feats_again, feats, atol=1e-4)
+    monkeypatch.setattr(stream_module, "future_fill", lambda hidden, frames: hidden)  # zeros, as before
+    zeros, _ = agreement(True)
+    assert filled > zeros + 0.1, (filled, zeros)
+
+
 def test_cached_frontend_equals_re_encoding(vc: KnnVC, voice: Voice, source: np.ndarray, streamed: tuple) -> None:
     """Caching WavLM's per-frame conv stack (the default) gives the frames re-encoding each window gives."""
     again = Streamer(vc, voice, QUIET, record=True, cache_frontend=False)
