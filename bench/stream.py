@@ -64,12 +64,7 @@ def load(models: str, precision: str, workdir: Path) -> KnnVC:
         if not wavlm.exists():
             write_wavlm_large(wavlm)
             write_prematch_vocoder(vocoder)
-    vc = KnnVC.from_pretrained(wavlm, vocoder, device="cpu")
-    if precision == "bf16":  # the pipeline refuses bf16 on CPU (for now); the benchmark casts the networks itself
-        vc.encoder.to(torch.bfloat16)
-        vc.vocoder.to(torch.bfloat16)
-        vc.dtype = torch.bfloat16
-    return vc
+    return KnnVC.from_pretrained(wavlm, vocoder, device="cpu", precision=precision)  # bf16: CPUs with AMX/AVX512
 
 
 def agreement(vc: KnnVC, voice: Voice, wav: np.ndarray, offline: torch.Tensor, settings: StreamSettings) -> dict:
