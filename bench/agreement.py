@@ -18,7 +18,7 @@ from knnvc import audio
 from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.devices import cpu_has_native_bf16
 from knnvc.matcher import knn_indices
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -55,9 +55,9 @@ def measure(models: dict[str, Path], source: Path, references: list[Path], devic
     for case, (wavlm, vocoder, src, refs) in cases.items():
         encoder, generator = load_encoder(wavlm), load_vocoder(vocoder)
         wav, ref_wavs = audio.load(src), [audio.load(r) for r in refs]
-        base_idx, base_wav = _choices(KnnVC(encoder, generator, device=device, precision="fp32"), wav, ref_wavs)
+        base_idx, base_wav = _choices(KnnVC(encoder, generator, PipelineSettings(device, "fp32")), wav, ref_wavs)
         for precision in lower_precisions(device):
-            vc = KnnVC(encoder, generator, device=device, precision=precision)
+            vc = KnnVC(encoder, generator, PipelineSettings(device, precision))
             idx, out = _choices(vc, wav, ref_wavs)
             agreement = float((idx == base_idx).all(-1).float().mean())
             result.setdefault(precision, {})[case] = {"knn_agreement": round(agreement, 4),

@@ -30,6 +30,7 @@ import torch
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
 from bench.measure import make_corpus
 from knnvc.checkpoints import load_encoder, load_vocoder
+from knnvc.options import PipelineSettings
 from knnvc.pipeline import KnnVC
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,7 +70,7 @@ def main() -> None:
         root = Path(tmp)
         corpus = make_corpus(root, args.files, args.seconds, args.ref_seconds)
         wavlm, vocoder = write_wavlm_large(root / "WavLM-Large.pt"), write_prematch_vocoder(root / "g.pt")
-        vc = KnnVC(load_encoder(wavlm), load_vocoder(vocoder), device="cpu", precision="fp32")
+        vc = KnnVC(load_encoder(wavlm), load_vocoder(vocoder), PipelineSettings("cpu", "fp32"))
         voice = vc.build_voice(corpus.references).save(root / "target.voice")
         del vc
         knnvc = [sys.executable, "-m", "knnvc", "convert", str(root / "src"), str(voice)]

@@ -22,6 +22,7 @@ import torch
 from bench.layouts import write_wavlm_large
 from knnvc.checkpoints import load_encoder
 from knnvc.constants import FRAME_RATE, SAMPLE_RATE
+from knnvc.options import PipelineSettings
 from knnvc.pipeline import VoiceBuilder
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speech"
@@ -55,7 +56,7 @@ def builder(work: Path) -> VoiceBuilder:
     path = work / "WavLM-Large.pt"
     if not path.exists():
         write_wavlm_large(path)
-    return VoiceBuilder(load_encoder(path), device="cpu", precision="fp32")
+    return VoiceBuilder(load_encoder(path), PipelineSettings("cpu", "fp32"))
 
 
 def encoded_bank(work: Path, minutes: float) -> tuple[torch.Tensor, float]:

@@ -33,6 +33,7 @@ from bench.__main__ import RESULTS, SR, machine_name, models_in
 from bench.measure import Peak, speech
 from bench.reference import Original
 from knnvc import batch
+from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 
 
@@ -74,7 +75,7 @@ def in_process(
     del original
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    vc = KnnVC.from_pretrained(models["wavlm"], models["vocoder"], device=str(device), batch_size=32)
+    vc = KnnVC.from_pretrained(Models(models["wavlm"], models["vocoder"], PipelineSettings(str(device), batch_size=32)))
     voice = vc.build_voice(refs)
     vc.warm_up()
     jobs = batch.plan(sources[0].parent, work / "out_fast", voice.name)
@@ -105,7 +106,7 @@ def one_hour(
     with sf.SoundFile(path, "w", SR, 1, "PCM_16") as fh:
         for start in range(0, int(seconds), 60):
             fh.write(speech(min(60.0, seconds - start), start))
-    vc = KnnVC.from_pretrained(models["wavlm"], models["vocoder"], device=str(device), batch_size=32)
+    vc = KnnVC.from_pretrained(Models(models["wavlm"], models["vocoder"], PipelineSettings(str(device), batch_size=32)))
     voice = vc.build_voice(refs)
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -32,7 +32,7 @@ import soundfile as sf
 import torch
 
 from knnvc.matcher import knn_indices
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.stream import Streamer, StreamSettings
 from knnvc.voice import Voice
@@ -64,7 +64,7 @@ def load(models: str, precision: str, workdir: Path) -> KnnVC:
         if not wavlm.exists():
             write_wavlm_large(wavlm)
             write_prematch_vocoder(vocoder)
-    return KnnVC.from_pretrained(wavlm, vocoder, device="cpu", precision=precision)  # bf16: CPUs with AMX/AVX512
+    return KnnVC.from_pretrained(Models(wavlm, vocoder, PipelineSettings("cpu", precision)))  # bf16: AMX/AVX512
 
 
 def agreement(vc: KnnVC, voice: Voice, wav: np.ndarray, offline: torch.Tensor, settings: StreamSettings) -> dict:

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
+from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, WAVLM_LAYER
 from knnvc.errors import UsageError
+from knnvc.options import DEFAULT_MODELS, Models
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
     from knnvc.pipeline import AudioInput
     from knnvc.progress import OnProgress
     from knnvc.voice import Voice
-
-
-def check_options(*, batch_size: int = 1) -> None:
-    """Raise ``UsageError`` for a batch size that cannot work, before any model is loaded."""
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
 
 
 def clear_cache() -> None:
@@ -57,12 +52,8 @@ def convert(
     morph: Voice | AudioInput | Sequence[AudioInput] | None = None,
     morph_weight: float = 0.5,
     morph_sample_rate: int | None = None,
-    wavlm: str | Path = DEFAULT_WAVLM,
-    vocoder: str | Path = DEFAULT_VOCODER,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 8,
-    offline: bool | None = None,
+    models: Models = DEFAULT_MODELS,
+    device: str | None = None,
     progress: OnProgress | None = None,
 ) -> np.ndarray:
     """Say ``source``'s words in ``reference``'s voice: everything ``knnvc convert`` does for one input.
@@ -79,7 +70,8 @@ def convert(
         morph: a second voice (a ``Voice``, a ``.voice`` file or reference audio, arrays with
             ``morph_sample_rate``): the result is ``(1 - morph_weight) * kNN(reference) + morph_weight *
             kNN(morph)`` before the strength blend.
-        wavlm, vocoder, device, precision, batch_size, offline: as for ``KnnVC.from_pretrained``.
+        models: the weights and how they run (``knnvc.options.Models``: wavlm, vocoder, settings, offline).
+        device: short for ``models.settings.device``.
         progress: gets ``knnvc.progress.Progress`` events over the windows of long audio.
 
     Returns:
@@ -101,15 +93,11 @@ def convert(
         knn_weighting=knn_weighting,
         morph_weight=morph_weight,
     )
-    check_options(batch_size=batch_size)
     if output is not None and Path(output).suffix.lower() not in audio.OUTPUT_FORMATS:
         raise UsageError(f"{output}: output files end in {', '.join(audio.OUTPUT_FORMATS)}")
     if sample_rate is None and not isinstance(source, (str, os.PathLike)):
         raise UsageError("an in-memory source (array or tensor) needs its sample_rate")
-    vc = KnnVC.from_pretrained(
-        wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline,
-        match_layer=match_layer,
-    )  # fmt: skip
+    vc = KnnVC.from_pretrained(models, device=device, match_layer=match_layer)
     voice = vc.voice_from(reference, trim=trim, sample_rate=reference_sample_rate, match_layer=match_layer)
     if morph is not None:
         second = vc.voice_from(morph, trim=trim, sample_rate=morph_sample_rate, match_layer=match_layer)

@@ -295,10 +295,11 @@ def run(
 ) -> Report:
     """Convert every job; an existing output is skipped unless ``overwrite``. Failures are recorded, not raised.
 
-    ``options`` (k, loudness, output rate...) go to the pipeline (``KnnVC.synthesise``, then ``KnnVC.finish`` in
-    a worker). Files are computed in groups of ``GROUP_FILES``, their windows batched together. What would fail
-    every file raises before any file is read: ``k`` above the voice's frame count (``UsageError``), an output
-    folder that cannot be written (``OutputError``). ``progress`` gets ``knnvc.progress.Progress`` events: start,
+    ``options`` (k, loudness, output rate...) go to the pipeline (``KnnVC.convert_batch`` unfinished, then
+    ``KnnVC.finish`` in a worker). Files are computed in groups of ``GROUP_FILES``, their windows batched together.
+    What would fail every file raises before any file is read: ``k`` above the voice's frame count
+    (``UsageError``), an output folder that cannot be written (``OutputError``).
+    ``progress`` gets ``knnvc.progress.Progress`` events: start,
     done, skip or fail per file (``start`` as its group begins), and encode/vocode over the windows of a group
     (with the ``job`` of a group of one file; None for several, computed together). KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
@@ -385,7 +386,7 @@ def convert_group(
 ) -> list[tuple[np.ndarray | KnnvcError, float]]:
     """The unit of batch work, mapped by the local batch and by the Ray job (``knnvc.cluster``).
 
-    ``finish=False`` returns the raw synthesis (``KnnVC.synthesise``) for the caller to finish (``KnnVC.finish``:
+    ``finish=False`` returns the raw synthesis for the caller to finish (``KnnVC.finish``:
     loudness, output rate) elsewhere, as the local batch does in its worker threads.
 
     Takes decoded sources ((N_i,) float32 at 16 kHz) or the errors that decoding them raised, and returns, in
@@ -400,8 +401,8 @@ def convert_group(
     started = time.perf_counter()
     outs: Sequence[np.ndarray | KnnvcError]
     try:
-        compute = vc.convert_batch if finish else vc.synthesise
-        outs = compute([wav for _, wav in arrays], voice, options, progress=on_chunk) if arrays else []
+        todo = [wav for _, wav in arrays]
+        outs = vc.convert_batch(todo, voice, options, progress=on_chunk, finish=finish) if arrays else []
     except KnnvcError as exc:
         if len(arrays) > 1:  # find which file failed
             return [_convert_one(vc, wav, voice, options, _indexed(progress, [n], len(wavs)), finish)
@@ -437,9 +438,9 @@ def _convert_one(
     if isinstance(wav, KnnvcError):
         return wav, 0.0
     started = time.perf_counter()
-    compute = vc.convert_batch if finish else vc.synthesise
     try:
-        return compute([wav], voice, options, progress=on_chunk)[0], time.perf_counter() - started
+        out = vc.convert_batch([wav], voice, options, progress=on_chunk, finish=finish)[0]
+        return out, time.perf_counter() - started
     except KnnvcError as exc:
         return exc, time.perf_counter() - started
 

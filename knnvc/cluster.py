@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knnvc import audio, batch, errors
-from knnvc.constants import WAVLM_LAYER
 from knnvc.errors import DiskFullError, KnnvcError, UsageError
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, Models
 
 if TYPE_CHECKING:
     from knnvc.manifest import Ledger
@@ -42,19 +41,6 @@ log = logging.getLogger(__name__)
 
 READ_CPUS = 0.25  # CPUs a decoding task asks for: decoding is short, and leaves the cores to the actors
 CPUS_PER_CPU_ACTOR = 4  # on CPU-only clusters, one converting actor per this many cores
-
-
-@dataclass(frozen=True)
-class Models:
-    """What each actor loads (through ``KnnVC.from_pretrained``); paths must exist on every node."""
-
-    wavlm: str
-    vocoder: str
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 8
-    offline: bool | None = None
-    match_layer: int = WAVLM_LAYER  # the deepest WavLM layer the options match on
 
 
 @dataclass(frozen=True)
@@ -89,7 +75,8 @@ def connect(address: str) -> bool:
 def layout(resources: dict[str, float], models: Models, actors: int | None = None) -> Layout:
     """One actor per GPU (device cuda), else one per ``CPUS_PER_CPU_ACTOR`` cores, leaving some CPU for decoding."""
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-    on_gpu = gpus > 0 and models.device in ("auto", "cuda") or models.device.startswith("cuda")
+    device = str(models.settings.device)
+    on_gpu = gpus > 0 and device in ("auto", "cuda") or device.startswith("cuda")
     if on_gpu:
         if gpus == 0:
             raise UsageError("device='cuda' was asked for, but the Ray cluster has no GPU; use device='cpu'")
@@ -97,7 +84,7 @@ def layout(resources: dict[str, float], models: Models, actors: int | None = Non
         return Layout(count, 1.0, 1.0, max(1, int(cpus // max(count, 1)) - 1), "cuda")
     count = actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
     per_actor = max(0.5, (cpus - min(1.0, cpus / 4)) / count)
-    return Layout(count, 0.0, per_actor, max(1, round(per_actor)), "cpu" if models.device == "auto" else models.device)
+    return Layout(count, 0.0, per_actor, max(1, round(per_actor)), "cpu" if device == "auto" else device)
 
 
 def compute(models: Models, actors: int | None = None) -> tuple[str, str]:
@@ -107,7 +94,7 @@ def compute(models: Models, actors: int | None = None) -> tuple[str, str]:
     from knnvc.devices import resolve_precision
 
     plan = layout(_ray().cluster_resources(), models, actors)
-    dtype = resolve_precision(models.precision, torch.device(plan.device))
+    dtype = resolve_precision(models.settings.precision, torch.device(plan.device))
     return plan.device, str(dtype).removeprefix("torch.")
 
 
@@ -161,12 +148,12 @@ def _dataset(
     items = [{"index": i, "source": str(job.source), "output": str(job.output)} for i, job in todo]
     setup = {"voice": [ray.put(voice)], "options": options, "models": models, "plan": plan}
     return (
-        ray.data.from_items(items, override_num_blocks=max(1, len(items) // models.batch_size))
+        ray.data.from_items(items, override_num_blocks=max(1, len(items) // models.settings.batch_size))
         .map(read, num_cpus=READ_CPUS)
         .map_batches(
             Converter,
             fn_constructor_kwargs=setup,
-            batch_size=models.batch_size,
+            batch_size=models.settings.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=plan.actors),
             num_gpus=plan.num_gpus or None,
@@ -198,9 +185,7 @@ class Converter:
         torch.set_num_threads(plan.threads)
         self.voice: Voice = ray.get(voice[0])
         self.options = options
-        self.vc = KnnVC.from_pretrained(models.wavlm, models.vocoder, device=plan.device, precision=models.precision,
-                                        batch_size=models.batch_size, offline=models.offline,
-                                        match_layer=models.match_layer)  # fmt: skip
+        self.vc = KnnVC.from_pretrained(models, device=plan.device, match_layer=options.match_layer)
         self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
         self.rate = self.vc.output_rate(options)
 

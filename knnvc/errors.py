@@ -42,6 +42,12 @@ class KnnvcError(Exception):
 
     exit_code: int = 1
 
+    def __init_subclass__(cls, exit_code: int | None = None) -> None:
+        """``class FooError(KnnvcError, exit_code=N)``: the code ``knnvc`` exits with (a subclass inherits it)."""
+        super().__init_subclass__()
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __str__(self) -> str:
         text = super().__str__()
         if "\n" not in text and "\r" not in text:
@@ -49,48 +55,36 @@ class KnnvcError(Exception):
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-class UsageError(KnnvcError):
+class UsageError(KnnvcError, exit_code=2):
     """An option or argument that cannot work (bad value, incompatible combination)."""
 
-    exit_code = 2
 
-
-class InputError(KnnvcError):
+class InputError(KnnvcError, exit_code=3):
     """An input path (audio, a voice, a training folder, a config) that is missing or cannot be read."""
-
-    exit_code = 3
 
 
 class AudioError(InputError):
     """An input file that is missing, unreadable, corrupt, empty or otherwise not usable audio."""
 
 
-class WeightsError(KnnvcError):
+class WeightsError(KnnvcError, exit_code=4):
     """Model weights that are missing, unreachable (offline), corrupt or of an unknown layout."""
 
-    exit_code = 4
 
-
-class VoiceError(KnnvcError):
+class VoiceError(KnnvcError, exit_code=5):
     """A saved voice that is unreadable or was built with different encoder weights."""
 
-    exit_code = 5
 
-
-class OutputError(KnnvcError):
+class OutputError(KnnvcError, exit_code=6):
     """An output that cannot be written (read-only folder, full disk, a name escaping its folder)."""
-
-    exit_code = 6
 
 
 class DiskFullError(OutputError):
     """The disk (or quota) is full. A batch stops at once: every later file would fail the same way."""
 
 
-class DeviceError(KnnvcError):
+class DeviceError(KnnvcError, exit_code=7):
     """A requested device that is absent, or a run that did not fit in its memory."""
-
-    exit_code = 7
 
 
 EXIT_CODES: dict[int, str] = {

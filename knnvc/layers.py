@@ -19,7 +19,7 @@ from knnvc.files import sha256
 from knnvc.voice import Voice
 
 if TYPE_CHECKING:
-    from knnvc.pipeline import VoiceBuilder
+    from knnvc.builder import VoiceBuilder
 
 log = logging.getLogger(__name__)
 

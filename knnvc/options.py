@@ -1,4 +1,5 @@
-"""``ConvertOptions``: every control of one conversion, carried from any front end down to the matcher.
+"""``ConvertOptions``: every control of one conversion, carried from any front end down to the matcher; and
+``PipelineSettings``: how a pipeline runs (device, precision, batching, windows, compile), never what it computes.
 
 The CLI, the Python API, the batch runner, the stream, the web page and the cluster job all build one of these and
 pass it explicitly; the pipeline reads it. Values are checked when it is made, so a bad value is a ``UsageError``
@@ -7,13 +8,26 @@ before any model loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from knnvc.constants import DEFAULT_K, DEFAULT_LOUDNESS, KNN_WEIGHTINGS, MAX_WAVLM_LAYERS, WAVLM_LAYER
+from knnvc.constants import (
+    DEFAULT_K,
+    DEFAULT_LOUDNESS,
+    DEFAULT_VOCODER,
+    DEFAULT_WAVLM,
+    ENCODER_CONTEXT_SECONDS,
+    ENCODER_WINDOW_SECONDS,
+    KNN_WEIGHTINGS,
+    MAX_WAVLM_LAYERS,
+    WAVLM_LAYER,
+)
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
+    import torch
+
     from knnvc.voice import Voice
 
 MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered
@@ -82,6 +96,61 @@ class ConvertOptions:
     def layers(self) -> tuple[int, ...]:
         """WavLM layers these options read: (6,), or (6, match layer)."""
         return (WAVLM_LAYER,) if self.match_layer == WAVLM_LAYER else (WAVLM_LAYER, self.match_layer)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How a pipeline runs: where, in what precision, how much at once. Never what it computes.
+
+    Attributes:
+        device: auto, cpu, cuda, cuda:N or mps (checked, with the absent device named, when a pipeline is made).
+        precision: auto, fp32, bf16 or fp16 for the networks; matching is always fp32.
+        batch_size: waveforms (or windows of long audio), from any number of files, computed together.
+        window_seconds: audio longer than this (plus context) is encoded in windows this long (at least 1 s).
+        context_seconds: audio on each side of an encoder window, computed and dropped.
+        compile: ``torch.compile`` the networks (``KnnVC.warm_up`` compiles them and reports the time).
+    """
+
+    device: str | torch.device = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    window_seconds: float = ENCODER_WINDOW_SECONDS
+    context_seconds: float = ENCODER_CONTEXT_SECONDS
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise UsageError(f"batch size must be a whole number, at least 1; got {size}")
+        if not _number(self.window_seconds) or not _number(self.context_seconds):
+            raise UsageError("the encoder window and its context are numbers of seconds")
+        if self.window_seconds < 1 or self.context_seconds < 0:
+            raise UsageError("the encoder window must be at least 1 s and its context at least 0 s")
+
+    def on(self, device: str | torch.device | None) -> PipelineSettings:
+        """These settings on ``device`` (None: as they are)."""
+        return self if device is None else replace(self, device=device)
+
+
+@dataclass(frozen=True)
+class Models:
+    """Which weights a pipeline loads and how it runs them: what a process, or each cluster actor, needs to get one
+    (``KnnVC.from_pretrained(models)``).
+
+    Attributes:
+        wavlm: WavLM by registry name, hub id or local path.
+        vocoder: ``prematched``, ``regular`` or a generator checkpoint's path.
+        settings: device, precision, batch size, windows, compile.
+        offline: never touch the network (None: the ``KNNVC_OFFLINE`` / ``HF_HUB_OFFLINE`` environment decides).
+    """
+
+    wavlm: str | Path = DEFAULT_WAVLM
+    vocoder: str | Path = DEFAULT_VOCODER
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
+    offline: bool | None = None
+
+
+DEFAULT_MODELS = Models()
 
 
 def _number(value: object) -> bool:

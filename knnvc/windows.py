@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD
+from knnvc.constants import ENCODER_CONTEXT_SECONDS, ENCODER_WINDOW_SECONDS, FRAME_RATE, HOP, RECEPTIVE_FIELD
 
-ENCODER_CORE = 30 * FRAME_RATE  # frames: 30 s kept per encoder window (a 30 s file is one window)
-ENCODER_CONTEXT = 3 * FRAME_RATE  # frames: 3 s of context on each side (36 s windows)
+ENCODER_CORE = round(ENCODER_WINDOW_SECONDS * FRAME_RATE)  # frames kept per encoder window (1500)
+ENCODER_CONTEXT = round(ENCODER_CONTEXT_SECONDS * FRAME_RATE)  # frames of context on each side (150)
 VOCODER_CORE = 10 * FRAME_RATE  # frames: 10 s of output per vocoder window
 VOCODER_CONTEXT = 25  # frames: 0.5 s on each side, over twice HiFi-GAN's receptive field
 

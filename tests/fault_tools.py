@@ -21,6 +21,7 @@ from typer.testing import CliRunner, Result
 from knnvc.cli import app
 from knnvc.encoder import WavLMEncoder
 from knnvc.errors import EXIT_CODES
+from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_WAVLM
@@ -92,7 +93,7 @@ def torch_threads(count: int) -> Iterator[None]:
 
 def tiny_pipeline() -> KnnVC:
     """A fresh ``KnnVC`` around the cached tiny models (fresh, so out-of-memory state never leaks)."""
-    return KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    return KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
 
 
 @functools.lru_cache(maxsize=1)
@@ -121,6 +122,6 @@ def micro_pipeline() -> tuple[KnnVC, Voice]:
         input_dim=32, hidden_dim=8, upsample_initial_channel=16, resblock_kernel_sizes=(3,),
         resblock_dilation_sizes=((1,),),
     )  # fmt: skip
-    vc = KnnVC(encoder, Generator(small).fold_weight_norm().eval(), device="cpu")
+    vc = KnnVC(encoder, Generator(small).fold_weight_norm().eval(), PipelineSettings("cpu"))
     voice = vc.build_voice(tone(5.0)[:, 0], sample_rate=SR, trim=False, name="micro")
     return vc, voice

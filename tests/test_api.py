@@ -17,12 +17,12 @@ import torch
 import knnvc
 from knnvc import api, batch
 from knnvc.errors import DeviceError, UsageError
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC, VoiceBuilder
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
-TINY: dict[str, Any] = {"wavlm": TINY_WAVLM, "vocoder": TINY_VOCODER, "device": "cpu"}
+TINY: dict[str, Any] = {"models": Models(str(TINY_WAVLM), str(TINY_VOCODER)), "device": "cpu"}
 REFS = sorted(REF_DIR.glob("*.wav"))
 
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 
 @pytest.fixture(scope="module")
 def vc() -> KnnVC:
-    return KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    return KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_paths(expected: np.ndarray) -> None:
 
 
 def test_same_as_a_fresh_pipeline(expected: np.ndarray) -> None:
-    fresh = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    fresh = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
     # Not bit-exact: CPU kernels chosen under another thread count can differ in the last bit.
     assert np.allclose(fresh.convert(SOURCE_WAV, fresh.build_voice(REF_DIR, trim=False)), expected, rtol=0, atol=1e-5)
 
@@ -91,7 +91,7 @@ def test_output_file_and_rate(tmp_path: Path, expected: np.ndarray) -> None:
 
 
 def test_saved_voice(tmp_path: Path, expected: np.ndarray) -> None:
-    builder = VoiceBuilder.from_pretrained(TINY_WAVLM, device="cpu")
+    builder = VoiceBuilder.from_pretrained(Models(TINY_WAVLM), device="cpu")
     voice = builder.build_voice(REF_DIR, trim=False, name="alice")
     path = voice.save(tmp_path / "alice.voice")
     assert np.array_equal(knnvc.convert(SOURCE_WAV, path, **TINY), expected)
@@ -111,29 +111,32 @@ def test_options_and_progress(vc: KnnVC, expected: np.ndarray) -> None:
         knnvc.convert(SOURCE_WAV, REF_DIR, k=0, **TINY)
     with pytest.raises(UsageError, match="sample rate"):
         knnvc.convert(SOURCE_WAV, REF_DIR, output_sample_rate=100, **TINY)
+    fp16 = Models(str(TINY_WAVLM), str(TINY_VOCODER), PipelineSettings("cpu", "fp16"))
     with pytest.raises(UsageError, match="needs a GPU"):
-        knnvc.convert(SOURCE_WAV, REF_DIR, precision="fp16", **TINY)
+        knnvc.convert(SOURCE_WAV, REF_DIR, models=fp16)
+    with pytest.raises(UsageError, match="batch size"):
+        PipelineSettings(batch_size=0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_absent_device() -> None:
     with pytest.raises(DeviceError, match="no CUDA GPU"):
-        knnvc.convert(SOURCE_WAV, REF_DIR, wavlm=TINY_WAVLM, vocoder=TINY_VOCODER, device="cuda")
+        knnvc.convert(SOURCE_WAV, REF_DIR, models=TINY["models"], device="cuda")
 
 
 def test_model_cache(tmp_path: Path, vc: KnnVC) -> None:
-    again = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", batch_size=2)
+    again = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=2)))
     assert again.encoder is vc.encoder and again.vocoder is vc.vocoder and again.batch_size == 2
-    assert VoiceBuilder.from_pretrained(TINY_WAVLM, device="cpu").encoder is vc.encoder
+    assert VoiceBuilder.from_pretrained(Models(TINY_WAVLM), device="cpu").encoder is vc.encoder
     copy = tmp_path / "vocoder.pt"
     shutil.copy(TINY_VOCODER, copy)
     shutil.copy(TINY_VOCODER.parent / "config.json", tmp_path / "config.json")
-    first = KnnVC.from_pretrained(TINY_WAVLM, copy, device="cpu").vocoder
-    assert KnnVC.from_pretrained(TINY_WAVLM, copy, device="cpu").vocoder is first
+    first = KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder
+    assert KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder is first
     os.utime(copy, ns=(0, 1))  # an edited checkpoint is loaded again
-    assert KnnVC.from_pretrained(TINY_WAVLM, copy, device="cpu").vocoder is not first
+    assert KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder is not first
     api.clear_cache()
-    assert KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu").encoder is not vc.encoder
+    assert KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu").encoder is not vc.encoder
 
 
 def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:

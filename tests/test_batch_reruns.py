@@ -18,7 +18,7 @@ import pytest
 from knnvc import batch, windows
 from knnvc.errors import UsageError
 from knnvc.manifest import MANIFEST_NAME, Ledger, StaleOutputsError, batch_settings
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 from tests.fault_tools import FAST, cli, json_summary, one_line, write_audio
@@ -45,7 +45,7 @@ def stamps(out: Path) -> dict[str, int]:
 
 
 def test_each_file_reports_the_time_it_took(tmp_path: Path) -> None:
-    vc = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", batch_size=2)
+    vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=2)))
     voice = vc.build_voice(REF_DIR, trim=False)
     jobs = batch.plan(folder(tmp_path / "src"), tmp_path / "out", voice.name)
     events: list[batch.Progress] = []
@@ -132,7 +132,7 @@ def test_another_voice_is_other_settings(tmp_path: Path, voice: Path) -> None:
 
 def test_an_interrupted_overwrite_is_not_taken_for_done(tmp_path: Path) -> None:
     """Outputs queued for re-conversion but not yet replaced stay stale; replaced ones count as done."""
-    vc = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
     src, out = folder(tmp_path / "src", 2), tmp_path / "out"
     jobs = batch.plan(src, out, "ref")
     old = batch_settings(vc, REF_DIR, ConvertOptions(k=4), vocoder=str(TINY_VOCODER), extension=".wav")
@@ -152,7 +152,7 @@ def test_an_interrupted_overwrite_is_not_taken_for_done(tmp_path: Path) -> None:
 
 
 def test_the_manifest_is_written_atomically_and_merged(tmp_path: Path) -> None:
-    vc = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")
+    vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
     settings = batch_settings(vc, REF_DIR, ConvertOptions(), vocoder=str(TINY_VOCODER), extension=".wav")
     jobs = [batch.Job(tmp_path / f"s{i}.wav", tmp_path / "out" / f"o{i}.wav") for i in range(2)]
     for job in jobs:  # two writers sharing a folder (two single-file runs): neither loses the other's record

@@ -19,6 +19,7 @@ import torch
 
 from knnvc import batch, pipeline
 from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
+from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.progress import Job, Progress
 from tests.conftest import REF_DIR, SOURCE_WAV
@@ -377,7 +378,7 @@ def test_one_progress_type() -> None:
 
 def test_window_events_reach_the_batch_progress(tmp_path: Path) -> None:
     """A long file's windows arrive as Progress events carrying its job."""
-    vc = KnnVC.from_pretrained(MODELS[1], MODELS[3], device="cpu", batch_size=2)  # a new pipeline over cached models
+    vc = KnnVC.from_pretrained(Models(MODELS[1], MODELS[3], PipelineSettings("cpu", batch_size=2)))  # cached
     vc.window, vc.context = 50, 10  # 1 s windows: a 3 s file has several
     voice = vc.build_voice(REF_DIR, trim=False)
     job = batch.Job(write_audio(tmp_path / "long.wav", 3.0), tmp_path / "out.wav")

@@ -17,6 +17,7 @@ import soundfile as sf
 from knnvc import batch, cluster
 from knnvc.errors import EXIT_PARTIAL, AudioError, UsageError
 from knnvc.manifest import MANIFEST_NAME
+from knnvc.options import Models, PipelineSettings
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_WAVLM
 from tests.fault_tools import FAST, cli, json_summary, write_audio
 
@@ -91,15 +92,15 @@ def test_the_library_call_and_its_errors(tmp_path: Path, voice: Path) -> None:
 
     src = sources(tmp_path / "src")
     jobs = batch.plan(src, tmp_path / "out", "v")
-    models = cluster.Models(str(TINY_WAVLM), str(TINY_VOCODER), device="cpu", batch_size=2)
+    models = Models(str(TINY_WAVLM), str(TINY_VOCODER), PipelineSettings("cpu", batch_size=2))
     events: list[batch.Progress] = []
     report = cluster.run(jobs, Voice.load(voice), batch.DEFAULT_OPTIONS, models, progress=events.append)
     assert report.ok and len(report.converted) == 6 and report.audio_seconds > 3
     assert sorted(e.index for e in events if e.stage == "done") == list(range(6))
     assert cluster.compute(models) == ("cpu", "float32")
     with pytest.raises(UsageError, match="no GPU"):
-        cluster.layout({"CPU": 2.0}, cluster.Models("w", "v", device="cuda"))
-    on_gpus = cluster.layout({"CPU": 64.0, "GPU": 8.0}, cluster.Models("w", "v"))
+        cluster.layout({"CPU": 2.0}, Models("w", "v", PipelineSettings("cuda")))
+    on_gpus = cluster.layout({"CPU": 64.0, "GPU": 8.0}, Models("w", "v"))
     assert (on_gpus.actors, on_gpus.num_gpus, on_gpus.device) == (8, 1.0, "cuda")
     assert isinstance(cluster._error("AudioError", "x"), AudioError)
 
@@ -109,7 +110,7 @@ def test_actors_that_cannot_start_stop_the_job_with_one_error(tmp_path: Path, vo
     from knnvc.voice import Voice
 
     jobs = batch.plan(sources(tmp_path / "src"), tmp_path / "out", "v")
-    models = cluster.Models(str(tmp_path / "missing.pt"), str(TINY_VOCODER), device="cpu")  # absent on the "nodes"
+    models = Models(str(tmp_path / "missing.pt"), str(TINY_VOCODER), PipelineSettings("cpu"))  # absent on the "nodes"
     report = cluster.run(jobs, Voice.load(voice), batch.DEFAULT_OPTIONS, models)
     assert isinstance(report.stopped, WeightsError) and "missing.pt" in str(report.stopped)
     assert report.converted == [] and not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ from knnvc import batch, matcher
 from knnvc.cli import app
 from knnvc.encoder import split_layers
 from knnvc.errors import UsageError, VoiceError
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, Models
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
 from tests.conftest import FIXTURES, REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
@@ -31,7 +31,7 @@ from tests.conftest import FIXTURES, REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAV
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 CASES = {"L8k4s1.0": (8, 4, 1.0), "L6k4s0.5": (6, 4, 0.5)}
-TINY: dict[str, Any] = {"wavlm": TINY_WAVLM, "vocoder": TINY_VOCODER, "device": "cpu"}
+TINY: dict[str, Any] = {"models": Models(str(TINY_WAVLM), str(TINY_VOCODER)), "device": "cpu"}
 EXACT_ARGS = ["--wavlm", str(TINY_WAVLM), "--vocoder", str(TINY_VOCODER), "--device", "cpu", "--no-trim",
               "--loudness", "none"]  # fmt: skip
 
@@ -45,7 +45,7 @@ def controls_outputs() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def vc8() -> KnnVC:
     """The tiny pipeline with WavLM run to layer 8 (the tiny model's last)."""
-    return KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", match_layer=8)
+    return KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu", match_layer=8)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_match_layer_beyond_the_encoder(tmp_path: Path, vc8: KnnVC, voice8: Voic
     args = ["convert", str(SOURCE_WAV), str(REF_DIR), "-o", str(tmp_path / "o.wav"), *EXACT_ARGS, "--match-layer", "9"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "has 8 layers" in result.output
-    shallow = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu")  # runs 6 layers
+    shallow = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")  # runs 6 layers
     assert (shallow.encoder.depth, vc8.encoder.depth) == (6, 8)
     assert shallow.encoder.fingerprint == vc8.encoder.fingerprint  # a voice fits both
     with pytest.raises(UsageError, match="match_layer=8"):

@@ -9,7 +9,7 @@ import torch
 from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.devices import AUTO_PRECISION, PRECISIONS
 from knnvc.matcher import knn_indices
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cuda
 
 
 def pipeline(precision: str) -> KnnVC:
-    return KnnVC(load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER), device="cuda", precision=precision)
+    return KnnVC(load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER), PipelineSettings("cuda", precision))
 
 
 def test_auto_device_is_cuda_in_the_measured_precision() -> None:

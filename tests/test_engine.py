@@ -14,7 +14,7 @@ from knnvc.audio import PEAK_CEILING
 from knnvc.checkpoints import load_encoder, load_vocoder, original_to_hf
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.matcher import cosine_distance, knn_indices, knn_regression
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -36,7 +36,7 @@ def encoder() -> WavLMEncoder:
 
 @pytest.fixture(scope="module")
 def pipeline(encoder: WavLMEncoder) -> KnnVC:
-    return KnnVC(encoder, load_vocoder(TINY_VOCODER), device="cpu", precision="fp32")
+    return KnnVC(encoder, load_vocoder(TINY_VOCODER), PipelineSettings("cpu", "fp32"))
 
 
 def test_original_format_reproduces_layer6(encoder: WavLMEncoder, reference_outputs: dict) -> None:
@@ -187,7 +187,7 @@ def test_other_rate_vocoder_converts_at_its_rate(tmp_path: Path, encoder: WavLME
         upsample_kernel_sizes=(20, 16, 5, 4), sample_rate=24_000,
     )  # fmt: skip
     assert config.hop == 480
-    vc = KnnVC(encoder, Generator(config).fold_weight_norm().eval(), device="cpu")
+    vc = KnnVC(encoder, Generator(config).fold_weight_norm().eval(), PipelineSettings("cpu"))
     assert vc.sample_rate == 24_000
     source_len = len(read(SOURCE_WAV))
     out = vc.convert(SOURCE_WAV, REF_DIR, ConvertOptions(trim=False))

@@ -18,7 +18,7 @@ from knnvc import oom
 from knnvc.constants import FRAME_RATE, SAMPLE_RATE
 from knnvc.encoder import num_frames
 from knnvc.errors import DeviceError
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.windows import ENCODER_CORE
 from tests.conftest import REF_DIR, SOURCE_WAV
@@ -73,7 +73,7 @@ def test_batch_is_halved_and_results_are_unchanged(monkeypatch: pytest.MonkeyPat
 
 def test_window_is_halved_at_batch_size_one(monkeypatch: pytest.MonkeyPatch) -> None:
     base = tiny_pipeline()
-    vc = KnnVC(base.encoder, base.vocoder, device="cpu", window_seconds=4, context_seconds=0.5)
+    vc = KnnVC(base.encoder, base.vocoder, PipelineSettings("cpu", window_seconds=4, context_seconds=0.5))
     limit = round(2.6 * SAMPLE_RATE)  # windows of up to 2.6 s fit
     calls = fake_encoder(vc, monkeypatch, lambda wavs: len(wavs) == 1 and all(len(w) <= limit for w in wavs))
     voice = vc.build_voice(tone(2.0)[:, 0], sample_rate=SAMPLE_RATE, trim=False)

@@ -12,7 +12,7 @@ import torch
 from bench.layouts import load_layouts, write_prematch_vocoder, write_wavlm_large
 from knnvc.checkpoints import load_encoder, load_vocoder, original_to_hf
 from knnvc.constants import FEATURE_DIM
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV
 
@@ -42,7 +42,7 @@ def test_fullsize_checkpoints_load_strictly_and_convert(fullsize: dict[str, Path
     vocoder = load_vocoder(fullsize["vocoder"])
     assert vocoder.config.input_dim == FEATURE_DIM
 
-    vc = KnnVC(original, vocoder, device="cpu", precision="fp32")
+    vc = KnnVC(original, vocoder, PipelineSettings("cpu", "fp32"))
     source, _ = sf.read(SOURCE_WAV, dtype="float32")
     ten_seconds = np.tile(source, 3)[:160_000]
     voice = vc.build_voice(REF_DIR, trim=False)
@@ -51,6 +51,6 @@ def test_fullsize_checkpoints_load_strictly_and_convert(fullsize: dict[str, Path
     assert out.shape == (160_000,)
     assert np.isfinite(out).all() and np.abs(out).max() > 0
 
-    hf_vc = KnnVC(hf, vocoder, device="cpu", precision="fp32")
+    hf_vc = KnnVC(hf, vocoder, PipelineSettings("cpu", "fp32"))
     feats = hf_vc.encode(ten_seconds[:32_000], sample_rate=16_000)
     torch.testing.assert_close(feats, vc.encode(ten_seconds[:32_000], sample_rate=16_000), rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ import torch
 from knnvc import checkpoints, devices, models, oom, windows
 from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.errors import UsageError
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -35,7 +35,7 @@ def clips() -> list[np.ndarray]:
 
 def test_cross_file_batching_equals_each_file_alone(tiny: tuple) -> None:
     encoder, vocoder = tiny
-    vc = KnnVC(encoder, vocoder, device="cpu", precision="fp32", batch_size=4, window_seconds=4, context_seconds=1)
+    vc = KnnVC(encoder, vocoder, PipelineSettings("cpu", "fp32", batch_size=4, window_seconds=4, context_seconds=1))
     vc.slack = 1.0  # pad anything with anything: the hardest case for the masks
     voice = vc.build_voice(REF_DIR, trim=False)
     sources = clips()
@@ -91,7 +91,7 @@ def test_callers_modules_are_never_changed(precision: str) -> None:
     encoder, vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
     vocoder.train()  # a caller's module in training mode must stay so
     before = _snapshot(encoder), _snapshot(vocoder)
-    vc = KnnVC(encoder, vocoder, device="cpu", precision=precision)
+    vc = KnnVC(encoder, vocoder, PipelineSettings("cpu", precision))
     out = vc.convert(SOURCE_WAV, REF_DIR, RAW)
     assert np.isfinite(out).all()
     assert _same(encoder, before[0]) and _same(vocoder, before[1])
@@ -100,13 +100,13 @@ def test_callers_modules_are_never_changed(precision: str) -> None:
 
 def test_ready_modules_are_shared_not_copied(tiny: tuple) -> None:
     encoder, vocoder = tiny
-    vc = KnnVC(encoder.eval(), vocoder.eval(), device="cpu", precision="fp32")
+    vc = KnnVC(encoder.eval(), vocoder.eval(), PipelineSettings("cpu", "fp32"))
     assert vc.encoder is encoder and vc.vocoder is vocoder
 
 
 @pytest.mark.skipif(not devices.cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_keeps_fp32_islands_at_both_ends(tiny: tuple) -> None:
-    vc = KnnVC(*tiny, device="cpu", precision="bf16")
+    vc = KnnVC(*tiny, PipelineSettings("cpu", "bf16"))
     first = vc.encoder.model.feature_extractor.conv_layers
     assert first[0].conv.weight.dtype == torch.float32 and first[1].conv.weight.dtype == torch.bfloat16
     assert vc.vocoder.conv_post.weight.dtype == torch.float32 and vc.vocoder.lin_pre.weight.dtype == torch.bfloat16
@@ -170,8 +170,9 @@ def test_converted_copy_of_an_edited_checkpoint_is_not_used(monkeypatch: pytest.
 
 
 def test_from_pretrained_shares_the_cached_models() -> None:
-    a = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", precision="fp32")
-    b = KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", precision="fp32", batch_size=2)
+    a = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
+    b = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32", batch_size=2)))
     assert a.encoder is b.encoder and a.vocoder is b.vocoder
     models.clear_cache()
-    assert KnnVC.from_pretrained(TINY_WAVLM, TINY_VOCODER, device="cpu", precision="fp32").encoder is not a.encoder
+    fresh = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
+    assert fresh.encoder is not a.encoder

@@ -15,7 +15,7 @@ import torch
 from knnvc import windows
 from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.matcher import knn_indices
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -54,7 +54,7 @@ def long_source(repeats: int) -> np.ndarray:
 
 def test_windowed_vocoder_equals_whole(models: tuple) -> None:
     encoder, vocoder = models
-    vc = KnnVC(encoder, vocoder, device="cpu", precision="fp32", batch_size=3)
+    vc = KnnVC(encoder, vocoder, PipelineSettings("cpu", "fp32", batch_size=3))
     feats = vc.encode(long_source(8), sample_rate=16_000)  # 31 s: 3 windows of 10 s + context
     assert len(windows.split(feats.shape[0], windows.VOCODER_CORE, windows.VOCODER_CONTEXT)) == 4
     windowed = vc.vocode(feats)
@@ -67,9 +67,9 @@ def test_windowed_vocoder_equals_whole(models: tuple) -> None:
 def test_windowed_conversion_agrees_with_whole_file(models: tuple) -> None:
     """62 s of speech in 10 s windows with 2 s context against one 62 s window."""
     encoder, vocoder = models
-    whole = KnnVC(encoder, vocoder, device="cpu", precision="fp32", window_seconds=120)
-    windowed = KnnVC(
-        encoder, vocoder, device="cpu", precision="fp32", window_seconds=10, context_seconds=2, batch_size=4
+    whole = KnnVC(encoder, vocoder, PipelineSettings("cpu", "fp32", window_seconds=120))
+    windowed = KnnVC(encoder, vocoder, PipelineSettings(
+        "cpu", "fp32", window_seconds=10, context_seconds=2, batch_size=4)
     )
     source = long_source(16)
     f_whole = whole.encode(source, sample_rate=16_000)
@@ -89,7 +89,7 @@ def test_windowed_conversion_agrees_with_whole_file(models: tuple) -> None:
 
 def test_progress_reports_every_window(models: tuple) -> None:
     encoder, vocoder = models
-    vc = KnnVC(encoder, vocoder, device="cpu", precision="fp32", window_seconds=5, context_seconds=1, batch_size=2)
+    vc = KnnVC(encoder, vocoder, PipelineSettings("cpu", "fp32", window_seconds=5, context_seconds=1, batch_size=2))
     events: list[tuple[str, int, int | None]] = []
     options = ConvertOptions(trim=False)
     vc.convert(long_source(4), REF_DIR, options, sample_rate=16_000,

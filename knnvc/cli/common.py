@@ -19,6 +19,7 @@ from rich.console import Console
 
 from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
+from knnvc.options import Models, PipelineSettings
 
 if TYPE_CHECKING:
     from rich.progress import Progress as Bar
@@ -49,11 +50,11 @@ def pipeline(
     precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = 8,
     offline: OfflineOpt = False,
-) -> dict[str, Any]:
-    """The model options of commands that load one pipeline (``takes(pipeline)``), as the keyword arguments of
-    ``KnnVC.from_pretrained``."""
-    return dict(wavlm=wavlm, vocoder=vocoder, device=device, precision=precision, batch_size=batch_size,
-                offline=offline or None)  # fmt: skip
+) -> Models:
+    """The model options of commands that load one pipeline (``takes(pipeline)``): a bad batch size is a usage
+    error here, before anything loads."""
+    settings = PipelineSettings(device=device, precision=precision, batch_size=batch_size)
+    return Models(wavlm, vocoder, settings, offline or None)
 
 
 def say(label: str, style: str, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -75,15 +76,14 @@ def convert(
 ) -> None:
     """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume."""
     with common.session(verbose, quiet):
-        from knnvc import api
-        from knnvc.options import ConvertOptions
+        from knnvc.options import ConvertOptions, Models, PipelineSettings
 
         # What would fail every file fails here, once, before any model loads: bad values, missing or unreadable
         # inputs, the device, k against a saved voice, output folders that cannot be written.
         options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
                                  output_sample_rate=sample_rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
-        api.check_options(batch_size=batch_size)
+        running = PipelineSettings(device, precision, batch_size, compile=compile_)
         common.preflight(source, reference, device=device, precision=precision)
         from knnvc import batch, manifest
         from knnvc.voice import VOICE_SUFFIX, Voice
@@ -98,17 +98,14 @@ def convert(
         batch.check_outputs(batch.pending(jobs, overwrite=overwrite))
         models = None
         if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
-            models = _cluster().Models(wavlm, vocoder, device, precision, batch_size, offline or None, match_layer)
+            models = Models(wavlm, vocoder, replace(running, compile=False), offline or None)
             _cluster().connect(ray)
-            device, precision = "cpu", "fp32"
+            running = PipelineSettings("cpu", "fp32", batch_size)  # with --ray the driver only builds voices
         with common.err.status("loading models", spinner="dots") if not (quiet or json_out) else common.nothing():
             from knnvc.pipeline import KnnVC
 
-            compile_ = compile_ and models is None  # with --ray the actors convert; the driver only builds voices
-            vc = KnnVC.from_pretrained(
-                wavlm, vocoder, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
-                match_layer=match_layer, compile=compile_,
-            )  # fmt: skip
+            vc = KnnVC.from_pretrained(Models(wavlm, vocoder, running, offline or None), match_layer=match_layer)
+            compile_ = running.compile
             if compile_:
                 vc.warm_up()
                 if not (quiet or json_out):

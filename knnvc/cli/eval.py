@@ -11,6 +11,7 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import app
 from knnvc.errors import UsageError
+from knnvc.options import Models
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -51,7 +52,7 @@ def eval_command(
         str | None, typer.Option("--sweep", help="Convert --source over a grid first, e.g. k=1,4,8.")
     ] = None,
     *,
-    pipeline: dict[str, Any],
+    pipeline: Models,
     json_out: common.JsonOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
@@ -61,7 +62,7 @@ def eval_command(
         grid = _check(converted, target, source, manifest, sweep)
         show = not (quiet or json_out)
         with common.err.status("loading metric models", spinner="dots") if show else common.nothing():
-            models = _load_models(verifier, asr, dnsmos, pipeline["device"], show)
+            models = _load_models(verifier, asr, dnsmos, str(pipeline.settings.device), show)
         if grid is not None:
             assert target is not None and source is not None  # checked by _check
             result: dict[str, Any] = _sweep(grid, converted or report / "converted", target, source, transcripts,
@@ -132,7 +133,7 @@ def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: Pa
 
 
 def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathOpt, report: Path,
-           models: dict[str, Any], *, show: bool, pipeline: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+           models: dict[str, Any], *, show: bool, pipeline: Models) -> dict[str, Any]:  # fmt: skip
     from knnvc.eval import write_report
     from knnvc.eval.report import plot_sweep
     from knnvc.eval.sweep import run_sweep
@@ -140,7 +141,7 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
     with common.err.status("loading conversion models", spinner="dots") if show else common.nothing():
         from knnvc.pipeline import KnnVC
 
-        vc = KnnVC.from_pretrained(**pipeline)
+        vc = KnnVC.from_pretrained(pipeline)
         voice = vc.build_voice(target, name=target.stem if target.is_file() else target.resolve().name)
 
     def converted(name: str, rep: Report) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -13,6 +13,7 @@ from knnvc.cli import common
 from knnvc.cli.app import app
 from knnvc.errors import UsageError
 from knnvc.interrupt import sigterm_as_interrupt
+from knnvc.options import Models
 
 LOCAL_HOSTS = frozenset({"localhost"})
 
@@ -34,7 +35,7 @@ def serve(
         int, typer.Option("--max-waiting", help="Requests that may wait for the model; more get 'busy' (503).")
     ] = 16,
     *,
-    pipeline: dict[str, Any],
+    pipeline: Models,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
@@ -51,18 +52,15 @@ def serve(
             raise UsageError(
                 f"knnvc serve needs the web extra ({exc.name} is missing): pip install 'knnvc[web]'"
             ) from exc
-        from knnvc import api
-
         if not _is_local(host):
             exposed = f"listening on {host}: anyone who can reach this machine can upload files and use its "
             common.say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
         limits = Limits(max_upload_mb, max_seconds, max_batch_files, max_waiting)
-        api.check_options(batch_size=pipeline["batch_size"])
         with _bind(host, port) as sock:  # before the models load: a port in use fails at once
             with common.err.status("loading models", spinner="dots") if not quiet else common.nothing():
                 from knnvc.pipeline import KnnVC
 
-                vc = KnnVC.from_pretrained(**pipeline)
+                vc = KnnVC.from_pretrained(pipeline)
             service = Service(vc, voices=voices, limits=limits)
             try:
                 config = uvicorn.Config(create_app(service), log_level="info" if verbose else "warning")

@@ -78,7 +78,7 @@ def streaming(
 
     def load(reference: Path, input_rate: int, output_rate: int, offline: bool) -> Streamer:
         from knnvc.cli.controls import with_morph_voice
-        from knnvc.options import ConvertOptions
+        from knnvc.options import ConvertOptions, Models, PipelineSettings
         from knnvc.pipeline import KnnVC
         from knnvc.stream import Streamer, StreamSettings
 
@@ -86,8 +86,8 @@ def streaming(
                                  output_sample_rate=output_rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
-        vc = KnnVC.from_pretrained(wavlm, vocoder, device=device, precision=precision, batch_size=1,
-                                   offline=offline or None, match_layer=options.match_layer)  # fmt: skip
+        models = Models(wavlm, vocoder, PipelineSettings(device, precision, batch_size=1), offline or None)
+        vc = KnnVC.from_pretrained(models, match_layer=options.match_layer)
         options = with_morph_voice(vc, options, morph)
         voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
         return Streamer(vc, voice, options, settings, input_rate=input_rate)

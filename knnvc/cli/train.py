@@ -15,6 +15,7 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import train_app
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
+from knnvc.options import PipelineSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,6 +48,7 @@ def prematch_command(
 ) -> None:
     """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
     with common.session(verbose, quiet):
+        settings = PipelineSettings(device, precision, batch_size)
         common.preflight(data_dir, manifest, device=device, precision=precision)
         from rich.progress import Progress
 
@@ -59,10 +61,9 @@ def prematch_command(
                 bar.update(task, completed=done, total=total, description=f"speaker {speaker}")
 
             report = prematch(
-                data_dir, out_dir, wavlm=wavlm, manifest=manifest, k=k, device=device, precision=precision,
-                sample_rate=sample_rate,
-                batch_size=batch_size, min_frames=min_frames, max_pool_minutes=max_pool_minutes,
-                offline=offline or None, on_speaker=on_speaker,
+                data_dir, out_dir, wavlm=wavlm, manifest=manifest, k=k, settings=settings, sample_rate=sample_rate,
+                min_frames=min_frames, max_pool_minutes=max_pool_minutes, offline=offline or None,
+                on_speaker=on_speaker,
             )
         if not quiet:
             _print_prematch(report)

@@ -38,9 +38,8 @@ def voice_build(
 ) -> None:
     """Encode reference speech once and save it as a reusable voice (safetensors + JSON metadata)."""
     with common.session(verbose, quiet):
-        from knnvc import api
         from knnvc.files import writable_folder
-        from knnvc.options import ConvertOptions
+        from knnvc.options import ConvertOptions, Models, PipelineSettings
         from knnvc.voice import VOICE_SUFFIX
 
         if output.suffix != VOICE_SUFFIX:
@@ -50,17 +49,15 @@ def voice_build(
         ConvertOptions(match_layer=match_layer)  # a layer out of range fails before any model loads
         if output.exists() and not overwrite:
             raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
-        api.check_options(batch_size=batch_size)
+        settings = PipelineSettings(device, precision, batch_size)
         common.preflight(*references, device=device, precision=precision)
         for reference in references:
             common.check_references(reference)
         writable_folder(output.parent)
-        from knnvc.pipeline import VoiceBuilder
+        from knnvc.builder import VoiceBuilder
 
-        builder = VoiceBuilder.from_pretrained(
-            wavlm, device=device, precision=precision, batch_size=batch_size, offline=offline or None,
-            match_layer=match_layer,
-        )  # fmt: skip
+        builder = VoiceBuilder.from_pretrained(Models(wavlm, settings=settings, offline=offline or None),
+                                               match_layer=match_layer)  # fmt: skip
         builder.check_depth([match_layer])
         voice = builder.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
         full = voice.num_frames

@@ -28,11 +28,12 @@ import torch
 from torch import Tensor
 
 from knnvc import audio, files
+from knnvc.builder import DEFAULT_SETTINGS, VoiceBuilder
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, UsageError
 from knnvc.matcher import knn_regression
-from knnvc.pipeline import VoiceBuilder
+from knnvc.options import PipelineSettings
 from knnvc.train.speakers import Skipped, Utterance, discover, pool_groups
 from knnvc.train.store import PrematchReport, Store
 from vocoder.train.data import SUFFIX, Entry, TrainingError, hop_for, write_utterance
@@ -184,10 +185,8 @@ def prematch(
     encoder: WavLMEncoder | None = None,
     manifest: str | os.PathLike[str] | None = None,
     k: int = DEFAULT_K,
-    device: str = "auto",
-    precision: str = "auto",
+    settings: PipelineSettings = DEFAULT_SETTINGS,
     sample_rate: int = SAMPLE_RATE,
-    batch_size: int = 8,
     min_frames: int = MIN_FRAMES,
     max_pool_minutes: float = MAX_POOL_MINUTES,
     offline: bool | None = None,
@@ -201,7 +200,7 @@ def prematch(
         wavlm / encoder: the WavLM to load (hub id or file), or an already loaded encoder.
         manifest: a CSV with the columns ``path,speaker``, instead of the folder structure.
         k: neighbours averaged per frame (4, as published).
-        device / precision / batch_size: as for ``KnnVC`` (the encoding is the pipeline's).
+        settings: device, precision and batch size, as for ``KnnVC`` (the encoding is the pipeline's).
         sample_rate: rate of the stored target audio (resampled from the original files with soxr).
         min_frames: utterances with fewer 50 Hz frames are skipped and reported.
         max_pool_minutes: a speaker with more audio is matched in separate pools of about this size (memory).
@@ -214,19 +213,19 @@ def prematch(
         hop_for(sample_rate)
     except TrainingError as exc:
         raise UsageError(f"sample_rate: {exc}") from exc
-    if k < 1 or batch_size < 1 or min_frames < 1:
-        raise UsageError("k, batch size and min frames must be at least 1")
+    if k < 1 or min_frames < 1:
+        raise UsageError("k and min frames must be at least 1")
     utts, skipped = discover(data_dir, manifest)
     out = files.writable_folder(Path(out_dir))
     if encoder is None:
         from knnvc.checkpoints import load_encoder
 
         encoder = load_encoder(wavlm, offline=offline)
-    builder = VoiceBuilder(encoder, device=device, precision=precision, batch_size=batch_size)
-    settings = {"k": k, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint, "layer": WAVLM_LAYER,
+    builder = VoiceBuilder(encoder, settings)
+    record = {"k": k, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint, "layer": WAVLM_LAYER,
                 "feature_dim": encoder.dim, "sample_rate": sample_rate, "pool": "other utterances of the speaker",
                 "max_pool_minutes": max_pool_minutes, "precision": str(builder.dtype).removeprefix("torch.")}
-    run = _Run(builder, Store.open(out, settings), k, sample_rate, min_frames, PrematchReport(out, skipped=skipped))
+    run = _Run(builder, Store.open(out, record), k, sample_rate, min_frames, PrematchReport(out, skipped=skipped))
     _run_speakers(run, utts, max_pool_minutes * 60, on_speaker)
     if run.report.below_rate:
         logger.warning("%d utterances are recorded below %d Hz and were upsampled: the vocoder will learn their "

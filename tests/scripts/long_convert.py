@@ -18,7 +18,7 @@ from transformers import WavLMConfig, WavLMModel
 
 from knnvc.constants import SAMPLE_RATE
 from knnvc.encoder import WavLMEncoder
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from vocoder import Generator, HifiganConfig
 
@@ -47,9 +47,8 @@ def micro_pipeline() -> KnnVC:
             resblock_dilation_sizes=((1,),),
         )
     ).fold_weight_norm()
-    return KnnVC(
-        encoder, vocoder.eval(), device="cpu", precision="fp32", window_seconds=5, context_seconds=1, batch_size=4
-    )
+    settings = PipelineSettings("cpu", "fp32", window_seconds=5, context_seconds=1, batch_size=4)
+    return KnnVC(encoder, vocoder.eval(), settings)
 
 
 def current_rss() -> int:
