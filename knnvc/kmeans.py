@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 ITERATIONS = 10  # Lloyd iterations
 POINTS_PER_CENTRE = 16  # training frames per centre (faiss defaults to 256)
-METHODS = ("auto", "faiss", "torch")
+Method = Literal["auto", "faiss", "torch"]  # how ``spherical_kmeans`` clusters (auto: faiss when it imports)
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def spherical_kmeans(
     iterations: int = ITERATIONS,
     points_per_centre: int = POINTS_PER_CENTRE,
     seed: int = 0,
-    method: str = "auto",
+    method: Method = "auto",
 ) -> Clustering:
     """Cluster the directions of ``x`` (M, D) into at most ``n`` groups.
 

@@ -87,14 +87,9 @@ def _block_topk(
 
 
 def _blocked(
-    query: Tensor,
-    keys: Tensor,
-    k: int,
-    query_block: int,
-    key_block: int,
-    exclude: Tensor | None = None,
+    query: Tensor, keys: Tensor, k: int, query_block: int, key_block: int, exclude: Tensor | None = None,
     normalised: bool = False,
-) -> Iterator[tuple[int, Tensor, Tensor]]:
+) -> Iterator[tuple[int, Tensor, Tensor]]:  # fmt: skip
     """(first query row, (Qb, k) similarities, (Qb, k) indices) per block of the flattened (Q, D) queries."""
     _check(query, keys, k, exclude)
     flat = query.reshape(-1, query.shape[-1])

@@ -150,11 +150,11 @@ class Models:
     offline: bool | None = None
 
 
-DEFAULT_MODELS = Models()
-
-
 def _number(value: object) -> bool:
     """A real, finite number (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return value == value and abs(value) != float("inf")
+
+
+DEFAULT_MODELS = Models()  # the published checkpoints, device and precision auto

@@ -263,7 +263,14 @@ class KnnVC(VoiceBuilder):
         elsewhere (a batch does it in worker threads). ``progress`` gets a ``convert`` event at the start, then
         ``encode``/``vocode`` events over the windows of all the inputs.
         """
-        voice, options = self.voices_for(voice, options)
+        raw = self._synthesise(wavs, *self.voices_for(voice, options), progress)
+        return [self.finish(out, options) for out in raw] if finish else raw
+
+    def _synthesise(
+        self, wavs: Sequence[np.ndarray], voice: Voice, options: ConvertOptions, progress: OnProgress | None
+    ) -> list[np.ndarray]:
+        """(N_i,) 16 kHz waveforms -> raw vocoder output at ``sample_rate``, each as long as its source (the
+        intermediate frames and waveforms are freed on return, before any finishing)."""
         layers = options.layers
         report(progress, Progress("convert", 0, len(wavs)))
         encoded = self.encode_many(wavs, progress=progress, layers=layers)
@@ -271,8 +278,7 @@ class KnnVC(VoiceBuilder):
         outs = self.vocode_many(self.match_many(features, voice, options), progress=progress)
         # Pad the < 25 ms tail that whole vocoder frames do not cover: the output is as long as the source.
         lengths = [round(len(wav) * self.sample_rate / SAMPLE_RATE) for wav in wavs]
-        raw = [np.pad(out, (0, max(0, n - len(out)))) for out, n in zip(outs, lengths, strict=True)]
-        return [self.finish(out, options) for out in raw] if finish else raw
+        return [np.pad(out, (0, max(0, n - len(out)))) for out, n in zip(outs, lengths, strict=True)]
 
     def convert_file(
         self,

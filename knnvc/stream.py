@@ -46,7 +46,7 @@ from knnvc import loudness
 from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD, SAMPLE_RATE
 from knnvc.encoder import num_frames, split_layers
 from knnvc.errors import AudioError, UsageError
-from knnvc.options import ConvertOptions
+from knnvc.options import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, ConvertOptions
 from knnvc.pipeline import DEFAULT_OPTIONS, KnnVC
 from knnvc.voice import Voice
 from knnvc.windows import Window
@@ -86,14 +86,19 @@ class StreamSettings:
         vocoder_lookahead_ms: final frames the vocoder sees beyond those it emits (beyond them it sees the
             provisional lookahead frames).
         context_ms: past audio the encoder sees before the frames it finalises. None: the reach, at least 2 s.
+        input_rate: rate of the pushed audio in Hz (resampled to 16 kHz as it streams when not 16 kHz).
     """
 
     chunk_ms: int = 100
     lookahead_ms: int | None = None
     vocoder_lookahead_ms: int = 0
     context_ms: int | None = None
+    input_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
+        rate = self.input_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise UsageError(f"input rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz, got {rate}")
         for name in ("chunk_ms", "lookahead_ms", "vocoder_lookahead_ms", "context_ms"):
             value = getattr(self, name)
             if value is None and name in ("lookahead_ms", "context_ms"):
@@ -187,6 +192,9 @@ def future_fill(hidden: Tensor, frames: int) -> Tensor:
     return torch.cat([hidden, hidden.mean(0, keepdim=True).expand(frames, -1)])
 
 
+DEFAULT_STREAM = StreamSettings()
+
+
 class Streamer:
     """Converts a live stream chunk by chunk, keeping the encoder's left context and the vocoder's context.
 
@@ -196,7 +204,6 @@ class Streamer:
         options: every control (k, match layer, weighting, morph, strength) as offline; loudness as a fixed gain
             from the voice (``voice_gain``); the output rate.
         settings: chunk, lookahead and context; see ``StreamSettings``.
-        input_rate: rate of the pushed audio in Hz (resampled to 16 kHz in a stream when not 16 kHz).
         gain: a linear output gain instead of the one measured from the voice.
         record: keep every final encoder frame in ``features`` (for measuring agreement with offline).
         cache_frontend: compute WavLM's per-frame conv stack once per frame and re-run only its transformer over
@@ -212,9 +219,8 @@ class Streamer:
         vc: KnnVC,
         voice: Voice,
         options: ConvertOptions = DEFAULT_OPTIONS,
-        settings: StreamSettings | None = None,
+        settings: StreamSettings = DEFAULT_STREAM,
         *,
-        input_rate: int = SAMPLE_RATE,
         gain: float | None = None,
         record: bool = False,
         cache_frontend: bool | None = None,
@@ -224,8 +230,8 @@ class Streamer:
             raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={options.k}")
         self.vc, self.voice, self.options = vc, voice, options
         self.reach = encoder_reach(vc)
-        self.settings = (settings or StreamSettings()).resolved(self.reach)
-        self.input_rate = input_rate
+        self.settings = settings.resolved(self.reach)
+        self.input_rate = input_rate = settings.input_rate
         self.output_rate = vc.output_rate(options)
         self.hop_out = int(vc.vocoder.config.hop)
         self.vocoder_reach = vocoder_reach(vc.vocoder.config)
@@ -278,6 +284,15 @@ class Streamer:
         while self._available() >= (end := self._done + s.chunk + s.vocoder_lookahead + s.lookahead):
             pieces.append(self._step(self._done + s.chunk, end=end))
         return self._output(pieces, last=False)
+
+    def run(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Convert an iterable of (n,) float32 chunks at ``input_rate``: the converted (m,) chunks as they are
+        ready, then the tail; together exactly as long as the input, at ``output_rate``."""
+        for chunk in chunks:
+            out = self.push(chunk)
+            if len(out):
+                yield out
+        yield self.flush()
 
     def flush(self) -> np.ndarray:
         """End of input: convert what is left and pad the < 25 ms remainder, so output length == input length."""
@@ -403,22 +418,3 @@ class Streamer:
             wav = np.pad(wav, (0, max(0, expected - self._emitted - len(wav))))[: max(0, expected - self._emitted)]
         self._emitted += len(wav)
         return wav
-
-
-def stream(
-    vc: KnnVC,
-    chunks: Iterable[np.ndarray],
-    voice: Voice,
-    options: ConvertOptions = DEFAULT_OPTIONS,
-    settings: StreamSettings | None = None,
-    *,
-    input_rate: int = SAMPLE_RATE,
-) -> Iterator[np.ndarray]:
-    """Convert an iterable of (n,) float32 chunks at ``input_rate``, yielding converted (m,) chunks as they are
-    ready, then the tail; the yielded audio is exactly as long as the input, at ``vc.output_rate(options)``."""
-    streamer = Streamer(vc, voice, options, settings, input_rate=input_rate)
-    for chunk in chunks:
-        out = streamer.push(chunk)
-        if len(out):
-            yield out
-    yield streamer.flush()

@@ -104,7 +104,9 @@ class Voice:
                 raise ValueError(f"layer {layer} has {frames.shape[0]} frames, the voice {self.num_frames}")
         return replace(self, match_frames={**self.match_frames, **extra})
 
-    def compact(self, max_frames: int, *, seed: int = 0, method: str = "auto") -> tuple[Voice, kmeans.Clustering]:
+    def compact(
+        self, max_frames: int, *, seed: int = 0, method: kmeans.Method = "auto"
+    ) -> tuple[Voice, kmeans.Clustering]:
         """A compact voice of at most ``max_frames`` rows: spherical k-means cluster means, with cluster sizes.
 
         The frames are clustered on all the layers the voice holds (their unit vectors side by side), so each

@@ -163,7 +163,7 @@ BAD_VALUES = [
     (["--k", "0"], UsageError, "k must be at least 1"),
     (["-o", "{tmp}/out.mp3"], UsageError, ".wav, .flac, .ogg"),
     (["--sample-rate", "100"], UsageError, "sample rate"),
-    (["--batch-size", "0"], UsageError, "batch size"),
+    (["--batch-size", "0"], UsageError, "--batch-size"),
     (["--format", "mp3"], UsageError, "output format"),
     (["--device", "tpu9"], UsageError, "--device tpu9 is not a device"),
     (["--precision", "fp8"], UsageError, "--precision fp8 is not a precision"),

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import batch, pipeline
+from knnvc import batch, builder, pipeline
 from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
@@ -37,7 +37,7 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         loads.append(kind)
         raise AssertionError(f"a {kind} model was loaded before the check")
 
-    monkeypatch.setattr(pipeline, "cached_encoder", refuse)
+    monkeypatch.setattr(builder, "cached_encoder", refuse)
     monkeypatch.setattr(pipeline, "cached_vocoder", refuse)
     yield loads
     assert loads == []

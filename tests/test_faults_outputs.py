@@ -218,7 +218,7 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
         def voices_for(self, voice: object, options: object) -> tuple[object, object]:
             return voice, options
 
-        def synthesise(self, wavs: list[np.ndarray], voice: object, *args: object, **kw: object) -> list[np.ndarray]:
+        def convert_batch(self, wavs: list[np.ndarray], voice: object, *args: object, **kw: object) -> list[np.ndarray]:
             return [np.zeros(SR // 10, dtype=np.float32) for _ in wavs]
 
         def finish(self, wav: np.ndarray, options: object) -> np.ndarray:

@@ -12,7 +12,7 @@ from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.matcher import knn_indices
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
-from knnvc.stream import Streamer, StreamSettings, encoder_reach, stream, vocoder_reach, voice_gain
+from knnvc.stream import Streamer, StreamSettings, encoder_reach, vocoder_reach, voice_gain
 from knnvc.voice import Voice
 from tests.conftest import SOURCE_WAV
 from tests.fault_tools import _tiny_voice, micro_pipeline, tiny_pipeline
@@ -131,7 +131,7 @@ def test_cached_frontend_equals_re_encoding(vc: KnnVC, voice: Voice, source: np.
 
 def test_a_generator_front_end(vc: KnnVC, voice: Voice, source: np.ndarray, streamed: tuple) -> None:
     chunks = [source[i : i + 512] for i in range(0, len(source), 512)]
-    out = np.concatenate(list(stream(vc, chunks, voice, QUIET)))
+    out = np.concatenate(list(Streamer(vc, voice, QUIET).run(chunks)))
     np.testing.assert_allclose(out, streamed[0], atol=1e-5)
 
 
@@ -147,7 +147,8 @@ def test_other_rates(vc: KnnVC, voice: Voice, source: np.ndarray) -> None:
     from knnvc.audio import resample
 
     wav44 = resample(source, 16_000, 44_100)
-    out = run(Streamer(vc, voice, ConvertOptions(loudness=None, output_sample_rate=22_050), input_rate=44_100), wav44)
+    out = run(Streamer(vc, voice, ConvertOptions(loudness=None, output_sample_rate=22_050),
+                       StreamSettings(input_rate=44_100)), wav44)
     assert len(out) == round(len(wav44) * 22_050 / 44_100)
     direct = run(Streamer(vc, voice, QUIET), source)
     back = resample(out, 22_050, 16_000)[: len(direct)]
@@ -190,7 +191,8 @@ def test_memory_stays_flat(source: np.ndarray) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"chunk_ms": 0}, "chunk-ms"), ({"chunk_ms": 30}, "multiple of 20"), ({"lookahead_ms": -20}, "lookahead-ms"),
-     ({"context_ms": 1.5}, "context-ms"), ({"vocoder_lookahead_ms": True}, "vocoder-lookahead-ms")],
+     ({"context_ms": 1.5}, "context-ms"), ({"vocoder_lookahead_ms": True}, "vocoder-lookahead-ms"),
+     ({"input_rate": 100}, "input rate")],
 )  # fmt: skip
 def test_bad_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):

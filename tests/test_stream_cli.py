@@ -17,7 +17,7 @@ import soundfile as sf
 from knnvc.cli import live as live_cli
 from knnvc.errors import DeviceError
 from knnvc.options import ConvertOptions
-from knnvc.stream import Streamer
+from knnvc.stream import Streamer, StreamSettings
 from tests.conftest import SOURCE_WAV
 from tests.fault_tools import MODELS, _tiny_voice, cli, one_line, tiny_pipeline
 
@@ -77,7 +77,7 @@ def test_rates_and_lengths() -> None:
 
     wav = 0.1 * np.sin(np.arange(44_100 // 2) * 2 * np.pi * 220 / 44_100)  # 0.5 s at 44.1 kHz
     options = ConvertOptions(loudness=None, output_sample_rate=8_000)
-    streamer = Streamer(tiny_pipeline(), _tiny_voice(), options, input_rate=44_100)
+    streamer = Streamer(tiny_pipeline(), _tiny_voice(), options, StreamSettings(input_rate=44_100))
     fd_in, writer = os.pipe()
     reader, fd_out = os.pipe()
     os.write(writer, pcm(wav)[:-1])  # an odd byte count: the half sample at the end is dropped
@@ -187,6 +187,7 @@ def test_live_loop_with_fake_devices() -> None:
             def write(self, data: np.ndarray) -> None:
                 played.append(data[:, 0])
 
-    streamer = Streamer(tiny_pipeline(), _tiny_voice(), ConvertOptions(output_sample_rate=44_100), input_rate=48_000)
+    streamer = Streamer(tiny_pipeline(), _tiny_voice(), ConvertOptions(output_sample_rate=44_100),
+                        StreamSettings(input_rate=48_000))
     live_cli.run(FakeSd, streamer, live_cli.AudioDevice(None, 48_000, "mic"), live_cli.AudioDevice(None, 44_100, "out"))
     assert sum(len(p) for p in played) == 44_100 and len(played) > 2

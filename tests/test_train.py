@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from knnvc.cli import app
 from knnvc.errors import OutputError, UsageError
+from knnvc.options import PipelineSettings
 from knnvc.train import discover, prematch, prematch_features
 from vocoder import Generator, load_generator
 from vocoder.train import UPSAMPLE_PRESETS, TrainConfig, TrainingError, vocoder_config_for
@@ -28,6 +29,7 @@ from vocoder.train.setup import Dist, build_parts
 from vocoder.train.trainer import evaluate_mel, train
 
 runner = CliRunner()
+CPU = PipelineSettings("cpu", "fp32")
 TINY_VOCODER = {"hidden_dim": 48, "upsample_initial_channel": 64}  # as tests/fixtures/vocoder_tiny
 FAST = {
     "segment_size": 2560,
@@ -145,11 +147,11 @@ def test_prematch_resumes_and_refuses_other_settings(data_dir: Path, features_di
     from knnvc.checkpoints import load_encoder
 
     encoder = load_encoder(TINY_WAVLM)
-    report = prematch(data_dir, out, encoder=encoder, device="cpu")
+    report = prematch(data_dir, out, encoder=encoder, settings=CPU)
     assert (report.written, report.existing, len(report.skipped)) == (1, 5, 2)
     assert len(read_index(out).entries) == 6
     with pytest.raises(UsageError, match="other settings"):
-        prematch(data_dir, out, encoder=encoder, device="cpu", k=2)
+        prematch(data_dir, out, encoder=encoder, settings=CPU, k=2)
 
 
 def test_pool_is_the_other_utterances_of_the_speaker() -> None:
@@ -209,7 +211,7 @@ def test_prematch_encodes_through_the_pipeline(data_dir: Path, tmp_path: Path, m
     monkeypatch.setattr(VoiceBuilder, "encode_many", spy)
     data = tmp_path / "data"
     shutil.copytree(data_dir / "spk1", data / "spk1")
-    report = prematch(data, tmp_path / "out", encoder=load_encoder(TINY_WAVLM), device="cpu", precision="fp32")
+    report = prematch(data, tmp_path / "out", encoder=load_encoder(TINY_WAVLM), settings=CPU)
     assert seen == [3] and report.written == 3
     assert read_index(tmp_path / "out").settings["precision"] == "float32"
 
@@ -418,7 +420,7 @@ def test_other_sample_rate(data_dir: Path, tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     shutil.copytree(data_dir / "spk1", data / "spk1")
-    report = prematch(data, tmp_path / "f24", encoder=load_encoder(TINY_WAVLM), device="cpu", sample_rate=24000)
+    report = prematch(data, tmp_path / "f24", encoder=load_encoder(TINY_WAVLM), settings=CPU, sample_rate=24000)
     index = read_index(tmp_path / "f24")
     assert report.below_rate == len(index.entries) == 3  # the fixtures are 16 kHz files: reported as upsampled
     feats, audio = read_utterance(tmp_path / "f24" / index.entries[0].file)

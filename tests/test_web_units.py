@@ -26,7 +26,7 @@ from knnvc.voice import Voice
 from knnvc.web import zips
 from knnvc.web.controls import controls, options_from_form, options_from_values
 from knnvc.web.queue import BusyError, ModelQueue
-from knnvc.web.service import Limits, Service, TooLargeError
+from knnvc.web.service import Limits, Service, Target, TooLargeError
 from tests.conftest import REF_DIR, SOURCE_WAV
 from tests.fault_tools import cli, one_line, tiny_pipeline
 
@@ -222,13 +222,13 @@ def test_voice_built_in_the_service_is_saved_offered_and_used(service: Service, 
     with service.job() as job, pytest.raises(UsageError, match="exists"):
         service.build_voice(job, refs, "alice_smith")
     with service.job() as job:
-        wav, rate = service.convert(job, SOURCE_WAV, voice="alice_smith")
+        wav, rate = service.convert(job, SOURCE_WAV, Target(voice="alice_smith"))
     expected = vc.convert(SOURCE_WAV, vc.build_voice(REF_DIR, trim=False))
     assert rate == 16_000 and np.array_equal(wav, expected)
     with service.job() as job, pytest.raises(VoiceError, match="no saved voice named 'bob'; the saved voices are"):
-        service.convert(job, SOURCE_WAV, voice="bob")
+        service.convert(job, SOURCE_WAV, Target(voice="bob"))
     with service.job() as job, pytest.raises(UsageError, match="not both"):
-        service.convert(job, SOURCE_WAV, voice="alice_smith", references=refs)
+        service.convert(job, SOURCE_WAV, Target(voice="alice_smith", references=refs))
 
 
 def test_limits_name_the_upload(service: Service, tmp_path: Path) -> None:
@@ -237,11 +237,11 @@ def test_limits_name_the_upload(service: Service, tmp_path: Path) -> None:
     with service.job() as job:
         shown = job.known(long, "my talk.wav")
         with pytest.raises(TooLargeError, match="my talk.wav is 31 s long; this server takes at most 30 s"):
-            service.convert(job, shown, references=[shown])
+            service.convert(job, shown, Target(references=[shown]))
         empty = job.place("clip.wav", "source")
         empty.write_bytes(b"")
         with pytest.raises(AudioError) as caught:
-            service.convert(job, empty, references=[shown])
+            service.convert(job, empty, Target(references=[shown]))
         assert job.message(caught.value) == "clip.wav is empty (0 bytes); record or upload some speech"
 
 
@@ -252,9 +252,8 @@ def test_batch_zip_in_zip_out(service: Service, tmp_path: Path, vc: KnnVC) -> No
     )
     with service.job() as job:
         refs = [job.known(p, p.name) for p in REFS]
-        out, report = service.convert_zip(
-            job, job.known(archive, archive.name), references=refs, options=ConvertOptions(trim=False), extension="flac"
-        )
+        target = Target(references=refs, options=ConvertOptions(trim=False))
+        out, report = service.convert_zip(job, job.known(archive, archive.name), target, extension="flac")
     assert (len(report.converted), len(report.failed)) == (2, 1)
     with zipfile.ZipFile(out) as zf:
         names = sorted(zf.namelist())

@@ -34,9 +34,13 @@ VocoderOpt = Annotated[
     str, typer.Option("--vocoder", help="Vocoder: prematched, regular, or a path to a generator checkpoint.")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="auto (fp32), fp32, bf16 (GPU, or CPU with AMX/AVX512-BF16), fp16 (GPU).")
+]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Waveforms (or windows of long audio) encoded together.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Waveforms (or windows of long audio) encoded together.")
+]
 TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence from both ends of each reference.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]

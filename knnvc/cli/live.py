@@ -84,7 +84,6 @@ def live(
     output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: index or name.")] = None,
     *,
     streaming: StreamLoader,
-    offline: common.OfflineOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
@@ -97,7 +96,7 @@ def live(
         if reference is None:
             raise UsageError("knnvc live needs REFERENCE (a file, folder or .voice), or --list-devices")
         mic, speakers = find_device(sd, input_device, "input"), find_device(sd, output_device, "output")
-        streamer = streaming(reference, mic.rate, speakers.rate, offline)
+        streamer = streaming(reference, mic.rate, speakers.rate)
         if not quiet:
             common.say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
         run(sd, streamer, mic, speakers)

@@ -51,8 +51,8 @@ VocoderLookaheadOpt = Annotated[
 ]
 
 
-StreamLoader = Callable[[Path, int, int, bool], "Streamer"]
-"""``load(reference, input_rate, output_rate, offline)``: the models (cached), the voice and any morph voice."""
+StreamLoader = Callable[[Path, int, int], "Streamer"]
+"""``load(reference, input_rate, output_rate)``: the models (cached), the voice and any morph voice."""
 
 
 def streaming(
@@ -60,6 +60,7 @@ def streaming(
     vocoder: common.VocoderOpt = DEFAULT_VOCODER,
     device: common.DeviceOpt = "auto",
     precision: common.PrecisionOpt = "auto",
+    offline: common.OfflineOpt = False,
     k: KOpt = DEFAULT_K,
     trim: common.TrimOpt = True,
     loudness: LoudnessOpt = "-16",
@@ -76,7 +77,7 @@ def streaming(
     """The options ``knnvc stream`` and ``knnvc live`` share (``common.takes``), as the function that checks them
     and loads the ``Streamer``."""
 
-    def load(reference: Path, input_rate: int, output_rate: int, offline: bool) -> Streamer:
+    def load(reference: Path, input_rate: int, output_rate: int) -> Streamer:
         from knnvc.cli.controls import with_morph_voice
         from knnvc.options import ConvertOptions, Models, PipelineSettings
         from knnvc.pipeline import KnnVC
@@ -85,12 +86,12 @@ def streaming(
         options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
                                  output_sample_rate=output_rate,
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
-        settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms)
+        settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms, input_rate)
         models = Models(wavlm, vocoder, PipelineSettings(device, precision, batch_size=1), offline or None)
         vc = KnnVC.from_pretrained(models, match_layer=options.match_layer)
         options = with_morph_voice(vc, options, morph)
         voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
-        return Streamer(vc, voice, options, settings, input_rate=input_rate)
+        return Streamer(vc, voice, options, settings)
 
     return load
 
@@ -116,7 +117,6 @@ def stream(
     streaming: StreamLoader,
     input_rate: Annotated[int, typer.Option("--input-rate", help="Rate of the PCM on stdin, Hz.")] = SAMPLE_RATE,
     output_rate: Annotated[int, typer.Option("--output-rate", help="Rate of the PCM on stdout, Hz.")] = SAMPLE_RATE,
-    offline: common.OfflineOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
@@ -127,7 +127,7 @@ def stream(
     """
     with common.session(verbose, quiet):
         _check_rate("--input-rate", input_rate)
-        streamer = streaming(reference, input_rate, output_rate, offline)
+        streamer = streaming(reference, input_rate, output_rate)
         if not quiet:
             common.say("streaming:", "green", streamer.settings.describe())
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)

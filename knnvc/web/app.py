@@ -24,7 +24,7 @@ from knnvc.batch import safe_name
 from knnvc.errors import AudioError, KnnvcError, UsageError, VoiceError
 from knnvc.web.controls import options_from_form
 from knnvc.web.queue import BusyError
-from knnvc.web.service import Job, Service, TooLargeError
+from knnvc.web.service import Job, Service, Target, TooLargeError
 
 if TYPE_CHECKING:
     from starlette.datastructures import FormData
@@ -80,9 +80,7 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
                     source, references, fields = await _read_form(form, job, service.limits.max_upload_bytes)
                 voice = fields.pop("voice", "").strip() or None
                 options = options_from_form(fields, service.voice)
-                wav, rate = await run_in_threadpool(
-                    service.convert, job, source, voice=voice, references=references, options=options
-                )
+                wav, rate = await run_in_threadpool(service.convert, job, source, Target(voice, references, options))
                 path = await run_in_threadpool(service.save, wav, rate, job.folder / "result.wav")
                 name = f"{safe_name(Path(job.shown(source)).stem)}_{safe_name(voice or 'converted')}.wav"
                 headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Sample-Rate": str(rate)}

@@ -17,7 +17,7 @@ import gradio as gr
 from knnvc.errors import KnnvcError, UsageError
 from knnvc.options import ConvertOptions
 from knnvc.web.controls import Control, controls, options_from_values
-from knnvc.web.service import Job, Notify, Service
+from knnvc.web.service import Job, Notify, Service, Target
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,8 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
         def work(job: Job, notify: Notify) -> tuple[str | None, str]:
             src = _file(job, values[source], "give the source speech: upload a file or record")
             options = _options(service, widgets, values)
-            wav, rate = service.convert(
-                job, src, voice=values[voice] or None, references=_files(job, values[refs]), options=options,
-                notify=notify,
-            )  # fmt: skip
+            target = Target(values[voice] or None, _files(job, values[refs]), options)
+            wav, rate = service.convert(job, src, target, notify)
             out = service.save(wav, rate, service.result_path(f"{src.stem}_converted.wav"))
             return str(out), f"done: {len(wav) / rate:.1f} s at {rate} Hz"
 
@@ -93,10 +91,8 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
         def work(job: Job, notify: Notify) -> tuple[str | None, str]:
             zipped = _file(job, values[archive], "give a .zip of the audio files to convert")
-            out, report = service.convert_zip(
-                job, zipped, voice=values[voice] or None, references=_files(job, values[refs]),
-                options=_options(service, widgets, values), extension=values[fmt], notify=notify,
-            )  # fmt: skip
+            target = Target(values[voice] or None, _files(job, values[refs]), _options(service, widgets, values))
+            out, report = service.convert_zip(job, zipped, target, values[fmt], notify)
             line = f"converted {len(report.converted)} of {report.total} files in {report.wall_seconds:.1f} s"
             if report.failed:
                 first = report.failed[0]

@@ -44,6 +44,15 @@ RESULT_TTL_S = 3600.0  # s: results handed to the page are removed after this lo
 BATCH_EXPANSION = 4  # a batch zip may hold up to this many times the upload limit, uncompressed
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a request converts into: a saved voice by name or reference files (one of the two), and how."""
+
+    voice: str | None = None
+    references: Sequence[Path] = ()
+    options: ConvertOptions = dataclasses.field(default_factory=ConvertOptions)
+
+
 class TooLargeError(UsageError):
     """An upload over the server's size or duration limit (HTTP 413)."""
 
@@ -183,39 +192,37 @@ class Service:
                 f"{shown} is {seconds:.0f} s long; this server takes at most {self.limits.max_seconds:g} s per file"
             )
 
-    def _target(self, job: Job, voice: str | None, references: Sequence[Path], trim: bool, name: str = "") -> Voice:
-        if voice and references:
+    def _target(self, job: Job, target: Target, name: str = "") -> Voice:
+        """The saved voice ``target`` names, or one built from its references (shown by their upload names)."""
+        if target.voice and target.references:
             raise UsageError("give reference audio or a saved voice, not both")
-        if voice:
-            return self.voice(voice)
-        if not references:
+        if target.voice:
+            return self.voice(target.voice)
+        if not target.references:
             raise UsageError("give reference audio of the target speaker, or pick a saved voice")
-        built = self.vc.build_voice(list(references), trim=trim, name=name or Path(job.shown(references[0])).stem)
+        refs = list(target.references)
+        built = self.vc.build_voice(refs, trim=target.options.trim, name=name or Path(job.shown(refs[0])).stem)
         sources = tuple(dataclasses.replace(s, path=job.shown(s.path)) for s in built.sources)
         return dataclasses.replace(built, sources=sources)
 
-    # -- work -------------------------------------------------------------------------------------------
-    def convert(
-        self,
-        job: Job,
-        source: Path,
-        *,
-        voice: str | None = None,
-        references: Sequence[Path] = (),
-        options: ConvertOptions | None = None,
-        notify: Notify | None = None,
-    ) -> tuple[np.ndarray, int]:
-        """``source`` said in the saved ``voice`` or the ``references``' voice: ((N,) float32, its rate in Hz)."""
-        options = options or ConvertOptions()
-        for path in (source, *references):
+    @contextmanager
+    def _turn(self, job: Job, target: Target, say: Notify, name: str = "") -> Iterator[Voice]:
+        """Wait for the model (saying how many are ahead), then hold it: the target's voice, loaded or built."""
+        for path in target.references:
             self.check_audio(job, path)
-        say = notify or _quiet
         with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
-            say("building the voice" if references else "loading the voice", None)
-            target = self._target(job, voice, references, options.trim)
+            say("building the voice" if target.references else "loading the voice", None)
+            yield self._target(job, target, name)
+
+    # -- work -------------------------------------------------------------------------------------------
+    def convert(self, job: Job, source: Path, target: Target, notify: Notify | None = None) -> tuple[np.ndarray, int]:
+        """``source`` said in ``target``'s voice: ((N,) float32, its rate in Hz)."""
+        self.check_audio(job, source)
+        say = notify or _quiet
+        with self._turn(job, target, say) as voice:
             say("converting", 0.0)
-            wav = self.vc.convert(source, target, options, progress=_windows(say))
-        return wav, self.vc.output_rate(options)
+            wav = self.vc.convert(source, voice, target.options, progress=_windows(say))
+        return wav, self.vc.output_rate(target.options)
 
     def save(self, wav: np.ndarray, rate: int, path: Path) -> Path:
         """Write a result (format from the extension), atomically."""
@@ -230,29 +237,16 @@ class Service:
             raise UsageError("give the voice a name (letters, digits, '-', '_' or '.')")
         if self.voices_dir is not None and clean in self.voice_names():
             raise UsageError(f"a saved voice named {clean!r} exists; choose another name")
-        for path in references:
-            self.check_audio(job, path)
-        say = notify or _quiet
-        with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
-            say("encoding the references", None)
-            voice = self._target(job, None, references, trim, name=clean)
         folder = self.voices_dir
         path = folder / f"{clean}{VOICE_SUFFIX}" if folder is not None else self.result_path(f"{clean}{VOICE_SUFFIX}")
-        return voice, voice.save(path)
+        target = Target(references=references, options=ConvertOptions(trim=trim))
+        with self._turn(job, target, notify or _quiet, name=clean) as voice:
+            return voice, voice.save(path)
 
     def convert_zip(
-        self,
-        job: Job,
-        archive: Path,
-        *,
-        voice: str | None = None,
-        references: Sequence[Path] = (),
-        options: ConvertOptions | None = None,
-        extension: str = ".wav",
-        notify: Notify | None = None,
+        self, job: Job, archive: Path, target: Target, extension: str = ".wav", notify: Notify | None = None
     ) -> tuple[Path, batch.Report]:
         """Convert every audio file in a zip; returns a zip of the results (same tree) plus ``report.json``."""
-        options = options or ConvertOptions()
         ext = batch.check_extension(extension)
         inputs, outputs = job.folder / "in", job.folder / "out"
         limit = self.limits.max_upload_bytes * BATCH_EXPANSION
@@ -265,19 +259,15 @@ class Service:
             if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
                 with contextlib.suppress(AudioError):  # an unreadable file fails alone, named in the report
                     self.check_audio(job, path)
-        for path in references:
-            self.check_audio(job, path)
         say = notify or _quiet
-        with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
-            say("building the voice" if references else "loading the voice", None)
-            target = self._target(job, voice, references, options.trim)
-            jobs = batch.plan(inputs, outputs, target.name, extension=ext)
+        with self._turn(job, target, say) as voice:
+            jobs = batch.plan(inputs, outputs, voice.name, extension=ext)
 
             def on_file(event: Progress) -> None:
                 if event.stage in ("done", "fail") and event.total:
                     say(f"converted {event.index + 1} of {event.total} files", (event.index + 1) / event.total)
 
-            report = batch.run(self.vc, jobs, target, options, progress=on_file)
+            report = batch.run(self.vc, jobs, voice, target.options, progress=on_file)
         summary = report.summary()
         summary["outputs"] = [str(j.output.relative_to(outputs)) for j in report.converted]
         summary["failures"] = [{"file": job.shown(f.source), "error": job.message(f.error)} for f in report.failed]
@@ -285,7 +275,7 @@ class Service:
         outputs.mkdir(parents=True, exist_ok=True)
         (outputs / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
         stem = Path(job.shown(archive)).stem or "batch"
-        return zips.pack(outputs, self.result_path(f"{stem}_{batch.safe_name(target.name)}.zip")), report
+        return zips.pack(outputs, self.result_path(f"{stem}_{batch.safe_name(voice.name)}.zip")), report
 
 
 def _quiet(description: str, fraction: float | None) -> None:
