@@ -99,7 +99,7 @@ def test_unseen_future_is_filled_with_typical_speech(
 ) -> None:
     """Below the encoder's reach, the frames not heard yet are the window's mean frame, not zeros: the kNN choices
     then agree with offline far more often, the same whether the conv stack is cached or re-run."""
-    import knnvc.stream as stream_module
+    import knnvc.stream.streamer as stream_module
 
     theirs = knn_indices(vc.encode(source, 16_000), voice.frames, 4).sort(-1).values
     short = StreamSettings(chunk_ms=60, lookahead_ms=120)
