@@ -1,29 +1,35 @@
-"""Many conversions against one voice: output planning, resume by skipping, per-file failures, progress.
+"""Many conversions against one voice: resume by skipping, per-file failures, progress.
 
-``plan`` maps sources to outputs (a file to a file, a folder to a mirrored tree); ``run`` converts each job,
-writes atomically, records failures instead of stopping, and reports progress through callbacks. The CLI is a
-thin layer over these two functions.
+``plan`` (``knnvc.plan``, re-exported here) maps sources to outputs (a file to a file, a folder to a mirrored
+tree); ``run`` converts each job, writes atomically, records failures instead of stopping, and reports progress
+through callbacks. The CLI is a thin layer over these two functions.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from knnvc import audio, files
-from knnvc.errors import AudioError, DiskFullError, KnnvcError, OutputError, UsageError
+from knnvc.errors import DiskFullError, KnnvcError
 from knnvc.interrupt import sigterm_as_interrupt
 from knnvc.options import ConvertOptions
+from knnvc.overlap import Overlap
+from knnvc.plan import (
+    OUTPUT_EXTENSIONS,
+    Failure,
+    Report,
+    check_extension,
+    check_outputs,
+    manifest_folder,
+    pending,
+    plan,
+    safe_name,
+)
 from knnvc.progress import Job, OnProgress, Progress
 
 if TYPE_CHECKING:
@@ -31,255 +37,16 @@ if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
 
+__all__ = [
+    "OUTPUT_EXTENSIONS", "Failure", "Report", "begin", "check_extension", "check_outputs", "convert_group",
+    "manifest_folder", "pending", "plan", "run", "safe_name",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OPTIONS = ConvertOptions()
 
-OUTPUT_EXTENSIONS = tuple(audio.OUTPUT_FORMATS)  # .wav, .flac, .ogg
 GROUP_FILES = 16  # files decoded and computed together; their windows are batched by the pipeline's batch_size
-
-
-@dataclass
-class Failure:
-    source: Path
-    error: KnnvcError
-
-
-@dataclass
-class Report:
-    """What a batch did. ``ok`` is true only when every job converted or was already done."""
-
-    total: int = 0
-    converted: list[Job] = field(default_factory=list)
-    skipped: list[Job] = field(default_factory=list)
-    failed: list[Failure] = field(default_factory=list)
-    audio_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    interrupted: bool = False
-    stopped: KnnvcError | None = None  # an error that ended the batch early (a full disk)
-    skip_reasons: Counter[str] = field(default_factory=Counter)  # done / unrecorded / exists (no settings record)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.interrupted
-
-    @property
-    def realtime_factor(self) -> float:
-        """Wall-clock seconds per second of audio converted (below 1 is faster than real time)."""
-        return self.wall_seconds / self.audio_seconds if self.audio_seconds > 0 else 0.0
-
-    @property
-    def speed(self) -> float:
-        """Seconds of audio converted per wall-clock second (the inverse of the real-time factor)."""
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "files": self.total,
-            "converted": len(self.converted),
-            "skipped": len(self.skipped),
-            "failed": len(self.failed),
-            "audio_seconds": round(self.audio_seconds, 3),
-            "wall_seconds": round(self.wall_seconds, 3),
-            "realtime_factor": round(self.realtime_factor, 4),
-            "speed": round(self.speed, 2),
-            "interrupted": self.interrupted,
-            "stopped": None if self.stopped is None else str(self.stopped),
-            "outputs": [str(j.output) for j in self.converted],
-            "skipped_outputs": [str(j.output) for j in self.skipped],
-            "skip_reasons": dict(self.skip_reasons),
-            "failures": [{"file": str(f.source), "error": str(f.error)} for f in self.failed],
-        }
-
-
-def safe_name(name: str) -> str:
-    """A voice name usable inside a file name: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``."""
-    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "voice"
-
-
-def check_extension(extension: str) -> str:
-    """``wav``/``.WAV`` -> ``.wav``; anything but an output format raises ``UsageError``."""
-    ext = "." + extension.lower().lstrip(".")
-    if ext not in OUTPUT_EXTENSIONS:
-        raise UsageError(f"output format {extension!r} is not supported; use one of {', '.join(OUTPUT_EXTENSIONS)}")
-    return ext
-
-
-def plan(source: Path, output: Path | None, voice_name: str, *, extension: str = ".wav") -> list[Job]:
-    """Jobs for a source file or folder.
-
-    A file goes to ``output`` (a file path, or a folder when it exists as one), else to
-    ``<stem>_<voice>.<ext>`` in the current folder. A folder is searched recursively and mirrored under
-    ``output`` (default ``<folder>_<voice>`` in the current folder): relative paths are kept and the extension
-    becomes ``extension``. Sources that would land on the same output (``a.wav`` and ``a.flac``) keep their own
-    extension in the name (``a.wav``, ``a.flac.wav``). An output that would replace a source, or an output folder
-    inside the source folder (a rerun would read its outputs back), is a ``UsageError``: nothing is written.
-    """
-    ext = check_extension(extension)
-    name = safe_name(voice_name)
-    if not source.exists():
-        raise AudioError(f"{source}: no such file or folder")
-    if source.is_file():
-        if output is None:
-            output = Path.cwd() / f"{source.stem}_{name}{ext}"
-        elif output.is_dir():
-            output = output / f"{source.stem}_{name}{ext}"
-        elif output.suffix.lower() not in OUTPUT_EXTENSIONS:
-            raise UsageError(
-                f"{output}: give an output file ending in {', '.join(OUTPUT_EXTENSIONS)}, or an existing folder"
-            )
-        if output.resolve() == source.resolve():
-            raise UsageError(f"{output}: the output would replace its own source; give another output file")
-        return [Job(source, output)]
-    root = output if output is not None else Path.cwd() / f"{source.name or source.resolve().name}_{name}"
-    if root.suffix.lower() in OUTPUT_EXTENSIONS and not root.is_dir():
-        raise UsageError(f"{root}: a folder of sources needs an output folder, not a file name")
-    if root.resolve() == source.resolve():
-        raise UsageError(f"{root}: the output folder must differ from the source folder")
-    if source.resolve() in root.resolve().parents:
-        raise UsageError(
-            f"{root}: the output folder is inside the source folder {source}, whose outputs a rerun would read "
-            "back as sources; choose an output folder outside it"
-        )
-    jobs = _mirror(source, root, ext)
-    inputs = {job.source.resolve() for job in jobs}
-    for job in jobs:
-        if job.output.resolve() in inputs:
-            raise UsageError(f"{job.output}: an output would replace a source file; choose another output folder")
-    return jobs
-
-
-def manifest_folder(source: Path, jobs: list[Job]) -> Path:
-    """The folder whose settings record (``knnvc.manifest``) covers ``plan(source, ...)``'s jobs.
-
-    A folder of sources: the output tree's top; one file: the output's folder.
-    """
-    if source.is_file() or not jobs:
-        return jobs[0].output.parent if jobs else Path.cwd()
-    depth = len(jobs[0].source.relative_to(source).parts)
-    return jobs[0].output.parents[depth - 1]
-
-
-def _mirror(source: Path, root: Path, ext: str) -> list[Job]:
-    top = root.resolve()
-    files = audio.audio_files(source)
-    if not files:
-        raise AudioError(f"{source}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
-    relative = [p.relative_to(source) for p in files]
-    clashes = Counter(r.with_suffix("") for r in relative)
-    jobs = []
-    for path, rel in zip(files, relative, strict=True):
-        keep_own = clashes[rel.with_suffix("")] > 1 and rel.suffix.lower() != ext
-        target = root / (rel.with_name(rel.name + ext) if keep_own else rel.with_suffix(ext))
-        if top not in target.resolve().parents:
-            raise OutputError(f"{path}: its output {target} would escape {root} (a link?); choose another -o folder")
-        jobs.append(Job(path, target))
-    return jobs
-
-
-def pending(jobs: list[Job], *, overwrite: bool = False) -> list[Job]:
-    """The jobs ``run`` would convert: all with ``overwrite``, else those whose output does not exist yet."""
-    return list(jobs) if overwrite else [j for j in jobs if not j.output.exists()]
-
-
-class Overlap:
-    """Decode sources ahead of the compute and write outputs behind it, in worker threads.
-
-    libsndfile, soxr and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working
-    while the next group is decoded and the last one is encoded to disk. Writes stay atomic (``audio.save``);
-    leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
-    """
-
-    def __init__(self, vc: KnnVC, rate: int, workers: int = 2, options: ConvertOptions = DEFAULT_OPTIONS) -> None:
-        self.vc, self.rate, self.options = vc, rate, options
-        self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
-        # Loudness and resampling of finished outputs (numpy and soxr release the GIL), off the compute thread.
-        self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish")
-        # One writer keeps outputs in order, so a full disk stops the batch at the first file it hits.
-        self._writers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnvc-write")
-        self._writes: list[tuple[int, Job, Future[float | None]]] = []
-        self._disk_full = threading.Event()
-        self.interrupted = False
-        self.seconds: dict[int, float] = {}  # job index -> its share of the compute, until recorded
-
-    def __enter__(self) -> Overlap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._readers.shutdown(wait=True, cancel_futures=True)
-        self._writers.shutdown(wait=True)
-        self._chores.shutdown(wait=True)
-
-    def _load(self, job: Job) -> np.ndarray | KnnvcError:
-        try:
-            return self.vc.load_audio(job.source)
-        except KnnvcError as exc:
-            return exc
-
-    def groups(
-        self, todo: list[tuple[int, Job]], size: int
-    ) -> Iterator[list[tuple[int, Job, np.ndarray | KnnvcError]]]:
-        """Decoded groups of up to ``size`` jobs, in order; the next group is decoded while one is used."""
-        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
-        futures = [[(i, job, self._readers.submit(self._load, job)) for i, job in chunk] for chunk in chunks[:1]]
-        for n in range(len(chunks)):
-            if n + 1 < len(chunks):
-                futures.append([(i, job, self._readers.submit(self._load, job)) for i, job in chunks[n + 1]])
-            yield [(i, job, future.result()) for i, job, future in futures[n]]
-            futures[n] = []
-
-    def _save(self, job: Job, finished: Future[np.ndarray]) -> float | None:
-        """Write one output; None when a full disk already stopped the batch (the job is left for a rerun)."""
-        if self._disk_full.is_set():
-            return None
-        wav = finished.result()
-        try:
-            audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
-        except DiskFullError:
-            self._disk_full.set()
-            raise
-        return len(wav) / self.rate
-
-    def write(self, i: int, job: Job, wav: np.ndarray) -> None:
-        """Finish (``KnnVC.finish``) and write a synthesised output in the workers; the caller never waits."""
-        finished = self._chores.submit(self.vc.finish, wav, self.options)
-        self._writes.append((i, job, self._writers.submit(self._save, job, finished)))
-
-    def _outcomes(self, wait: bool) -> list[tuple[int, Job, float | KnnvcError]]:
-        done: list[tuple[int, Job, float | KnnvcError]] = []
-        kept: list[tuple[int, Job, Future[float | None]]] = []
-        for i, job, future in self._writes:
-            if not (wait or future.done()):
-                kept.append((i, job, future))
-                continue
-            try:
-                seconds = future.result()
-                if seconds is not None:  # None: never attempted, the disk was full
-                    done.append((i, job, seconds))
-            except KnnvcError as exc:
-                done.append((i, job, exc))
-            except KeyboardInterrupt:  # raised inside a write: that file is abandoned (atomically), stop
-                self.interrupted = True
-        self._writes = kept
-        return done
-
-    def finished(self) -> list[tuple[int, Job, float | KnnvcError]]:
-        """Writes completed so far: (index, job, audio seconds or the error)."""
-        return self._outcomes(wait=False)
-
-    def finish(self) -> list[tuple[int, Job, float | KnnvcError]]:
-        """Wait for every write handed over and return their outcomes."""
-        return self._outcomes(wait=True)
-
-
-def check_outputs(jobs: list[Job]) -> None:
-    """Make the folders the jobs write into and prove them writable (``files.writable_folder``), once per folder:
-    else ``OutputError`` naming a file that would have gone there."""
-    for output in {job.output.parent: job.output for job in jobs}.values():
-        try:
-            files.writable_folder(output.parent)
-        except OutputError as exc:
-            raise type(exc)(f"{output}: {exc}") from exc
 
 
 @sigterm_as_interrupt()  # SIGTERM stops the batch as Ctrl-C does (handler restored on return)
