@@ -8,9 +8,11 @@
    compute, loudness, atomic writes), then both as whole processes (``bench.compare``);
 3. the peak GPU memory of converting a 1-hour file;
 4. each lower precision's kNN agreement with fp32 and output SNR (``bench.agreement``);
-5. the CUDA tests (``pytest -m cuda``);
+5. streaming (``bench.stream``): delay fed in real time and agreement with offline, full-size models, on the GPU;
+6. the CUDA tests (``pytest -m cuda``);
 then writes the JSON and regenerates docs/performance.md. Targets (issue 2/7): the folder at >= 3,000x real time
-and >= 15x reference mode, a 1-hour file in <= 6 GB, bf16 agreeing on >= 95 % of kNN choices.
+and >= 15x reference mode, a 1-hour file in <= 6 GB, bf16 agreeing on >= 95 % of kNN choices; (issue 4/7) a
+stream delay <= 100 ms.
 """
 
 from __future__ import annotations
@@ -118,6 +120,19 @@ def one_hour(
             "peak_gpu_gib": round(peak.gpu / 2**30, 3), "peak_rss_gib": round(peak.rss / 2**30, 3)}  # fmt: skip
 
 
+def streaming(models: dict[str, Path], refs: list[Path], device: torch.device) -> list[dict[str, Any]]:
+    """Full-size streaming on ``device``: per setting, delay (fed in real time, 8 s) and agreement with offline."""
+    from bench import stream
+
+    vc = KnnVC.from_pretrained(Models(models["wavlm"], models["vocoder"], PipelineSettings(str(device), batch_size=1)))
+    voice = vc.build_voice(refs)
+    wav = speech(8.0, 7)
+    rows: list[dict[str, Any]] = []
+    for _ in stream.measure(vc, voice, wav, stream.SETTINGS["gpu"], rows):
+        pass
+    return rows
+
+
 def cuda_tests() -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "tests/test_speed.py"],
@@ -147,6 +162,7 @@ def main() -> None:
         ("folder_in_process", lambda: in_process(models, sources, refs, work, device)),
         ("one_hour_file", lambda: one_hour(models, refs, work, args.long_seconds, device)),
         ("precision_agreement", lambda: agreement.measure(models, sources[0], refs[:1], device)),
+        ("stream", lambda: streaming(models, refs, device)),
     ]
     if device.type == "cuda":
         steps.append(("cuda_tests", cuda_tests))

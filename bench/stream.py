@@ -24,6 +24,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ SETTINGS: dict[str, list[dict[str, int]]] = {
              {"chunk_ms": 40, "lookahead_ms": 160}, {"chunk_ms": 60, "lookahead_ms": 60}, {"vocoder_lookahead_ms": 40}],
     "full": [{"chunk_ms": 400}, {"chunk_ms": 400, "lookahead_ms": 640}, {"chunk_ms": 400, "lookahead_ms": 320},
              {"chunk_ms": 200, "lookahead_ms": 200, "context_ms": 1000}],
+    "gpu": [{}, {"chunk_ms": 40, "lookahead_ms": 40}, {"chunk_ms": 20, "lookahead_ms": 60},
+            {"chunk_ms": 20, "lookahead_ms": 20}],
 }  # fmt: skip
 
 
@@ -120,6 +123,21 @@ def delay(
     }
 
 
+def measure(vc: KnnVC, voice: Voice, wav: np.ndarray, chosen: list[dict[str, int]], rows: list[dict]) -> Iterator[dict]:
+    """Delay (fed in real time) and agreement per setting, appended to ``rows`` and yielded as each is done."""
+    offline = vc.encode(wav, SR)  # one window: attention over the whole input
+    for given in chosen:
+        settings = StreamSettings(**given)
+        row: dict[str, Any] = {"settings": Streamer(vc, voice, QUIET, settings, gain=1.0).settings.__dict__}
+        row["load_before"] = load_avg()
+        row.update(delay(vc, voice, wav, settings, gain=1.0))
+        row.update(agreement(vc, voice, wav, offline, settings))
+        row["load_after"] = load_avg()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        yield row
+
+
 def context_sweep(vc: KnnVC, voice: Voice, wav: np.ndarray, contexts_ms: list[int], chunk_ms: int = 400) -> list[dict]:
     """Encoder only: agreement of the stream's windows (lookahead = the encoder's reach) with offline, per context.
 
@@ -173,18 +191,9 @@ def main() -> None:
         path.write_text(json.dumps({"source_seconds": args.seconds, "rows": sweep}, indent=2) + "\n")
         print(f"wrote {path}")
         return
-    offline = vc.encode(wav, SR)  # one window: attention over the whole input
-    rows = []
+    rows: list[dict] = []
     chosen = SETTINGS[args.models] if args.only is None else [SETTINGS[args.models][i] for i in args.only]
-    for given in chosen:
-        settings = StreamSettings(**given)
-        row: dict[str, Any] = {"settings": Streamer(vc, voice, QUIET, settings, gain=1.0).settings.__dict__}
-        row["load_before"] = load_avg()
-        row.update(delay(vc, voice, wav, settings, gain=1.0))
-        row.update(agreement(vc, voice, wav, offline, settings))
-        row["load_after"] = load_avg()
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for _ in measure(vc, voice, wav, chosen, rows):
         save(args, wav, voice, rows, {})  # after every row: a long run that is stopped keeps what it measured
     cache = {}
     for cached in (True, False):  # the encoder's conv stack: computed once per frame, or re-encoded each step

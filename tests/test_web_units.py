@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc.errors import AudioError, UsageError, VoiceError
+from knnvc.errors import AudioError, UsageError, VoiceError, WeightsError
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
@@ -284,3 +284,31 @@ def test_serve_warns_before_exposing_and_fails_in_one_line(tmp_path: Path) -> No
     no_weights = cli("serve", "--port", str(port), *missing)  # the port is free again: the weights fail next
     assert no_weights.exit_code == 4 and "missing.pt" in one_line(no_weights)
     assert cli("serve", "--port", "0").exit_code == 2
+
+
+def test_the_page_offers_the_match_layers_the_encoder_runs(
+    service: Service, vc: KnnVC, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The match-layer slider ends at the loaded encoder's depth (6 by default); ``--max-match-layer`` loads more."""
+    gr = pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
+    from knnvc.web import page
+
+    (layer,) = [c for c in controls() if c.name == "match_layer"]
+    with gr.Blocks():
+        slider = page._widget(service, layer, "match-layer")
+    assert slider.maximum == vc.encoder.depth == 6
+    asked: list[int] = []
+
+    def stop(cls: type, models: object, *, device: object = None, match_layer: int = 6) -> KnnVC:
+        asked.append(match_layer)
+        raise WeightsError("stopped here by the test")
+
+    monkeypatch.setattr(KnnVC, "from_pretrained", classmethod(stop))
+    result = cli("serve", "--port", "0", "--max-match-layer", "8")
+    assert result.exit_code == 2  # port 0 is refused before any model loads
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = cli("serve", "--port", str(port), "--max-match-layer", "8")
+    assert result.exit_code == 4 and asked == [8], (result.stderr, asked)
+    assert cli("serve", "--max-match-layer", "25").exit_code == 2

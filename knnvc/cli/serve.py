@@ -11,6 +11,7 @@ import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import app
+from knnvc.constants import MAX_WAVLM_LAYERS, WAVLM_LAYER
 from knnvc.errors import UsageError
 from knnvc.interrupt import sigterm_as_interrupt
 from knnvc.options import Models
@@ -34,6 +35,10 @@ def serve(
     max_waiting: Annotated[
         int, typer.Option("--max-waiting", help="Requests that may wait for the model; more get 'busy' (503).")
     ] = 16,
+    max_match_layer: Annotated[
+        int, typer.Option("--max-match-layer", min=1, max=MAX_WAVLM_LAYERS,
+                          help="Deepest match layer offered; WavLM runs max(it, 6) layers.")  # fmt: skip
+    ] = WAVLM_LAYER,
     *,
     pipeline: Models,
     quiet: common.QuietOpt = False,
@@ -60,7 +65,7 @@ def serve(
             with common.err.status("loading models", spinner="dots") if not quiet else common.nothing():
                 from knnvc.pipeline import KnnVC
 
-                vc = KnnVC.from_pretrained(pipeline)
+                vc = KnnVC.from_pretrained(pipeline, match_layer=max_match_layer)
             service = Service(vc, voices=voices, limits=limits)
             try:
                 config = uvicorn.Config(create_app(service), log_level="info" if verbose else "warning")

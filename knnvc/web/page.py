@@ -167,7 +167,8 @@ def _widget(service: Service, control: Control, elem_id: str) -> gr.components.C
         )
     if control.kind in ("int", "float") and control.hint is not None and not control.optional:
         hint = control.hint
-        return gr.Slider(hint.low, hint.high, value=control.default, step=hint.step, label=control.label, info=info,
+        high = min(hint.high, service.vc.encoder.depth) if control.name == "match_layer" else hint.high  # runs
+        return gr.Slider(hint.low, high, value=control.default, step=hint.step, label=control.label, info=info,
                          elem_id=elem_id)  # fmt: skip
     if control.kind in ("int", "float") and not control.optional:
         precision = 0 if control.kind == "int" else None
