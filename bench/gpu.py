@@ -1,4 +1,4 @@
-"""``python -m bench.gpu``: the GPU benchmark in one call (about 5 minutes on a recent GPU; budget 8).
+"""``python -m bench.gpu``: the GPU benchmark in one call (about 6 minutes on a recent GPU; budget 9).
 
     python -m bench.gpu                 # writes bench/results/<gpu>.json and docs/performance.md
 
