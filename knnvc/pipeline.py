@@ -26,7 +26,7 @@ from torch import Tensor
 from knnvc import audio, oom, windows
 from knnvc.builder import DEFAULT_SETTINGS, AudioInput, VoiceBuilder
 from knnvc.constants import DEFAULT_K, SAMPLE_RATE, WAVLM_LAYER
-from knnvc.devices import exact_fp32
+from knnvc.devices import exact_fp32, resolve_device
 from knnvc.encoder import WavLMEncoder, split_layers
 from knnvc.errors import UsageError
 from knnvc.matcher import blend, knn_regression, morph
@@ -76,7 +76,7 @@ class KnnVC(VoiceBuilder):
 
     @classmethod
     def _assemble(cls, encoder: WavLMEncoder, models: Models, settings: PipelineSettings, dtype: torch.dtype) -> Self:
-        vocoder = cached_vocoder(models.vocoder, encoder.device, dtype, models.offline)
+        vocoder = cached_vocoder(models.vocoder, resolve_device(settings.device), dtype, models.offline)
         return cls(encoder, vocoder, settings)
 
     @property
