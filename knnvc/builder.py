@@ -32,7 +32,7 @@ from knnvc.constants import (
     SAMPLE_RATE,
     WAVLM_LAYER,
 )
-from knnvc.devices import exact_fp32, resolve_device, resolve_precision
+from knnvc.devices import auto_batch_size, exact_fp32, resolve_device, resolve_precision
 from knnvc.encoder import WavLMEncoder, num_frames, split_layers
 from knnvc.errors import AudioError, UsageError
 from knnvc.files import sha256
@@ -84,7 +84,7 @@ class VoiceBuilder:
             self.encoder = copy.copy(self.encoder)
             self.encoder._modules = dict(self.encoder._modules)
             self.encoder.model, self.compile_seconds = compiled(self.encoder.model)
-        self.batch_size = settings.batch_size
+        self.batch_size = settings.batch_size or auto_batch_size(self.device)
         self.slack = windows.BUCKET_SLACK.get(self.device.type, windows.BUCKET_SLACK["default"])
         self.window = round(settings.window_seconds * FRAME_RATE)  # frames kept per encoder window
         self.context = round(settings.context_seconds * FRAME_RATE)  # frames of context on each side

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_CPUS = 0.25  # CPUs a decoding task asks for: decoding is short, and leaves the cores to the actors
+ACTOR_FILES = 8  # files per actor call without a batch size (the pipeline then batches as its device suits)
 CPUS_PER_CPU_ACTOR = 4  # on CPU-only clusters, one converting actor per this many cores
 
 
@@ -146,14 +147,15 @@ def _dataset(
 
     DataContext.get_current().enable_progress_bars = False
     items = [{"index": i, "source": str(job.source), "output": str(job.output)} for i, job in todo]
+    files = models.settings.batch_size or ACTOR_FILES  # files per actor call (``convert_group``)
     setup = {"voice": [ray.put(voice)], "options": options, "models": models, "plan": plan}
     return (
-        ray.data.from_items(items, override_num_blocks=max(1, len(items) // models.settings.batch_size))
+        ray.data.from_items(items, override_num_blocks=max(1, len(items) // files))
         .map(read, num_cpus=READ_CPUS)
         .map_batches(
             Converter,
             fn_constructor_kwargs=setup,
-            batch_size=models.settings.batch_size,
+            batch_size=files,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=plan.actors),
             num_gpus=plan.num_gpus or None,

@@ -105,7 +105,8 @@ class PipelineSettings:
     Attributes:
         device: auto, cpu, cuda, cuda:N or mps (checked, with the absent device named, when a pipeline is made).
         precision: auto, fp32, bf16 or fp16 for the networks; matching is always fp32.
-        batch_size: waveforms (or windows of long audio), from any number of files, computed together.
+        batch_size: waveforms (or windows of long audio), from any number of files, computed together. None: 1
+            on a CPU (batching costs there, measured), 8 on a GPU.
         window_seconds: audio longer than this (plus context) is encoded in windows this long (at least 1 s).
         context_seconds: audio on each side of an encoder window, computed and dropped.
         compile: ``torch.compile`` the networks (``KnnVC.warm_up`` compiles them and reports the time).
@@ -113,14 +114,14 @@ class PipelineSettings:
 
     device: str | torch.device = "auto"
     precision: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None
     window_seconds: float = ENCODER_WINDOW_SECONDS
     context_seconds: float = ENCODER_CONTEXT_SECONDS
     compile: bool = False
 
     def __post_init__(self) -> None:
         size = self.batch_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise UsageError(f"batch size must be a whole number, at least 1; got {size}")
         if not _number(self.window_seconds) or not _number(self.context_seconds):
             raise UsageError("the encoder window and its context are numbers of seconds")

@@ -176,3 +176,13 @@ def test_from_pretrained_shares_the_cached_models() -> None:
     models.clear_cache()
     fresh = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
     assert fresh.encoder is not a.encoder
+
+
+def test_batch_size_defaults_to_one_on_a_cpu() -> None:
+    """Batching costs on a CPU (devices.AUTO_BATCH_SIZE, measured): one waveform at a time unless asked."""
+    from knnvc.devices import auto_batch_size
+
+    a = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu")))
+    b = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=4)))
+    assert (a.batch_size, b.batch_size) == (1, 4)
+    assert auto_batch_size(torch.device("cuda")) == 8 and auto_batch_size(torch.device("cpu")) == 1

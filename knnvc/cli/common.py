@@ -39,7 +39,8 @@ PrecisionOpt = Annotated[
 ]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
 BatchOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Waveforms (or windows of long audio) encoded together.")
+    int | None,
+    typer.Option("--batch-size", min=1, help="Waveforms (or windows) computed together [default: 1 on CPU, 8 on GPU]."),
 ]
 TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence from both ends of each reference.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
@@ -52,7 +53,7 @@ def pipeline(
     vocoder: VocoderOpt = DEFAULT_VOCODER,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = None,
     offline: OfflineOpt = False,
 ) -> Models:
     """The model options of commands that load one pipeline (``takes(pipeline)``): a bad batch size is a usage

@@ -60,7 +60,7 @@ def convert(
     fmt: Annotated[
         str, typer.Option("--format", help="wav, flac or ogg: for folder outputs and default file names.")
     ] = "wav",
-    batch_size: common.BatchOpt = 8,
+    batch_size: common.BatchOpt = None,
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the networks first (pays off on long folders).")
     ] = False,

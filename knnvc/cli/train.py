@@ -37,7 +37,7 @@ def prematch_command(
     sample_rate: Annotated[
         int, typer.Option("--sample-rate", help="Rate of the stored target audio (a multiple of 50 Hz).")
     ] = SAMPLE_RATE,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Waveforms encoded together.")] = 8,
+    batch_size: common.BatchOpt = None,
     min_frames: Annotated[int, typer.Option("--min-frames", min=1, help="Skip shorter utterances (50 Hz).")] = 10,
     max_pool_minutes: Annotated[
         float, typer.Option("--max-pool-minutes", min=1, help="Match bigger speakers in pools of this size.")

@@ -30,7 +30,7 @@ def voice_build(
         int | None,
         typer.Option("--max-frames", help="Compact voice: k-means the frames into at most N cluster means."),
     ] = None,
-    batch_size: common.BatchOpt = 8,
+    batch_size: common.BatchOpt = None,
     offline: common.OfflineOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing voice file.")] = False,
     quiet: common.QuietOpt = False,
