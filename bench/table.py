@@ -29,10 +29,12 @@ Where knnvc's time goes, and what makes it faster:
 - **Fast start.** `import knnvc` and `knnvc --help` import no torch; transformers loads only with a WavLM. The
   first load keeps a converted copy of the weights in the cache (WavLM's 6 layers, the vocoder with weight norm
   folded, as safetensors); later loads memory-map it instead of unpickling 1.2 GB.
-- **Cross-file batching.** The windows of all the files of a group (16 files) form the encoder's and the
-  vocoder's batches, bucketed by length: on a CPU only lengths within 2 % share a batch (padding costs in
-  full there), on a GPU within 25 %. Padding never changes a result (masks in WavLM and the vocoder; tested
-  to 1e-5 against each file alone).
+- **Cross-file batching, on a GPU.** The windows of all the files of a group (16 files) form the encoder's and
+  the vocoder's batches, bucketed by length within 25 % (2 % on a CPU when a batch size is asked for). Padding
+  never changes a result (masks in WavLM and the vocoder; tested to 1e-5 against each file alone). On a CPU
+  the batch size is 1 unless asked: there batching measured slower (the bench folder vocodes in 18.6 s one file
+  at a time, 26.0 s in batches of 4, fp32), and a CPU run is as fast as its arithmetic, so in fp32 knnvc's
+  compute is the original's and only bf16 (on CPUs that have it) makes it faster.
 - **Nothing waits.** The voice stays on the device, normalised once; the encoder reads lengths on the host
   (no device sync); decoding, loudness, resampling and atomic writes run in worker threads.
 - **Precision.** `--precision bf16` (CUDA, or a CPU with AMX or AVX512-BF16) keeps fp32 islands: the raw

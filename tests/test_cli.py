@@ -432,7 +432,7 @@ def test_subprocesses(tmp_path: Path, saved_voice: Path) -> None:
 
 def test_progress_view_tracks_files_and_windows(tmp_path: Path) -> None:
     from knnvc import batch
-    from knnvc.cli.convert import BatchView
+    from knnvc.cli.view import BatchView
 
     jobs = [batch.Job(SOURCE_WAV, tmp_path / "a.wav"), batch.Job(REF_DIR / "ref_01.wav", tmp_path / "b.wav")]
     with BatchView(jobs, show=True, verbose=False) as view:

@@ -336,7 +336,7 @@ def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:
 
     Compute takes 0.5 s per audio second; after each group the ETA must be close to the truth.
     """
-    from knnvc.cli.convert import BatchView, eta_column
+    from knnvc.cli.view import BatchView, eta_column
 
     lengths = [1.0, 20.0, 2.0, 1.0, 8.0, 1.0, 3.0, 12.0]
     jobs = [Job(write_audio(tmp_path / f"{i}.wav", s, 8000), tmp_path / f"out{i}.wav") for i, s in enumerate(lengths)]
