@@ -34,14 +34,9 @@ VocoderOpt = Annotated[
     str, typer.Option("--vocoder", help="Vocoder: prematched, regular, or a path to a generator checkpoint.")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="auto (fp32), fp32, bf16 (GPU, or CPU with AMX/AVX512-BF16), fp16 (GPU).")
-]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32), fp32, bf16 (GPU, AMX/AVX512 CPU), fp16.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option("--batch-size", min=1, help="Waveforms (or windows) computed together [default: 1 on CPU, 8 on GPU]."),
-]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Computed at once [default: 1 CPU, 8 GPU].")]
 TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence from both ends of each reference.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
