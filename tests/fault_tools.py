@@ -91,9 +91,10 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def tiny_pipeline() -> KnnVC:
-    """A fresh ``KnnVC`` around the cached tiny models (fresh, so out-of-memory state never leaks)."""
-    return KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
+def tiny_pipeline(batch_size: int | None = None) -> KnnVC:
+    """A fresh ``KnnVC`` around the cached tiny models (fresh, so out-of-memory state never leaks); ``batch_size``
+    None is the CPU's (1)."""
+    return KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=batch_size)))
 
 
 @functools.lru_cache(maxsize=1)

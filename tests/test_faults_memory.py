@@ -59,7 +59,7 @@ def test_batch_is_halved_and_results_are_unchanged(monkeypatch: pytest.MonkeyPat
         return list(real(wavs))
 
     monkeypatch.setattr(vc.encoder, "encode_batch", one_at_a_time)
-    vc = tiny_pipeline()  # a fresh pipeline: nothing learnt yet
+    vc = tiny_pipeline(batch_size=8)  # a fresh pipeline: nothing learnt yet
     vc.slack = 1.0  # one batch for the three references, however different their lengths
     with caplog.at_level(logging.WARNING, logger="knnvc"):
         frames = vc.build_voice(REF_DIR, trim=False).frames
@@ -73,7 +73,7 @@ def test_batch_is_halved_and_results_are_unchanged(monkeypatch: pytest.MonkeyPat
 
 def test_window_is_halved_at_batch_size_one(monkeypatch: pytest.MonkeyPatch) -> None:
     base = tiny_pipeline()
-    vc = KnnVC(base.encoder, base.vocoder, PipelineSettings("cpu", window_seconds=4, context_seconds=0.5))
+    vc = KnnVC(base.encoder, base.vocoder, PipelineSettings("cpu", batch_size=8, window_seconds=4, context_seconds=0.5))
     limit = round(2.6 * SAMPLE_RATE)  # windows of up to 2.6 s fit
     calls = fake_encoder(vc, monkeypatch, lambda wavs: len(wavs) == 1 and all(len(w) <= limit for w in wavs))
     voice = vc.build_voice(tone(2.0)[:, 0], sample_rate=SAMPLE_RATE, trim=False)
@@ -85,7 +85,7 @@ def test_window_is_halved_at_batch_size_one(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_vocoder_batch_then_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    vc = tiny_pipeline()
+    vc = tiny_pipeline(batch_size=8)
     shapes: list[tuple[int, ...]] = []
     hop = vc.vocoder.config.hop
 
