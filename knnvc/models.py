@@ -54,8 +54,19 @@ def prepare_encoder(encoder: WavLMEncoder, device: torch.device, dtype: torch.dt
 
 
 def prepare_vocoder(vocoder: Generator, device: torch.device, dtype: torch.dtype) -> Generator:
-    """``vocoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy."""
-    return _prepared(vocoder, device, dtype, vocoder.conv_post, "cast")
+    """``vocoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy; on a
+    CPU a folded vocoder also gets the channels-last layout (``_cpu_layout``), on a copy."""
+    prepared = _prepared(vocoder, device, dtype, vocoder.conv_post, "cast")
+    if _cpu_layout_helps(prepared, device):
+        prepared = (copy.deepcopy(prepared) if prepared is vocoder else prepared).channels_last()
+    return prepared
+
+
+def _cpu_layout_helps(vocoder: Generator, device: torch.device) -> bool:
+    """Whether to run ``vocoder`` as 2-D channels-last convolutions (``Generator.channels_last``): on a CPU, where
+    oneDNN computes them faster (full-size HiFi-GAN, 10 s on 2 cores: fp32 1.50 -> 0.98 s, bf16 0.66 -> 0.46 s;
+    outputs within 6e-8), for a folded vocoder not yet converted."""
+    return device.type == "cpu" and vocoder.is_folded and not vocoder.layout_2d
 
 
 def _owned(module: M, device: torch.device, dtype: torch.dtype) -> M:
@@ -97,7 +108,8 @@ def cached_vocoder(name: str | Path, device: torch.device, dtype: torch.dtype, o
     if key not in _CACHE:
         from knnvc.checkpoints import load_vocoder
 
-        _CACHE[key] = _owned(load_vocoder(name, offline=offline), device, dtype)
+        vocoder = _owned(load_vocoder(name, offline=offline), device, dtype)
+        _CACHE[key] = vocoder.channels_last() if _cpu_layout_helps(vocoder, device) else vocoder
     found: Generator = _CACHE[key]
     return found
 

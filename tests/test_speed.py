@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from knnvc.errors import UsageError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
+from vocoder import Generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RAW = ConvertOptions(loudness=None, trim=False)
@@ -100,8 +102,26 @@ def test_callers_modules_are_never_changed(precision: str) -> None:
 
 def test_ready_modules_are_shared_not_copied(tiny: tuple) -> None:
     encoder, vocoder = tiny
-    vc = KnnVC(encoder.eval(), vocoder.eval(), PipelineSettings("cpu", "fp32"))
-    assert vc.encoder is encoder and vc.vocoder is vocoder
+    fast = copy.deepcopy(vocoder).eval().channels_last()
+    vc = KnnVC(encoder.eval(), fast, PipelineSettings("cpu", "fp32"))
+    assert vc.encoder is encoder and vc.vocoder is fast
+    # A 1-D vocoder on a CPU runs as channels-last 2-D convolutions: on a copy, the caller's stays as it was.
+    plain = KnnVC(encoder.eval(), vocoder.eval(), PipelineSettings("cpu", "fp32"))
+    assert plain.vocoder is not vocoder and plain.vocoder.layout_2d and not vocoder.layout_2d
+
+
+def test_channels_last_vocoder_gives_the_same_audio(tiny: tuple) -> None:
+    """``Generator.channels_last`` (the CPU layout) changes the speed, not the waveform: alone and in a padded batch."""
+    _, vocoder = tiny
+    fast = copy.deepcopy(vocoder).eval().channels_last()
+    assert fast.channels_last() is fast  # idempotent
+    feats = torch.randn(2, 60, vocoder.config.input_dim, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([40, 60])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(feats), vocoder.eval()(feats), atol=1e-6, rtol=0)
+        torch.testing.assert_close(fast(feats, lengths), vocoder(feats, lengths), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="fold_weight_norm"):
+        Generator(vocoder.config).channels_last()
 
 
 @pytest.mark.skipif(not devices.cpu_has_native_bf16(), reason="this CPU has no native bf16")
