@@ -17,7 +17,7 @@ import numpy as np
 
 from knnvc.errors import DiskFullError, KnnvcError
 from knnvc.interrupt import sigterm_as_interrupt
-from knnvc.options import ConvertOptions
+from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.overlap import Overlap
 from knnvc.plan import (
     OUTPUT_EXTENSIONS,
@@ -38,13 +38,12 @@ if TYPE_CHECKING:
     from knnvc.voice import Voice
 
 __all__ = [
-    "OUTPUT_EXTENSIONS", "Failure", "Report", "begin", "check_extension", "check_outputs", "convert_group",
-    "manifest_folder", "pending", "plan", "run", "safe_name",
+    "DEFAULT_OPTIONS", "OUTPUT_EXTENSIONS", "Failure", "Report", "begin", "check_extension", "check_outputs",
+    "convert_group", "manifest_folder", "pending", "plan", "run", "safe_name",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPTIONS = ConvertOptions()
 
 GROUP_FILES = 16  # files decoded and computed together; their windows are batched by the pipeline's batch_size
 

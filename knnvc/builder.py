@@ -1,10 +1,6 @@
 """The encoder half of the pipeline: audio in, WavLM features and voices out, batched across files.
 
     >>> from knnvc.builder import VoiceBuilder
-    >>> from knnvc.options import DEFAULT_MODELS, Models, PipelineSettings
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
     >>> builder = VoiceBuilder.from_pretrained(device="cpu")
     >>> voice = builder.build_voice("target_speaker/")          # no vocoder is loaded
 
@@ -38,16 +34,14 @@ from knnvc.errors import AudioError, UsageError
 from knnvc.files import sha256
 from knnvc.layers import rebuild_layer
 from knnvc.models import cached_encoder, compiled, prepare_encoder
-from knnvc.options import DEFAULT_MODELS, Models, PipelineSettings
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from knnvc.options import DEFAULT_MODELS, DEFAULT_SETTINGS, Models, PipelineSettings
 from knnvc.progress import OnProgress, Progress, report
 from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-DEFAULT_SETTINGS = PipelineSettings()
+log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
 
@@ -108,10 +102,12 @@ class VoiceBuilder:
         dev = resolve_device(settings.device)  # a bad device or precision fails before any download
         dtype = resolve_precision(settings.precision, dev)
         encoder = cached_encoder(models.wavlm, dev, dtype, models.offline, max(match_layer, WAVLM_LAYER))
-        return cls._assemble(encoder, models, settings, dtype)
+        return cls._assemble(encoder, models, settings, dev, dtype)
 
     @classmethod
-    def _assemble(cls, encoder: WavLMEncoder, models: Models, settings: PipelineSettings, dtype: torch.dtype) -> Self:
+    def _assemble(
+        cls, encoder: WavLMEncoder, models: Models, settings: PipelineSettings, device: torch.device, dtype: torch.dtype
+    ) -> Self:
         """The object ``from_pretrained`` returns, from the cached encoder (a ``KnnVC`` adds its vocoder)."""
         return cls(encoder, settings)
 

@@ -55,7 +55,7 @@ def prepare_encoder(encoder: WavLMEncoder, device: torch.device, dtype: torch.dt
 
 def prepare_vocoder(vocoder: Generator, device: torch.device, dtype: torch.dtype) -> Generator:
     """``vocoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy; on a
-    CPU a folded vocoder also gets the channels-last layout (``_cpu_layout``), on a copy."""
+    CPU a folded vocoder also gets the channels-last layout (``_cpu_layout_helps``), on a copy."""
     prepared = _prepared(vocoder, device, dtype, vocoder.conv_post, "cast")
     if _cpu_layout_helps(prepared, device):
         prepared = (copy.deepcopy(prepared) if prepared is vocoder else prepared).channels_last()

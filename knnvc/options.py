@@ -158,4 +158,6 @@ def _number(value: object) -> bool:
     return value == value and abs(value) != float("inf")
 
 
-DEFAULT_MODELS = Models()  # the published checkpoints, device and precision auto
+DEFAULT_OPTIONS = ConvertOptions()  # the paper's conversion: k=4, -16 LUFS, trimmed references
+DEFAULT_SETTINGS = PipelineSettings()  # device, precision and batch size auto
+DEFAULT_MODELS = Models()  # the published checkpoints, run with DEFAULT_SETTINGS

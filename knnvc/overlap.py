@@ -11,13 +11,11 @@ import numpy as np
 
 from knnvc import audio
 from knnvc.errors import DiskFullError, KnnvcError
-from knnvc.options import ConvertOptions
+from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.progress import Job
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
-
-DEFAULT_OPTIONS = ConvertOptions()
 
 
 class Overlap:

@@ -24,14 +24,14 @@ import torch
 from torch import Tensor
 
 from knnvc import audio, oom, windows
-from knnvc.builder import DEFAULT_SETTINGS, AudioInput, VoiceBuilder
+from knnvc.builder import AudioInput, VoiceBuilder
 from knnvc.constants import DEFAULT_K, SAMPLE_RATE, WAVLM_LAYER
-from knnvc.devices import exact_fp32, resolve_device
+from knnvc.devices import exact_fp32
 from knnvc.encoder import WavLMEncoder, split_layers
 from knnvc.errors import UsageError
 from knnvc.matcher import blend, knn_regression, morph
 from knnvc.models import cached_vocoder, compiled, prepare_vocoder
-from knnvc.options import ConvertOptions, Models, PipelineSettings
+from knnvc.options import DEFAULT_OPTIONS, DEFAULT_SETTINGS, ConvertOptions, Models, PipelineSettings
 from knnvc.progress import OnProgress, Progress, report
 from knnvc.voice import Voice
 from vocoder import Generator
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_OPTIONS", "AudioInput", "KnnVC", "VoiceBuilder"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OPTIONS = ConvertOptions()
 
 HELD_VOICES = 4  # voices (x match layers) kept on the device, normalised: the voice and a morph target
 
@@ -75,9 +73,10 @@ class KnnVC(VoiceBuilder):
         self._held_voices: dict[tuple[int, int], tuple[Voice, Tensor, Tensor]] = {}  # (id, layer): on the device
 
     @classmethod
-    def _assemble(cls, encoder: WavLMEncoder, models: Models, settings: PipelineSettings, dtype: torch.dtype) -> Self:
-        vocoder = cached_vocoder(models.vocoder, resolve_device(settings.device), dtype, models.offline)
-        return cls(encoder, vocoder, settings)
+    def _assemble(
+        cls, encoder: WavLMEncoder, models: Models, settings: PipelineSettings, device: torch.device, dtype: torch.dtype
+    ) -> Self:
+        return cls(encoder, cached_vocoder(models.vocoder, device, dtype, models.offline), settings)
 
     @property
     def sample_rate(self) -> int:

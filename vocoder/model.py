@@ -46,7 +46,9 @@ def _zero_padding(x: Tensor, *, lengths: Tensor, scale: int) -> Tensor:
 def _as_2d(conv: _Conv) -> nn.Conv2d | nn.ConvTranspose2d:
     """The same convolution over (B, C, 1, L) in channels-last layout: kernel (1, k), weights (O, I, 1, k)."""
     (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
-    (p,) = conv.padding if isinstance(conv.padding, tuple) else (0,)
+    if not isinstance(conv.padding, tuple):
+        raise ValueError(f"only numeric padding converts, got {conv.padding!r}")
+    (p,) = conv.padding
     two_d: nn.Conv2d | nn.ConvTranspose2d
     if isinstance(conv, nn.ConvTranspose1d):
         two_d = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, (1, k), (1, s), (0, p),
@@ -139,7 +141,6 @@ class Generator(nn.Module):
             for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True)
         )
         self.conv_post = _wn(nn.Conv1d(ch0 // 2**self.num_upsamples, 1, 7, 1, padding=3))
-        self.layout_2d = False  # see ``channels_last``
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, T, input_dim) at 50 Hz -> (B, 1, T * hop) at 16 kHz, fp32 (the output island).
@@ -163,7 +164,8 @@ class Generator(nn.Module):
                 xs = xs + block(x, keep)
             x = xs / self.num_kernels
         x = self.conv_post(keep(F.leaky_relu(x, FINAL_LRELU_SLOPE)).to(self.conv_post.weight.dtype))
-        return torch.tanh(x.float()).squeeze(2) if self.layout_2d else torch.tanh(x.float())
+        x = torch.tanh(x.float())
+        return x.squeeze(2) if self.layout_2d else x
 
     def cast(self, dtype: torch.dtype) -> Generator:
         """Cast to ``dtype`` in place for inference, keeping ``conv_post`` (and the tanh) fp32; returns ``self``."""
@@ -185,8 +187,12 @@ class Generator(nn.Module):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Conv1d | nn.ConvTranspose1d):
                     setattr(parent, name, _as_2d(child))
-        self.layout_2d = True
         return self
+
+    @property
+    def layout_2d(self) -> bool:
+        """True after ``channels_last``: the convolutions are 2-D and activations run as (B, C, 1, L)."""
+        return isinstance(self.conv_post, nn.Conv2d)
 
     def _convs(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, nn.Conv1d | nn.ConvTranspose1d)]

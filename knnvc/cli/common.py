@@ -51,8 +51,8 @@ def pipeline(
     batch_size: BatchOpt = None,
     offline: OfflineOpt = False,
 ) -> Models:
-    """The model options of commands that load one pipeline (``takes(pipeline)``): a bad batch size is a usage
-    error here, before anything loads."""
+    """The model options of commands that load one pipeline (``takes(pipeline)``), as the ``Models`` to load
+    (typer itself refuses a batch size below 1)."""
     settings = PipelineSettings(device=device, precision=precision, batch_size=batch_size)
     return Models(wavlm, vocoder, settings, offline or None)
 

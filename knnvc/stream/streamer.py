@@ -13,8 +13,8 @@ from torch import Tensor
 from knnvc.constants import HOP, SAMPLE_RATE
 from knnvc.encoder import num_frames, split_layers
 from knnvc.errors import AudioError, UsageError
-from knnvc.options import ConvertOptions
-from knnvc.pipeline import DEFAULT_OPTIONS, KnnVC
+from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
+from knnvc.pipeline import KnnVC
 from knnvc.stream.settings import DEFAULT_STREAM, StreamSettings, encoder_reach, vocoder_reach, voice_gain
 from knnvc.voice import Voice
 from knnvc.windows import Window

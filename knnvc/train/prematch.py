@@ -28,12 +28,12 @@ import torch
 from torch import Tensor
 
 from knnvc import audio, files
-from knnvc.builder import DEFAULT_SETTINGS, VoiceBuilder
+from knnvc.builder import VoiceBuilder
 from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.encoder import WavLMEncoder, num_frames
 from knnvc.errors import AudioError, UsageError
 from knnvc.matcher import knn_regression
-from knnvc.options import PipelineSettings
+from knnvc.options import DEFAULT_SETTINGS, PipelineSettings
 from knnvc.train.speakers import Skipped, Utterance, discover, pool_groups
 from knnvc.train.store import PrematchReport, Store
 from vocoder.train.data import SUFFIX, Entry, TrainingError, hop_for, write_utterance

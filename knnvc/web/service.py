@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from knnvc import audio, batch
 from knnvc.errors import AudioError, UsageError, VoiceError
-from knnvc.options import ConvertOptions
+from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.progress import WINDOW_STAGES, OnProgress, Progress
 from knnvc.voice import VOICE_SUFFIX, Voice
 from knnvc.web import zips
@@ -50,7 +50,7 @@ class Target:
 
     voice: str | None = None
     references: Sequence[Path] = ()
-    options: ConvertOptions = dataclasses.field(default_factory=ConvertOptions)
+    options: ConvertOptions = DEFAULT_OPTIONS
 
 
 class TooLargeError(UsageError):
@@ -241,7 +241,8 @@ class Service:
         path = folder / f"{clean}{VOICE_SUFFIX}" if folder is not None else self.result_path(f"{clean}{VOICE_SUFFIX}")
         target = Target(references=references, options=ConvertOptions(trim=trim))
         with self._turn(job, target, notify or _quiet, name=clean) as voice:
-            return voice, voice.save(path)
+            pass  # built while the model is held; written once it is free
+        return voice, voice.save(path)
 
     def convert_zip(
         self, job: Job, archive: Path, target: Target, extension: str = ".wav", notify: Notify | None = None
