@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,3 +51,17 @@ def voice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.fault_tools import tiny_voice_file
 
     return tiny_voice_file(tmp_path_factory.mktemp("voice"))
+
+
+def help_probe(commands: list[list[str]], heavy: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``knnvc ARGS`` (each a ``--help``) in a fresh interpreter; every help must exit 0, and the last line
+    printed is ``LOADED [...]``: which of the ``heavy`` modules those helps imported."""
+    probe = (
+        "import sys\nfrom knnvc.cli import app\n"
+        f"for args in {commands!r}:\n"
+        "    try:\n        app(args, prog_name='knnvc')\n"
+        "    except SystemExit as exc:\n        assert exc.code == 0, (args, exc.code)\n"
+        f"heavy = {heavy!r}\n"
+        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout)

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from knnvc.cli import app
-from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
+from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM, help_probe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models on a busy 2-core machine
 
@@ -140,18 +140,8 @@ def test_progress_bars_per_stage() -> None:
 
 
 def test_help_loads_no_metric_model() -> None:
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys\nfrom knnvc.cli import app\n"
-        "for args in (['eval', '--help'], ['eval-librispeech', '--help']):\n"
-        "    try:\n        app(args, prog_name='knnvc')\n"
-        "    except SystemExit as exc:\n        assert exc.code == 0, (args, exc.code)\n"
-        "heavy = ('torch', 'numpy', 'resemblyzer', 'jiwer', 'pocketsphinx', 'matplotlib', 'knnvc.eval')\n"
-        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    heavy = ("torch", "numpy", "resemblyzer", "jiwer", "pocketsphinx", "matplotlib", "knnvc.eval")
+    proc = help_probe([["eval", "--help"], ["eval-librispeech", "--help"]], heavy, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--sweep" in proc.stdout and "--sources-per-speaker" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "LOADED []"
