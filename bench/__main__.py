@@ -32,7 +32,7 @@ import torch
 from bench import agreement, compare, table
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
 from bench.measure import speech
-from knnvc.devices import precision_name, resolve_precision
+from knnvc.runtime.devices import precision_name, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SR = 16_000
@@ -98,7 +98,7 @@ def main() -> None:
     extra = args.knnvc_args.split()
     env = {**os.environ, "KNNVC_CACHE": str(work / "cache"), "PYTHONPATH": str(compare.ROOT)}
     fill = (
-        "from knnvc.checkpoints import load_encoder as e, load_vocoder as v; import sys; e(sys.argv[1]); v(sys.argv[2])"
+        "from knnvc.weights.formats import load_encoder as e, load_vocoder as v; import sys; e(sys.argv[1]); v(sys.argv[2])"
     )
     compare.timed([sys.executable, "-c", fill, str(models["wavlm"]), str(models["vocoder"])], env)  # the first run
     out = RESULTS / f"{machine_name(device)}.json"

@@ -3,7 +3,7 @@
 For each precision the device offers, a pipeline in that precision builds the voice and encodes the source
 itself (as a user's would), and we compare with fp32: the share of source frames whose k nearest matching-set
 frames are the same set, and the SNR (dB) of the converted waveform (no loudness step) against fp32's.
-``knnvc.devices.AUTO_PRECISION`` may pick a precision only where both model sizes agree on >= 95 % of frames.
+``knnvc.runtime.devices.AUTO_PRECISION`` may pick a precision only where both model sizes agree on >= 95 % of frames.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from knnvc import audio
-from knnvc.checkpoints import load_encoder, load_vocoder
-from knnvc.devices import cpu_has_native_bf16
-from knnvc.matcher import knn_indices
+from knnvc.audio import decode
+from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.runtime.devices import cpu_has_native_bf16
+from knnvc.weights.formats import load_encoder, load_vocoder
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 SPEECH = FIXTURES / "speech"
@@ -54,7 +54,7 @@ def measure(models: dict[str, Path], source: Path, references: list[Path], devic
     result: dict[str, Any] = {}
     for case, (wavlm, vocoder, src, refs) in cases.items():
         encoder, generator = load_encoder(wavlm), load_vocoder(vocoder)
-        wav, ref_wavs = audio.load(src), [audio.load(r) for r in refs]
+        wav, ref_wavs = decode.load(src), [decode.load(r) for r in refs]
         base_idx, base_wav = _choices(KnnVC(encoder, generator, PipelineSettings(device, "fp32")), wav, ref_wavs)
         for precision in lower_precisions(device):
             vc = KnnVC(encoder, generator, PipelineSettings(device, precision))

@@ -29,9 +29,9 @@ import torch
 
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
 from bench.measure import make_corpus
-from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.options import PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.weights.formats import load_encoder, load_vocoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

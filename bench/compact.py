@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from bench.__main__ import RESULTS, machine_name
 from bench.compact_bank import builder, encoded_bank, source_speech, tile
-from knnvc.constants import DEFAULT_K, FRAME_RATE
-from knnvc.kmeans import Clustering
-from knnvc.matcher import knn_indices, knn_regression
+from knnvc.nn.kmeans import Clustering
+from knnvc.nn.matcher import knn_indices, knn_regression
+from knnvc.options import DEFAULT_K, FRAME_RATE
 from knnvc.voice import Voice
 
 

@@ -20,10 +20,9 @@ import soxr
 import torch
 
 from bench.layouts import write_wavlm_large
-from knnvc.checkpoints import load_encoder
-from knnvc.constants import FRAME_RATE, SAMPLE_RATE
-from knnvc.options import PipelineSettings
-from knnvc.pipeline import VoiceBuilder
+from knnvc.options import FRAME_RATE, SAMPLE_RATE, PipelineSettings
+from knnvc.pipeline import KnnVC
+from knnvc.weights.formats import load_encoder
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speech"
 
@@ -51,12 +50,12 @@ def source_speech(seconds: float) -> np.ndarray:
     return np.tile(wav, int(np.ceil(seconds * SAMPLE_RATE / len(wav))))[: int(seconds * SAMPLE_RATE)]
 
 
-def builder(work: Path) -> VoiceBuilder:
-    """A CPU fp32 ``VoiceBuilder`` over a random WavLM-Large written (once) into ``work``."""
+def builder(work: Path) -> KnnVC:
+    """A CPU fp32 ``KnnVC`` over a random WavLM-Large written (once) into ``work``."""
     path = work / "WavLM-Large.pt"
     if not path.exists():
         write_wavlm_large(path)
-    return VoiceBuilder(load_encoder(path), PipelineSettings("cpu", "fp32"))
+    return KnnVC(load_encoder(path), None, PipelineSettings("cpu", "fp32"))
 
 
 def encoded_bank(work: Path, minutes: float) -> tuple[torch.Tensor, float]:

@@ -4,7 +4,7 @@
 
 1. builds the full-size random-weight models (published layouts);
 2. a folder of short clips against one voice, in process with the models loaded: the original's algorithm
-   (``bench.reference``: 6 layers, fp32, batch 1, the matching set built once) against ``batch.run`` (decode,
+   (``bench.reference``: 6 layers, fp32, batch 1, the matching set built once) against ``runner.run`` (decode,
    compute, loudness, atomic writes), then both as whole processes (``bench.compare``);
 3. the peak GPU memory of converting a 1-hour file;
 4. each lower precision's kNN agreement with fp32 and output SNR (``bench.agreement``);
@@ -34,7 +34,7 @@ from bench import agreement, compare, table
 from bench.__main__ import RESULTS, SR, machine_name, models_in
 from bench.measure import Peak, speech
 from bench.reference import Original
-from knnvc import batch
+from knnvc.batch import plan, runner
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 
@@ -80,10 +80,10 @@ def in_process(
     vc = KnnVC.from_pretrained(Models(models["wavlm"], models["vocoder"], PipelineSettings(str(device), batch_size=32)))
     voice = vc.build_voice(refs)
     vc.warm_up()
-    jobs = batch.plan(sources[0].parent, work / "out_fast", voice.name)
+    jobs = plan.plan(sources[0].parent, work / "out_fast", voice.name)
     with Peak(device) as peak:
         start = time.perf_counter()
-        report = batch.run(vc, jobs, voice, overwrite=True)
+        report = runner.run(vc, jobs, voice, overwrite=True)
         _sync()
         fast = time.perf_counter() - start
     return {

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 from transformers import WavLMModel
 
-from knnvc import audio
-from knnvc.checkpoints import read_original, wavlm_model
-from knnvc.constants import WAVLM_LAYER
-from knnvc.encoder import truncate_wavlm
+from knnvc import options
+from knnvc.audio import decode, loudness, vad, write
+from knnvc.nn.encoder import truncate_wavlm
+from knnvc.options import WAVLM_LAYER
+from knnvc.weights.formats import read_original, wavlm_model
 from vocoder import Generator
 from vocoder.checkpoint import load_generator
 
@@ -68,19 +69,19 @@ class Original:
 
     def matching_set(self, references: Sequence[Path]) -> torch.Tensor:
         """The voice, built once: trimmed references, encoded one by one, concatenated on the CPU."""
-        return torch.cat([self.features(audio.trim_silence(audio.load(r))) for r in references]).cpu()
+        return torch.cat([self.features(vad.trim_silence(decode.load(r))) for r in references]).cpu()
 
     @torch.inference_mode()
     def convert(self, source: Path, matching: torch.Tensor, output: Path) -> float:
         """Convert one file (whole, batch 1) and write it; returns its audio seconds."""
-        wav = audio.load(source)
+        wav = decode.load(source)
         query = self.features(wav)
         pool = matching.to(self.device)
         best = fast_cosine_dist(query, pool).topk(k=TOPK, largest=False, dim=-1)
         converted = pool[best.indices].mean(dim=1)
         out = self.vocoder(converted[None]).squeeze().cpu().numpy()
-        audio.save(output, audio.normalise_loudness(out, LOUDNESS))
-        return len(wav) / audio.SAMPLE_RATE
+        write.save(output, loudness.normalise_loudness(out, LOUDNESS))
+        return len(wav) / options.SAMPLE_RATE
 
 
 def main() -> None:

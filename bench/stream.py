@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from knnvc.matcher import knn_indices
+from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.stream import Streamer, StreamSettings

@@ -18,8 +18,6 @@ from knnvc.errors import (
     WeightsError,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AudioError",
     "DeviceError",
@@ -36,14 +34,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from knnvc.api import convert
-    from knnvc.pipeline import KnnVC
+    from knnvc.pipeline import KnnVC, convert
     from knnvc.voice import Voice
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # written once, in pyproject.toml
+        from importlib.metadata import version
+
+        return version("knnvc")
     if name == "convert":
-        from knnvc.api import convert
+        from knnvc.pipeline import convert
 
         return convert
     if name == "KnnVC":

@@ -1,4 +1,6 @@
-"""``ConvertOptions``: every control of one conversion, carried from any front end down to the matcher; and
+"""The constants of the method (with their units) and the typed options that carry every control.
+
+``ConvertOptions``: every control of one conversion, carried from any front end down to the matcher; and
 ``PipelineSettings``: how a pipeline runs (device, precision, batching, windows, compile), never what it computes.
 
 The CLI, the Python API, the batch runner, the stream, the web page and the cluster job all build one of these and
@@ -12,24 +14,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from knnvc.constants import (
-    DEFAULT_K,
-    DEFAULT_LOUDNESS,
-    DEFAULT_VOCODER,
-    DEFAULT_WAVLM,
-    ENCODER_CONTEXT_SECONDS,
-    ENCODER_WINDOW_SECONDS,
-    KNN_WEIGHTINGS,
-    MAX_WAVLM_LAYERS,
-    WAVLM_LAYER,
-)
 from knnvc.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
 
-    from knnvc.voice import Voice
+# Every number the method fixes, with its unit, in one place.
+SAMPLE_RATE = 16_000  # Hz: WavLM's input rate and the published vocoder's output rate
+HOP = 320  # samples per feature frame: 20 ms at 16 kHz
+FRAME_RATE = SAMPLE_RATE // HOP  # 50 Hz
+RECEPTIVE_FIELD = 400  # samples: the WavLM conv front end needs this many for its first frame (25 ms)
+WAVLM_LAYER = 6  # kNN-VC matches on the output of transformer block 6 (hidden_states[6])
+MAX_WAVLM_LAYERS = 24  # transformer blocks of WavLM-Large, the deepest layer a match layer can name
+KNN_WEIGHTINGS = ("uniform", "inverse-distance")  # how the k neighbours are averaged
+FEATURE_DIM = 1024  # WavLM-Large width
+DEFAULT_K = 4  # neighbours averaged per source frame
+ENCODER_WINDOW_SECONDS = 30.0  # s kept per encoder window: longer audio is encoded in windows (a 30 s file is one)
+ENCODER_CONTEXT_SECONDS = 3.0  # s of context on each side of an encoder window (36 s windows)
+DEFAULT_LOUDNESS = -16.0  # LUFS (ITU-R BS.1770), as the original
+DEFAULT_WAVLM = "microsoft/wavlm-large"
+DEFAULT_VOCODER = "prematched"
 
+# Limits of the options.
 MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered
 MAX_SAMPLE_RATE = 192_000  # Hz: the highest output rate offered
 MIN_LOUDNESS = -70.0  # LUFS: BS.1770's absolute gate; quieter targets are silence
@@ -51,7 +57,8 @@ class ConvertOptions:
         match_layer: the WavLM layer searched for neighbours, 1 to the encoder's layer count; the output is
             always the mean of the chosen frames' layer-6 features. The encoder runs max(match_layer, 6) layers.
         knn_weighting: ``uniform`` (the paper's mean) or ``inverse-distance`` (weights 1/d^2).
-        morph: a second ``Voice``; the matched features become ``(1 - w) * kNN(voice) + w * kNN(morph)``.
+        morph: a second ``knnvc.voice.Voice`` (checked by the pipeline: options sit below voices and never import
+            them); the matched features become ``(1 - w) * kNN(voice) + w * kNN(morph)``.
         morph_weight: w, 0 to 1 (0 is the first voice, 1 the second); only with ``morph``.
     """
 
@@ -62,7 +69,7 @@ class ConvertOptions:
     strength: float = 1.0
     match_layer: int = WAVLM_LAYER
     knn_weighting: str = "uniform"
-    morph: Voice | None = field(default=None, compare=False)
+    morph: object | None = field(default=None, compare=False, metadata={"kind": "voice"})
     morph_weight: float = 0.5
 
     def __post_init__(self) -> None:

@@ -1,82 +1,339 @@
-"""The object users hold: encoder + matcher + vocoder on one device, built once, used for many conversions.
+"""The object users hold: ``KnnVC``, an encoder, a matcher and a lazily loaded vocoder on one device.
 
     >>> from knnvc import KnnVC
     >>> vc = KnnVC.from_pretrained(device="auto")
-    >>> voice = vc.build_voice(["target/01.wav", "target/02.wav"])
+    >>> voice = vc.build_voice(["target/01.wav", "target/02.wav"])   # no vocoder is loaded for this
     >>> wav = vc.convert("source.wav", voice)          # (N,) float32 at 16 kHz, -16 LUFS
 
-The pipeline owns ordering, batching and devices; the stages (``audio``, ``encoder``, ``matcher``, ``vocoder``)
-own the computation. The encoder half, ``VoiceBuilder``, lives in ``knnvc.builder``.
+``KnnVC`` is built by composition: it holds a ``WavLMEncoder`` (``knnvc.nn.encoder``), the matching functions
+(``knnvc.nn.matcher``) and a HiFi-GAN ``Generator`` (``vocoder``), which it loads on first use, so building voices
+never loads the vocoder. It owns ordering, batching and devices; the stages own the computation.
+``convert`` is the one-call form for one-off use, over the same process-wide model cache (``knnvc.weights.loaded``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from knnvc import audio, oom, windows
-from knnvc.builder import AudioInput, VoiceBuilder
-from knnvc.constants import DEFAULT_K, SAMPLE_RATE, WAVLM_LAYER
-from knnvc.devices import exact_fp32
-from knnvc.encoder import WavLMEncoder, split_layers
-from knnvc.errors import UsageError
-from knnvc.matcher import blend, knn_regression, morph
-from knnvc.models import cached_vocoder, compiled, prepare_vocoder
-from knnvc.options import DEFAULT_OPTIONS, DEFAULT_SETTINGS, ConvertOptions, Models, PipelineSettings
+from knnvc.audio import decode, vad, write
+from knnvc.audio.loudness import normalise_loudness
+from knnvc.errors import AudioError, UsageError, VoiceError
+from knnvc.files import sha256
+from knnvc.nn.encoder import WavLMEncoder, num_frames, split_layers
+from knnvc.nn.matcher import blend, knn_regression, morph
+from knnvc.options import (
+    DEFAULT_K,
+    DEFAULT_LOUDNESS,
+    DEFAULT_MODELS,
+    DEFAULT_OPTIONS,
+    DEFAULT_SETTINGS,
+    FRAME_RATE,
+    RECEPTIVE_FIELD,
+    SAMPLE_RATE,
+    WAVLM_LAYER,
+    ConvertOptions,
+    Models,
+    PipelineSettings,
+)
 from knnvc.progress import OnProgress, Progress, report
-from knnvc.voice import Voice
-from vocoder import Generator
+from knnvc.runtime import oom, windows
+from knnvc.runtime.devices import auto_batch_size, exact_fp32, resolve_device, resolve_precision
+from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
+from knnvc.weights.loaded import cached_encoder, cached_vocoder, compiled, prepare_encoder, prepare_vocoder
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from vocoder import Generator
 
-__all__ = ["DEFAULT_OPTIONS", "AudioInput", "KnnVC", "VoiceBuilder"]
+__all__ = ["AudioInput", "KnnVC", "convert"]
 
 log = logging.getLogger(__name__)
 
+AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
 HELD_VOICES = 4  # voices (x match layers) kept on the device, normalised: the voice and a morph target
 
 
-class KnnVC(VoiceBuilder):
-    """kNN-VC: WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
+def _first_time(path: Path, seen: set[Path]) -> bool:
+    """True the first time a file is met (by its resolved path), and remembers it; a repeat is logged."""
+    key = path.resolve()
+    if key in seen:
+        log.warning("reference %s is given more than once; counted once", path)
+        return False
+    seen.add(key)
+    return True
 
-    Get one with ``KnnVC.from_pretrained(models, device=...)`` (``VoiceBuilder.from_pretrained``: models loaded
-    once per process, from the model cache), or ``KnnVC(encoder, vocoder, settings)`` with modules you built
-    yourself (they are never changed).
+
+
+class KnnVC:
+    """kNN-VC: a WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
+
+    Get one with ``KnnVC.from_pretrained(models, device=...)`` (models loaded once per process, from the model
+    cache), or ``KnnVC(encoder, vocoder, settings)`` with modules you built yourself (they are never changed: a
+    module not already in eval mode on the device, in the precision asked for, is copied first).
 
     Args:
-        encoder: a ``WavLMEncoder`` (see ``knnvc.checkpoints.load_encoder``).
-        vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features.
+        encoder: a ``WavLMEncoder`` (see ``knnvc.weights.formats.load_encoder``).
+        vocoder: a HiFi-GAN ``Generator`` trained on (prematched) layer-6 features, or None to load
+            ``models.vocoder`` from the model cache the first time audio is synthesised (building voices and
+            encoding never load it).
         settings: device, precision, batch size, windows and compile (``knnvc.options.PipelineSettings``).
+        models: where a vocoder left as None comes from (``models.vocoder``, ``models.offline``).
+
+    Attributes:
+        encoder: the prepared ``WavLMEncoder``; ``vocoder`` (a property) the prepared ``Generator``.
+        settings, device, dtype, batch_size: how it runs.
     """
 
     def __init__(
-        self, encoder: WavLMEncoder, vocoder: Generator, settings: PipelineSettings = DEFAULT_SETTINGS
+        self,
+        encoder: WavLMEncoder,
+        vocoder: Generator | None = None,
+        settings: PipelineSettings = DEFAULT_SETTINGS,
+        *,
+        models: Models = DEFAULT_MODELS,
     ) -> None:
-        if vocoder.config.input_dim != encoder.dim:
-            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {encoder.dim}")
-        super().__init__(encoder, settings)
-        self.vocoder = prepare_vocoder(vocoder, self.device, self.dtype)
-        self._vocoder_run: torch.nn.Module = self.vocoder
-        if self.compile:
-            self._vocoder_run, seconds = compiled(self.vocoder)
-            self.compile_seconds += seconds
+        self.settings, self.models = settings, models
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_precision(settings.precision, self.device)
+        self.encoder = prepare_encoder(encoder, self.device, self.dtype)
+        self.compile_seconds = 0.0
+        if settings.compile:  # a shallow copy holds the compiled network: the prepared (maybe shared) one is untouched
+            self.encoder = copy.copy(self.encoder)
+            self.encoder._modules = dict(self.encoder._modules)
+            self.encoder.model, self.compile_seconds = compiled(self.encoder.model)
+        self.batch_size = settings.batch_size or auto_batch_size(self.device)
+        self.slack = windows.BUCKET_SLACK.get(self.device.type, windows.BUCKET_SLACK["default"])
+        self.window = round(settings.window_seconds * FRAME_RATE)  # frames kept per encoder window
+        self.context = round(settings.context_seconds * FRAME_RATE)  # frames of context on each side
+        self._vocoder: Generator | None = None
+        self._vocoder_run: torch.nn.Module | None = None
+        if vocoder is not None:
+            self._set_vocoder(prepare_vocoder(vocoder, self.device, self.dtype))
         self._held_voices: dict[tuple[int, int], tuple[Voice, Tensor, Tensor]] = {}  # (id, layer): on the device
 
     @classmethod
-    def _assemble(
-        cls, encoder: WavLMEncoder, models: Models, settings: PipelineSettings, device: torch.device, dtype: torch.dtype
-    ) -> Self:
-        return cls(encoder, cached_vocoder(models.vocoder, device, dtype, models.offline), settings)
+    def from_pretrained(
+        cls, models: Models = DEFAULT_MODELS, *, device: str | None = None, match_layer: int = WAVLM_LAYER
+    ) -> KnnVC:
+        """The one way to get a pipeline from published or local weights.
+
+        Models come from the process-wide cache (``knnvc.weights.loaded``): loaded (or downloaded) on first use,
+        then shared by every pipeline asking for the same weights, device and precision. The encoder loads here;
+        the vocoder when audio is first synthesised (``vocoder``), so building voices never loads it.
+
+        Args:
+            models: the weights by registry name, hub id or local path, and how they run (``PipelineSettings``).
+            device: short for ``models.settings.device``.
+            match_layer: the deepest match layer it will be asked for (WavLM runs max(it, 6) layers).
+        """
+        settings = models.settings.on(device)
+        dev = resolve_device(settings.device)  # a bad device or precision fails before any download
+        dtype = resolve_precision(settings.precision, dev)
+        encoder = cached_encoder(models.wavlm, dev, dtype, models.offline, max(match_layer, WAVLM_LAYER))
+        return cls(encoder, None, settings, models=models)
+
+    @property
+    def vocoder(self) -> Generator:
+        """The prepared HiFi-GAN, loaded from ``models.vocoder`` (the model cache) the first time it is needed."""
+        if self._vocoder is None:
+            m = self.models
+            self._set_vocoder(cached_vocoder(m.vocoder, self.device, self.dtype, m.offline))
+        assert self._vocoder is not None
+        return self._vocoder
+
+    def _set_vocoder(self, vocoder: Generator) -> None:
+        if vocoder.config.input_dim != self.encoder.dim:
+            raise UsageError(f"vocoder expects {vocoder.config.input_dim}-d features, encoder gives {self.encoder.dim}")
+        self._vocoder = self._vocoder_run = vocoder
+        if self.settings.compile:
+            self._vocoder_run, seconds = compiled(vocoder)
+            self.compile_seconds += seconds
+
+    # -- audio in ---------------------------------------------------------------------------------------
+    def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """A path, array or tensor -> (N,) float32 mono at 16 kHz. Arrays and tensors need ``sample_rate``."""
+        if isinstance(source, (str, os.PathLike)):
+            return decode.load(Path(source), min_samples=RECEPTIVE_FIELD)
+        if sample_rate is None:
+            raise UsageError("in-memory audio needs its sample_rate")
+        return decode.to_mono_16k(source, sample_rate)
+
+    # -- stages -----------------------------------------------------------------------------------------
+    def encode(
+        self, source: AudioInput, sample_rate: int | None = None, progress: OnProgress | None = None
+    ) -> Tensor:
+        """Layer-6 features of one input: (T, D) at 50 Hz, fp32, on the pipeline's device."""
+        return self.encode_many([self.load_audio(source, sample_rate)], progress=progress)[0]
+
+    @oom.splits_batches("encoding")  # out of memory: halve the batch, then (below) the window
+    def _encode_batch(self, wavs: list[Tensor], layers: tuple[int, ...] | None = None) -> list[Tensor]:
+        plain = layers is None or tuple(layers) == (self.encoder.layer,)  # the usual call: layer 6 alone
+        with exact_fp32(self.device, self.dtype):
+            feats = self.encoder.encode_batch(wavs) if plain else self.encoder.encode_batch(wavs, layers)
+            return [f.float() for f in feats]
+
+    @oom.retries_smaller("encoding")
+    def encode_many(
+        self,
+        wavs: Sequence[np.ndarray],
+        progress: OnProgress | None = None,
+        layers: tuple[int, ...] | None = None,
+    ) -> list[Tensor]:
+        """Encode 16 kHz mono waveforms; results keep the input order, (T_i, D) fp32 at 50 Hz, on the device.
+
+        Inputs longer than a window are cut into overlapping windows (``knnvc.runtime.windows``); the windows and whole
+        inputs of all the files form the batches together, bucketed by length, so memory stays flat in any
+        input's length and short files share batches. ``layers`` (default: layer 6 alone) come side by side,
+        (T_i, len(layers) * D): see ``encoder.split_layers``.
+        """
+        self.check_depth(layers or ())
+        for i, wav in enumerate(wavs):
+            if len(wav) < RECEPTIVE_FIELD:
+                raise AudioError(
+                    f"input {i}: {len(wav)} samples is shorter than one WavLM frame ({RECEPTIVE_FIELD} samples, 25 ms)"
+                )
+        tensors = [torch.from_numpy(np.ascontiguousarray(w)) for w in wavs]
+        parts = windows.pieces([num_frames(len(w)) for w in wavs], self.window, self.context)
+        kept: list[list[tuple[int, Tensor]]] = [[] for _ in wavs]
+        done = 0
+        for group in windows.buckets([p.frames for p in parts], self.batch_size, self.slack):
+            chunk = [parts[g] for g in group]
+            feats = self._encode_batch([tensors[p.item][slice(*p.window.sample_span())] for p in chunk], layers)
+            for p, f in zip(chunk, feats, strict=True):
+                w = p.window
+                kept[p.item].append((w.keep_start, f[w.keep_start - w.start : w.keep_stop - w.start]))
+            done += len(chunk)
+            report(progress, Progress("encode", done, len(parts)))
+        return [_stitch(found) for found in kept]
+
+    # -- voices -----------------------------------------------------------------------------------------
+    def build_voice(
+        self,
+        references: AudioInput | Sequence[AudioInput],
+        *,
+        trim: bool = True,
+        sample_rate: int | None = None,
+        name: str | None = None,
+        match_layer: int = WAVLM_LAYER,
+    ) -> Voice:
+        """Matching set from reference speech: a file, a folder, or a list of paths/arrays/tensors.
+
+        Each reference has its leading and trailing silence trimmed (unless ``trim=False``); their frames are
+        concatenated in the given order (a folder: sorted by path). The voice holds layer-6 frames, and
+        ``match_layer``'s too when that is another layer (the encoder must run that deep).
+        """
+        items = self._reference_items(references)
+        wavs, sources = [], []
+        for label, item in items:
+            wav = self.load_audio(item, sample_rate)
+            if trim:
+                wav = vad.trim_silence(wav)
+                if len(wav) == 0:
+                    raise AudioError(f"{label}: no speech found in this reference; check it, or pass trim=False")
+            wavs.append(wav)
+            digest = sha256(Path(label)) if isinstance(item, (str, os.PathLike)) else ""
+            sources.append(SourceFile(path=label, sha256=digest, seconds=round(len(wav) / SAMPLE_RATE, 3)))
+        layers = tuple(sorted({self.encoder.layer, match_layer}))
+        by_layer = split_layers(torch.cat(self.encode_many(wavs, layers=layers)).cpu(), layers)
+        default_name = Path(items[0][0]).stem if len(items) == 1 else Path(items[0][0]).parent.name
+        return Voice(
+            frames=by_layer.pop(self.encoder.layer).contiguous(),
+            encoder=self.encoder.name,
+            encoder_fingerprint=self.encoder.fingerprint,
+            layer=self.encoder.layer,
+            sources=tuple(sources),
+            name=name or default_name or "voice",
+            match_frames={n: f.contiguous() for n, f in by_layer.items()},
+            trim=trim,
+        )
+
+    def check_depth(self, layers: Sequence[int]) -> None:
+        """``UsageError`` unless the encoder has and runs every layer asked for (say how to load a deeper one)."""
+        deepest = max(layers, default=self.encoder.layer)
+        if deepest > self.encoder.num_layers:
+            raise UsageError(f"match layer {deepest}: {self.encoder.name} has {self.encoder.num_layers} layers; "
+                             f"choose a match layer of 1-{self.encoder.num_layers}")  # fmt: skip
+        if deepest > self.encoder.depth:
+            raise UsageError(
+                f"match layer {deepest} needs WavLM run to layer {deepest}, this pipeline's encoder stops at "
+                f"{self.encoder.depth}; load it with match_layer={deepest} (KnnVC.from_pretrained)"
+            )
+
+    def with_layer(self, voice: Voice, layer: int) -> Voice:
+        """``voice`` holding ``layer``'s frames: as is, or re-encoded from its reference files.
+
+        A voice saved before ``--match-layer L`` was asked for holds layer-6 frames only. When its references
+        are still where they were and unchanged (sha256), they are re-encoded to layer L once, checked to give
+        the same layer-6 frames, and the layer-L frames are added; otherwise ``Voice.keys`` raises the
+        ``VoiceError`` that says how to rebuild the voice.
+        """
+        if layer in voice.layers:
+            return voice
+        paths = [Path(src.path) for src in voice.sources]
+        unchanged = all(p.is_file() for p in paths) and all(
+            src.sha256 and sha256(p) == src.sha256 for p, src in zip(paths, voice.sources, strict=True)
+        )
+        if voice.counts is not None or not paths or not unchanged:
+            voice.keys(layer)  # raises the VoiceError that says how to rebuild
+        for trim in [voice.trim] if voice.trim is not None else [True, False]:
+            rebuilt = self.build_voice(paths, trim=trim, name=voice.name, match_layer=layer)
+            if rebuilt.num_frames == voice.num_frames and _same_frames(rebuilt.frames, voice.frames):
+                log.warning("voice %s holds no layer-%d frames: rebuilt them from its %d references; save a voice "
+                            "with `knnvc voice build --match-layer %d` to skip this", voice.label, layer,
+                            len(paths), layer)  # fmt: skip
+                return voice.with_layers({layer: rebuilt.match_frames[layer]})
+        raise VoiceError(f"voice {voice.label}: its references no longer give the frames it holds; "
+                         f"rebuild it with `knnvc voice build REFERENCES --match-layer {layer}`")  # fmt: skip
+
+    def _reference_items(self, references: AudioInput | Sequence[AudioInput]) -> list[tuple[str, AudioInput]]:
+        if isinstance(references, (str, os.PathLike, np.ndarray, Tensor)):
+            references = [references]
+        items: list[tuple[str, AudioInput]] = []
+        seen: set[Path] = set()  # a file named twice, or also inside a folder given, is counted once
+        for i, ref in enumerate(references):
+            if isinstance(ref, (str, os.PathLike)) and Path(ref).is_dir():
+                found = decode.audio_files(Path(ref))
+                if not found:
+                    raise AudioError(
+                        f"{ref}: folder holds no audio files ({', '.join(sorted(decode.AUDIO_EXTENSIONS))})"
+                    )
+                items += [(str(p), p) for p in found if _first_time(p, seen)]
+            elif isinstance(ref, (str, os.PathLike)):
+                items += [(str(ref), ref)] if _first_time(Path(ref), seen) else []
+            else:
+                items.append((f"<array {i}>", ref))
+        if not items:
+            raise UsageError("no references given")
+        return items
+
+    def voice_from(
+        self,
+        target: Voice | AudioInput | Sequence[AudioInput],
+        *,
+        trim: bool = True,
+        sample_rate: int | None = None,
+        match_layer: int = WAVLM_LAYER,
+    ) -> Voice:
+        """A ``Voice`` as is, a ``.voice`` file loaded, or references (with ``sample_rate`` for arrays) built.
+
+        A voice built here holds ``match_layer``'s frames too; see ``with_layer`` for one that lacks them.
+        """
+        if isinstance(target, Voice):
+            return target
+        if isinstance(target, (str, os.PathLike)) and str(target).endswith(VOICE_SUFFIX):
+            return Voice.load(Path(target))
+        return self.build_voice(target, trim=trim, sample_rate=sample_rate, match_layer=match_layer)
 
     @property
     def sample_rate(self) -> int:
@@ -89,7 +346,7 @@ class KnnVC(VoiceBuilder):
         feats = self.encode_many([np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)])
         self.vocode_many(feats)
         took = time.perf_counter() - start
-        if self.compile:
+        if self.settings.compile:
             self.compile_seconds += took
             log.info("torch.compile: %.1f s", self.compile_seconds)
         return took
@@ -134,8 +391,9 @@ class KnnVC(VoiceBuilder):
                 )
         query = torch.cat([f[opts.match_layer].to(self.device, torch.float32) for f in layered])
         matched = self._match_voice(query, voice, opts)
-        if opts.morph is not None:
-            matched = morph(matched, self._match_voice(query, opts.morph, opts), opts.morph_weight)
+        second = _morph_voice(opts)
+        if second is not None:
+            matched = morph(matched, self._match_voice(query, second, opts), opts.morph_weight)
         if opts.strength != 1.0:
             source = torch.cat([f[WAVLM_LAYER].to(self.device, torch.float32) for f in layered])
             matched = blend(matched, source, opts.strength)
@@ -157,8 +415,9 @@ class KnnVC(VoiceBuilder):
         """``voice`` and ``options.morph`` holding the match layer's frames (rebuilt where needed: ``with_layer``)."""
         self.check_depth(options.layers)
         voice = self.with_layer(voice, options.match_layer)
-        if options.morph is not None and options.match_layer not in options.morph.layers:
-            options = replace(options, morph=self.with_layer(options.morph, options.match_layer))
+        second = _morph_voice(options)
+        if second is not None and options.match_layer not in second.layers:
+            options = replace(options, morph=self.with_layer(second, options.match_layer))
         return voice, options
 
     # -- vocoding ---------------------------------------------------------------------------------------
@@ -171,8 +430,9 @@ class KnnVC(VoiceBuilder):
         lengths = None
         if min(sizes) < max(sizes):
             lengths = torch.tensor(sizes, pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
+        run = self._vocoder_run or self.vocoder
         with exact_fp32(self.device, self.dtype):
-            wavs = (self._vocoder_run(batch) if lengths is None else self._vocoder_run(batch, lengths)).reshape(
+            wavs = (run(batch) if lengths is None else run(batch, lengths)).reshape(
                 len(features), -1
             )
         hop = self.vocoder.config.hop
@@ -243,8 +503,8 @@ class KnnVC(VoiceBuilder):
         """The host-side chores after ``convert_batch(..., finish=False)``: loudness, then the output rate (safe in
         worker threads)."""
         if options.loudness is not None:
-            wav = audio.normalise_loudness(wav, options.loudness, self.sample_rate)
-        return audio.resample(wav, self.sample_rate, self.output_rate(options))
+            wav = normalise_loudness(wav, options.loudness, self.sample_rate)
+        return decode.resample(wav, self.sample_rate, self.output_rate(options))
 
     def convert_batch(
         self,
@@ -289,4 +549,90 @@ class KnnVC(VoiceBuilder):
         """Convert ``source`` and write it atomically to ``output`` (format from the extension)."""
         wav = self.convert(source, target, options)
         rate = self.output_rate(options)
-        return audio.save(Path(output), wav, sample_rate=rate, source_rate=rate)
+        return write.save(Path(output), wav, sample_rate=rate, source_rate=rate)
+
+
+def _stitch(parts: list[tuple[int, Tensor]]) -> Tensor:
+    """Kept window frames of one input, (first frame, (T_w, D)) in any order -> (T, D) in frame order."""
+    parts.sort(key=lambda part: part[0])
+    return parts[0][1] if len(parts) == 1 else torch.cat([t for _, t in parts])
+
+
+def _morph_voice(options: ConvertOptions) -> Voice | None:
+    """``options.morph`` as the ``Voice`` it must be (``UsageError`` for anything else), or None."""
+    if options.morph is None or isinstance(options.morph, Voice):
+        return options.morph
+    raise UsageError(f"morph must be a Voice (a built or loaded voice), got {type(options.morph).__name__}")
+
+
+def _same_frames(a: Tensor, b: Tensor) -> bool:
+    """Whether two (M, D) frame sets are the same up to precision: every pair of rows at cosine 0.99 or more."""
+    return bool((F.cosine_similarity(a.float(), b.float().to(a.device), dim=-1) >= 0.99).all())
+
+
+def convert(
+    source: AudioInput,
+    reference: Voice | AudioInput | Sequence[AudioInput],
+    *,
+    sample_rate: int | None = None,
+    reference_sample_rate: int | None = None,
+    output: str | os.PathLike[str] | None = None,
+    output_sample_rate: int | None = None,
+    k: int = DEFAULT_K,
+    loudness: float | None = DEFAULT_LOUDNESS,
+    trim: bool = True,
+    strength: float = 1.0,
+    match_layer: int = WAVLM_LAYER,
+    knn_weighting: str = "uniform",
+    morph: Voice | AudioInput | Sequence[AudioInput] | None = None,
+    morph_weight: float = 0.5,
+    morph_sample_rate: int | None = None,
+    models: Models = DEFAULT_MODELS,
+    device: str | None = None,
+    progress: OnProgress | None = None,
+) -> np.ndarray:
+    """Say ``source``'s words in ``reference``'s voice: everything ``knnvc convert`` does for one input.
+
+    Args:
+        source: a path, or a numpy array / torch tensor ((N,), (C, N) or (N, C)) with ``sample_rate``.
+        reference: a ``Voice``, a ``.voice`` file, reference audio (a file, a folder, arrays/tensors with
+            ``reference_sample_rate``) or a list of those.
+        output: also write the result here, atomically (format from the extension: .wav, .flac, .ogg).
+        output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default: the vocoder's
+            (16 kHz for the published ones).
+        k, loudness, trim: as for ``KnnVC.convert`` (``loudness=None`` keeps the vocoder's level).
+        strength, match_layer, knn_weighting, morph_weight: the controls of ``knnvc.options.ConvertOptions``.
+        morph: a second voice (a ``Voice``, a ``.voice`` file or reference audio, arrays with
+            ``morph_sample_rate``): the result is ``(1 - morph_weight) * kNN(reference) + morph_weight *
+            kNN(morph)`` before the strength blend.
+        models: the weights and how they run (``knnvc.options.Models``: wavlm, vocoder, settings, offline).
+        device: short for ``models.settings.device``.
+        progress: gets ``knnvc.progress.Progress`` events over the windows of long audio.
+
+    Returns:
+        (N,) float32 at ``output_sample_rate``, as long as the source.
+    """
+    options = ConvertOptions(
+        k=k,
+        loudness=loudness,
+        trim=trim,
+        output_sample_rate=output_sample_rate,
+        strength=strength,
+        match_layer=match_layer,
+        knn_weighting=knn_weighting,
+        morph_weight=morph_weight,
+    )
+    if output is not None and Path(output).suffix.lower() not in write.OUTPUT_FORMATS:
+        raise UsageError(f"{output}: output files end in {', '.join(write.OUTPUT_FORMATS)}")
+    if sample_rate is None and not isinstance(source, (str, os.PathLike)):
+        raise UsageError("an in-memory source (array or tensor) needs its sample_rate")
+    vc = KnnVC.from_pretrained(models, device=device, match_layer=match_layer)
+    voice = vc.voice_from(reference, trim=trim, sample_rate=reference_sample_rate, match_layer=match_layer)
+    if morph is not None:
+        second = vc.voice_from(morph, trim=trim, sample_rate=morph_sample_rate, match_layer=match_layer)
+        options = replace(options, morph=second)
+    wav = vc.convert(source, voice, options, sample_rate=sample_rate, progress=progress)
+    if output is not None:
+        rate = vc.output_rate(options)
+        write.save(Path(output), wav, sample_rate=rate, source_rate=rate)
+    return wav

@@ -23,10 +23,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from knnvc import kmeans
-from knnvc.constants import FRAME_RATE
 from knnvc.errors import UsageError, VoiceError
 from knnvc.files import write_atomically, write_error
+from knnvc.nn import kmeans
+from knnvc.options import FRAME_RATE
 
 FORMAT = "knnvc-voice/1"
 VOICE_SUFFIX = ".voice"

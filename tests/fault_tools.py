@@ -19,8 +19,8 @@ import torch
 from typer.testing import CliRunner, Result
 
 from knnvc.cli import app
-from knnvc.encoder import WavLMEncoder
 from knnvc.errors import EXIT_CODES
+from knnvc.nn.encoder import WavLMEncoder
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice

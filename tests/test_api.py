@@ -15,11 +15,13 @@ import soxr
 import torch
 
 import knnvc
-from knnvc import api, batch
+from knnvc import pipeline, progress
+from knnvc.batch import plan, runner
 from knnvc.errors import DeviceError, UsageError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
-from knnvc.pipeline import KnnVC, VoiceBuilder
+from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
+from knnvc.weights import loaded
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
 TINY: dict[str, Any] = {"models": Models(str(TINY_WAVLM), str(TINY_VOCODER)), "device": "cpu"}
@@ -41,7 +43,7 @@ def expected(vc: KnnVC) -> np.ndarray:
 
 
 def test_lazy_export() -> None:
-    assert knnvc.convert is api.convert
+    assert knnvc.convert is pipeline.convert
 
 
 def test_paths(expected: np.ndarray) -> None:
@@ -91,7 +93,7 @@ def test_output_file_and_rate(tmp_path: Path, expected: np.ndarray) -> None:
 
 
 def test_saved_voice(tmp_path: Path, expected: np.ndarray) -> None:
-    builder = VoiceBuilder.from_pretrained(Models(TINY_WAVLM), device="cpu")
+    builder = KnnVC.from_pretrained(Models(TINY_WAVLM), device="cpu")
     voice = builder.build_voice(REF_DIR, trim=False, name="alice")
     path = voice.save(tmp_path / "alice.voice")
     assert np.array_equal(knnvc.convert(SOURCE_WAV, path, **TINY), expected)
@@ -127,7 +129,7 @@ def test_absent_device() -> None:
 def test_model_cache(tmp_path: Path, vc: KnnVC) -> None:
     again = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=2)))
     assert again.encoder is vc.encoder and again.vocoder is vc.vocoder and again.batch_size == 2
-    assert VoiceBuilder.from_pretrained(Models(TINY_WAVLM), device="cpu").encoder is vc.encoder
+    assert KnnVC.from_pretrained(Models(TINY_WAVLM), device="cpu").encoder is vc.encoder
     copy = tmp_path / "vocoder.pt"
     shutil.copy(TINY_VOCODER, copy)
     shutil.copy(TINY_VOCODER.parent / "config.json", tmp_path / "config.json")
@@ -135,7 +137,7 @@ def test_model_cache(tmp_path: Path, vc: KnnVC) -> None:
     assert KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder is first
     os.utime(copy, ns=(0, 1))  # an edited checkpoint is loaded again
     assert KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder is not first
-    api.clear_cache()
+    loaded.clear_cache()
     assert KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu").encoder is not vc.encoder
 
 
@@ -146,10 +148,10 @@ def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
     shutil.copy(SOURCE_WAV, src / "one.wav")
     shutil.copy(REFS[0], src / "sub" / "two.wav")
     voice = vc.build_voice(REF_DIR, trim=False)
-    jobs = batch.plan(src, tmp_path / "out", voice.name, extension="flac")
+    jobs = plan.plan(src, tmp_path / "out", voice.name, extension="flac")
     assert [j.output.relative_to(tmp_path / "out").as_posix() for j in jobs] == ["one.flac", "sub/two.flac"]
-    events: list[batch.Progress] = []
-    report = batch.run(vc, jobs, voice, ConvertOptions(k=4), progress=events.append)
+    events: list[progress.Progress] = []
+    report = runner.run(vc, jobs, voice, ConvertOptions(k=4), progress=events.append)
     assert report.ok and len(report.converted) == 2 and report.audio_seconds > 6
     # Files are converted in groups (batched encoding): each file starts before it is done.
     files = [e for e in events if e.stage in ("start", "done", "skip", "fail")]
@@ -158,15 +160,15 @@ def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:
     windows = [(e.stage, e.index, e.total, e.job) for e in events if e.stage in ("encode", "vocode")]
     assert ("vocode", 2, 2, None) in windows  # the windows of both files, batched together
     assert report.summary()["realtime_factor"] == pytest.approx(report.wall_seconds / report.audio_seconds, rel=1e-2)
-    assert batch.pending(jobs) == [] and len(batch.pending(jobs, overwrite=True)) == 2
-    assert batch.run(vc, jobs, voice).summary()["skipped"] == 2
+    assert plan.pending(jobs) == [] and len(plan.pending(jobs, overwrite=True)) == 2
+    assert runner.run(vc, jobs, voice).summary()["skipped"] == 2
 
 
 def test_info_and_download_from_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from knnvc import weights
-    from knnvc.sysinfo import system_info
+    from knnvc.cli.sysinfo import system_info
+    from knnvc.weights import hub
 
     monkeypatch.setenv("KNNVC_CACHE", str(tmp_path))
     data = system_info("cpu")
     assert data["device"] == "cpu" and data["knnvc_cache"] == str(tmp_path) and data["weights"]
-    assert callable(weights.download_all)
+    assert callable(hub.download_all)

@@ -16,9 +16,9 @@ import soundfile as sf
 import soxr
 import torch
 
-from knnvc import audio, loudness
-from knnvc.constants import SAMPLE_RATE
+from knnvc.audio import decode, loudness, vad, write
 from knnvc.errors import AudioError, OutputError
+from knnvc.options import SAMPLE_RATE
 from tests.conftest import REF_DIR, SOURCE_WAV
 
 SR = SAMPLE_RATE
@@ -52,11 +52,11 @@ def _round_trip(wav: np.ndarray, rate: int) -> np.ndarray:
 
 
 def test_fixture_loads_bit_identical(speech: np.ndarray) -> None:
-    out = audio.load(SOURCE_WAV)
+    out = decode.load(SOURCE_WAV)
     assert out.dtype == np.float32 and out.ndim == 1 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, speech)
     for ref in sorted(REF_DIR.glob("*.wav")):
-        np.testing.assert_array_equal(audio.load(ref), sf.read(ref, dtype="float32")[0])
+        np.testing.assert_array_equal(decode.load(ref), sf.read(ref, dtype="float32")[0])
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_formats_load_to_mono_16k(
     gains = np.linspace(1.0, 0.5, channels, dtype=np.float32)
     sf.write(tmp_path / name, resampled[:, None] * gains, rate, format=fmt, subtype=subtype)
 
-    out = audio.load(tmp_path / name)
+    out = decode.load(tmp_path / name)
     assert out.dtype == np.float32 and out.ndim == 1 and out.flags.c_contiguous
     assert abs(len(out) - len(speech)) <= 1
     assert _corr(out, _round_trip(speech, rate)) > 0.99
@@ -93,18 +93,18 @@ def test_downmix_is_channel_mean(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     stereo = (rng.standard_normal((1000, 2)) * 0.1).astype(np.float32)
     sf.write(tmp_path / "s.wav", stereo, SR, subtype="FLOAT")
-    np.testing.assert_allclose(audio.load(tmp_path / "s.wav"), stereo.mean(axis=1), atol=1e-7)
+    np.testing.assert_allclose(decode.load(tmp_path / "s.wav"), stereo.mean(axis=1), atol=1e-7)
 
 
 def test_load_to_another_rate(speech: np.ndarray) -> None:
-    out = audio.load(SOURCE_WAV, sample_rate=24_000)
+    out = decode.load(SOURCE_WAV, sample_rate=24_000)
     assert len(out) == round(len(speech) * 1.5)
 
 
 def test_truncated_wav_loads_what_is_there(tmp_path: Path) -> None:
     data = SOURCE_WAV.read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
-    out = audio.load(tmp_path / "cut.wav")
+    out = decode.load(tmp_path / "cut.wav")
     assert 0 < len(out) < sf.info(SOURCE_WAV).frames
 
 
@@ -145,32 +145,32 @@ def _write_case(tmp_path: Path, case: str) -> Path:
 def test_load_errors_name_the_file(tmp_path: Path, case: str, words: str) -> None:
     path = _write_case(tmp_path, case)
     with pytest.raises(AudioError) as info:
-        audio.load(path)
+        decode.load(path)
     message = str(info.value)
     assert path.name in message and words in message and "\n" not in message
     assert ";" in message  # every message says what to do after the semicolon
 
 
 def test_duration_seconds(speech: np.ndarray, tmp_path: Path) -> None:
-    assert audio.duration_seconds(SOURCE_WAV) == pytest.approx(len(speech) / SR)
+    assert decode.duration_seconds(SOURCE_WAV) == pytest.approx(len(speech) / SR)
     with pytest.raises(AudioError):
-        audio.duration_seconds(tmp_path / "missing.wav")
+        decode.duration_seconds(tmp_path / "missing.wav")
 
 
 def test_extensions() -> None:
-    assert {".wav", ".flac", ".ogg", ".oga"} <= audio.AUDIO_EXTENSIONS
-    assert all(ext.startswith(".") and ext == ext.lower() for ext in audio.AUDIO_EXTENSIONS)
+    assert {".wav", ".flac", ".ogg", ".oga"} <= decode.AUDIO_EXTENSIONS
+    assert all(ext.startswith(".") and ext == ext.lower() for ext in decode.AUDIO_EXTENSIONS)
     if "MP3" in sf.available_formats():
-        assert ".mp3" in audio.AUDIO_EXTENSIONS
+        assert ".mp3" in decode.AUDIO_EXTENSIONS
 
 
 # ---------------------------------------------------------------- to_mono_16k
 
 
 def test_to_mono_16k_identity(speech: np.ndarray) -> None:
-    out = audio.to_mono_16k(speech, SR)
+    out = decode.to_mono_16k(speech, SR)
     np.testing.assert_array_equal(out, speech)
-    np.testing.assert_array_equal(audio.to_mono_16k(torch.from_numpy(speech), SR), speech)
+    np.testing.assert_array_equal(decode.to_mono_16k(torch.from_numpy(speech), SR), speech)
 
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
@@ -180,18 +180,18 @@ def test_to_mono_16k_layouts(speech: np.ndarray, layout: str, kind: str) -> None
     if layout == "channels_last":
         stereo = stereo.T
     data = torch.from_numpy(np.ascontiguousarray(stereo)) if kind == "torch" else stereo
-    out = audio.to_mono_16k(data, SR)
+    out = decode.to_mono_16k(data, SR)
     np.testing.assert_allclose(out, 0.75 * speech, atol=1e-7)
 
 
 def test_to_mono_16k_resamples_and_converts(speech: np.ndarray) -> None:
     at_48k = soxr.resample(speech, SR, 48_000)
-    out = audio.to_mono_16k(at_48k.astype(np.float64), 48_000)
+    out = decode.to_mono_16k(at_48k.astype(np.float64), 48_000)
     assert out.dtype == np.float32 and abs(len(out) - len(speech)) <= 1
     assert _corr(out, speech) > 0.999
     pcm = np.round(speech * 32767).astype(np.int16)
-    np.testing.assert_allclose(audio.to_mono_16k(pcm, SR), speech, atol=1 / 16384)
-    half = audio.to_mono_16k(torch.from_numpy(speech).to(torch.bfloat16)[None, None], SR)
+    np.testing.assert_allclose(decode.to_mono_16k(pcm, SR), speech, atol=1 / 16384)
+    half = decode.to_mono_16k(torch.from_numpy(speech).to(torch.bfloat16)[None, None], SR)
     assert _corr(half, speech) > 0.999
 
 
@@ -208,12 +208,12 @@ def test_to_mono_16k_resamples_and_converts(speech: np.ndarray) -> None:
 )
 def test_to_mono_16k_errors(data: np.ndarray, words: str) -> None:
     with pytest.raises(AudioError, match=words):
-        audio.to_mono_16k(data, SR)
+        decode.to_mono_16k(data, SR)
 
 
 def test_to_mono_16k_needs_a_rate() -> None:
     with pytest.raises(AudioError, match="sample rate"):
-        audio.to_mono_16k(np.zeros(100, dtype=np.float32), 0)
+        decode.to_mono_16k(np.zeros(100, dtype=np.float32), 0)
 
 
 # ---------------------------------------------------------------- trim_silence
@@ -230,7 +230,7 @@ def _pad(wav: np.ndarray, seconds: float, noise: float = 0.0, seed: int = 0) -> 
 def test_trim_keeps_the_speech(refs: list[np.ndarray], noise: float) -> None:
     for wav in refs:
         padded = _pad(wav, 1.0, noise)
-        trimmed = audio.trim_silence(padded)
+        trimmed = vad.trim_silence(padded)
         assert trimmed.dtype == np.float32 and trimmed.ndim == 1
         assert len(trimmed) < len(padded) - 1.5 * SR
         assert abs(len(trimmed) - len(wav)) <= 0.15 * SR
@@ -240,7 +240,7 @@ def test_trim_keeps_the_speech(refs: list[np.ndarray], noise: float) -> None:
 def test_trim_keeps_middle_silence(refs: list[np.ndarray]) -> None:
     gap = np.zeros(SR, dtype=np.float32)
     joined = np.concatenate([refs[0], gap, refs[1]])
-    trimmed = audio.trim_silence(_pad(joined, 1.0))
+    trimmed = vad.trim_silence(_pad(joined, 1.0))
     assert len(trimmed) >= len(joined) - 0.3 * SR
     zero = np.concatenate([[0], (trimmed == 0).astype(np.int8), [0]])
     runs = np.diff(np.flatnonzero(np.diff(zero)))[::2]  # lengths of the runs of exact zeros
@@ -251,23 +251,23 @@ def test_trim_keeps_middle_silence(refs: list[np.ndarray]) -> None:
 def test_no_speech_trims_to_empty(noise: float) -> None:
     rng = np.random.default_rng(1)
     wav = (rng.standard_normal(2 * SR) * noise).astype(np.float32)
-    out = audio.trim_silence(wav)
+    out = vad.trim_silence(wav)
     assert out.shape == (0,) and out.dtype == np.float32
-    assert audio.trim_silence(np.zeros(0, dtype=np.float32)).shape == (0,)
+    assert vad.trim_silence(np.zeros(0, dtype=np.float32)).shape == (0,)
 
 
 def test_trim_at_another_rate(refs: list[np.ndarray]) -> None:
     padded = _pad(refs[0], 1.0)
-    at_16k = audio.trim_silence(padded)
-    at_48k = audio.trim_silence(soxr.resample(padded, SR, 48_000), 48_000)
+    at_16k = vad.trim_silence(padded)
+    at_48k = vad.trim_silence(soxr.resample(padded, SR, 48_000), 48_000)
     assert abs(len(at_48k) / 3 - len(at_16k)) <= 0.05 * SR
 
 
 def test_trim_is_deterministic_and_thread_safe(refs: list[np.ndarray]) -> None:
     inputs = [_pad(w, 0.5 + 0.25 * i, 0.003, seed=i) for i, w in enumerate(refs)] * 2
-    serial = [audio.trim_silence(w) for w in inputs]
+    serial = [vad.trim_silence(w) for w in inputs]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        parallel = list(pool.map(audio.trim_silence, inputs))
+        parallel = list(pool.map(vad.trim_silence, inputs))
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -275,7 +275,7 @@ def test_trim_is_deterministic_and_thread_safe(refs: list[np.ndarray]) -> None:
 def test_silero_import_keeps_torch_thread_count() -> None:
     code = (
         "import numpy as np, torch; torch.set_num_threads(3);"
-        "from knnvc.audio import trim_silence; trim_silence(np.zeros(16000, dtype=np.float32));"
+        "from knnvc.audio.vad import trim_silence; trim_silence(np.zeros(16000, dtype=np.float32));"
         "print(torch.get_num_threads())"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -292,20 +292,20 @@ def _lufs(wav: np.ndarray) -> float:
 def test_loudness_reaches_target() -> None:
     rng = np.random.default_rng(2)
     noise = (rng.standard_normal(3 * SR) * 0.01).astype(np.float32)
-    out = audio.normalise_loudness(noise, -16.0)
+    out = loudness.normalise_loudness(noise, -16.0)
     assert out.dtype == np.float32
     assert _lufs(out) == pytest.approx(-16.0, abs=0.5)
 
 
 def test_loudness_on_speech(speech: np.ndarray) -> None:
-    out = audio.normalise_loudness(speech, -23.0)
+    out = loudness.normalise_loudness(speech, -23.0)
     assert _lufs(out) == pytest.approx(-23.0, abs=0.5)
     # espeak's crest factor is high: at -16 LUFS its peaks would pass the ceiling; the true-peak limiter holds
     # them under it and the loudness still reaches the target (a plain peak guard left it about 2 LU short).
-    limited = audio.normalise_loudness(speech, -16.0)
+    limited = loudness.normalise_loudness(speech, -16.0)
     assert _lufs(limited) == pytest.approx(-16.0, abs=0.5)
-    assert np.max(np.abs(limited)) <= audio.PEAK_CEILING + 1e-6
-    assert loudness.true_peak_envelope(limited).max() <= audio.PEAK_CEILING * 1.001  # 4x oversampled peak
+    assert np.max(np.abs(limited)) <= loudness.PEAK_CEILING + 1e-6
+    assert loudness.true_peak_envelope(limited).max() <= loudness.PEAK_CEILING * 1.001  # 4x oversampled peak
 
 
 def test_limiter_leaves_quiet_passages_alone(speech: np.ndarray) -> None:
@@ -319,7 +319,7 @@ def test_dc_offset_does_not_stop_the_target() -> None:
     """A signal riding on DC (as the tiny test vocoder's output) reaches the target: DC is removed first."""
     rng = np.random.default_rng(3)
     wav = (0.15 + 0.01 * rng.standard_normal(3 * SR)).astype(np.float32)
-    out = audio.normalise_loudness(wav, -16.0)
+    out = loudness.normalise_loudness(wav, -16.0)
     assert _lufs(out) == pytest.approx(-16.0, abs=0.5) and abs(float(out.mean())) < 1e-3
 
 
@@ -327,39 +327,39 @@ def test_unreachable_target_is_reported(caplog: pytest.LogCaptureFixture) -> Non
     t = np.arange(2 * SR) / SR
     square = np.clip(4 * np.sin(2 * np.pi * 220 * t), -1, 1).astype(np.float32)  # all peak: limiting cannot help
     with caplog.at_level("WARNING", logger="knnvc"):
-        out = audio.normalise_loudness(square, 0.0)
+        out = loudness.normalise_loudness(square, 0.0)
     assert _lufs(out) < -1.0 and "not the 0.0 LUFS asked" in caplog.text and "peak limiting" in caplog.text
 
 
 def test_loud_clipped_signal_respects_the_ceiling() -> None:
     t = np.arange(2 * SR) / SR
     square = np.clip(4 * np.sin(2 * np.pi * 220 * t), -1, 1).astype(np.float32)
-    out = audio.normalise_loudness(square, 0.0)
-    assert np.max(np.abs(out)) <= audio.PEAK_CEILING + 1e-6
+    out = loudness.normalise_loudness(square, 0.0)
+    assert np.max(np.abs(out)) <= loudness.PEAK_CEILING + 1e-6
     assert np.all(np.isfinite(out))
 
 
 def test_silence_and_none_are_unchanged() -> None:
     silence = np.zeros(SR, dtype=np.float32)
-    assert np.array_equal(audio.normalise_loudness(silence), silence)
+    assert np.array_equal(loudness.normalise_loudness(silence), silence)
     wav = np.full(SR, 0.1, dtype=np.float32)
-    assert audio.normalise_loudness(wav, None) is wav
+    assert loudness.normalise_loudness(wav, None) is wav
     empty = np.zeros(0, dtype=np.float32)
-    assert audio.normalise_loudness(empty).shape == (0,)
+    assert loudness.normalise_loudness(empty).shape == (0,)
 
 
 @pytest.mark.parametrize("n", [1, 100, 3000, 6400])
 def test_short_audio_does_not_crash(n: int) -> None:
     t = np.arange(n) / SR
     wav = (0.05 * np.sin(2 * np.pi * 440 * t) + 0.01).astype(np.float32)
-    out = audio.normalise_loudness(wav)
+    out = loudness.normalise_loudness(wav)
     assert out.shape == (n,) and np.all(np.isfinite(out))
-    assert np.max(np.abs(out)) <= audio.PEAK_CEILING + 1e-6
+    assert np.max(np.abs(out)) <= loudness.PEAK_CEILING + 1e-6
 
 
 def test_loudness_rejects_nan() -> None:
     with pytest.raises(AudioError):
-        audio.normalise_loudness(np.array([0.1, np.nan] * 5000, dtype=np.float32))
+        loudness.normalise_loudness(np.array([0.1, np.nan] * 5000, dtype=np.float32))
 
 
 # ---------------------------------------------------------------- save
@@ -372,10 +372,10 @@ def test_loudness_rejects_nan() -> None:
 def test_save_round_trip(
     tmp_path: Path, speech: np.ndarray, name: str, subtype: str, tolerance: float | None
 ) -> None:
-    path = audio.save(tmp_path / "new" / "folder" / name, speech)
+    path = write.save(tmp_path / "new" / "folder" / name, speech)
     assert path == tmp_path / "new" / "folder" / name
     assert sf.info(path).subtype == subtype and sf.info(path).samplerate == SR
-    back = audio.load(path)
+    back = decode.load(path)
     assert abs(len(back) - len(speech)) <= 1
     if tolerance is None:
         assert _corr(back, speech) > 0.99
@@ -385,24 +385,24 @@ def test_save_round_trip(
 
 
 def test_save_resamples(tmp_path: Path, speech: np.ndarray) -> None:
-    path = audio.save(tmp_path / "out.wav", speech, sample_rate=24_000)
+    path = write.save(tmp_path / "out.wav", speech, sample_rate=24_000)
     data, rate = sf.read(path, dtype="float32")
     assert rate == 24_000 and len(data) == round(len(speech) * 1.5)
     assert _corr(soxr.resample(data, 24_000, SR), speech) > 0.999
-    path = audio.save(tmp_path / "back.wav", data, source_rate=24_000)
+    path = write.save(tmp_path / "back.wav", data, source_rate=24_000)
     assert abs(sf.info(path).frames - len(speech)) <= 1
 
 
 def test_save_clips(tmp_path: Path) -> None:
     wav = np.array([0.0, 1.5, -2.0, 0.5], dtype=np.float32)
-    back, _ = sf.read(audio.save(tmp_path / "c.wav", wav), dtype="float32")
+    back, _ = sf.read(write.save(tmp_path / "c.wav", wav), dtype="float32")
     np.testing.assert_allclose(back, [0.0, 1.0, -1.0, 0.5], atol=1 / 32768)
 
 
 def test_save_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "o.wav"
-    audio.save(path, np.zeros(100, dtype=np.float32))
-    audio.save(path, np.full(200, 0.25, dtype=np.float32))
+    write.save(path, np.zeros(100, dtype=np.float32))
+    write.save(path, np.full(200, 0.25, dtype=np.float32))
     assert sf.info(path).frames == 200
 
 
@@ -410,14 +410,14 @@ def test_save_overwrites(tmp_path: Path) -> None:
 def test_full_disk_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     path = tmp_path / "out.wav"
     old = np.full(50, 0.5, dtype=np.float32)
-    audio.save(path, old)
+    write.save(path, old)
 
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(sf if where == "encode" else os, "write" if where == "encode" else "fsync", no_space)
     with pytest.raises(OutputError, match="disk is full") as info:
-        audio.save(path, np.zeros(1000, dtype=np.float32))
+        write.save(path, np.zeros(1000, dtype=np.float32))
     monkeypatch.undo()
     assert str(path) in str(info.value)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]  # no temporary file left
@@ -430,7 +430,7 @@ def test_rename_failure_removes_temp(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(os, "replace", denied)
     with pytest.raises(OutputError, match="permission denied"):
-        audio.save(tmp_path / "out.wav", np.zeros(10, dtype=np.float32))
+        write.save(tmp_path / "out.wav", np.zeros(10, dtype=np.float32))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -442,7 +442,7 @@ def test_read_only_folder(tmp_path: Path) -> None:
         if os.access(folder, os.W_OK):
             pytest.skip("running as a user (root) whom chmod does not stop from writing")
         with pytest.raises(OutputError, match="permission denied") as info:
-            audio.save(folder / "out.wav", np.zeros(10, dtype=np.float32))
+            write.save(folder / "out.wav", np.zeros(10, dtype=np.float32))
         assert "out.wav" in str(info.value)
         assert list(folder.iterdir()) == []
     finally:
@@ -455,9 +455,9 @@ def test_read_only_folder(tmp_path: Path) -> None:
 def test_save_errors(tmp_path: Path, name: str, words: str) -> None:
     (tmp_path / "dir.wav").mkdir()
     with pytest.raises(OutputError, match=words):
-        audio.save(tmp_path / name, np.zeros(10, dtype=np.float32))
+        write.save(tmp_path / name, np.zeros(10, dtype=np.float32))
     with pytest.raises(OutputError, match="finite"):
-        audio.save(tmp_path / "nan.wav", np.array([np.nan], dtype=np.float32))
+        write.save(tmp_path / "nan.wav", np.array([np.nan], dtype=np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["dir.wav"]
 
 
@@ -479,16 +479,16 @@ def test_audio_files(tmp_path: Path) -> None:
         sf.write(tmp_path / rel, wav, SR, format="WAV")
     (tmp_path / "notes.txt").write_text("not audio")
     (tmp_path / "folder.wav").mkdir()
-    found = audio.audio_files(tmp_path)
+    found = decode.audio_files(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "a/deep/er/y.ogg",
         "a/z.FLAC",
         "b.wav",
         "c.Wav",
     ]
-    assert audio.audio_files(tmp_path / "a" / "deep") == [tmp_path / "a/deep/er/y.ogg"]
+    assert decode.audio_files(tmp_path / "a" / "deep") == [tmp_path / "a/deep/er/y.ogg"]
     with pytest.raises(AudioError):
-        audio.audio_files(tmp_path / "missing")
+        decode.audio_files(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------- formats FFmpeg decodes (PyAV)
@@ -525,13 +525,13 @@ def _encode_with_pyav(path: Path, seconds: float = 1.0, rate: int = 48_000) -> n
 def test_formats_people_have_are_decoded(tmp_path: Path, ext: str) -> None:
     path = tmp_path / f"tone{ext}"
     expected = _encode_with_pyav(path)
-    wav = audio.load(path)
+    wav = decode.load(path)
     assert wav.dtype == np.float32 and abs(len(wav) - len(expected)) < 0.05 * SR  # codec delay/padding only
     spectrum = np.abs(np.fft.rfft(wav[SR // 10 : SR // 10 + 8000]))
     assert np.argmax(spectrum) * SR / 8000 == pytest.approx(440, abs=4)  # the tone, not noise
     assert 0.4 < float(np.abs(wav).max()) < 0.6
-    assert audio.duration_seconds(path) == pytest.approx(1.0, abs=0.05) and audio.native_rate(path) == 48_000
-    assert path in audio.audio_files(tmp_path)  # a folder does not skip it
+    assert decode.duration_seconds(path) == pytest.approx(1.0, abs=0.05) and decode.native_rate(path) == 48_000
+    assert path in decode.audio_files(tmp_path)  # a folder does not skip it
 
 
 def test_undecodable_format_is_unsupported_not_damaged(tmp_path: Path) -> None:
@@ -541,6 +541,6 @@ def test_undecodable_format_is_unsupported_not_damaged(tmp_path: Path) -> None:
     text.write_text("this is not audio\n" * 20)
     for path in (fake, text):
         with pytest.raises(AudioError, match="unsupported format") as info:
-            audio.load(path)
+            decode.load(path)
         assert "damaged" not in str(info.value) and str(path) in str(info.value)
-    assert fake in audio.audio_files(tmp_path)  # listed, so a batch reports it instead of skipping it
+    assert fake in decode.audio_files(tmp_path)  # listed, so a batch reports it instead of skipping it

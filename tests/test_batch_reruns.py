@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
-from knnvc import batch, windows
+from knnvc import progress
+from knnvc.batch import plan, runner
+from knnvc.batch.manifest import MANIFEST_NAME, Ledger, StaleOutputsError, batch_settings
 from knnvc.errors import UsageError
-from knnvc.manifest import MANIFEST_NAME, Ledger, StaleOutputsError, batch_settings
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.runtime import windows
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 from tests.fault_tools import FAST, cli, json_summary, one_line, write_audio
 
@@ -47,9 +49,9 @@ def stamps(out: Path) -> dict[str, int]:
 def test_each_file_reports_the_time_it_took(tmp_path: Path) -> None:
     vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=2)))
     voice = vc.build_voice(REF_DIR, trim=False)
-    jobs = batch.plan(folder(tmp_path / "src"), tmp_path / "out", voice.name)
-    events: list[batch.Progress] = []
-    report = batch.run(vc, jobs, voice, progress=events.append)
+    jobs = plan.plan(folder(tmp_path / "src"), tmp_path / "out", voice.name)
+    events: list[progress.Progress] = []
+    report = runner.run(vc, jobs, voice, progress=events.append)
     done = [e for e in events if e.stage == "done"]
     assert len(done) == 3 and all(e.seconds > 0 for e in done)
     assert sum(e.seconds for e in done) <= report.wall_seconds  # shares of the compute, not the group's time each
@@ -134,13 +136,13 @@ def test_an_interrupted_overwrite_is_not_taken_for_done(tmp_path: Path) -> None:
     """Outputs queued for re-conversion but not yet replaced stay stale; replaced ones count as done."""
     vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
     src, out = folder(tmp_path / "src", 2), tmp_path / "out"
-    jobs = batch.plan(src, out, "ref")
+    jobs = plan.plan(src, out, "ref")
     old = batch_settings(vc, REF_DIR, ConvertOptions(k=4), vocoder=str(TINY_VOCODER), extension=".wav")
     new = batch_settings(vc, REF_DIR, ConvertOptions(k=2), vocoder=str(TINY_VOCODER), extension=".wav")
     first = Ledger(out, old)
     for job in jobs:
         write_audio(job.output, 0.1)
-        first.record(batch.Progress("done", 0, 2, job, seconds=0.1, audio_seconds=0.1))
+        first.record(progress.Progress("done", 0, 2, job, seconds=0.1, audio_seconds=0.1))
     first.flush(force=True)
     ledger = Ledger(out, new)
     ledger.queue(ledger.check(jobs, overwrite=True).todo)
@@ -154,11 +156,11 @@ def test_an_interrupted_overwrite_is_not_taken_for_done(tmp_path: Path) -> None:
 def test_the_manifest_is_written_atomically_and_merged(tmp_path: Path) -> None:
     vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
     settings = batch_settings(vc, REF_DIR, ConvertOptions(), vocoder=str(TINY_VOCODER), extension=".wav")
-    jobs = [batch.Job(tmp_path / f"s{i}.wav", tmp_path / "out" / f"o{i}.wav") for i in range(2)]
+    jobs = [progress.Job(tmp_path / f"s{i}.wav", tmp_path / "out" / f"o{i}.wav") for i in range(2)]
     for job in jobs:  # two writers sharing a folder (two single-file runs): neither loses the other's record
         write_audio(job.output, 0.1)
         ledger = Ledger(tmp_path / "out", settings)
-        ledger.record(batch.Progress("done", 0, 1, job, seconds=0.2, audio_seconds=0.1))
+        ledger.record(progress.Progress("done", 0, 1, job, seconds=0.2, audio_seconds=0.1))
         ledger.flush(force=True)
     assert sorted(manifest(tmp_path / "out")["files"]) == ["o0.wav", "o1.wav"]
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
@@ -199,7 +201,7 @@ def test_an_output_folder_the_batch_would_read_back_is_refused(tmp_path: Path) -
 
 
 def test_one_plan() -> None:
-    """``batch.plan`` plans outputs; the windows of long audio are ``windows.split`` (no second ``plan``)."""
+    """``plan.plan`` plans outputs; the windows of long audio are ``windows.split`` (no second ``plan``)."""
     assert not hasattr(windows, "plan")
     assert [(w.keep_start, w.keep_stop) for w in windows.split(30, core=10, context=2)] == [(0, 10), (10, 20),
                                                                                              (20, 30)]  # fmt: skip

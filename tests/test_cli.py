@@ -26,10 +26,10 @@ import soxr
 import torch
 from typer.testing import CliRunner, Result
 
-from knnvc import audio
+from knnvc.audio import loudness
+from knnvc.batch.manifest import MANIFEST_NAME
 from knnvc.cli import app
 from knnvc.errors import AudioError, DeviceError, UsageError, VoiceError, WeightsError
-from knnvc.manifest import MANIFEST_NAME
 from knnvc.progress import Progress
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM, help_probe
@@ -128,7 +128,7 @@ def test_help_is_fast_and_imports_no_torch() -> None:
     helps = [["--help"], ["convert", "--help"], ["voice", "build", "--help"], ["voice", "info", "--help"],
              ["info", "--help"], ["download", "--help"], ["train", "--help"], ["train", "prematch", "--help"],
              ["train", "vocoder", "--help"]]  # fmt: skip
-    heavy = ("torch", "transformers", "numpy", "soundfile", "knnvc.pipeline", "knnvc.encoder")
+    heavy = ("torch", "transformers", "numpy", "soundfile", "knnvc.pipeline", "knnvc.nn.encoder")
     proc = help_probe(helps, heavy, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "LOADED []"
@@ -234,10 +234,10 @@ def test_options_reach_the_conversion(tmp_path: Path) -> None:
     # Batching pads the references; each one's features match encoding it alone to float rounding.
     assert np.allclose(run("batch1", "--batch-size", "1"), base, atol=1e-4)
     assert not np.array_equal(run("k1", "--k", "1"), base)
-    assert audio.loudness_lufs(run("quiet", "--loudness", "-30")) == pytest.approx(-30, abs=0.1)
+    assert loudness.loudness_lufs(run("quiet", "--loudness", "-30")) == pytest.approx(-30, abs=0.1)
     # -16 LUFS by default, even for the tiny vocoder's peaky output: DC removed, peaks held by the limiter.
-    assert np.abs(base).max() <= audio.PEAK_CEILING + 1e-4
-    assert audio.loudness_lufs(base) == pytest.approx(-16, abs=0.5)
+    assert np.abs(base).max() <= loudness.PEAK_CEILING + 1e-4
+    assert loudness.loudness_lufs(base) == pytest.approx(-16, abs=0.5)
     raw = run("raw", "--loudness", "none")
     assert not np.allclose(raw, base) and np.abs(raw).max() <= 1.0
     ok("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "auto.flac", *FAST[:4], "--device", "auto", "-q")
@@ -376,18 +376,18 @@ def test_info(tmp_path: Path, no_network: list[object]) -> None:
 
 
 def test_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_network: list[object]) -> None:
-    from knnvc import weights
+    from knnvc.weights import hub
 
     def fake(names: list[str] | None = None, progress: Any = None) -> dict[str, Path]:
-        entries = [weights.get_entry(n) for n in names] if names else list(weights.REGISTRY.values())
+        entries = [hub.get_entry(n) for n in names] if names else list(hub.REGISTRY.values())
         for entry in entries:
             progress(Progress("download", 1 << 20, 2 << 20, name=entry.filename or entry.name))
         return {e.name: tmp_path / e.name for e in entries}
 
-    monkeypatch.setattr(weights, "download_all", fake)
+    monkeypatch.setattr(hub, "download_all", fake)
     result = ok("download", "prematched")
     assert result.stdout.strip() == f"prematched: {tmp_path / 'prematched'}"
-    assert len(ok("download").stdout.strip().splitlines()) == len(weights.REGISTRY)
+    assert len(ok("download").stdout.strip().splitlines()) == len(hub.REGISTRY)
     monkeypatch.undo()
     result = cli("download", "no-such-weights")
     assert result.exit_code == WeightsError.exit_code and "unknown weights" in one_line(result)
@@ -425,20 +425,20 @@ def test_subprocesses(tmp_path: Path, saved_voice: Path) -> None:
 
 
 def test_progress_view_tracks_files_and_windows(tmp_path: Path) -> None:
-    from knnvc import batch
+    from knnvc import progress
     from knnvc.cli.view import BatchView
 
-    jobs = [batch.Job(SOURCE_WAV, tmp_path / "a.wav"), batch.Job(REF_DIR / "ref_01.wav", tmp_path / "b.wav")]
+    jobs = [progress.Job(SOURCE_WAV, tmp_path / "a.wav"), progress.Job(REF_DIR / "ref_01.wav", tmp_path / "b.wav")]
     with BatchView(jobs, show=True, verbose=False) as view:
         assert view.bar is not None
         files, windows = view.bar.tasks
         assert files.total == pytest.approx(SOURCE_SECONDS + sf.info(str(REF_DIR / "ref_01.wav")).duration)
-        view.on_event(batch.Progress("start", 0, 2, jobs[0]))
-        view.on_event(batch.Progress("encode", 1, 3, jobs[0]))  # a long file: its windows get their own bar
+        view.on_event(progress.Progress("start", 0, 2, jobs[0]))
+        view.on_event(progress.Progress("encode", 1, 3, jobs[0]))  # a long file: its windows get their own bar
         assert windows.visible and (windows.completed, windows.total) == (1, 3) and "encode" in windows.description
-        view.on_event(batch.Progress("done", 0, 2, jobs[0], seconds=0.5, audio_seconds=SOURCE_SECONDS))
+        view.on_event(progress.Progress("done", 0, 2, jobs[0], seconds=0.5, audio_seconds=SOURCE_SECONDS))
         assert not windows.visible and files.completed == pytest.approx(SOURCE_SECONDS)
         assert files.fields["info"] == "1/2 files"
     with BatchView(jobs, show=False, verbose=False) as quiet:
-        quiet.on_event(batch.Progress("vocode", 1, 2, jobs[0]))
+        quiet.on_event(progress.Progress("vocode", 1, 2, jobs[0]))
         assert quiet.bar is None

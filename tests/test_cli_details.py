@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import batch, builder, pipeline
+from knnvc import pipeline, progress
+from knnvc.batch import runner
 from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
@@ -37,7 +38,7 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         loads.append(kind)
         raise AssertionError(f"a {kind} model was loaded before the check")
 
-    monkeypatch.setattr(builder, "cached_encoder", refuse)
+    monkeypatch.setattr(pipeline, "cached_encoder", refuse)
     monkeypatch.setattr(pipeline, "cached_vocoder", refuse)
     yield loads
     assert loads == []
@@ -115,6 +116,7 @@ def test_read_only_output_folder_fails_before_models_load(
     import os
 
     from knnvc import files
+
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -227,6 +229,7 @@ COMMANDS = [["convert"], ["voice", "build"], ["voice", "info"], ["info"], ["down
 def test_version() -> None:
     from knnvc import __version__
 
+
     result = cli("--version")
     assert result.exit_code == 0 and result.stdout == f"knnvc {__version__}\n"
 
@@ -269,8 +272,8 @@ def _plain(line: str) -> str:
 
 def test_library_errors_speak_python() -> None:
     """Python callers read keyword arguments; only the CLI translates them to its flags."""
-    from knnvc.devices import resolve_device, resolve_precision
     from knnvc.errors import KnnvcError
+    from knnvc.runtime.devices import resolve_device, resolve_precision
 
     failures: list[str] = []
     for call in (lambda: resolve_device("nonsense:1"), lambda: resolve_precision("fp16", torch.device("cpu"))):
@@ -362,11 +365,12 @@ def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:
 
 def test_one_progress_type() -> None:
     """Batch, windows and downloads report the same ``knnvc.progress.Progress`` events; no other type exists."""
-    from knnvc import weights, windows
+    from knnvc.runtime import windows
+    from knnvc.weights import hub
 
-    assert batch.Progress is Progress and batch.Job is Job
+    assert progress.Progress is Progress and progress.Job is Job
     assert not hasattr(windows, "Progress") or windows.Progress is Progress
-    assert not hasattr(weights, "Progress") or weights.Progress is Progress
+    assert not hasattr(hub, "Progress") or hub.Progress is Progress
     sources = Path(__file__).parents[1] / "knnvc"
     defined = [
         str(path.relative_to(sources))
@@ -381,9 +385,9 @@ def test_window_events_reach_the_batch_progress(tmp_path: Path) -> None:
     vc = KnnVC.from_pretrained(Models(MODELS[1], MODELS[3], PipelineSettings("cpu", batch_size=2)))  # cached
     vc.window, vc.context = 50, 10  # 1 s windows: a 3 s file has several
     voice = vc.build_voice(REF_DIR, trim=False)
-    job = batch.Job(write_audio(tmp_path / "long.wav", 3.0), tmp_path / "out.wav")
+    job = progress.Job(write_audio(tmp_path / "long.wav", 3.0), tmp_path / "out.wav")
     events: list[Progress] = []
-    report = batch.run(vc, [job], voice, progress=events.append)
+    report = runner.run(vc, [job], voice, progress=events.append)
     assert report.ok
     stages = [e.stage for e in events]
     assert stages[0] == "start" and stages[-1] == "done" and "encode" in stages

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from knnvc import batch, cluster
+from knnvc import options, progress
+from knnvc.batch import cluster, plan
+from knnvc.batch.manifest import MANIFEST_NAME
 from knnvc.errors import EXIT_PARTIAL, AudioError, UsageError
-from knnvc.manifest import MANIFEST_NAME
 from knnvc.options import Models, PipelineSettings
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_WAVLM
 from tests.fault_tools import FAST, cli, json_summary, write_audio
@@ -91,10 +92,10 @@ def test_the_library_call_and_its_errors(tmp_path: Path, voice: Path) -> None:
     from knnvc.voice import Voice
 
     src = sources(tmp_path / "src")
-    jobs = batch.plan(src, tmp_path / "out", "v")
+    jobs = plan.plan(src, tmp_path / "out", "v")
     models = Models(str(TINY_WAVLM), str(TINY_VOCODER), PipelineSettings("cpu", batch_size=2))
-    events: list[batch.Progress] = []
-    report = cluster.run(jobs, Voice.load(voice), batch.DEFAULT_OPTIONS, models, progress=events.append)
+    events: list[progress.Progress] = []
+    report = cluster.run(jobs, Voice.load(voice), options.DEFAULT_OPTIONS, models, progress=events.append)
     assert report.ok and len(report.converted) == 6 and report.audio_seconds > 3
     assert sorted(e.index for e in events if e.stage == "done") == list(range(6))
     assert cluster.compute(models) == ("cpu", "float32")
@@ -109,8 +110,8 @@ def test_actors_that_cannot_start_stop_the_job_with_one_error(tmp_path: Path, vo
     from knnvc.errors import WeightsError
     from knnvc.voice import Voice
 
-    jobs = batch.plan(sources(tmp_path / "src"), tmp_path / "out", "v")
+    jobs = plan.plan(sources(tmp_path / "src"), tmp_path / "out", "v")
     models = Models(str(tmp_path / "missing.pt"), str(TINY_VOCODER), PipelineSettings("cpu"))  # absent on the "nodes"
-    report = cluster.run(jobs, Voice.load(voice), batch.DEFAULT_OPTIONS, models)
+    report = cluster.run(jobs, Voice.load(voice), options.DEFAULT_OPTIONS, models)
     assert isinstance(report.stopped, WeightsError) and "missing.pt" in str(report.stopped)
     assert report.converted == [] and not (tmp_path / "out").exists()

@@ -19,10 +19,11 @@ import torch
 from typer.testing import CliRunner
 
 import knnvc
-from knnvc import batch, matcher
+from knnvc.batch import plan, runner
 from knnvc.cli import app
-from knnvc.encoder import split_layers
 from knnvc.errors import UsageError, VoiceError
+from knnvc.nn import matcher
+from knnvc.nn.encoder import split_layers
 from knnvc.options import ConvertOptions, Models
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
@@ -117,11 +118,11 @@ def test_fixture_cases_through_the_cli(case: str, controls_outputs: dict, spy: S
 def test_fixture_case_through_a_saved_voice_and_batch(
     controls_outputs: dict, spy: Spy, vc8: KnnVC, voice8: Voice, tmp_path: Path
 ) -> None:
-    """ConvertOptions carries the controls through ``batch.run``; the voice keeps its layer-8 frames on disk."""
+    """ConvertOptions carries the controls through ``runner.run``; the voice keeps its layer-8 frames on disk."""
     loaded = Voice.load(voice8.save(tmp_path / "ref.voice"))
     assert loaded.layers == (6, 8) and torch.equal(loaded.keys(8), voice8.keys(8))
-    jobs = batch.plan(SOURCE_WAV, tmp_path / "out.wav", loaded.name)
-    report = batch.run(vc8, jobs, loaded, ConvertOptions(match_layer=8, loudness=None, trim=False))
+    jobs = plan.plan(SOURCE_WAV, tmp_path / "out.wav", loaded.name)
+    report = runner.run(vc8, jobs, loaded, ConvertOptions(match_layer=8, loudness=None, trim=False))
     assert report.ok and len(report.converted) == 1
     spy.check(controls_outputs["L8k4s1.0"])
 
@@ -295,10 +296,10 @@ def test_voice_build_max_frames_and_convert(tmp_path: Path) -> None:
 
 
 def test_the_settings_record_names_the_morph_voice(voice8: Voice) -> None:
-    """A batch's settings record (knnvc.manifest) holds every control, the morph voice by identity (JSON-able)."""
+    """A batch's settings record (knnvc.batch.manifest) holds every control, the morph voice by identity (JSON-able)."""
     import json
 
-    from knnvc import manifest
+    from knnvc.batch import manifest
 
     options = ConvertOptions(strength=0.7, match_layer=8, morph=voice8, morph_weight=0.25)
     settings = manifest.settings_for({"name": "a"}, options, encoder=("tiny", "f", 6), vocoder=str(TINY_VOCODER),

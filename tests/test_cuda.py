@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from knnvc.checkpoints import load_encoder, load_vocoder
-from knnvc.devices import AUTO_PRECISION, PRECISIONS
-from knnvc.matcher import knn_indices
+from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.runtime.devices import AUTO_PRECISION, PRECISIONS
+from knnvc.weights.formats import load_encoder, load_vocoder
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
 pytestmark = pytest.mark.cuda

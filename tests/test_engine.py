@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc.audio import PEAK_CEILING
-from knnvc.checkpoints import load_encoder, load_vocoder, original_to_hf
-from knnvc.encoder import WavLMEncoder, num_frames
-from knnvc.matcher import cosine_distance, knn_indices, knn_regression
+from knnvc.audio.loudness import PEAK_CEILING
+from knnvc.nn.encoder import WavLMEncoder, num_frames
+from knnvc.nn.matcher import cosine_distance, knn_indices, knn_regression
 from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.weights.formats import load_encoder, load_vocoder, original_to_hf
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from knnvc import audio
+from knnvc.audio import decode
 from knnvc.errors import WeightsError
 from knnvc.eval import Item, error_rates, evaluate, load_asr, load_dnsmos, load_verifier, write_report
 from knnvc.eval.speaker import Resemblyzer, XVector
@@ -32,9 +32,9 @@ def pocketsphinx() -> object:
 
 
 def test_same_speaker_scores_above_another_speaker(verifier: Resemblyzer) -> None:
-    ref_01 = verifier.embed(audio.load(REF_01))
-    same = float(verifier.embed(audio.load(REF_02)) @ ref_01)  # en-gb+f2 against en-gb+f2
-    other = float(verifier.embed(audio.load(SOURCE_WAV)) @ ref_01)  # en-us+m3 against en-gb+f2
+    ref_01 = verifier.embed(decode.load(REF_01))
+    same = float(verifier.embed(decode.load(REF_02)) @ ref_01)  # en-gb+f2 against en-gb+f2
+    other = float(verifier.embed(decode.load(SOURCE_WAV)) @ ref_01)  # en-us+m3 against en-gb+f2
     assert np.linalg.norm(ref_01) == pytest.approx(1.0)
     assert same == pytest.approx(0.880, abs=0.01) and other == pytest.approx(0.813, abs=0.01)
     assert same - other > 0.05
@@ -70,7 +70,7 @@ def test_evaluate_scores_real_voices(verifier: Resemblyzer, pocketsphinx: object
 
 
 def test_pocketsphinx_transcribes_a_fixture_file(pocketsphinx: object) -> None:
-    text = pocketsphinx.transcribe(audio.load(REF_02))  # type: ignore[attr-defined]
+    text = pocketsphinx.transcribe(decode.load(REF_02))  # type: ignore[attr-defined]
     words = text.split()
     assert len(words) >= 3 and all(w.replace("'", "").isalpha() for w in words)
     # espeak-ng is hard for it; its words need not be right, but they are scored like any hypothesis
@@ -81,7 +81,7 @@ def test_pocketsphinx_transcribes_a_fixture_file(pocketsphinx: object) -> None:
 def test_dnsmos_from_its_wheel() -> None:
     scorer, why = load_dnsmos()
     assert scorer is not None, why
-    scores = scorer.score(audio.load(REF_01))
+    scores = scorer.score(decode.load(REF_01))
     assert set(scores) == {"ovrl", "sig", "bak", "p808"} and all(1.0 <= v <= 5.0 for v in scores.values())
 
 
@@ -111,7 +111,7 @@ def test_a_stronger_local_verifier(tmp_path: Path) -> None:
     Wav2Vec2FeatureExtractor(sampling_rate=16_000).save_pretrained(tmp_path)
     sv = load_verifier(str(tmp_path))
     assert isinstance(sv, XVector) and str(tmp_path) in sv.name
-    emb = sv.embed(audio.load(REF_01))
+    emb = sv.embed(decode.load(REF_01))
     assert emb.shape == (24,) and np.linalg.norm(emb) == pytest.approx(1.0)
 
 
@@ -178,6 +178,6 @@ def test_whisper_from_the_local_cache(monkeypatch: pytest.MonkeyPatch, tmp_path:
     asr = load_asr("auto")
     assert isinstance(asr, Whisper) and "0123abc" in asr.name
     assert load_asr("whisper").name == asr.name
-    long = np.tile(audio.load(SOURCE_WAV), 9)[: 35 * 16_000]  # 35 s: two 30-s windows
+    long = np.tile(decode.load(SOURCE_WAV), 9)[: 35 * 16_000]  # 35 s: two 30-s windows
     text = asr.transcribe(long)
     assert isinstance(text, str) and text.strip()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from knnvc import audio
-from knnvc.constants import RECEPTIVE_FIELD
+from knnvc.audio import decode, loudness
 from knnvc.errors import AudioError
+from knnvc.options import RECEPTIVE_FIELD
 from tests.fault_tools import (
     FAST,
     SR,
@@ -84,7 +84,7 @@ def _damaged(tmp_path: Path, kind: str) -> Path:
 def test_corrupt_files_are_refused(tmp_path: Path, voice: Path, kind: str, words: str) -> None:
     path = _damaged(tmp_path, kind)
     with pytest.raises(AudioError, match=words) as info:
-        audio.load(path)
+        decode.load(path)
     assert str(path) in str(info.value)
     result = cli("convert", path, voice, "-o", tmp_path / "out.wav", *FAST)
     assert result.exit_code == AudioError.exit_code
@@ -176,7 +176,7 @@ def test_dc_offset_and_clipping_convert(tmp_path: Path, voice: Path) -> None:
     for path in (tmp_path / "out").glob("*.wav"):  # beside them: the batch's knnvc-manifest.json
         wav, rate = sf.read(path, dtype="float32")
         assert rate == SR and len(wav) == SR and np.isfinite(wav).all()
-        assert np.abs(wav).max() <= audio.PEAK_CEILING + 1e-3
+        assert np.abs(wav).max() <= loudness.PEAK_CEILING + 1e-3
 
 
 # -- subtypes, rates, channels --------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_every_subtype_rate_and_channel_count(tmp_path: Path, voice: Path) -> No
     expected = _variants(src)
     reference = tone(0.5)[:, 0]
     for name, samples in expected.items():
-        wav = audio.load(src / name)
+        wav = decode.load(src / name)
         assert wav.dtype == np.float32 and wav.shape == (samples,), name
         assert _corr(wav, reference) > 0.9, name  # the tones come through, whatever the container
     summary = json_summary(cli("convert", src, voice, "-o", tmp_path / "out", *FAST, "--json"))
@@ -219,14 +219,14 @@ def test_every_subtype_rate_and_channel_count(tmp_path: Path, voice: Path) -> No
 def test_downmix_is_the_channel_mean(tmp_path: Path, channels: int) -> None:
     data = tone(0.2, SR, channels) * np.linspace(1, -1, channels)[None, :].astype(np.float32)
     sf.write(tmp_path / "c.wav", data, SR, subtype="FLOAT")
-    np.testing.assert_allclose(audio.load(tmp_path / "c.wav"), data.mean(axis=1), atol=1e-7)
+    np.testing.assert_allclose(decode.load(tmp_path / "c.wav"), data.mean(axis=1), atol=1e-7)
 
 
 def test_sample_rate_outside_the_accepted_range(tmp_path: Path) -> None:
     path = tmp_path / "odd.wav"
     sf.write(path, tone(0.5, 500), 500)  # a header this low is taken as corruption
     with pytest.raises(AudioError, match="500 Hz.*re-export"):
-        audio.load(path)
+        decode.load(path)
 
 
 # -- a 1-hour file --------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_one_hour_file_loads_in_bounded_memory(tmp_path: Path) -> None:
     started = time.perf_counter()
     tracemalloc.start()
     try:
-        wav = audio.load(path)
+        wav = decode.load(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from knnvc.batch.manifest import MANIFEST_NAME
 from knnvc.errors import EXIT_PARTIAL
-from knnvc.manifest import MANIFEST_NAME
 from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, tone
 
 GOOD, SECONDS = 180, 0.1

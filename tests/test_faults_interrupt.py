@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 
 from knnvc.errors import EXIT_INTERRUPTED
-from knnvc.interrupt import Terminated, sigterm_as_interrupt
+from knnvc.runtime.interrupt import Terminated, sigterm_as_interrupt
 from tests.fault_tools import FAST, SR, cli, json_summary, temp_files, write_audio
 
 FILES = 30

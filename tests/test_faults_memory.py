@@ -14,13 +14,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from knnvc import oom
-from knnvc.constants import FRAME_RATE, SAMPLE_RATE
-from knnvc.encoder import num_frames
 from knnvc.errors import DeviceError
-from knnvc.options import ConvertOptions, PipelineSettings
+from knnvc.nn.encoder import num_frames
+from knnvc.options import FRAME_RATE, SAMPLE_RATE, ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
-from knnvc.windows import ENCODER_CORE
+from knnvc.runtime import oom
+from knnvc.runtime.windows import ENCODER_CORE
 from tests.conftest import REF_DIR, SOURCE_WAV
 from tests.fault_tools import FAST, cli, one_line, tiny_pipeline, tiny_voice_file, tone, write_audio
 

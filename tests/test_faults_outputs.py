@@ -19,9 +19,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import audio, batch, files
+from knnvc import files, progress
+from knnvc.audio import write
+from knnvc.batch import runner
+from knnvc.batch.manifest import MANIFEST_NAME
 from knnvc.errors import EXIT_INTERRUPTED, DiskFullError, OutputError
-from knnvc.manifest import MANIFEST_NAME
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, TINY_WAVLM
 from tests.fault_tools import (
@@ -164,7 +166,7 @@ def test_full_disk_stops_the_batch_and_a_rerun_finishes_it(
 
 def test_full_disk_for_a_single_file_and_a_voice(tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     existing = tmp_path / "out.wav"
-    audio.save(existing, np.full(100, 0.5, dtype=np.float32))
+    write.save(existing, np.full(100, 0.5, dtype=np.float32))
     fail_file_fsync(monkeypatch, no_space, after=0)
     result = cli("convert", write_audio(tmp_path / "a.wav", 0.3), voice, "-o", existing, *FAST, "--overwrite")
     assert result.exit_code == OutputError.exit_code and "disk is full" in one_line(result)
@@ -180,10 +182,10 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(
     tmp_path: Path, voice: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     final = tmp_path / "out.wav"
-    audio.save(final, np.full(100, 0.25, dtype=np.float32))
+    write.save(final, np.full(100, 0.25, dtype=np.float32))
     fail_file_fsync(monkeypatch, KeyboardInterrupt, after=0)
     with pytest.raises(KeyboardInterrupt):
-        audio.save(final, np.zeros(SR, dtype=np.float32))
+        write.save(final, np.zeros(SR, dtype=np.float32))
     with pytest.raises(KeyboardInterrupt):
         Voice.load(voice).save(tmp_path / "v.voice")
     assert sf.info(final).frames == 100 and temp_files(tmp_path) == []
@@ -224,7 +226,7 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
         def finish(self, wav: np.ndarray, options: object) -> np.ndarray:
             return wav
 
-    jobs = [batch.Job(tmp_path / f"{i}.wav", tmp_path / "out" / f"{i}.flac") for i in range(3)]
+    jobs = [progress.Job(tmp_path / f"{i}.wav", tmp_path / "out" / f"{i}.flac") for i in range(3)]
     voice = Voice(frames=torch.zeros(4, 8), encoder="x", encoder_fingerprint="y", layer=6)
     real_write = sf.write
 
@@ -235,6 +237,6 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sf, "write", full)
-        report = batch.run(Fake(), jobs, voice)  # type: ignore[arg-type]
+        report = runner.run(Fake(), jobs, voice)  # type: ignore[arg-type]
     assert [j.source.name for j in report.converted] == ["0.wav"]
     assert isinstance(report.stopped, DiskFullError) and len(report.failed) == 1 and not report.ok

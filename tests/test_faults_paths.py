@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from knnvc import batch
+from knnvc.batch import plan
+from knnvc.batch.manifest import MANIFEST_NAME
 from knnvc.errors import AudioError, OutputError, UsageError
-from knnvc.manifest import MANIFEST_NAME
 from tests.conftest import REF_DIR, SOURCE_WAV
 from tests.fault_tools import (
     FAST,
@@ -136,7 +136,7 @@ def test_output_escaping_its_folder_is_refused(tmp_path: Path) -> None:
     out.mkdir()
     (out / "deep").symlink_to(elsewhere, target_is_directory=True)  # out/deep/a.wav would land in elsewhere/
     with pytest.raises(OutputError, match="escape"):
-        batch.plan(src, out, "ref")
+        plan.plan(src, out, "ref")
     result = cli("convert", src, REF_DIR, "-o", out, *FAST)
     assert result.exit_code == OutputError.exit_code
     line = one_line(result)

@@ -23,8 +23,8 @@ import soundfile as sf
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from knnvc.constants import RECEPTIVE_FIELD
 from knnvc.errors import AudioError, KnnvcError
+from knnvc.options import RECEPTIVE_FIELD
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR

@@ -24,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from knnvc import models, weights
 from knnvc.errors import VoiceError, WeightsError
 from knnvc.voice import Voice
+from knnvc.weights import hub, loaded
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_VOCODER_CONFIG, TINY_WAVLM
 from tests.fault_tools import FAST, cli, json_summary, one_line, write_audio
 
@@ -106,10 +106,10 @@ def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[
     thread = threading.Thread(target=srv.httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     digest = hashlib.sha256(srv.body).hexdigest()  # the tiny vocoder stands in: its hash is the published one
-    monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(weights.REGISTRY["prematched"],
+    monkeypatch.setitem(hub.REGISTRY, "prematched", dataclasses.replace(hub.REGISTRY["prematched"],
                                                                           location=srv.url, sha256=digest))  # fmt: skip
-    # knnvc.models keeps loaded models by name for the process: forget any "prematched" loaded by another test
-    monkeypatch.setattr(models, "_CACHE", {k: v for k, v in models._CACHE.items() if k[1] != "prematched"})
+    # knnvc.weights.loaded keeps loaded models by name for the process: forget any "prematched" loaded by another test
+    monkeypatch.setattr(loaded, "_CACHE", {k: v for k, v in loaded._CACHE.items() if k[1] != "prematched"})
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(TINY_VOCODER_CONFIG, cache / "config.json")  # the tiny vocoder's shape, beside the download

@@ -10,10 +10,9 @@ import soundfile as sf
 import torch
 
 from bench.layouts import load_layouts, write_prematch_vocoder, write_wavlm_large
-from knnvc.checkpoints import load_encoder, load_vocoder, original_to_hf
-from knnvc.constants import FEATURE_DIM
-from knnvc.options import ConvertOptions, PipelineSettings
+from knnvc.options import FEATURE_DIM, ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.weights.formats import load_encoder, load_vocoder, original_to_hf
 from tests.conftest import REF_DIR, SOURCE_WAV
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import checkpoints, devices, models, oom, windows
-from knnvc.checkpoints import load_encoder, load_vocoder
 from knnvc.errors import UsageError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.runtime import devices, oom, windows
+from knnvc.weights import formats, loaded
+from knnvc.weights.formats import load_encoder, load_vocoder
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 from vocoder import Generator
 
@@ -166,8 +167,8 @@ def test_converted_copies_load_without_the_original(monkeypatch: pytest.MonkeyPa
     def unreadable(*args: object, **kwargs: object) -> None:
         raise AssertionError("the original checkpoint was read again")
 
-    monkeypatch.setattr(checkpoints, "read_original", unreadable)
-    monkeypatch.setattr(checkpoints, "load_generator", unreadable)
+    monkeypatch.setattr(formats, "read_original", unreadable)
+    monkeypatch.setattr(formats, "load_generator", unreadable)
     encoder, vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
     assert encoder.fingerprint == first_encoder.fingerprint
     wav = torch.from_numpy(sf.read(SOURCE_WAV, dtype="float32")[0])
@@ -183,8 +184,8 @@ def test_converted_copy_of_an_edited_checkpoint_is_not_used(monkeypatch: pytest.
     load_encoder(copy)
     os.utime(copy, ns=(0, 1))
     calls: list[Path] = []
-    original = checkpoints.read_original
-    monkeypatch.setattr(checkpoints, "read_original", lambda path: calls.append(path) or original(path))
+    original = formats.read_original
+    monkeypatch.setattr(formats, "read_original", lambda path: calls.append(path) or original(path))
     load_encoder(copy)
     assert calls == [copy]
 
@@ -193,14 +194,14 @@ def test_from_pretrained_shares_the_cached_models() -> None:
     a = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
     b = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32", batch_size=2)))
     assert a.encoder is b.encoder and a.vocoder is b.vocoder
-    models.clear_cache()
+    loaded.clear_cache()
     fresh = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
     assert fresh.encoder is not a.encoder
 
 
 def test_batch_size_defaults_to_one_on_a_cpu() -> None:
     """Batching costs on a CPU (devices.AUTO_BATCH_SIZE, measured): one waveform at a time unless asked."""
-    from knnvc.devices import auto_batch_size
+    from knnvc.runtime.devices import auto_batch_size
 
     a = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu")))
     b = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=4)))

@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import loudness
+from knnvc.audio import loudness
 from knnvc.errors import AudioError, UsageError, VoiceError
-from knnvc.matcher import knn_indices
+from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from knnvc.stream import Streamer, StreamSettings, encoder_reach, vocoder_reach, voice_gain
@@ -144,7 +144,7 @@ def test_output_length_equals_input_length(vc: KnnVC, voice: Voice, source: np.n
 
 
 def test_other_rates(vc: KnnVC, voice: Voice, source: np.ndarray) -> None:
-    from knnvc.audio import resample
+    from knnvc.audio.decode import resample
 
     wav44 = resample(source, 16_000, 44_100)
     out = run(Streamer(vc, voice, ConvertOptions(loudness=None, output_sample_rate=22_050),

@@ -144,7 +144,7 @@ def test_prematch_resumes_and_refuses_other_settings(data_dir: Path, features_di
     out = tmp_path / "copy"
     shutil.copytree(features_dir, out)
     (out / "spk1" / "ch1" / "ref_02.safetensors").unlink()
-    from knnvc.checkpoints import load_encoder
+    from knnvc.weights.formats import load_encoder
 
     encoder = load_encoder(TINY_WAVLM)
     report = prematch(data_dir, out, encoder=encoder, settings=CPU)
@@ -174,7 +174,7 @@ def test_pool_is_matched_once_without_copies(monkeypatch: pytest.MonkeyPatch) ->
     utterance against a copy of the others (the old way), without building those copies."""
     import importlib
 
-    from knnvc.matcher import knn_regression
+    from knnvc.nn.matcher import knn_regression
 
     module = importlib.import_module("knnvc.train.prematch")  # the module (the package exports the function)
 
@@ -197,18 +197,18 @@ def test_pool_is_matched_once_without_copies(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_prematch_encodes_through_the_pipeline(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prematch encodes as voices do (``VoiceBuilder.encode_many``: windows, OOM retries, precision)."""
-    from knnvc.checkpoints import load_encoder
-    from knnvc.pipeline import VoiceBuilder
+    """Prematch encodes as voices do (``KnnVC.encode_many``: windows, OOM retries, precision)."""
+    from knnvc.pipeline import KnnVC
+    from knnvc.weights.formats import load_encoder
 
     seen: list[int] = []
-    real = VoiceBuilder.encode_many
+    real = KnnVC.encode_many
 
-    def spy(self: VoiceBuilder, wavs: list[np.ndarray], progress: object = None) -> list[torch.Tensor]:
+    def spy(self: KnnVC, wavs: list[np.ndarray], progress: object = None) -> list[torch.Tensor]:
         seen.append(len(wavs))
         return real(self, wavs)
 
-    monkeypatch.setattr(VoiceBuilder, "encode_many", spy)
+    monkeypatch.setattr(KnnVC, "encode_many", spy)
     data = tmp_path / "data"
     shutil.copytree(data_dir / "spk1", data / "spk1")
     report = prematch(data, tmp_path / "out", encoder=load_encoder(TINY_WAVLM), settings=CPU)
@@ -225,6 +225,7 @@ def test_training_into_a_folder_that_cannot_be_written(
     import builtins
 
     from knnvc import files
+
 
     if fault == "under_a_file":
         (tmp_path / "a_file").write_text("x")
@@ -416,7 +417,7 @@ def test_ddp_two_processes_on_cpu(features_dir: Path, config_file: Path, tmp_pat
 
 def test_other_sample_rate(data_dir: Path, tmp_path: Path) -> None:
     """24 kHz: the audio is stored at 24 kHz (480 samples a frame) and the generator upsamples 10*8*3*2."""
-    from knnvc.checkpoints import load_encoder
+    from knnvc.weights.formats import load_encoder
 
     data = tmp_path / "data"
     shutil.copytree(data_dir / "spk1", data / "spk1")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from knnvc import fetch, weights
-from knnvc.checkpoints import load_checkpoint
 from knnvc.errors import WeightsError
 from knnvc.progress import Progress
+from knnvc.weights import fetch, hub
+from knnvc.weights.formats import load_checkpoint
 
 
 def _checkpoint_bytes() -> bytes:
@@ -92,47 +92,47 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def local_entry(monkeypatch: pytest.MonkeyPatch, server: _Server) -> weights.WeightsEntry:
+def local_entry(monkeypatch: pytest.MonkeyPatch, server: _Server) -> hub.WeightsEntry:
     """The 'prematched' entry served locally; its published hash is that of the served body."""
     digest = hashlib.sha256(BODY).hexdigest()
-    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=server.url, sha256=digest)
-    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
+    entry = dataclasses.replace(hub.REGISTRY["prematched"], location=server.url, sha256=digest)
+    monkeypatch.setitem(hub.REGISTRY, "prematched", entry)
     return entry
 
 
 def test_registry_names_every_published_checkpoint() -> None:
-    assert weights.REGISTRY["microsoft/wavlm-large"].kind == "wavlm"
-    assert weights.get_entry("wavlm-large").name == "microsoft/wavlm-large"
-    assert weights.REGISTRY["prematched"].location.endswith("/v0.1/prematch_g_02500000.pt")
-    assert weights.REGISTRY["regular"].location.endswith("/v0.1/g_02500000.pt")
+    assert hub.REGISTRY["microsoft/wavlm-large"].kind == "wavlm"
+    assert hub.get_entry("wavlm-large").name == "microsoft/wavlm-large"
+    assert hub.REGISTRY["prematched"].location.endswith("/v0.1/prematch_g_02500000.pt")
+    assert hub.REGISTRY["regular"].location.endswith("/v0.1/g_02500000.pt")
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert weights.cache_dir() == tmp_path / "knnvc-cache"
+    assert hub.cache_dir() == tmp_path / "knnvc-cache"
     monkeypatch.delenv("KNNVC_CACHE")
-    assert weights.cache_dir() == tmp_path / "xdg" / "knnvc"
+    assert hub.cache_dir() == tmp_path / "xdg" / "knnvc"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert weights.cache_dir() == tmp_path / "home" / ".cache" / "knnvc"
+    assert hub.cache_dir() == tmp_path / "home" / ".cache" / "knnvc"
     assert not (tmp_path / "home").exists()
 
 
 def test_is_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not weights.is_offline()
+    assert not hub.is_offline()
     monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
-    assert weights.is_offline()
-    assert not weights.is_offline(False)
+    assert hub.is_offline()
+    assert not hub.is_offline(False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("KNNVC_OFFLINE", "TRUE")
-    assert weights.is_offline()
+    assert hub.is_offline()
 
 
 def test_download_into_cache_with_progress_then_cache_hit(
-    server: _Server, local_entry: weights.WeightsEntry, env: Path
+    server: _Server, local_entry: hub.WeightsEntry, env: Path
 ) -> None:
     calls: list[tuple[int, int | None]] = []
-    path = weights.resolve_vocoder("prematched", progress=lambda e: calls.append((e.index, e.total)))
+    path = hub.resolve_vocoder("prematched", progress=lambda e: calls.append((e.index, e.total)))
     assert path == env / "prematch_g_02500000.pt"
     assert path.read_bytes() == BODY
     assert calls[-1] == (len(BODY), len(BODY))
@@ -141,17 +141,17 @@ def test_download_into_cache_with_progress_then_cache_hit(
     assert sorted(p.name for p in env.iterdir()) == [path.name, "sha256.json"]  # no temp file left behind
     assert load_checkpoint(path)["generator"]["conv.bias"].shape == (64,)
 
-    assert weights.resolve_vocoder("prematched") == path
-    assert weights.resolve_vocoder("PREMATCHED", offline=True) == path
+    assert hub.resolve_vocoder("prematched") == path
+    assert hub.resolve_vocoder("PREMATCHED", offline=True) == path
     assert server.hits == 1
 
 
 def test_truncated_download_leaves_nothing(
-    server: _Server, local_entry: weights.WeightsEntry, env: Path
+    server: _Server, local_entry: hub.WeightsEntry, env: Path
 ) -> None:
     server.truncate = True
     with pytest.raises(WeightsError, match="truncated"):
-        weights.resolve_vocoder("prematched")
+        hub.resolve_vocoder("prematched")
     assert not env.exists() or list(env.iterdir()) == []
 
 
@@ -177,36 +177,36 @@ def test_http_error_and_unreachable_name_the_url(server: _Server, tmp_path: Path
 
 
 def test_corrupt_cache_refetched_online_refused_offline(
-    server: _Server, local_entry: weights.WeightsEntry, env: Path
+    server: _Server, local_entry: hub.WeightsEntry, env: Path
 ) -> None:
     env.mkdir(parents=True)
     cached = env / "prematch_g_02500000.pt"
     cached.write_bytes(BODY[: len(BODY) - 100])
     with pytest.raises(WeightsError, match="corrupt") as info:
-        weights.resolve_vocoder("prematched", offline=True)
+        hub.resolve_vocoder("prematched", offline=True)
     assert str(cached) in str(info.value) and "knnvc download" in str(info.value)
     assert server.hits == 0
-    assert weights.resolve_vocoder("prematched") == cached
+    assert hub.resolve_vocoder("prematched") == cached
     assert cached.read_bytes() == BODY and server.hits == 1
 
 
 def test_sha256_checked_for_cached_file(
-    monkeypatch: pytest.MonkeyPatch, local_entry: weights.WeightsEntry, env: Path, server: _Server
+    monkeypatch: pytest.MonkeyPatch, local_entry: hub.WeightsEntry, env: Path, server: _Server
 ) -> None:
     good = dataclasses.replace(local_entry, sha256=hashlib.sha256(BODY).hexdigest())
-    monkeypatch.setitem(weights.REGISTRY, "prematched", good)
-    path = weights.resolve_vocoder("prematched")
-    monkeypatch.setitem(weights.REGISTRY, "prematched", dataclasses.replace(good, sha256="f" * 64))
+    monkeypatch.setitem(hub.REGISTRY, "prematched", good)
+    path = hub.resolve_vocoder("prematched")
+    monkeypatch.setitem(hub.REGISTRY, "prematched", dataclasses.replace(good, sha256="f" * 64))
     with pytest.raises(WeightsError, match="corrupt.*sha256.*deleted"):
-        weights.resolve_vocoder("prematched", offline=True)
+        hub.resolve_vocoder("prematched", offline=True)
     assert not path.exists()  # a file that fails its hash is not kept
 
 
 def test_offline_missing_names_url_and_download_command(env: Path, no_network: None) -> None:
     with pytest.raises(WeightsError) as info:
-        weights.resolve_vocoder("regular", offline=True)
+        hub.resolve_vocoder("regular", offline=True)
     message = str(info.value)
-    assert weights.REGISTRY["regular"].location in message
+    assert hub.REGISTRY["regular"].location in message
     assert "knnvc download" in message and str(env / "g_02500000.pt") in message
 
 
@@ -214,26 +214,26 @@ def test_local_vocoder_paths_pass_through(tmp_path: Path) -> None:
     single = tmp_path / "one"
     single.mkdir()
     (single / "model.pt").write_bytes(BODY)
-    assert weights.resolve_vocoder(single / "model.pt") == single / "model.pt"
-    assert weights.resolve_vocoder(str(single)) == single / "model.pt"
+    assert hub.resolve_vocoder(single / "model.pt") == single / "model.pt"
+    assert hub.resolve_vocoder(str(single)) == single / "model.pt"
     run = tmp_path / "run"
     run.mkdir()
     for name in ("g_00100000.pt", "g_02500000.pt", "do_02500000.pt"):
         (run / name).write_bytes(BODY)
-    assert weights.resolve_vocoder(run) == run / "g_02500000.pt"
+    assert hub.resolve_vocoder(run) == run / "g_02500000.pt"
     (run / "best_g.pt").write_bytes(BODY)
-    assert weights.resolve_vocoder(run) == run / "best_g.pt"
+    assert hub.resolve_vocoder(run) == run / "best_g.pt"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(WeightsError, match="no generator"):
-        weights.resolve_vocoder(empty)
+        hub.resolve_vocoder(empty)
 
 
 def test_unknown_names_list_valid_ones() -> None:
     with pytest.raises(WeightsError, match="prematched, regular"):
-        weights.resolve_vocoder("nope")
+        hub.resolve_vocoder("nope")
     with pytest.raises(WeightsError, match="valid"):
-        weights.resolve_vocoder("microsoft/wavlm-large")  # a WavLM is not a vocoder
+        hub.resolve_vocoder("microsoft/wavlm-large")  # a WavLM is not a vocoder
 
 
 def _hf_folder(folder: Path, weights_file: str = "pytorch_model.bin") -> Path:
@@ -246,22 +246,22 @@ def _hf_folder(folder: Path, weights_file: str = "pytorch_model.bin") -> Path:
 def test_local_wavlm_paths(tmp_path: Path, no_network: None) -> None:
     original = tmp_path / "WavLM-Large.pt"
     original.write_bytes(BODY)
-    assert weights.resolve_wavlm(original) == original
+    assert hub.resolve_wavlm(original) == original
     hf = _hf_folder(tmp_path / "hf-model")
-    assert weights.resolve_wavlm(str(hf)) == hf
+    assert hub.resolve_wavlm(str(hf)) == hf
     (hf / "config.json").unlink()
     with pytest.raises(WeightsError, match="config.json"):
-        weights.resolve_wavlm(hf)
+        hub.resolve_wavlm(hf)
     with pytest.raises(WeightsError, match="no such file"):
-        weights.resolve_wavlm(tmp_path / "missing.pt")
+        hub.resolve_wavlm(tmp_path / "missing.pt")
 
 
 def test_offline_hub_id_not_cached(monkeypatch: pytest.MonkeyPatch, no_network: None) -> None:
     with pytest.raises(WeightsError, match="knnvc download"):
-        weights.resolve_wavlm("microsoft/wavlm-large", offline=True)
+        hub.resolve_wavlm("microsoft/wavlm-large", offline=True)
     monkeypatch.setenv("KNNVC_OFFLINE", "1")
     with pytest.raises(WeightsError, match="not .*in the Hugging Face cache"):
-        weights.resolve_wavlm("wavlm-large")
+        hub.resolve_wavlm("wavlm-large")
 
 
 def _fake_hub_cache(tmp_path: Path, files: list[str]) -> Path:
@@ -277,12 +277,12 @@ def _fake_hub_cache(tmp_path: Path, files: list[str]) -> Path:
 
 
 def test_cached_hub_snapshot_and_status(tmp_path: Path, env: Path, no_network: None) -> None:
-    assert [cached for _, cached, _ in weights.cached_status()] == [False, False, False, False]
+    assert [cached for _, cached, _ in hub.cached_status()] == [False, False, False, False]
     snapshot = _fake_hub_cache(tmp_path, ["config.json", "pytorch_model.bin"])
-    assert weights.resolve_wavlm("microsoft/wavlm-large", offline=True) == snapshot
+    assert hub.resolve_wavlm("microsoft/wavlm-large", offline=True) == snapshot
     env.mkdir()
     (env / "g_02500000.pt").write_bytes(BODY)
-    status = {entry.name: (cached, where) for entry, cached, where in weights.cached_status()}
+    status = {entry.name: (cached, where) for entry, cached, where in hub.cached_status()}
     assert status == {
         "microsoft/wavlm-large": (True, snapshot),
         "wavlm-original": (False, None),
@@ -294,7 +294,7 @@ def test_cached_hub_snapshot_and_status(tmp_path: Path, env: Path, no_network: N
 def test_incomplete_hub_snapshot_offline(tmp_path: Path, no_network: None) -> None:
     _fake_hub_cache(tmp_path, ["config.json"])
     with pytest.raises(WeightsError, match="incomplete"):
-        weights.resolve_wavlm("microsoft/wavlm-large", offline=True)
+        hub.resolve_wavlm("microsoft/wavlm-large", offline=True)
 
 
 def test_hub_prefers_safetensors_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -315,10 +315,10 @@ def test_hub_prefers_safetensors_and_falls_back(monkeypatch: pytest.MonkeyPatch,
         return str(_hf_folder(folder, "model.safetensors" if use_st else "pytorch_model.bin"))
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    assert weights.resolve_wavlm("microsoft/wavlm-large") == tmp_path / "snap1"
+    assert hub.resolve_wavlm("microsoft/wavlm-large") == tmp_path / "snap1"
     assert len(calls) == 1 and "*.safetensors" in calls[0]
     has_safetensors["value"] = False
-    assert weights.resolve_wavlm("microsoft/wavlm-large") == tmp_path / "snap3"
+    assert hub.resolve_wavlm("microsoft/wavlm-large") == tmp_path / "snap3"
     assert "pytorch_model.bin" in calls[-1] and len(calls) == 3
 
 
@@ -330,16 +330,16 @@ def test_hub_errors_become_weights_errors(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(WeightsError, match="cannot reach the Hugging Face Hub"):
-        weights.resolve_wavlm("microsoft/wavlm-large")
+        hub.resolve_wavlm("microsoft/wavlm-large")
     with pytest.raises(WeightsError, match="no such file"):
-        weights.resolve_wavlm("./not-here")
+        hub.resolve_wavlm("./not-here")
 
 
 def test_download_all(
-    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry, tmp_path: Path
 ) -> None:
-    regular = dataclasses.replace(weights.REGISTRY["regular"], location=server.url)
-    monkeypatch.setitem(weights.REGISTRY, "regular", regular)
+    regular = dataclasses.replace(hub.REGISTRY["regular"], location=server.url)
+    monkeypatch.setitem(hub.REGISTRY, "regular", regular)
     snapshot = _fake_hub_cache(tmp_path, ["config.json", "model.safetensors"])
     import huggingface_hub
 
@@ -351,11 +351,11 @@ def test_download_all(
         if event.index == 0:
             seen.append(event.name)
 
-    got = weights.download_all(progress=on_progress)
+    got = hub.download_all(progress=on_progress)
     assert got["microsoft/wavlm-large"] == snapshot
     assert Path(got["regular"]).read_bytes() == BODY and Path(got["prematched"]).read_bytes() == BODY
     assert seen == ["prematch_g_02500000.pt", "g_02500000.pt"] and server.hits == 2
-    assert weights.download_all(names=["regular"]) == {"regular": got["regular"]}
+    assert hub.download_all(names=["regular"]) == {"regular": got["regular"]}
     assert server.hits == 2
 
 
@@ -380,21 +380,21 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
 
 
 def test_published_hashes_are_pinned() -> None:
-    assert weights.REGISTRY["prematched"].sha256 == "f924c7632c6eaf99004386d62293e124419e33582573552a6ae976eb88ed2dd5"
-    original = weights.get_entry("wavlm-original")
+    assert hub.REGISTRY["prematched"].sha256 == "f924c7632c6eaf99004386d62293e124419e33582573552a6ae976eb88ed2dd5"
+    original = hub.get_entry("wavlm-original")
     assert original.location.endswith("/v0.1/WavLM-Large.pt") and original.kind == "wavlm"
     assert original.sha256 == "6fb4b3c3e6aa567f0a997b30855859cb81528ee8078802af439f7b2da0bf100f"
-    assert weights.known_sha256(weights.REGISTRY["prematched"]) == (weights.REGISTRY["prematched"].sha256, "published")
+    assert hub.known_sha256(hub.REGISTRY["prematched"]) == (hub.REGISTRY["prematched"].sha256, "published")
 
 
 def test_a_download_that_fails_its_published_hash_is_deleted(
     monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
 ) -> None:
     """The real pinned hash of prematch_g_02500000.pt against other bytes served by a real HTTP server."""
-    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=server.url)
-    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
+    entry = dataclasses.replace(hub.REGISTRY["prematched"], location=server.url)
+    monkeypatch.setitem(hub.REGISTRY, "prematched", entry)
     with pytest.raises(WeightsError) as info:
-        weights.resolve_vocoder("prematched")
+        hub.resolve_vocoder("prematched")
     message = str(info.value)
     assert "sha256 mismatch" in message and entry.sha256 in message and hashlib.sha256(BODY).hexdigest() in message
     assert "deleted" in message and "\n" not in message
@@ -404,27 +404,27 @@ def test_a_download_that_fails_its_published_hash_is_deleted(
 def test_unknown_hash_is_recorded_at_first_download_then_enforced_and_shown(
     monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
 ) -> None:
-    from knnvc.sysinfo import system_info
+    from knnvc.cli.sysinfo import system_info
 
-    entry = dataclasses.replace(weights.REGISTRY["regular"], location=server.url)
-    monkeypatch.setitem(weights.REGISTRY, "regular", entry)
-    assert entry.sha256 is None and weights.known_sha256(entry) == (None, "")
-    path = weights.resolve_vocoder("regular")
+    entry = dataclasses.replace(hub.REGISTRY["regular"], location=server.url)
+    monkeypatch.setitem(hub.REGISTRY, "regular", entry)
+    assert entry.sha256 is None and hub.known_sha256(entry) == (None, "")
+    path = hub.resolve_vocoder("regular")
     digest = hashlib.sha256(BODY).hexdigest()
-    assert weights.known_sha256(entry) == (digest, "recorded")
+    assert hub.known_sha256(entry) == (digest, "recorded")
     row = next(r for r in system_info("cpu")["weights"] if r["name"] == "regular")
     assert (row["sha256"], row["sha256_from"], row["cached"]) == (digest, "recorded", True)
     path.write_bytes(_checkpoint_bytes()[:-1] + b"\x01")  # a later change of the file is caught
     with pytest.raises(WeightsError, match="corrupt"):
-        weights.resolve_vocoder("regular", offline=True)
-    assert weights.resolve_vocoder("regular") == path and path.read_bytes() == BODY  # fetched again online
+        hub.resolve_vocoder("regular", offline=True)
+    assert hub.resolve_vocoder("regular") == path and path.read_bytes() == BODY  # fetched again online
 
 
 def test_download_all_takes_the_readme_call(
-    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry, env: Path
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry, env: Path
 ) -> None:
-    assert weights.download_all(["prematched"]) == {"prematched": env / "prematch_g_02500000.pt"}  # the README's
-    assert weights.download_all("prematched") == {"prematched": env / "prematch_g_02500000.pt"}
+    assert hub.download_all(["prematched"]) == {"prematched": env / "prematch_g_02500000.pt"}  # the README's
+    assert hub.download_all("prematched") == {"prematched": env / "prematch_g_02500000.pt"}
     assert server.hits == 1
 
 
@@ -435,7 +435,7 @@ def test_offline_download_says_how_to_get_online(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("KNNVC_OFFLINE", "1")
     with pytest.raises(WeightsError) as info:
-        weights.download_all(["prematched"])
+        hub.download_all(["prematched"])
     assert "offline mode is on (KNNVC_OFFLINE)" in str(info.value) and "unset it" in str(info.value)
     result = CliRunner().invoke(app, ["download", "prematched"])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -448,10 +448,10 @@ def test_failed_vocoder_download_gives_advice(monkeypatch: pytest.MonkeyPatch, t
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/prematch_g_02500000.pt"
-    entry = dataclasses.replace(weights.REGISTRY["prematched"], location=url)
-    monkeypatch.setitem(weights.REGISTRY, "prematched", entry)
+    entry = dataclasses.replace(hub.REGISTRY["prematched"], location=url)
+    monkeypatch.setitem(hub.REGISTRY, "prematched", entry)
     with pytest.raises(WeightsError) as info:
-        weights.resolve_vocoder("prematched")
+        hub.resolve_vocoder("prematched")
     message = str(info.value)
     assert url in message and "check the internet connection" in message
     assert f"save it as {env / 'prematch_g_02500000.pt'}" in message and "knnvc download" not in message
@@ -465,31 +465,32 @@ def test_hub_unreachable_online_does_not_send_you_to_knnvc_download(monkeypatch:
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(WeightsError) as info:
-        weights.download_all(["microsoft/wavlm-large"])
+        hub.download_all(["microsoft/wavlm-large"])
     assert "check the internet connection" in str(info.value) and "knnvc download" not in str(info.value)
 
 
 def test_original_wavlm_comes_from_the_registry_with_its_hash(
     monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
 ) -> None:
-    entry = dataclasses.replace(weights.get_entry("wavlm-original"), location=server.url,
+    entry = dataclasses.replace(hub.get_entry("wavlm-original"), location=server.url,
                                 sha256=hashlib.sha256(BODY).hexdigest())
-    monkeypatch.setitem(weights.REGISTRY, "wavlm-original", entry)
-    assert weights.resolve_wavlm("wavlm-original") == env / "WavLM-Large.pt"
+    monkeypatch.setitem(hub.REGISTRY, "wavlm-original", entry)
+    assert hub.resolve_wavlm("wavlm-original") == env / "WavLM-Large.pt"
 
 
 def test_a_checked_file_is_not_hashed_again_until_it_changes(
-    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: weights.WeightsEntry
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry
 ) -> None:
     """A 1.2 GB WavLM would cost seconds per start: its verified size and mtime stand for the hash."""
-    from knnvc import files, integrity
+    from knnvc import files
+    from knnvc.weights import integrity
 
-    path = weights.resolve_vocoder("prematched")
+    path = hub.resolve_vocoder("prematched")
     hashed: list[Path] = []
     real = files.sha256
     monkeypatch.setattr(files, "sha256", lambda p: (hashed.append(Path(p)), real(p))[1])  # type: ignore[arg-type]
-    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == []
+    assert hub.resolve_vocoder("prematched", offline=True) == path and hashed == []
     path.write_bytes(BODY)  # same bytes, new mtime: hashed once more, then remembered again
-    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
-    assert weights.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
+    assert hub.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
+    assert hub.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
     assert integrity.problem(path, "0" * 64) is not None  # another expected hash is never taken on trust

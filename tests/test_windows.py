@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc import windows
-from knnvc.checkpoints import load_encoder, load_vocoder
-from knnvc.matcher import knn_indices
+from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.runtime import windows
+from knnvc.weights.formats import load_encoder, load_vocoder
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
 SCRIPT = Path(__file__).parent / "scripts" / "long_convert.py"
@@ -40,7 +40,7 @@ def test_split_covers_every_frame_once(total: int) -> None:
 
 
 def test_window_sample_span_gives_exactly_its_frames() -> None:
-    from knnvc.encoder import num_frames
+    from knnvc.nn.encoder import num_frames
 
     for w in windows.split(5000, core=1000, context=150):
         lo, hi = w.sample_span()

@@ -116,9 +116,10 @@ class KnnvcTyper(typer.Typer):
 
 def _version(value: bool) -> None:
     if value:
-        from knnvc import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"knnvc {__version__}")
+
+        typer.echo(f"knnvc {version('knnvc')}")
         raise typer.Exit()
 
 

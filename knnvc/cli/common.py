@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import typer
 from rich.console import Console
 
-from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
-from knnvc.options import Models, PipelineSettings
+from knnvc.options import DEFAULT_VOCODER, DEFAULT_WAVLM, Models, PipelineSettings
 
 if TYPE_CHECKING:
     from rich.progress import Progress as Bar
@@ -94,7 +93,7 @@ def require_inputs(*paths: Path | None) -> None:
 
 def check_references(reference: Path) -> None:
     """Every reference file (REFERENCE, or the audio in the folder) has a readable audio header: else AudioError."""
-    from knnvc.audio import audio_files, duration_seconds
+    from knnvc.audio.decode import audio_files, duration_seconds
 
     files = audio_files(reference) if reference.is_dir() else [reference]
     if not files:
@@ -105,7 +104,7 @@ def check_references(reference: Path) -> None:
 
 def check_device(device: str, precision: str = "auto") -> None:
     """Resolve ``--device`` and ``--precision`` now (imports torch), before any model or file is loaded."""
-    from knnvc.devices import resolve_device, resolve_precision
+    from knnvc.runtime.devices import resolve_device, resolve_precision
 
     resolve_precision(precision, resolve_device(device))
 

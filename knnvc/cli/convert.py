@@ -22,13 +22,13 @@ from knnvc.cli.controls import (
     with_morph_voice,
 )
 from knnvc.cli.view import BatchView
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
+from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from knnvc.batch import Report
+    from knnvc.batch.plan import Report
 
 
 @app.command()
@@ -81,7 +81,7 @@ def convert(
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         running = PipelineSettings(device, precision, batch_size, compile=compile_)
         common.preflight(source, reference, device=device, precision=precision)
-        from knnvc import batch, manifest
+        from knnvc.batch import manifest, plan, runner
         from knnvc.voice import VOICE_SUFFIX, Voice
 
         saved = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else None
@@ -90,8 +90,8 @@ def convert(
         else:
             common.check_references(reference)
         name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
-        jobs = batch.plan(source, output, name, extension=fmt)
-        batch.check_outputs(batch.pending(jobs, overwrite=overwrite))
+        jobs = plan.plan(source, output, name, extension=fmt)
+        plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
         models = None
         if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
             models = Models(wavlm, vocoder, replace(running, compile=False), offline or None)
@@ -111,7 +111,7 @@ def convert(
             settings = manifest.batch_settings(
                 vc, saved or reference, options, vocoder=vocoder, extension=ext, compute=compute
             )
-            ledger = manifest.Ledger(batch.manifest_folder(source, jobs), settings)
+            ledger = manifest.Ledger(plan.manifest_folder(source, jobs), settings)
             resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
             voice = (
                 (saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer))
@@ -120,7 +120,7 @@ def convert(
             )
         if voice is None:  # nothing to convert
             reasons = Counter(resume.reason(job) for job in jobs)
-            report = batch.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)
+            report = plan.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)
         else:
             voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
             voice.check_neighbours(k)  # references: now that their frames are counted, before any file
@@ -129,14 +129,14 @@ def convert(
                     report = _cluster().run(jobs, voice, options, models, address=str(ray), overwrite=overwrite,
                                          ledger=ledger, progress=view.on_event)  # fmt: skip
                 else:
-                    report = batch.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event,
+                    report = runner.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event,
                                        ledger=ledger)  # fmt: skip
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
 
 
 def _cluster() -> ModuleType:
-    """``knnvc.cluster``, imported when ``--ray`` is used (it needs the cluster extra)."""
-    from knnvc import cluster
+    """``knnvc.batch.cluster``, imported when ``--ray`` is used (it needs the cluster extra)."""
+    from knnvc.batch import cluster
 
     return cluster
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from rich.progress import Progress as RichProgress
 
-    from knnvc.batch import Report
+    from knnvc.batch.plan import Report
     from knnvc.eval import Evaluation
     from knnvc.eval.sweep import Grid
     from knnvc.progress import Progress
@@ -102,8 +102,8 @@ def _check(converted: PathOpt, target: PathOpt, source: PathOpt, manifest: PathO
 
 
 def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool) -> dict[str, Any]:
-    from knnvc.devices import resolve_device
     from knnvc.eval import load_asr, load_dnsmos, load_verifier
+    from knnvc.runtime.devices import resolve_device
 
     where = str(resolve_device(device))
     models: dict[str, Any] = {"verifier": load_verifier(verifier, where)}

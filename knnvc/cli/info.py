@@ -21,10 +21,10 @@ def download(
     with session(verbose, False):
         from rich.progress import DownloadColumn, TaskID, TextColumn, TransferSpeedColumn
 
-        from knnvc import weights
+        from knnvc.weights import hub
 
         for name in names or []:
-            weights.get_entry(name)  # unknown names fail before anything is drawn
+            hub.get_entry(name)  # unknown names fail before anything is drawn
         columns = (TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
         with progress_bar(*columns) as bar:
 
@@ -35,7 +35,7 @@ def download(
                     tasks[event.name] = bar.add_task(event.name, total=None)
                 bar.update(tasks[event.name], completed=event.index, total=event.total)
 
-            result = weights.download_all(names=names or None, progress=on_progress)
+            result = hub.download_all(names=names or None, progress=on_progress)
         for name, location in result.items():
             out.print(f"{name}: {location}", highlight=False, soft_wrap=True)
 
@@ -44,7 +44,7 @@ def download(
 def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
     """Versions, the chosen device, cache folders and which weights are cached."""
     with handle_errors(False):
-        from knnvc.sysinfo import system_info
+        from knnvc.cli.sysinfo import system_info
 
         data = system_info(device)
         if json_out:

@@ -16,8 +16,8 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import app
 from knnvc.cli.stream import StreamLoader, streaming
-from knnvc.constants import FRAME_RATE
 from knnvc.errors import DeviceError, UsageError
+from knnvc.options import FRAME_RATE
 
 if TYPE_CHECKING:
     from knnvc.stream import Streamer

@@ -11,10 +11,9 @@ import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.constants import MAX_WAVLM_LAYERS, WAVLM_LAYER
 from knnvc.errors import UsageError
-from knnvc.interrupt import sigterm_as_interrupt
-from knnvc.options import Models
+from knnvc.options import MAX_WAVLM_LAYERS, WAVLM_LAYER, Models
+from knnvc.runtime.interrupt import sigterm_as_interrupt
 
 LOCAL_HOSTS = frozenset({"localhost"})
 

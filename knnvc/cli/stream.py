@@ -19,8 +19,8 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import app
 from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
-from knnvc.constants import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 from knnvc.errors import UsageError
+from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
 
 if TYPE_CHECKING:
     import numpy as np

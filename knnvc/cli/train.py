@@ -14,8 +14,7 @@ import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import train_app
-from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE
-from knnvc.options import PipelineSettings
+from knnvc.options import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, PipelineSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -99,7 +98,7 @@ def _resolve_init(init: str | None, offline: bool) -> Path | None:
     """A registry name (``prematched``) or a generator file/folder -> the checkpoint file."""
     if init is None:
         return None
-    from knnvc.weights import resolve_vocoder
+    from knnvc.weights.hub import resolve_vocoder
 
     return resolve_vocoder(init, offline=offline or None)
 

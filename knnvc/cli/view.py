@@ -48,7 +48,7 @@ class BatchView:
     def __init__(
         self, todo: list[Job], *, show: bool, verbose: bool, clock: Callable[[], float] | None = None
     ) -> None:
-        from knnvc.audio import duration_seconds
+        from knnvc.audio.decode import duration_seconds
 
         self.show, self.verbose, self.clock = show, verbose, clock
         self.lengths = {job.source: _safe_duration(duration_seconds, job.source) for job in todo}

@@ -12,8 +12,8 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import voice_app
 from knnvc.cli.controls import MatchLayerOpt
-from knnvc.constants import DEFAULT_WAVLM, WAVLM_LAYER
 from knnvc.errors import OutputError, UsageError
+from knnvc.options import DEFAULT_WAVLM, WAVLM_LAYER
 
 
 @voice_app.command("build")
@@ -54,9 +54,9 @@ def voice_build(
         for reference in references:
             common.check_references(reference)
         writable_folder(output.parent)
-        from knnvc.builder import VoiceBuilder
+        from knnvc.pipeline import KnnVC
 
-        builder = VoiceBuilder.from_pretrained(Models(wavlm, settings=settings, offline=offline or None),
+        builder = KnnVC.from_pretrained(Models(wavlm, settings=settings, offline=offline or None),
                                                match_layer=match_layer)  # fmt: skip
         builder.check_depth([match_layer])
         voice = builder.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)

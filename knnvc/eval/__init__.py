@@ -7,7 +7,7 @@
     >>> result.summary["speaker_similarity"]["mean"], result.summary["eer_percent"]
 
 The package scores files; it never converts, except ``sweep.run_sweep``, which converts through the public
-pipeline (``knnvc.batch.run``). Every model is found offline: resemblyzer's and pocketsphinx's ship in their
+pipeline (``knnvc.batch.runner.run``). Every model is found offline: resemblyzer's and pocketsphinx's ship in their
 wheels; Whisper and WavLM-SV are used when they are in the local Hugging Face cache. Install with
 ``pip install 'knnvc[eval]'``.
 """

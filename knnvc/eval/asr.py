@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import WeightsError
 from knnvc.eval.models import LocalModel, need, pick
+from knnvc.options import SAMPLE_RATE
 
 WHISPER = "openai/whisper-base"  # the paper's ASR
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from knnvc import audio
+from knnvc.audio import decode
 from knnvc.errors import UsageError
 from knnvc.eval.asr import Transcriber
 from knnvc.eval.eer import Trials, equal_error_rate, target_trials
@@ -88,7 +88,7 @@ def evaluate(
     embedded: dict[Path, list[np.ndarray]] = {t: [] for t in targets}
     for target, files in reference_files.items():
         for file in files:
-            embedded[target].append(verifier.embed(audio.load(file)))
+            embedded[target].append(verifier.embed(decode.load(file)))
             report("embedding references", sum(map(len, embedded.values())), total)
     refs = {t: np.stack(e) for t, e in embedded.items()}  # (R, D) per target
     centroid = {t: speaker_embedding(e) for t, e in refs.items()}
@@ -96,7 +96,7 @@ def evaluate(
     converted_embs: dict[Path, list[np.ndarray]] = {t: [] for t in targets}
     sources = _Sources(verifier, asr)
     for done, item in enumerate(items, 1):
-        wav = audio.load(item.converted)
+        wav = decode.load(item.converted)
         emb = verifier.embed(wav)
         converted_embs[item.target].append(emb)
         score = FileScore(str(item.converted), str(item.target), float(emb @ centroid[item.target]))
@@ -125,13 +125,13 @@ class _Sources:
 
     def embedding(self, source: Path) -> np.ndarray:
         if source not in self.embeddings:
-            self.embeddings[source] = self.verifier.embed(audio.load(source))
+            self.embeddings[source] = self.verifier.embed(decode.load(source))
         return self.embeddings[source]
 
     def transcript(self, source: Path) -> str:
         if source not in self.texts:
             assert self.asr is not None
-            self.texts[source] = self.asr.transcribe(audio.load(source))
+            self.texts[source] = self.asr.transcribe(decode.load(source))
         return self.texts[source]
 
 

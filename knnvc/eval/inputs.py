@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from knnvc import audio
+from knnvc.audio import decode
 from knnvc.errors import AudioError, UsageError
 from knnvc.eval.text import read_transcripts
 
@@ -33,9 +33,9 @@ def files_in(path: Path) -> list[Path]:
         return [path]
     if not path.exists():
         raise AudioError(f"{path}: no such file or folder")
-    found = audio.audio_files(path)
+    found = decode.audio_files(path)
     if not found:
-        raise AudioError(f"{path}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
+        raise AudioError(f"{path}: folder holds no audio files ({', '.join(sorted(decode.AUDIO_EXTENSIONS))})")
     return found
 
 

@@ -88,6 +88,6 @@ def _link(src: Path, dest: Path) -> None:
 
 
 def _seconds(path: Path) -> float:
-    from knnvc.audio import duration_seconds
+    from knnvc.audio.decode import duration_seconds
 
     return float(duration_seconds(path))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knnvc.constants import SAMPLE_RATE
+from knnvc.options import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

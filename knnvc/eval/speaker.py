@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import AudioError, UsageError
 from knnvc.eval.models import LocalModel, need, pick
+from knnvc.options import SAMPLE_RATE
 
 WAVLM_SV = "microsoft/wavlm-base-plus-sv"  # the stronger verifier taken when it is cached locally
 

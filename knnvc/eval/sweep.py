@@ -1,7 +1,7 @@
 """``--sweep NAME=V1,V2,...``: convert over a grid of one ``ConvertOptions`` setting, then score each point.
 
 The setting's name and type come from ``ConvertOptions``' own fields, so a control added there can be swept with
-no change here. Conversion goes through the public pipeline (``knnvc.batch.run`` with a ``KnnVC``); each grid
+no change here. Conversion goes through the public pipeline (``knnvc.batch.runner.run`` with a ``KnnVC``); each grid
 point is written to ``OUT/NAME=VALUE/`` and scored like any folder of conversions.
 """
 
@@ -19,7 +19,7 @@ from knnvc.errors import UsageError
 from knnvc.options import ConvertOptions
 
 if TYPE_CHECKING:
-    from knnvc.batch import Report
+    from knnvc.batch.plan import Report
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
 
@@ -106,15 +106,15 @@ def run_sweep(
     Outputs already there are kept (rerun to resume) unless ``overwrite``. A grid point whose files all fail
     raises the first failure.
     """
-    from knnvc import batch
+    from knnvc.batch import plan, runner
 
     points = []
     for value, options in zip(grid.values, grid.options(base or ConvertOptions()), strict=True):
         folder = out / grid.folder(value)
         target = folder if source.is_dir() else folder / f"{source.stem}.wav"
         folder.mkdir(parents=True, exist_ok=True)
-        jobs = batch.plan(source, target, voice.name)
-        report = batch.run(vc, jobs, voice, options, overwrite=overwrite)
+        jobs = plan.plan(source, target, voice.name)
+        report = runner.run(vc, jobs, voice, options, overwrite=overwrite)
         if report.interrupted:
             raise KeyboardInterrupt
         if report.failed and not report.converted and not report.skipped:

@@ -10,10 +10,9 @@ from typing import overload
 import numpy as np
 import torch
 
-from knnvc import loudness
-from knnvc.constants import FRAME_RATE, HOP, RECEPTIVE_FIELD, SAMPLE_RATE
+from knnvc.audio import loudness
 from knnvc.errors import UsageError
-from knnvc.options import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from knnvc.options import FRAME_RATE, HOP, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RECEPTIVE_FIELD, SAMPLE_RATE
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
 from vocoder import HifiganConfig

@@ -10,14 +10,13 @@ import soxr
 import torch
 from torch import Tensor
 
-from knnvc.constants import HOP, SAMPLE_RATE
-from knnvc.encoder import num_frames, split_layers
 from knnvc.errors import AudioError, UsageError
-from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
+from knnvc.nn.encoder import num_frames, split_layers
+from knnvc.options import DEFAULT_OPTIONS, HOP, SAMPLE_RATE, ConvertOptions
 from knnvc.pipeline import KnnVC
+from knnvc.runtime.windows import Window
 from knnvc.stream.settings import DEFAULT_STREAM, StreamSettings, encoder_reach, vocoder_reach, voice_gain
 from knnvc.voice import Voice
-from knnvc.windows import Window
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each utterance's WavLM layer-6 frames are replaced by the mean of their k = 4 nearest frames (cosine) among
 the frames of the OTHER utterances of the SAME speaker, so the vocoder learns from the kind of features it
 will get at conversion time. (The original pooled by chapter folder; here the pool is the whole speaker.)
-Audio is encoded exactly as voices are (``VoiceBuilder.encode_many``: windows for long files, out-of-memory
+Audio is encoded exactly as voices are (``KnnVC.encode_many``: windows for long files, out-of-memory
 retries, the chosen precision), and each speaker's pool is built once and matched with every utterance's own
 frames excluded, never copied per utterance.
 
@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from knnvc import audio, files
-from knnvc.builder import VoiceBuilder
-from knnvc.constants import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
-from knnvc.encoder import WavLMEncoder, num_frames
+from knnvc import files
+from knnvc.audio import decode
 from knnvc.errors import AudioError, UsageError
-from knnvc.matcher import knn_regression
-from knnvc.options import DEFAULT_SETTINGS, PipelineSettings
+from knnvc.nn.encoder import WavLMEncoder, num_frames
+from knnvc.nn.matcher import knn_regression
+from knnvc.options import DEFAULT_K, DEFAULT_SETTINGS, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER, PipelineSettings
+from knnvc.pipeline import KnnVC
 from knnvc.train.speakers import Skipped, Utterance, discover, pool_groups
 from knnvc.train.store import PrematchReport, Store
 from vocoder.train.data import SUFFIX, Entry, TrainingError, hop_for, write_utterance
@@ -75,7 +75,7 @@ def _match_items(pool: Tensor, lengths: Sequence[int], which: Sequence[int], k: 
 class _Run:
     """The state of one prematch run."""
 
-    builder: VoiceBuilder
+    builder: KnnVC
     store: Store
     k: int
     sample_rate: int
@@ -93,7 +93,7 @@ def _load_usable(run: _Run, utts: Sequence[Utterance]) -> list[tuple[Utterance, 
     usable = []
     for utt in utts:
         try:
-            wav = audio.load(utt.path)
+            wav = decode.load(utt.path)
         except AudioError as exc:
             _skip(run, utt, f"unreadable: {exc}")
             continue
@@ -108,8 +108,8 @@ def _load_usable(run: _Run, utts: Sequence[Utterance]) -> list[tuple[Utterance, 
 
 def _target_audio(run: _Run, utt: Utterance, wav16: np.ndarray, frames: int) -> Tensor:
     """The utterance at the target rate, cut or zero-padded to ``frames * hop`` samples."""
-    wav = wav16 if run.sample_rate == SAMPLE_RATE else audio.load(utt.path, sample_rate=run.sample_rate)
-    if run.sample_rate != SAMPLE_RATE and audio.native_rate(utt.path) < run.sample_rate:
+    wav = wav16 if run.sample_rate == SAMPLE_RATE else decode.load(utt.path, sample_rate=run.sample_rate)
+    if run.sample_rate != SAMPLE_RATE and decode.native_rate(utt.path) < run.sample_rate:
         run.report.below_rate += 1
         logger.debug("%s is recorded below %d Hz", utt.path, run.sample_rate)
     need = frames * hop_for(run.sample_rate)
@@ -218,10 +218,10 @@ def prematch(
     utts, skipped = discover(data_dir, manifest)
     out = files.writable_folder(Path(out_dir))
     if encoder is None:
-        from knnvc.checkpoints import load_encoder
+        from knnvc.weights.formats import load_encoder
 
         encoder = load_encoder(wavlm, offline=offline)
-    builder = VoiceBuilder(encoder, settings)
+    builder = KnnVC(encoder, None, settings)
     record = {"k": k, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint, "layer": WAVLM_LAYER,
                 "feature_dim": encoder.dim, "sample_rate": sample_rate, "pool": "other utterances of the speaker",
                 "max_pool_minutes": max_pool_minutes, "precision": str(builder.dtype).removeprefix("torch.")}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from knnvc import audio
+from knnvc.audio import decode
 from knnvc.errors import AudioError, UsageError
 
 
@@ -47,7 +47,7 @@ def _check_speaker(name: str, where: str) -> str:
 def _from_folders(data_dir: Path) -> tuple[list[Utterance], list[Skipped]]:
     """Speaker = the first folder under DATA_DIR; id = the path under DATA_DIR without its extension."""
     utts, skipped = [], []
-    for path in audio.audio_files(data_dir):
+    for path in decode.audio_files(data_dir):
         rel = PurePosixPath(path.relative_to(data_dir).as_posix())
         if len(rel.parts) < 2:
             skipped.append(Skipped(str(path), "", "not inside a speaker folder"))
@@ -108,7 +108,7 @@ def pool_groups(utts: Sequence[Utterance], max_seconds: float) -> list[list[Utte
     durations = []
     for utt in utts:
         try:
-            durations.append(audio.duration_seconds(utt.path))
+            durations.append(decode.duration_seconds(utt.path))
         except AudioError:
             durations.append(0.0)
     total = sum(durations)

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from knnvc.batch import safe_name
+from knnvc.batch.plan import safe_name
 from knnvc.errors import AudioError, KnnvcError, UsageError, VoiceError
 from knnvc.web.controls import options_from_form
 from knnvc.web.queue import BusyError

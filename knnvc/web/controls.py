@@ -1,7 +1,7 @@
 """The page's controls and the API's form fields, read from ``ConvertOptions`` itself.
 
 Every field of ``knnvc.options.ConvertOptions`` whose type is a number, a flag, a choice (``Literal``, or a string
-with a tuple of choices in ``knnvc.constants``), a string or a ``Voice`` becomes one ``Control``: the same name in the
+with a tuple of choices in ``knnvc.options``), a string or a voice (a field marked ``metadata={"kind": "voice"}``) becomes one ``Control``: the same name in the
 HTTP form and in the page, its default from the dataclass, its help from the dataclass docstring's ``Attributes:``
 section. A ``Voice`` field (morphing's second voice) takes the name of a saved voice. ``HINTS`` only adds ranges and
 steps for sliders; a field added to ``ConvertOptions`` later appears in the page and the API without a change here.
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from knnvc import constants
+from knnvc import options
 from knnvc.errors import UsageError
 from knnvc.options import MAX_LOUDNESS, MIN_LOUDNESS, ConvertOptions
 from knnvc.voice import Voice
@@ -47,14 +47,14 @@ HINTS: dict[str, Hint] = {
     "k": Hint(1, 64, 1),
     "loudness": Hint(MIN_LOUDNESS, MAX_LOUDNESS, 0.5),
     "strength": Hint(0.0, 2.0, 0.05),
-    "match_layer": Hint(1, getattr(constants, "MAX_WAVLM_LAYERS", 24), 1),  # WavLM-Large has 24
+    "match_layer": Hint(1, getattr(options, "MAX_WAVLM_LAYERS", 24), 1),  # WavLM-Large has 24
     "morph": Hint(0.0, 1.0, 0.05),
     "morph_weight": Hint(0.0, 1.0, 0.05),
 }
 """Slider ranges for fields that have a natural one (ConvertOptions still validates every value)."""
 
 CHOICES = {"knn_weighting": "KNN_WEIGHTINGS"}
-"""String fields whose allowed values are a tuple in ``knnvc.constants`` (looked up by name: absent, free text)."""
+"""String fields whose allowed values are a tuple in ``knnvc.options`` (looked up by name: absent, free text)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,8 @@ def controls(cls: type = ConvertOptions) -> tuple[Control, ...]:
 
 
 def _control(field: dataclasses.Field[Any], annotation: Any, help_text: str) -> Control | None:
+    if field.metadata.get("kind") == "voice":  # a saved voice by name (``ConvertOptions.morph``)
+        return Control(field.name, "voice", None, True, help=help_text)
     args = typing.get_args(annotation)
     optional = typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in args
     if optional:
@@ -137,9 +139,7 @@ def _control(field: dataclasses.Field[Any], annotation: Any, help_text: str) -> 
     if typing.get_origin(annotation) is Literal:
         choices = tuple(str(a) for a in typing.get_args(annotation))
         return Control(field.name, "choice", default, optional, choices, help_text)
-    if annotation is Voice:
-        return Control(field.name, "voice", None, True, help=help_text)
-    listed = getattr(constants, CHOICES.get(field.name, ""), None)
+    listed = getattr(options, CHOICES.get(field.name, ""), None)
     if annotation is str and isinstance(listed, tuple):
         return Control(field.name, "choice", default, optional, tuple(str(c) for c in listed), help_text)
     kinds = {bool: "bool", int: "int", float: "float", str: "str"}

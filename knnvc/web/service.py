@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from knnvc import audio, batch
+from knnvc.audio import decode, write
+from knnvc.batch import plan, runner
 from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.progress import WINDOW_STAGES, OnProgress, Progress
@@ -183,9 +184,9 @@ class Service:
         if path.stat().st_size == 0:
             raise AudioError(f"{shown} is empty (0 bytes); record or upload some speech")
         try:
-            seconds = audio.duration_seconds(path)
+            seconds = decode.duration_seconds(path)
         except AudioError:
-            kinds = ", ".join(sorted(ext.lstrip(".").upper() for ext in audio.AUDIO_EXTENSIONS))
+            kinds = ", ".join(sorted(ext.lstrip(".").upper() for ext in decode.AUDIO_EXTENSIONS))
             raise AudioError(f"{shown} is not audio this server can read; send {kinds}") from None
         if seconds > self.limits.max_seconds:
             raise TooLargeError(
@@ -226,13 +227,13 @@ class Service:
 
     def save(self, wav: np.ndarray, rate: int, path: Path) -> Path:
         """Write a result (format from the extension), atomically."""
-        return audio.save(path, wav, sample_rate=rate, source_rate=rate)
+        return write.save(path, wav, sample_rate=rate, source_rate=rate)
 
     def build_voice(
         self, job: Job, references: Sequence[Path], name: str, *, trim: bool = True, notify: Notify | None = None
     ) -> tuple[Voice, Path]:
         """Build a voice from ``references`` and save it as ``NAME.voice`` in ``--voices`` (else a result)."""
-        clean = batch.safe_name(name.strip()) if name.strip() else ""
+        clean = plan.safe_name(name.strip()) if name.strip() else ""
         if not clean:
             raise UsageError("give the voice a name (letters, digits, '-', '_' or '.')")
         if self.voices_dir is not None and clean in self.voice_names():
@@ -246,9 +247,9 @@ class Service:
 
     def convert_zip(
         self, job: Job, archive: Path, target: Target, extension: str = ".wav", notify: Notify | None = None
-    ) -> tuple[Path, batch.Report]:
+    ) -> tuple[Path, plan.Report]:
         """Convert every audio file in a zip; returns a zip of the results (same tree) plus ``report.json``."""
-        ext = batch.check_extension(extension)
+        ext = plan.check_extension(extension)
         inputs, outputs = job.folder / "in", job.folder / "out"
         limit = self.limits.max_upload_bytes * BATCH_EXPANSION
         files = zips.extract(
@@ -257,18 +258,18 @@ class Service:
         job.known(inputs, job.shown(archive))
         for path in files:
             job.known(path, str(path.relative_to(inputs)))
-            if path.suffix.lower() in audio.AUDIO_EXTENSIONS:
+            if path.suffix.lower() in decode.AUDIO_EXTENSIONS:
                 with contextlib.suppress(AudioError):  # an unreadable file fails alone, named in the report
                     self.check_audio(job, path)
         say = notify or _quiet
         with self._turn(job, target, say) as voice:
-            jobs = batch.plan(inputs, outputs, voice.name, extension=ext)
+            jobs = plan.plan(inputs, outputs, voice.name, extension=ext)
 
             def on_file(event: Progress) -> None:
                 if event.stage in ("done", "fail") and event.total:
                     say(f"converted {event.index + 1} of {event.total} files", (event.index + 1) / event.total)
 
-            report = batch.run(self.vc, jobs, voice, target.options, progress=on_file)
+            report = runner.run(self.vc, jobs, voice, target.options, progress=on_file)
         summary = report.summary()
         summary["outputs"] = [str(j.output.relative_to(outputs)) for j in report.converted]
         summary["failures"] = [{"file": job.shown(f.source), "error": job.message(f.error)} for f in report.failed]
@@ -276,7 +277,7 @@ class Service:
         outputs.mkdir(parents=True, exist_ok=True)
         (outputs / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
         stem = Path(job.shown(archive)).stem or "batch"
-        return zips.pack(outputs, self.result_path(f"{stem}_{batch.safe_name(voice.name)}.zip")), report
+        return zips.pack(outputs, self.result_path(f"{stem}_{plan.safe_name(voice.name)}.zip")), report
 
 
 def _quiet(description: str, fraction: float | None) -> None:

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from transformers import WavLMConfig, WavLMModel
 
-from knnvc.constants import SAMPLE_RATE
-from knnvc.encoder import WavLMEncoder
-from knnvc.options import ConvertOptions, PipelineSettings
+from knnvc.nn.encoder import WavLMEncoder
+from knnvc.options import SAMPLE_RATE, ConvertOptions, PipelineSettings
 from knnvc.pipeline import KnnVC
 from vocoder import Generator, HifiganConfig
 

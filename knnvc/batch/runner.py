@@ -1,6 +1,6 @@
 """Many conversions against one voice: resume by skipping, per-file failures, progress.
 
-``plan`` (``knnvc.plan``, re-exported here) maps sources to outputs (a file to a file, a folder to a mirrored
+``plan`` (``knnvc.batch.plan``, re-exported here) maps sources to outputs (a file to a file, a folder to a mirrored
 tree); ``run`` converts each job, writes atomically, records failures instead of stopping, and reports progress
 through callbacks. The CLI is a thin layer over these two functions.
 """
@@ -15,11 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from knnvc.errors import DiskFullError, KnnvcError
-from knnvc.interrupt import sigterm_as_interrupt
-from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
-from knnvc.overlap import Overlap
-from knnvc.plan import (
+from knnvc.batch.plan import (
     OUTPUT_EXTENSIONS,
     Failure,
     Report,
@@ -30,10 +26,14 @@ from knnvc.plan import (
     plan,
     safe_name,
 )
+from knnvc.batch.workers import Overlap
+from knnvc.errors import DiskFullError, KnnvcError
+from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.progress import Job, OnProgress, Progress
+from knnvc.runtime.interrupt import sigterm_as_interrupt
 
 if TYPE_CHECKING:
-    from knnvc.manifest import Ledger
+    from knnvc.batch.manifest import Ledger
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
 
@@ -70,7 +70,7 @@ def run(
     (with the ``job`` of a group of one file; None for several, computed together). KeyboardInterrupt stops
     after the current file has been written or abandoned (never half-written) and marks the report interrupted;
     SIGTERM does the same. A full disk (``DiskFullError``) stops the batch at once and is recorded as
-    ``report.stopped``. With a ``ledger`` (``knnvc.manifest``), outputs made with other settings stop the batch
+    ``report.stopped``. With a ``ledger`` (``knnvc.batch.manifest``), outputs made with other settings stop the batch
     before it starts (``StaleOutputsError``) unless ``overwrite``, and every outcome is recorded in its manifest.
     """
     voice.check_neighbours(options.k)
@@ -150,7 +150,7 @@ def convert_group(
     progress: OnProgress | None = None,
     finish: bool = True,
 ) -> list[tuple[np.ndarray | KnnvcError, float]]:
-    """The unit of batch work, mapped by the local batch and by the Ray job (``knnvc.cluster``).
+    """The unit of batch work, mapped by the local batch and by the Ray job (``knnvc.batch.cluster``).
 
     ``finish=False`` returns the raw synthesis for the caller to finish (``KnnVC.finish``:
     loudness, output rate) elsewhere, as the local batch does in its worker threads.

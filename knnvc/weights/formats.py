@@ -1,6 +1,6 @@
 """Turn weight files into models: the original and Hugging Face WavLM formats, and the published vocoders.
 
-``knnvc.weights`` finds the files (registry, cache, download); this module reads them (``torch.load`` with
+``knnvc.weights.hub`` finds the files (registry, cache, download); this module reads them (``torch.load`` with
 ``weights_only=True`` only), converts the original WavLM layout (``{'cfg': ..., 'model': ...}``, as
 ``WavLM-Large.pt``) to transformers' ``WavLMModel`` names, and builds the modules, with strict key matching
 so that a partial or foreign checkpoint fails loudly instead of running with random weights. The model itself
@@ -19,11 +19,11 @@ import torch
 from transformers import WavLMConfig, WavLMModel
 from transformers.utils import logging as hf_logging
 
-from knnvc import converted
-from knnvc.constants import WAVLM_LAYER
-from knnvc.encoder import WavLMEncoder
 from knnvc.errors import UsageError, WeightsError
-from knnvc.weights import resolve_vocoder, resolve_wavlm, with_local_default
+from knnvc.nn.encoder import WavLMEncoder
+from knnvc.options import WAVLM_LAYER
+from knnvc.weights import converted
+from knnvc.weights.hub import resolve_vocoder, resolve_wavlm, with_local_default
 from vocoder import Generator, UnsafeCheckpointError, VocoderLoadError, load_generator, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER, depth: int | None 
     """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``).
 
     ``depth``: transformer layers to build and run (default ``layer``), for a deeper match layer. The first load
-    keeps a converted, memory-mappable copy of the layers used in the cache (``knnvc.converted``).
+    keeps a converted, memory-mappable copy of the layers used in the cache (``knnvc.weights.converted``).
     """
     depth = max(layer, depth or layer)
     found = converted.load(path, depth)

@@ -26,9 +26,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import torch
 from torch import Tensor
 
-from knnvc.constants import FRAME_RATE
 from knnvc.errors import DeviceError
-from knnvc.windows import VOCODER_CORE
+from knnvc.options import FRAME_RATE
+from knnvc.runtime.windows import VOCODER_CORE
 
 log = logging.getLogger(__name__)
 

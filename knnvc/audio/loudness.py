@@ -16,8 +16,8 @@ import numpy as np
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from scipy.signal import firwin, lfilter, upfirdn
 
-from knnvc.constants import DEFAULT_LOUDNESS, SAMPLE_RATE
 from knnvc.errors import AudioError
+from knnvc.options import DEFAULT_LOUDNESS, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,17 @@
 """Folder conversion as a Ray Data job (extra ``[cluster]``): ``knnvc convert IN_DIR VOICE -o OUT_DIR --ray ADDRESS``.
 
-The same work as ``knnvc.batch.run``, spread over a Ray cluster; Ray does the scheduling, retries and back-pressure:
+The same work as ``knnvc.batch.runner.run``, spread over a Ray cluster; Ray does the scheduling, retries and
+back-pressure:
 
-1. the driver plans the jobs (``batch.plan``), checks the output folder's settings record (``knnvc.manifest``) and
+1. the driver plans the jobs (``knnvc.batch.plan.plan``), checks the output folder's settings record
+   (``knnvc.batch.manifest``) and
    keeps only the outputs still to make, then puts the voice in the object store once (``ray.put``);
 2. CPU tasks (``Dataset.map``) decode each source and resample it to 16 kHz mono;
 3. ``map_batches`` with a class actor (``Converter``, ``compute=ActorPoolStrategy(size=N)``, ``num_gpus=1`` per
-   actor on GPUs) holds a ``KnnVC`` and runs ``batch.convert_group`` (the local batch's unit of work) on each
-   batch, then writes each output atomically (``audio.save``) into the mirrored tree;
+   actor on GPUs) holds a ``KnnVC`` and runs ``runner.convert_group`` (the local batch's unit of work) on each
+   batch, then writes each output atomically (``write.save``) into the mirrored tree;
 4. the driver streams back one small row per file (status, seconds, error), records it in the manifest and in a
-   ``batch.Report``, so the summary, the exit codes and resuming are those of the local run.
+   ``Report``, so the summary, the exit codes and resuming are those of the local run.
 
 A lost actor is restarted and its batch retried by Ray Data (its defaults for actor pools: ``max_restarts=-1``,
 ``max_task_retries=-1``; per-call remote arguments are deprecated in Ray 2.60, so none are set here). An
@@ -29,12 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from knnvc import audio, batch, errors
+from knnvc import errors, progress
+from knnvc.audio import decode, write
+from knnvc.batch import runner
+from knnvc.batch.plan import Failure, Report
 from knnvc.errors import DiskFullError, KnnvcError, UsageError
 from knnvc.options import ConvertOptions, Models
 
 if TYPE_CHECKING:
-    from knnvc.manifest import Ledger
+    from knnvc.batch.manifest import Ledger
     from knnvc.voice import Voice
 
 log = logging.getLogger(__name__)
@@ -92,7 +97,7 @@ def compute(models: Models, actors: int | None = None) -> tuple[str, str]:
     """(device, precision) the actors of the connected cluster will convert with, for the settings record."""
     import torch
 
-    from knnvc.devices import resolve_precision
+    from knnvc.runtime.devices import resolve_precision
 
     plan = layout(_ray().cluster_resources(), models, actors)
     dtype = resolve_precision(models.settings.precision, torch.device(plan.device))
@@ -100,7 +105,7 @@ def compute(models: Models, actors: int | None = None) -> tuple[str, str]:
 
 
 def run(
-    jobs: list[batch.Job],
+    jobs: list[progress.Job],
     voice: Voice,
     options: ConvertOptions,
     models: Models,
@@ -109,11 +114,11 @@ def run(
     actors: int | None = None,
     overwrite: bool = False,
     ledger: Ledger | None = None,
-    progress: Callable[[batch.Progress], None] | None = None,
-) -> batch.Report:
-    """Convert ``jobs`` on Ray; the ``batch.Report`` of the local run (converted, skipped, failed, interrupted)."""
+    progress: Callable[[progress.Progress], None] | None = None,
+) -> Report:
+    """Convert ``jobs`` on Ray; the ``Report`` of the local run (converted, skipped, failed, interrupted)."""
     ray = _ray()
-    report, todo, notify = batch.begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
+    report, todo, notify = runner.begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
     if not todo:
         return report
     started = time.perf_counter()
@@ -139,7 +144,7 @@ def run(
 
 
 def _dataset(
-    todo: list[tuple[int, batch.Job]], voice: Voice, options: ConvertOptions, models: Models, plan: Layout
+    todo: list[tuple[int, progress.Job]], voice: Voice, options: ConvertOptions, models: Models, plan: Layout
 ) -> Any:
     """The Ray Data pipeline: items -> ``read`` (CPU tasks) -> ``Converter`` (actor pool) -> one status row each."""
     ray = _ray()
@@ -166,17 +171,17 @@ def _dataset(
 
 def read(row: dict[str, Any]) -> dict[str, Any]:
     """A Ray CPU task: decode one source to (N,) float32 at 16 kHz, or record why it could not be decoded."""
-    from knnvc.constants import RECEPTIVE_FIELD
+    from knnvc.options import RECEPTIVE_FIELD
 
     try:
-        wav = audio.load(Path(row["source"]), min_samples=RECEPTIVE_FIELD)
+        wav = decode.load(Path(row["source"]), min_samples=RECEPTIVE_FIELD)
         return {**row, "wav": wav, "error": "", "error_type": ""}
     except KnnvcError as exc:
         return {**row, "wav": np.zeros(0, np.float32), "error": str(exc), "error_type": type(exc).__name__}
 
 
 class Converter:
-    """The Ray actor: a ``KnnVC`` on its device, mapping ``batch.convert_group`` over batches and writing outputs."""
+    """The Ray actor: a ``KnnVC`` on its device, mapping ``runner.convert_group`` over batches and writing outputs."""
 
     def __init__(self, voice: list[Any], options: ConvertOptions, models: Models, plan: Layout) -> None:
         import torch
@@ -194,7 +199,7 @@ class Converter:
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = [_error(t, m) if t else np.asarray(w, np.float32)
                   for w, t, m in zip(rows["wav"], rows["error_type"], rows["error"], strict=True)]  # fmt: skip
-        outcomes = batch.convert_group(self.vc, inputs, self.voice, self.options)
+        outcomes = runner.convert_group(self.vc, inputs, self.voice, self.options)
         results = [
             self._save(Path(output), out, took) for output, (out, took) in zip(rows["output"], outcomes, strict=True)
         ]
@@ -205,7 +210,7 @@ class Converter:
         """Write one output atomically: (status, compute seconds, audio seconds, error, error type) for the driver."""
         if isinstance(out, np.ndarray):
             try:
-                audio.save(output, out, sample_rate=self.rate, source_rate=self.rate)
+                write.save(output, out, sample_rate=self.rate, source_rate=self.rate)
                 return "done", seconds, len(out) / self.rate, "", ""
             except KnnvcError as exc:
                 out = exc
@@ -233,9 +238,9 @@ def _stopped(exc: BaseException) -> KnnvcError:
 
 def _collect(
     rows: Any,
-    jobs: dict[int, batch.Job],
-    report: batch.Report,
-    notify: Callable[[batch.Progress], None],
+    jobs: dict[int, progress.Job],
+    report: Report,
+    notify: Callable[[progress.Progress], None],
     ledger: Ledger | None,
 ) -> None:
     """Record each finished file as it streams back; a full disk stops the job (as in the local run)."""
@@ -244,12 +249,12 @@ def _collect(
         if row["status"] == "done":
             report.converted.append(job)
             report.audio_seconds += float(row["audio_seconds"])
-            notify(batch.Progress("done", i, report.total, job, seconds=float(row["seconds"]),
+            notify(progress.Progress("done", i, report.total, job, seconds=float(row["seconds"]),
                                   audio_seconds=float(row["audio_seconds"])))  # fmt: skip
         else:
             error = _error(row["error_type"], row["error"])
-            report.failed.append(batch.Failure(job.source, error))
-            notify(batch.Progress("fail", i, report.total, job, seconds=float(row["seconds"]), error=error))
+            report.failed.append(Failure(job.source, error))
+            notify(progress.Progress("fail", i, report.total, job, seconds=float(row["seconds"]), error=error))
             if isinstance(error, DiskFullError):
                 report.stopped = error
                 return

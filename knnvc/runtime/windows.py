@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from knnvc.constants import ENCODER_CONTEXT_SECONDS, ENCODER_WINDOW_SECONDS, FRAME_RATE, HOP, RECEPTIVE_FIELD
+from knnvc.options import ENCODER_CONTEXT_SECONDS, ENCODER_WINDOW_SECONDS, FRAME_RATE, HOP, RECEPTIVE_FIELD
 
 ENCODER_CORE = round(ENCODER_WINDOW_SECONDS * FRAME_RATE)  # frames kept per encoder window (1500)
 ENCODER_CONTEXT = round(ENCODER_CONTEXT_SECONDS * FRAME_RATE)  # frames of context on each side (150)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from knnvc.weights import cache_dir
+from knnvc.weights.hub import cache_dir
 
 if TYPE_CHECKING:
     from transformers import WavLMConfig

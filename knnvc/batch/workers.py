@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from knnvc import audio
+from knnvc.audio import write
 from knnvc.errors import DiskFullError, KnnvcError
 from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.progress import Job
@@ -22,7 +22,7 @@ class Overlap:
     """Decode sources ahead of the compute and write outputs behind it, in worker threads.
 
     libsndfile, soxr and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working
-    while the next group is decoded and the last one is encoded to disk. Writes stay atomic (``audio.save``);
+    while the next group is decoded and the last one is encoded to disk. Writes stay atomic (``write.save``);
     leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
     """
 
@@ -70,7 +70,7 @@ class Overlap:
             return None
         wav = finished.result()
         try:
-            audio.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
+            write.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
         except DiskFullError:
             self._disk_full.set()
             raise

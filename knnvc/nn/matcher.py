@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from knnvc.constants import DEFAULT_K
+from knnvc.options import DEFAULT_K
 
 QUERY_BLOCK = 2048  # query frames per block
 KEY_BLOCK = 16384  # matching-set frames per block: 2048 x 16384 fp32 similarities = 128 MiB

@@ -9,7 +9,7 @@ is what kNN-VC matches on. The waveform goes in raw, never layer-normalised, as 
 Precision: ``WavLMEncoder.cast`` casts the network but keeps an fp32 island at the input: the raw waveform and
 the first convolution stay fp32 (bf16 would keep 8 bits of a 16-bit sample).
 
-This module does no file I/O and does not import transformers: ``knnvc.checkpoints`` builds the model from files.
+This module does no file I/O and does not import transformers: ``knnvc.weights.formats`` builds the model from files.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from knnvc.constants import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
+from knnvc.options import HOP, RECEPTIVE_FIELD, WAVLM_LAYER
 
-if TYPE_CHECKING:  # transformers is imported by whoever builds the model (knnvc.checkpoints), not here
+if TYPE_CHECKING:  # transformers is imported by whoever builds the model (knnvc.weights.formats), not here
     from transformers import WavLMModel
 from knnvc.errors import AudioError
 from knnvc.files import sha256

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from knnvc.encoder import WavLMEncoder
+    from knnvc.nn.encoder import WavLMEncoder
     from vocoder import Generator
 
 M = TypeVar("M", bound=nn.Module)
@@ -77,7 +77,7 @@ def _owned(module: M, device: torch.device, dtype: torch.dtype) -> M:
 
 def _weights_key(name: str | Path) -> str:
     """A local path by its absolute location and modification time (an edited file reloads); else the name."""
-    from knnvc.weights import with_local_default
+    from knnvc.weights.hub import with_local_default
 
     name = with_local_default(name)
     path = Path(name).expanduser()
@@ -95,7 +95,7 @@ def cached_encoder(
     """
     key = ("wavlm", _weights_key(name), str(device), str(dtype), depth or 0)
     if key not in _CACHE:
-        from knnvc.checkpoints import load_encoder
+        from knnvc.weights.formats import load_encoder
 
         _CACHE[key] = _owned(load_encoder(name, offline=offline, depth=depth), device, dtype)
     found: WavLMEncoder = _CACHE[key]
@@ -106,7 +106,7 @@ def cached_vocoder(name: str | Path, device: torch.device, dtype: torch.dtype, o
     """A HiFi-GAN by registry name or path, loaded once per (weights, device, precision)."""
     key = ("vocoder", _weights_key(name), str(device), str(dtype), 0)
     if key not in _CACHE:
-        from knnvc.checkpoints import load_vocoder
+        from knnvc.weights.formats import load_vocoder
 
         vocoder = _owned(load_vocoder(name, offline=offline), device, dtype)
         _CACHE[key] = vocoder.channels_last() if _cpu_layout_helps(vocoder, device) else vocoder

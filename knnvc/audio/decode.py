@@ -3,7 +3,8 @@
 libsndfile (soundfile) reads WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF...; what it does not recognise (m4a, aac, mp4,
 webm...) goes to FFmpeg through PyAV, whose wheel carries FFmpeg. Both paths decode block by block, average the
 channels and resample with soxr as they go. A file neither recognises is an "unsupported format"; one that a
-decoder recognises but cannot decode is damaged. ``knnvc.audio`` re-exports what callers use.
+decoder recognises but cannot decode is damaged. In-memory arrays and tensors come to 16 kHz mono
+through ``to_mono_16k``; ``audio_files`` lists the audio files of a folder.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from knnvc.constants import SAMPLE_RATE
 from knnvc.errors import AudioError
+from knnvc.options import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import av.container
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +291,102 @@ def _av_header(path: Path) -> tuple[int, float]:
         raise AudioError(f"cannot read {path} as audio ({exc}); check the path and the file") from exc
     except av.FFmpegError as exc:
         raise unsupported(path, f"FFmpeg cannot open it: {exc.strerror or exc}") from exc
+
+
+MAX_CHANNELS = 8  # in-memory arrays: the channel axis is the smaller one and holds at most this many
+
+
+def to_mono_16k(audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+    """Convert in-memory audio to (N,) float32 mono at 16 kHz.
+
+    Args:
+        audio: numpy array or torch tensor, shape (N,), (C, N) or (N, C). For 2-D input the channel axis is
+            the smaller one (the first on a tie) and must hold at most ``MAX_CHANNELS``; leading size-1 axes
+            beyond two are dropped. Float samples are taken as they are; integer PCM is scaled to [-1, 1)
+            by its type's range (int16 / 32768, uint8 centred on 128).
+        sample_rate: the input's rate in Hz (required: arrays carry none).
+
+    Returns:
+        (N',) float32, C-contiguous, at 16 kHz; bit-identical to the input when it is already float32 mono
+        16 kHz.
+
+    Raises:
+        AudioError: empty input, NaN/Inf samples, a shape with no clear channel axis, a non-numeric type.
+    """
+    if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+        raise AudioError(f"sample rate must be a positive integer in Hz, got {sample_rate!r}")
+    array = _pcm_to_float(_to_numpy(audio))
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 1:
+        frames = array[:, None]
+    elif array.ndim == 2:
+        channels_first = array.shape[0] <= array.shape[1]
+        if min(array.shape) > MAX_CHANNELS:
+            raise AudioError(
+                f"cannot tell channels from samples in audio of shape {tuple(array.shape)}; "
+                f"pass (N,), (C, N) or (N, C) with at most {MAX_CHANNELS} channels"
+            )
+        frames = array.T if channels_first else array
+    else:
+        raise AudioError(f"audio must be (N,), (C, N) or (N, C), got shape {tuple(array.shape)}")
+    if frames.size == 0:
+        raise AudioError("the audio contains no samples")
+    if not np.isfinite(frames).all():
+        raise AudioError("the audio contains NaN or infinite samples")
+    return resample(downmix(frames), int(sample_rate), SAMPLE_RATE)
+
+
+def audio_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every audio file under ``folder``, recursively, sorted by path.
+
+    Only ``AUDIO_EXTENSIONS`` (case-insensitive) count; hidden files and folders (names starting with '.',
+    which includes ``save``'s temporary files) are skipped.
+
+    Raises:
+        AudioError: ``folder`` is missing or not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise AudioError(f"{root}: no such folder; check the path")
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    ]
+    return sorted(found)
+
+
+def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """(N,) float32 at ``source_rate`` -> (round(N * target / source),) float32 at ``target_rate``."""
+    if source_rate <= 0 or target_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")
+    if source_rate == target_rate:
+        return np.ascontiguousarray(wav, dtype=np.float32)
+    out = soxr.resample(wav, source_rate, target_rate, quality=RESAMPLE_QUALITY)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _to_numpy(audio: Any) -> np.ndarray:
+    """A numpy array or torch tensor (any device, any float type) as a numpy array."""
+    if hasattr(audio, "detach") and hasattr(audio, "cpu"):
+        tensor = audio.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        return np.asarray(tensor.numpy())
+    if isinstance(audio, np.ndarray):
+        return audio
+    raise AudioError(f"audio must be a numpy array or a torch tensor, got {type(audio).__name__}")
+
+
+def _pcm_to_float(array: np.ndarray) -> np.ndarray:
+    """Float arrays as they are; integer PCM scaled to [-1, 1) by the range of its type."""
+    if array.dtype.kind == "f":
+        return array
+    if array.dtype.kind in "iu" and array.dtype.itemsize <= 4:
+        half = float(2 ** (8 * array.dtype.itemsize - 1))
+        offset = half if array.dtype.kind == "u" else 0.0
+        return ((array.astype(np.float64) - offset) / half).astype(np.float32)
+    raise AudioError(f"audio samples must be float or integer PCM, got {array.dtype}")

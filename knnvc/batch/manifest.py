@@ -91,7 +91,7 @@ def voice_identity(target: Voice | Path) -> dict[str, Any]:
     a folder, as ``build_voice`` reads it): the sha256 of each file in order (built with the same encoder and trim,
     the same references give the same voice).
     """
-    from knnvc import audio
+    from knnvc.audio import decode
     from knnvc.voice import Voice
 
     if isinstance(target, Voice):
@@ -102,7 +102,7 @@ def voice_identity(target: Voice | Path) -> dict[str, Any]:
             "layer": target.layer,
             "frames_sha256": sha256([frames])[:16],
         }
-    files = audio.audio_files(target) if target.is_dir() else [target]
+    files = decode.audio_files(target) if target.is_dir() else [target]
     try:
         hashes = [sha256(p)[:16] for p in files]
     except OSError as exc:
@@ -110,17 +110,23 @@ def voice_identity(target: Voice | Path) -> dict[str, Any]:
     return {"name": target.stem if target.is_file() else target.resolve().name, "references": hashes}
 
 
+def _morph_identity(morph: object) -> dict[str, Any] | None:
+    from knnvc.voice import Voice
+
+    return voice_identity(morph) if isinstance(morph, Voice) else None
+
+
 def vocoder_identity(name: str) -> str:
     """The sha256 of a vocoder checkpoint (the registry's pinned one, else the file's), for the record."""
-    from knnvc import weights
+    from knnvc.weights import hub
 
     try:
-        entry = weights.get_entry(name, "vocoder")
+        entry = hub.get_entry(name, "vocoder")
     except KnnvcError:  # not a registry name: a path
         entry = None
     if entry is not None and entry.sha256:
         return entry.sha256[:16]
-    return sha256(weights.resolve_vocoder(name, offline=True))[:16]
+    return sha256(hub.resolve_vocoder(name, offline=True))[:16]
 
 
 def settings_for(
@@ -136,17 +142,19 @@ def settings_for(
 ) -> Settings:
     """The ``Settings`` of a batch: ``voice`` from ``voice_identity``, ``encoder`` as (name, fingerprint, layer),
     ``vocoder`` its registry name or path, ``precision`` the resolved dtype (``torch.float32``...)."""
-    from knnvc import __version__
+    from importlib.metadata import version
+
+
 
     name, fingerprint, layer = encoder
     audio = {
         "voice": voice,
-        "options": {**asdict(replace(options, morph=None)), "morph": options.morph and voice_identity(options.morph)},
+        "options": {**asdict(replace(options, morph=None)), "morph": _morph_identity(options.morph)},
         "weights": {"wavlm": fingerprint, "layer": layer, "vocoder": vocoder_identity(vocoder)},
         "compute": {"precision": precision},
         "output": {"format": extension, "sample_rate": sample_rate},
     }
-    facts = {"knnvc": __version__, "wavlm": name, "vocoder": vocoder, "device": device,
+    facts = {"knnvc": version("knnvc"), "wavlm": name, "vocoder": vocoder, "device": device,
              "first_used": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     return Settings(audio, facts)
 
@@ -329,7 +337,7 @@ def batch_settings(
     """The ``Settings`` of converting with ``vc`` into ``target`` (a ``Voice`` or reference audio): its encoder,
     ``vocoder`` (the name or path it was loaded from), precision, output rate and ``extension`` (.wav...).
 
-    ``compute`` is (device, precision) when other workers convert (``knnvc.cluster``), else ``vc``'s own."""
+    ``compute`` is (device, precision) when other workers convert (``knnvc.batch.cluster``), else ``vc``'s own."""
     device, precision = compute or (str(vc.device), str(vc.dtype).removeprefix("torch."))
     return settings_for(
         voice_identity(target),

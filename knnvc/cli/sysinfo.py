@@ -8,16 +8,18 @@ from typing import Any
 
 def system_info(device: str = "auto") -> dict[str, Any]:
     """A JSON-able description of this installation."""
+    from importlib.metadata import version
+
     import torch
     import transformers
 
-    from knnvc import __version__, weights
-    from knnvc.devices import resolve_device
+    from knnvc.runtime.devices import resolve_device
+    from knnvc.weights import hub
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     rows = []
-    for entry, cached, path in weights.cached_status():
-        digest, how = weights.known_sha256(entry) if entry.source == "url" else (None, "")
+    for entry, cached, path in hub.cached_status():
+        digest, how = hub.known_sha256(entry) if entry.source == "url" else (None, "")
         rows.append({
             "name": entry.name,
             "kind": entry.kind,
@@ -28,15 +30,15 @@ def system_info(device: str = "auto") -> dict[str, Any]:
             "sha256_from": how or None,  # "published", "recorded" (at the first download here), or unknown
         })
     return {
-        "knnvc": __version__,
+        "knnvc": version("knnvc"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": str(resolve_device(device)),
         "cuda": cuda,
         "threads": torch.get_num_threads(),
-        "knnvc_cache": str(weights.cache_dir()),
-        "hf_cache": str(weights.hf_cache_dir()),
-        "offline": weights.is_offline(),
+        "knnvc_cache": str(hub.cache_dir()),
+        "hf_cache": str(hub.hf_cache_dir()),
+        "offline": hub.is_offline(),
         "weights": rows,
     }

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from knnvc.constants import SAMPLE_RATE
+from knnvc.options import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +97,25 @@ def speech_bounds(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[int,
     start = int(np.floor(segments[0]["start"] * scale))
     end = int(np.ceil(segments[-1]["end"] * scale))
     return max(0, start), min(wav.shape[0], end)
+
+
+TRIM_MARGIN_S = 0.1  # s of audio kept before the first and after the last detected speech
+
+
+def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Cut leading and trailing silence, keeping ``TRIM_MARGIN_S`` around the speech; never the middle.
+
+    Args:
+        wav: (N,) float32 mono at ``sample_rate`` Hz.
+
+    Returns:
+        (M,) float32 copy at ``sample_rate``, M <= N. EMPTY (M == 0) when silero-vad finds no speech at all:
+        the caller decides whether that is an error (a reference with no speech is one).
+    """
+    bounds = speech_bounds(wav, sample_rate)
+    if bounds is None:
+        logger.debug("no speech found in %.2f s of audio", wav.shape[0] / sample_rate)
+        return np.zeros(0, dtype=np.float32)
+    margin = round(TRIM_MARGIN_S * sample_rate)
+    start, end = max(0, bounds[0] - margin), min(wav.shape[0], bounds[1] + margin)
+    return np.array(wav[start:end], dtype=np.float32, copy=True)

@@ -1,6 +1,6 @@
 """Moving bytes from the network into files: one verified, atomic HTTP download, and Hugging Face snapshots.
 
-No registry knowledge here (``knnvc.weights`` decides what to fetch and where it is cached); every failure is a
+No registry knowledge here (``knnvc.weights.hub`` decides what to fetch and where it is cached); every failure is a
 ``WeightsError`` that says what to do next.
 """
 

@@ -2,7 +2,7 @@
 
 Pure path work (no audio is read or written here): ``plan`` maps a source file or folder to output paths,
 ``pending`` keeps those still to make, ``check_outputs`` proves their folders writable, and ``Report`` is what
-``knnvc.batch.run`` (or the Ray job) did with them.
+``knnvc.batch.runner.run`` (or the Ray job) did with them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from knnvc import audio, files
+from knnvc import files
+from knnvc.audio import decode, write
 from knnvc.errors import AudioError, KnnvcError, OutputError, UsageError
 from knnvc.progress import Job
 
-OUTPUT_EXTENSIONS = tuple(audio.OUTPUT_FORMATS)  # .wav, .flac, .ogg
+OUTPUT_EXTENSIONS = tuple(write.OUTPUT_FORMATS)  # .wav, .flac, .ogg
 
 
 @dataclass
@@ -131,7 +132,7 @@ def plan(source: Path, output: Path | None, voice_name: str, *, extension: str =
 
 
 def manifest_folder(source: Path, jobs: list[Job]) -> Path:
-    """The folder whose settings record (``knnvc.manifest``) covers ``plan(source, ...)``'s jobs.
+    """The folder whose settings record (``knnvc.batch.manifest``) covers ``plan(source, ...)``'s jobs.
 
     A folder of sources: the output tree's top; one file: the output's folder.
     """
@@ -143,9 +144,9 @@ def manifest_folder(source: Path, jobs: list[Job]) -> Path:
 
 def _mirror(source: Path, root: Path, ext: str) -> list[Job]:
     top = root.resolve()
-    files = audio.audio_files(source)
+    files = decode.audio_files(source)
     if not files:
-        raise AudioError(f"{source}: folder holds no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))})")
+        raise AudioError(f"{source}: folder holds no audio files ({', '.join(sorted(decode.AUDIO_EXTENSIONS))})")
     relative = [p.relative_to(source) for p in files]
     clashes = Counter(r.with_suffix("") for r in relative)
     jobs = []

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from knnvc.matcher import knn_indices
+from knnvc.nn.matcher import knn_indices
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """SIGTERM as a clean stop: within ``sigterm_as_interrupt()``, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does.
 
-A batch catches ``KeyboardInterrupt`` between files (``knnvc.batch.run``): the file being written is abandoned
+A batch catches ``KeyboardInterrupt`` between files (``knnvc.batch.runner.run``): the file being written is abandoned
 (``audio.save`` removes its temporary file, so the final name is never half-written), finished files stay,
 and a rerun skips them. Schedulers and ``docker stop`` send SIGTERM, so it gets the same treatment.
 

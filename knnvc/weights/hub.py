@@ -3,8 +3,8 @@
 Vocoders (and the original-format ``WavLM-Large.pt``) are single ``.pt`` files cached under :func:`cache_dir`,
 checked against their published sha256, or against the one recorded at their first download where none is
 published; WavLM comes from the Hugging Face Hub and is cached in the Hugging Face cache. Every name also
-accepts a local path. The transfers themselves are ``knnvc.fetch``; turning files into models is
-``knnvc.checkpoints``. Nothing here runs at import time.
+accepts a local path. The transfers themselves are ``knnvc.weights.fetch``; turning files into models is
+``knnvc.weights.formats``. Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from knnvc import fetch, integrity
-from knnvc.constants import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.errors import WeightsError
+from knnvc.options import DEFAULT_VOCODER, DEFAULT_WAVLM
 from knnvc.progress import OnProgress
+from knnvc.weights import fetch, integrity
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def checkpoint_problem(path: Path, sha256: str | None = None) -> str | None:
 
 def known_sha256(entry: WeightsEntry) -> tuple[str | None, str]:
     """The sha256 a registry file must have, and how it is known: "published", "recorded" (at its first
-    download here; see ``knnvc.integrity``) or "" (never downloaded here, nothing published)."""
+    download here; see ``knnvc.weights.integrity``) or "" (never downloaded here, nothing published)."""
     if entry.sha256 is not None:
         return entry.sha256.lower(), "published"
     recorded = integrity.recorded(cache_dir(), _filename(entry))

@@ -1,0 +1,1 @@
+"""The networks' maths: the WavLM encoder wrapper and the matching methods (pure tensor functions)."""

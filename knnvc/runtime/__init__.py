@@ -1,0 +1,1 @@
+"""How the networks run: devices and precision, out-of-memory recovery, windows for long audio, interrupts."""
