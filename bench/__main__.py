@@ -98,7 +98,8 @@ def main() -> None:
     extra = args.knnvc_args.split()
     env = {**os.environ, "KNNVC_CACHE": str(work / "cache"), "PYTHONPATH": str(compare.ROOT)}
     fill = (
-        "from knnvc.weights.formats import load_encoder as e, load_vocoder as v; import sys; e(sys.argv[1]); v(sys.argv[2])"
+        "from knnvc.weights.formats import load_encoder as e, load_vocoder as v; import sys; "
+        "e(sys.argv[1]); v(sys.argv[2])"
     )
     compare.timed([sys.executable, "-c", fill, str(models["wavlm"]), str(models["vocoder"])], env)  # the first run
     out = RESULTS / f"{machine_name(device)}.json"

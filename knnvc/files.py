@@ -1,9 +1,7 @@
-"""The one atomic writer and the one sha256 helper of knnvc.
+"""Files, for knnvc: the sha256 of a file, one-line messages for failed writes, and writable output folders.
 
-Every file knnvc writes (audio outputs, voices, downloaded weights, prematched features' side files) goes through
-:func:`write_atomically`: a hidden temporary file in the same folder, fsync, an optional check, ``os.replace`` over
-the final name, then fsync of the folder. A reader never sees a partial file, and a failure or an interruption
-(Ctrl-C, SIGTERM) leaves no temporary file behind. Nothing here knows about audio or models.
+Every file is written through the one atomic writer, ``vocoder.atomic.write_atomically`` (it lives in the standalone
+``vocoder`` package, which never imports knnvc). Nothing here knows about audio or models.
 """
 
 from __future__ import annotations
@@ -12,72 +10,13 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 from knnvc.errors import DiskFullError, OutputError
+from vocoder.atomic import temp_path
 
 CHUNK = 1 << 20  # bytes read at a time when hashing a file
-
-Writer = Callable[[BinaryIO], None]
-"""Writes the file's contents into the open (binary) temporary file."""
-
-
-def temp_path(path: Path) -> Path:
-    """A hidden, unique temporary name beside ``path`` (folder listings skip names starting with '.')."""
-    return path.parent / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
-
-
-def write_atomically(
-    path: str | os.PathLike[str],
-    data: bytes | memoryview | Writer,
-    *,
-    check: Callable[[Path], None] | None = None,
-) -> Path:
-    """Write ``data`` (bytes, or a function that writes into a binary file) to ``path`` atomically.
-
-    Parent folders are created. ``check(temp_file)`` runs after the fsync and before the rename: whatever it
-    raises aborts the write (the temporary file is deleted, ``path`` is left as it was).
-
-    Returns:
-        ``path`` as a ``Path``.
-
-    Raises:
-        OSError: from the file system, unchanged (callers turn it into their own message, for example with
-            :func:`write_error`); anything the writer or ``check`` raises.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as fh:
-            if callable(data):
-                data(fh)
-            else:
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    fsync_folder(path.parent)
-    return path
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every platform can open a folder)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def sha256(source: str | os.PathLike[str] | Iterable[bytes | memoryview]) -> str:

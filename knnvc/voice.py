@@ -24,9 +24,10 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from knnvc.errors import UsageError, VoiceError
-from knnvc.files import write_atomically, write_error
+from knnvc.files import write_error
 from knnvc.nn import kmeans
 from knnvc.options import FRAME_RATE
+from vocoder.atomic import write_atomically
 
 FORMAT = "knnvc-voice/1"
 VOICE_SUFFIX = ".voice"

@@ -11,12 +11,13 @@ import pytest
 
 from knnvc import files
 from knnvc.errors import DiskFullError, OutputError
+from vocoder import atomic
 
 
 def test_write_atomically_bytes_and_writer(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "out.bin"
-    assert files.write_atomically(path, b"first") == path and path.read_bytes() == b"first"
-    files.write_atomically(path, lambda fh: fh.write(b"second"))
+    assert atomic.write_atomically(path, b"first") == path and path.read_bytes() == b"first"
+    atomic.write_atomically(path, lambda fh: fh.write(b"second"))
     assert path.read_bytes() == b"second" and sorted(p.name for p in path.parent.iterdir()) == ["out.bin"]
 
 
@@ -29,13 +30,13 @@ def test_a_failed_check_or_interrupt_leaves_the_old_file_and_no_temp(tmp_path: P
         raise ValueError("bad")
 
     with pytest.raises(ValueError, match="bad"):
-        files.write_atomically(path, b"new", check=refuse)
+        atomic.write_atomically(path, b"new", check=refuse)
 
     def interrupted(fh: object) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        files.write_atomically(path, interrupted)
+        atomic.write_atomically(path, interrupted)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
@@ -43,7 +44,7 @@ def test_the_folder_is_fsynced_after_the_rename(tmp_path: Path, monkeypatch: pyt
     synced: list[int] = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
-    files.write_atomically(tmp_path / "x", b"data")
+    atomic.write_atomically(tmp_path / "x", b"data")
     assert len(synced) == 2  # the file, then its folder
 
 

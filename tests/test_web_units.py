@@ -212,37 +212,38 @@ def service(vc: KnnVC, tmp_path: Path) -> Iterator[Service]:
 
 
 def test_voice_built_in_the_service_is_saved_offered_and_used(service: Service, vc: KnnVC) -> None:
-    with service.job() as job:
-        refs = [job.known(p, p.name) for p in REFS]
-        voice, path = service.build_voice(job, refs, "alice smith", trim=False)
-        folder = job.folder
+    with service.uploads() as uploads:
+        refs = [uploads.known(p, p.name) for p in REFS]
+        voice, path = service.build_voice(uploads, refs, "alice smith", trim=False)
+        folder = uploads.folder
     assert not folder.exists()  # the request's temp folder is gone
     assert path == service.voices_dir / "alice_smith.voice" and service.voice_names() == ["alice_smith"]
     assert [s.path for s in voice.sources] == [p.name for p in REFS]  # the names given, not temp paths
-    with service.job() as job, pytest.raises(UsageError, match="exists"):
-        service.build_voice(job, refs, "alice_smith")
-    with service.job() as job:
-        wav, rate = service.convert(job, SOURCE_WAV, Target(voice="alice_smith"))
+    with service.uploads() as uploads, pytest.raises(UsageError, match="exists"):
+        service.build_voice(uploads, refs, "alice_smith")
+    with service.uploads() as uploads:
+        wav, rate = service.convert(uploads, SOURCE_WAV, Target(voice="alice_smith"))
     expected = vc.convert(SOURCE_WAV, vc.build_voice(REF_DIR, trim=False))
     assert rate == 16_000 and np.array_equal(wav, expected)
-    with service.job() as job, pytest.raises(VoiceError, match="no saved voice named 'bob'; the saved voices are"):
-        service.convert(job, SOURCE_WAV, Target(voice="bob"))
-    with service.job() as job, pytest.raises(UsageError, match="not both"):
-        service.convert(job, SOURCE_WAV, Target(voice="alice_smith", references=refs))
+    missing = "no saved voice named 'bob'; the saved voices are"
+    with service.uploads() as uploads, pytest.raises(VoiceError, match=missing):
+        service.convert(uploads, SOURCE_WAV, Target(voice="bob"))
+    with service.uploads() as uploads, pytest.raises(UsageError, match="not both"):
+        service.convert(uploads, SOURCE_WAV, Target(voice="alice_smith", references=refs))
 
 
 def test_limits_name_the_upload(service: Service, tmp_path: Path) -> None:
     long = tmp_path / "long.wav"
     sf.write(long, np.zeros(31 * 16_000, np.float32), 16_000)
-    with service.job() as job:
-        shown = job.known(long, "my talk.wav")
+    with service.uploads() as uploads:
+        shown = uploads.known(long, "my talk.wav")
         with pytest.raises(TooLargeError, match="my talk.wav is 31 s long; this server takes at most 30 s"):
-            service.convert(job, shown, Target(references=[shown]))
-        empty = job.place("clip.wav", "source")
+            service.convert(uploads, shown, Target(references=[shown]))
+        empty = uploads.place("clip.wav", "source")
         empty.write_bytes(b"")
         with pytest.raises(AudioError) as caught:
-            service.convert(job, empty, Target(references=[shown]))
-        assert job.message(caught.value) == "clip.wav is empty (0 bytes); record or upload some speech"
+            service.convert(uploads, empty, Target(references=[shown]))
+        assert uploads.message(caught.value) == "clip.wav is empty (0 bytes); record or upload some speech"
 
 
 def test_batch_zip_in_zip_out(service: Service, tmp_path: Path, vc: KnnVC) -> None:
@@ -250,10 +251,10 @@ def test_batch_zip_in_zip_out(service: Service, tmp_path: Path, vc: KnnVC) -> No
     archive = _zip(
         tmp_path / "talks.zip", {"day1/a.wav": speech, "b.wav": speech, "broken.wav": b"RIFF....", "x.txt": b""}
     )
-    with service.job() as job:
-        refs = [job.known(p, p.name) for p in REFS]
+    with service.uploads() as uploads:
+        refs = [uploads.known(p, p.name) for p in REFS]
         target = Target(references=refs, options=ConvertOptions(trim=False))
-        out, report = service.convert_zip(job, job.known(archive, archive.name), target, extension="flac")
+        out, report = service.convert_zip(uploads, uploads.known(archive, archive.name), target, extension="flac")
     assert (len(report.converted), len(report.failed)) == (2, 1)
     with zipfile.ZipFile(out) as zf:
         names = sorted(zf.namelist())

@@ -16,8 +16,9 @@ import soundfile as sf
 
 from knnvc.audio.decode import resample
 from knnvc.errors import OutputError
-from knnvc.files import write_atomically, write_error
+from knnvc.files import write_error
 from knnvc.options import SAMPLE_RATE
+from vocoder.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 

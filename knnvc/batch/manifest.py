@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knnvc.errors import AudioError, KnnvcError, OutputError, UsageError
-from knnvc.files import sha256, write_atomically
+from knnvc.files import sha256
 from knnvc.options import ConvertOptions
+from vocoder.atomic import write_atomically
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC

@@ -17,6 +17,7 @@ from knnvc import files
 from knnvc.errors import OutputError
 from knnvc.eval.core import Evaluation
 from knnvc.eval.models import need
+from vocoder import atomic
 
 FIGURE_DPI = 100
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -176,7 +177,7 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        files.write_atomically(path, lambda fh: fig.savefig(fh, format="png"))
+        atomic.write_atomically(path, lambda fh: fig.savefig(fh, format="png"))
     except OSError as exc:
         raise files.write_error(path, exc) from exc
     finally:
@@ -195,6 +196,6 @@ def _folder(folder: Path) -> Path:
 def _write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically (``knnvc.files``: a temporary file beside it, then a rename)."""
     try:
-        files.write_atomically(path, text.encode("utf-8"))
+        atomic.write_atomically(path, text.encode("utf-8"))
     except OSError as exc:
         raise files.write_error(path, exc) from exc

@@ -15,6 +15,7 @@ from typing import Any
 from knnvc import files
 from knnvc.errors import UsageError
 from knnvc.train.speakers import Skipped, Utterance
+from vocoder import atomic
 from vocoder.train.data import SUFFIX, Entry, TrainingError, read_index, read_metadata, write_index
 
 SKIPPED_NAME = "skipped.json"
@@ -85,7 +86,7 @@ class Store:
             write_index(self.out_dir, list(self.entries.values()), sample_rate=int(self.settings["sample_rate"]),
                         feature_dim=int(self.settings["feature_dim"]), settings=self.settings)
             rows = json.dumps([asdict(s) for s in skipped], indent=1).encode("utf-8")
-            files.write_atomically(self.out_dir / SKIPPED_NAME, rows)
+            atomic.write_atomically(self.out_dir / SKIPPED_NAME, rows)
         except OSError as exc:
             raise files.write_error(self.out_dir / "index.json", exc) from exc
 

@@ -24,7 +24,7 @@ from knnvc.batch.plan import safe_name
 from knnvc.errors import AudioError, KnnvcError, UsageError, VoiceError
 from knnvc.web.controls import options_from_form
 from knnvc.web.queue import BusyError
-from knnvc.web.service import Job, Service, Target, TooLargeError
+from knnvc.web.service import Service, Target, TooLargeError, Uploads
 
 if TYPE_CHECKING:
     from starlette.datastructures import FormData
@@ -74,19 +74,20 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
     @app.post("/api/convert", response_model=None)
     async def convert(request: Request) -> Response:
-        with service.job() as job:
+        with service.uploads() as uploads:
             try:
                 async with request.form(max_files=MAX_FORM_FILES) as form:
-                    source, references, fields = await _read_form(form, job, service.limits.max_upload_bytes)
+                    source, references, fields = await _read_form(form, uploads, service.limits.max_upload_bytes)
                 voice = fields.pop("voice", "").strip() or None
                 options = options_from_form(fields, service.voice)
-                wav, rate = await run_in_threadpool(service.convert, job, source, Target(voice, references, options))
-                path = await run_in_threadpool(service.save, wav, rate, job.folder / "result.wav")
-                name = f"{safe_name(Path(job.shown(source)).stem)}_{safe_name(voice or 'converted')}.wav"
+                target = Target(voice, references, options)
+                wav, rate = await run_in_threadpool(service.convert, uploads, source, target)
+                path = await run_in_threadpool(service.save, wav, rate, uploads.folder / "result.wav")
+                name = f"{safe_name(Path(uploads.shown(source)).stem)}_{safe_name(voice or 'converted')}.wav"
                 headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Sample-Rate": str(rate)}
                 return Response(path.read_bytes(), media_type="audio/wav", headers=headers)
             except Exception as exc:  # the boundary: every failure becomes one JSON line
-                return JSONResponse({"error": _one_line(exc, job)}, status_code=_status(exc))
+                return JSONResponse({"error": _one_line(exc, uploads)}, status_code=_status(exc))
 
     if not page:
         return app
@@ -114,18 +115,18 @@ def _status(exc: Exception) -> int:
     return 500
 
 
-def _one_line(exc: Exception, job: Job) -> str:
+def _one_line(exc: Exception, uploads: Uploads) -> str:
     """The message the client sees; anything unexpected is logged with its traceback and named only."""
     if isinstance(exc, HTTPException):
         return " ".join(str(exc.detail).split())
     if not isinstance(exc, KnnvcError):
         log.exception("unexpected error in /api/convert")
         return f"internal error ({type(exc).__name__}); the server log has the details"
-    return job.message(exc)
+    return uploads.message(exc)
 
 
-async def _read_form(form: FormData, job: Job, limit: int) -> tuple[Path, list[Path], dict[str, str]]:
-    """Save the uploads into the job's folder; returns (source, references, the text fields)."""
+async def _read_form(form: FormData, uploads: Uploads, limit: int) -> tuple[Path, list[Path], dict[str, str]]:
+    """Save the uploads into the uploads's folder; returns (source, references, the text fields)."""
     source: Path | None = None
     references: list[Path] = []
     fields: dict[str, str] = {}
@@ -136,7 +137,7 @@ async def _read_form(form: FormData, job: Job, limit: int) -> tuple[Path, list[P
                 raise UsageError(f"field {key!r} takes a value, not a file; files go in 'source' and 'reference'")
             if key == "source" and source is not None:
                 raise UsageError("send one 'source' file per request")
-            path = job.place(value.filename or key, key)
+            path = uploads.place(value.filename or key, key)
             total += await _save(value, path)
             if total > limit:
                 raise TooLargeError(f"the uploads are over this server's limit of {limit / 1e6:g} MB")

@@ -17,7 +17,7 @@ import gradio as gr
 from knnvc.errors import KnnvcError, UsageError
 from knnvc.options import ConvertOptions
 from knnvc.web.controls import Control, controls, options_from_values
-from knnvc.web.service import Job, Notify, Service, Target
+from knnvc.web.service import Notify, Service, Target, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
     pickers.append(voice)
 
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
-        def work(job: Job, notify: Notify) -> tuple[str | None, str]:
-            src = _file(job, values[source], "give the source speech: upload a file or record")
+        def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
+            src = _file(uploads, values[source], "give the source speech: upload a file or record")
             options = _options(service, widgets, values)
-            target = Target(values[voice] or None, _files(job, values[refs]), options)
-            wav, rate = service.convert(job, src, target, notify)
+            target = Target(values[voice] or None, _files(uploads, values[refs]), options)
+            wav, rate = service.convert(uploads, src, target, notify)
             out = service.save(wav, rate, service.result_path(f"{src.stem}_converted.wav"))
             return str(out), f"done: {len(wav) / rate:.1f} s at {rate} Hz"
 
@@ -89,15 +89,15 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
     pickers.append(voice)
 
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
-        def work(job: Job, notify: Notify) -> tuple[str | None, str]:
-            zipped = _file(job, values[archive], "give a .zip of the audio files to convert")
-            target = Target(values[voice] or None, _files(job, values[refs]), _options(service, widgets, values))
-            out, report = service.convert_zip(job, zipped, target, values[fmt], notify)
+        def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
+            zipped = _file(uploads, values[archive], "give a .zip of the audio files to convert")
+            target = Target(values[voice] or None, _files(uploads, values[refs]), _options(service, widgets, values))
+            out, report = service.convert_zip(uploads, zipped, target, values[fmt], notify)
             line = f"converted {len(report.converted)} of {report.total} files in {report.wall_seconds:.1f} s"
             if report.failed:
                 first = report.failed[0]
-                said = job.message(first.error)
-                said = said if job.shown(first.source) in said else f"{job.shown(first.source)}: {said}"
+                said = uploads.message(first.error)
+                said = said if uploads.shown(first.source) in said else f"{uploads.shown(first.source)}: {said}"
                 line += f"; {len(report.failed)} failed (first: {said}); report.json in the zip lists each"
             return str(out), line
 
@@ -122,11 +122,11 @@ def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             status = _status("voice")
 
     def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        def work(job: Job, notify: Notify) -> tuple[Any, ...]:
-            files = _files(job, values[refs])
+        def work(uploads: Uploads, notify: Notify) -> tuple[Any, ...]:
+            files = _files(uploads, values[refs])
             if not files:
                 raise UsageError("give reference speech of the target speaker")
-            built, path = service.build_voice(job, files, values[name] or "", trim=values[trim], notify=notify)
+            built, path = service.build_voice(uploads, files, values[name] or "", trim=values[trim], notify=notify)
             line = f"built {built.name!r}: {built.seconds:.1f} s of speech, {built.num_frames} frames"
             return (str(path), line + (f", saved as {path.name}" if service.voices_dir else ""))
 
@@ -187,16 +187,16 @@ def _status(tab: str) -> gr.Textbox:
     return gr.Textbox(label="Status", interactive=False, max_lines=1, elem_id=f"{tab}-status")
 
 
-def _file(job: Job, path: str | None, missing: str) -> Path:
-    """Gradio's one uploaded file, registered with the job; ``UsageError(missing)`` when nothing was given."""
+def _file(uploads: Uploads, path: str | None, missing: str) -> Path:
+    """Gradio's one uploaded file, registered with the uploads; ``UsageError(missing)`` when nothing was given."""
     if not path:
         raise UsageError(missing)
-    return job.known(Path(path), Path(path).name)
+    return uploads.known(Path(path), Path(path).name)
 
 
-def _files(job: Job, paths: list[str] | None) -> list[Path]:
-    """Gradio's uploaded files (in its cache, named as uploaded), registered with the job for messages."""
-    return [job.known(Path(p), Path(p).name) for p in paths or []]
+def _files(uploads: Uploads, paths: list[str] | None) -> list[Path]:
+    """Gradio's uploaded files (in its cache, named as uploaded), registered with the uploads for messages."""
+    return [uploads.known(Path(p), Path(p).name) for p in paths or []]
 
 
 def _voice_choices(service: Service, count: int) -> tuple[Any, ...]:
@@ -206,21 +206,21 @@ def _voice_choices(service: Service, count: int) -> tuple[Any, ...]:
 
 def _guarded(
     service: Service,
-    work: Callable[[Job, Notify], tuple[Any, ...]],
+    work: Callable[[Uploads, Notify], tuple[Any, ...]],
     progress: gr.Progress,
     *,
     failed: tuple[Any, ...],
 ) -> tuple[Any, ...]:
-    """Run ``work`` in a fresh job; any failure becomes ``(*failed, "error: <one line>")``."""
+    """Run ``work`` in a fresh uploads; any failure becomes ``(*failed, "error: <one line>")``."""
 
     def notify(description: str, fraction: float | None) -> None:
         progress(fraction, desc=description)
 
-    with service.job() as job:
+    with service.uploads() as uploads:
         try:
-            return work(job, notify)
+            return work(uploads, notify)
         except KnnvcError as exc:
-            return (*failed, f"error: {job.message(exc)}")
+            return (*failed, f"error: {uploads.message(exc)}")
         except Exception as exc:  # the page's boundary: log the traceback, show one line
             log.exception("unexpected error in the page")
             return (*failed, f"error: internal error ({type(exc).__name__}); the server log has the details")

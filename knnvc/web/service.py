@@ -2,7 +2,7 @@
 
 The page and the HTTP API both call ``Service``; it calls ``KnnVC.convert``, ``KnnVC.build_voice`` and
 ``knnvc.batch`` with a ``ConvertOptions`` and does nothing else to the audio. Every upload lands in a request's own
-temp folder (``Service.job``), removed when the request ends; the whole workspace goes at ``close``.
+temp folder (``Service.uploads``), removed when the request ends; the whole workspace goes at ``close``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Limits:
         return int(self.max_upload_mb * 1e6)
 
 
-class Job:
+class Uploads:
     """One request's temp folder. Error messages name the uploads as the user called them, never temp paths."""
 
     def __init__(self, folder: Path) -> None:
@@ -91,7 +91,7 @@ class Job:
         self._shown: dict[str, str] = {}
 
     def place(self, shown: str, group: str) -> Path:
-        """A fresh path in this job for an upload called ``shown`` (its name made safe), in subfolder ``group``."""
+        """A fresh path in this uploads for an upload called ``shown`` (its name made safe), in subfolder ``group``."""
         base = re.sub(r"[^\w.\- ]+", "_", Path(shown.replace("\\", "/")).name).strip(" .") or "upload"
         folder = self.folder / group
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,11 +144,11 @@ class Service:
         shutil.rmtree(self.workspace, ignore_errors=True)
 
     @contextmanager
-    def job(self) -> Iterator[Job]:
+    def uploads(self) -> Iterator[Uploads]:
         """A temp folder for one request, removed when the block ends."""
-        folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.workspace / "jobs"))
+        folder = Path(tempfile.mkdtemp(prefix="uploads-", dir=self.workspace / "jobs"))
         try:
-            yield Job(folder)
+            yield Uploads(folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -178,9 +178,9 @@ class Service:
         return Voice.load(self.voices_dir / f"{name}{VOICE_SUFFIX}")
 
     # -- checks -----------------------------------------------------------------------------------------
-    def check_audio(self, job: Job, path: Path) -> None:
+    def check_audio(self, uploads: Uploads, path: Path) -> None:
         """Refuse an empty upload, or one longer than ``max_seconds`` (from its header, before decoding)."""
-        shown = job.shown(path)
+        shown = uploads.shown(path)
         if path.stat().st_size == 0:
             raise AudioError(f"{shown} is empty (0 bytes); record or upload some speech")
         try:
@@ -193,7 +193,7 @@ class Service:
                 f"{shown} is {seconds:.0f} s long; this server takes at most {self.limits.max_seconds:g} s per file"
             )
 
-    def _target(self, job: Job, target: Target, name: str = "") -> Voice:
+    def _target(self, uploads: Uploads, target: Target, name: str = "") -> Voice:
         """The saved voice ``target`` names, or one built from its references (shown by their upload names)."""
         if target.voice and target.references:
             raise UsageError("give reference audio or a saved voice, not both")
@@ -202,25 +202,27 @@ class Service:
         if not target.references:
             raise UsageError("give reference audio of the target speaker, or pick a saved voice")
         refs = list(target.references)
-        built = self.vc.build_voice(refs, trim=target.options.trim, name=name or Path(job.shown(refs[0])).stem)
-        sources = tuple(dataclasses.replace(s, path=job.shown(s.path)) for s in built.sources)
+        built = self.vc.build_voice(refs, trim=target.options.trim, name=name or Path(uploads.shown(refs[0])).stem)
+        sources = tuple(dataclasses.replace(s, path=uploads.shown(s.path)) for s in built.sources)
         return dataclasses.replace(built, sources=sources)
 
     @contextmanager
-    def _turn(self, job: Job, target: Target, say: Notify, name: str = "") -> Iterator[Voice]:
+    def _turn(self, uploads: Uploads, target: Target, say: Notify, name: str = "") -> Iterator[Voice]:
         """Wait for the model (saying how many are ahead), then hold it: the target's voice, loaded or built."""
         for path in target.references:
-            self.check_audio(job, path)
+            self.check_audio(uploads, path)
         with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
             say("building the voice" if target.references else "loading the voice", None)
-            yield self._target(job, target, name)
+            yield self._target(uploads, target, name)
 
     # -- work -------------------------------------------------------------------------------------------
-    def convert(self, job: Job, source: Path, target: Target, notify: Notify | None = None) -> tuple[np.ndarray, int]:
+    def convert(
+        self, uploads: Uploads, source: Path, target: Target, notify: Notify | None = None
+    ) -> tuple[np.ndarray, int]:
         """``source`` said in ``target``'s voice: ((N,) float32, its rate in Hz)."""
-        self.check_audio(job, source)
+        self.check_audio(uploads, source)
         say = notify or _quiet
-        with self._turn(job, target, say) as voice:
+        with self._turn(uploads, target, say) as voice:
             say("converting", 0.0)
             wav = self.vc.convert(source, voice, target.options, progress=_windows(say))
         return wav, self.vc.output_rate(target.options)
@@ -230,7 +232,13 @@ class Service:
         return write.save(path, wav, sample_rate=rate, source_rate=rate)
 
     def build_voice(
-        self, job: Job, references: Sequence[Path], name: str, *, trim: bool = True, notify: Notify | None = None
+        self,
+        uploads: Uploads,
+        references: Sequence[Path],
+        name: str,
+        *,
+        trim: bool = True,
+        notify: Notify | None = None,
     ) -> tuple[Voice, Path]:
         """Build a voice from ``references`` and save it as ``NAME.voice`` in ``--voices`` (else a result)."""
         clean = plan.safe_name(name.strip()) if name.strip() else ""
@@ -241,28 +249,28 @@ class Service:
         folder = self.voices_dir
         path = folder / f"{clean}{VOICE_SUFFIX}" if folder is not None else self.result_path(f"{clean}{VOICE_SUFFIX}")
         target = Target(references=references, options=ConvertOptions(trim=trim))
-        with self._turn(job, target, notify or _quiet, name=clean) as voice:
+        with self._turn(uploads, target, notify or _quiet, name=clean) as voice:
             pass  # built while the model is held; written once it is free
         return voice, voice.save(path)
 
     def convert_zip(
-        self, job: Job, archive: Path, target: Target, extension: str = ".wav", notify: Notify | None = None
+        self, uploads: Uploads, archive: Path, target: Target, extension: str = ".wav", notify: Notify | None = None
     ) -> tuple[Path, plan.Report]:
         """Convert every audio file in a zip; returns a zip of the results (same tree) plus ``report.json``."""
         ext = plan.check_extension(extension)
-        inputs, outputs = job.folder / "in", job.folder / "out"
+        inputs, outputs = uploads.folder / "in", uploads.folder / "out"
         limit = self.limits.max_upload_bytes * BATCH_EXPANSION
         files = zips.extract(
-            archive, inputs, max_bytes=limit, max_files=self.limits.max_batch_files, label=job.shown(archive)
+            archive, inputs, max_bytes=limit, max_files=self.limits.max_batch_files, label=uploads.shown(archive)
         )
-        job.known(inputs, job.shown(archive))
+        uploads.known(inputs, uploads.shown(archive))
         for path in files:
-            job.known(path, str(path.relative_to(inputs)))
+            uploads.known(path, str(path.relative_to(inputs)))
             if path.suffix.lower() in decode.AUDIO_EXTENSIONS:
                 with contextlib.suppress(AudioError):  # an unreadable file fails alone, named in the report
-                    self.check_audio(job, path)
+                    self.check_audio(uploads, path)
         say = notify or _quiet
-        with self._turn(job, target, say) as voice:
+        with self._turn(uploads, target, say) as voice:
             jobs = plan.plan(inputs, outputs, voice.name, extension=ext)
 
             def on_file(event: Progress) -> None:
@@ -272,11 +280,13 @@ class Service:
             report = runner.run(self.vc, jobs, voice, target.options, progress=on_file)
         summary = report.summary()
         summary["outputs"] = [str(j.output.relative_to(outputs)) for j in report.converted]
-        summary["failures"] = [{"file": job.shown(f.source), "error": job.message(f.error)} for f in report.failed]
+        summary["failures"] = [
+            {"file": uploads.shown(f.source), "error": uploads.message(f.error)} for f in report.failed
+        ]
         summary.pop("skipped_outputs", None)
         outputs.mkdir(parents=True, exist_ok=True)
         (outputs / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-        stem = Path(job.shown(archive)).stem or "batch"
+        stem = Path(uploads.shown(archive)).stem or "batch"
         return zips.pack(outputs, self.result_path(f"{stem}_{plan.safe_name(voice.name)}.zip")), report
 
 

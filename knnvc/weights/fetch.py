@@ -18,6 +18,7 @@ from typing import BinaryIO
 from knnvc import files
 from knnvc.errors import WeightsError
 from knnvc.progress import OnProgress, Progress, report
+from vocoder import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def download_file(
     progress: OnProgress | None = None,
     check: Callable[[Path], str | None] | None = None,
 ) -> Path:
-    """Stream ``url`` into ``dest`` atomically (``knnvc.files.write_atomically``): Content-Length, ``sha256``
+    """Stream ``url`` into ``dest`` atomically (``knnvc.atomic.write_atomically``): Content-Length, ``sha256``
     and ``check`` (returns a problem or None) are verified on the temporary file before it is renamed into
     place, so a failed or mismatching download leaves no ``dest`` (the bad bytes are deleted).
     """
@@ -58,7 +59,7 @@ def download_file(
             raise WeightsError(f"downloaded {url} is not a valid checkpoint ({problem}) and was deleted; retry")
 
     try:
-        files.write_atomically(dest, lambda out: _stream(url, out, progress, dest.name), check=verify)
+        atomic.write_atomically(dest, lambda out: _stream(url, out, progress, dest.name), check=verify)
     except _DownloadFailed as exc:
         raise WeightsError(f"{exc}: {retry}") from exc
     except OSError as exc:

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from knnvc import files
+from vocoder import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,6 @@ def _read(cache: Path) -> dict[str, dict[str, object]]:
 def _write(cache: Path, table: dict[str, dict[str, object]]) -> None:
     """Best effort: a cache that cannot record only means hashing again next time (recorded hashes are lost)."""
     try:
-        files.write_atomically(cache / RECORD, json.dumps(table, indent=1, sort_keys=True).encode("utf-8"))
+        atomic.write_atomically(cache / RECORD, json.dumps(table, indent=1, sort_keys=True).encode("utf-8"))
     except OSError as exc:
         logger.warning("cannot update %s (%s)", cache / RECORD, exc)
