@@ -2,9 +2,10 @@
 
 Every field of ``knnvc.options.ConvertOptions`` whose type is a number, a flag, a choice (``Literal``, or a string
 with a tuple of choices in ``knnvc.options``), a string or a voice (a field marked ``metadata={"kind": "voice"}``)
-becomes one ``Control``: the same name in the HTTP form and in the page, its default from the dataclass, its help from the dataclass docstring's ``Attributes:``
-section. A ``Voice`` field (morphing's second voice) takes the name of a saved voice. ``HINTS`` only adds ranges and
-steps for sliders; a field added to ``ConvertOptions`` later appears in the page and the API without a change here.
+becomes one ``Control``: the same name in the HTTP form and in the page, its default from the dataclass, its help
+from the dataclass docstring's ``Attributes:`` section. A voice field (morphing's second voice) takes the name of a
+saved voice. ``HINTS`` only adds ranges and steps for sliders; a field added to ``ConvertOptions`` later appears in
+the page and the API without a change here.
 Values are checked by ``ConvertOptions`` itself (a ``UsageError`` with one line), never here.
 """
 
