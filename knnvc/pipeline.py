@@ -146,6 +146,14 @@ class KnnVC:
     @property
     def vocoder(self) -> Generator:
         """The prepared HiFi-GAN, loaded from ``models.vocoder`` (the model cache) the first time it is needed."""
+        return self.load_vocoder()
+
+    def load_vocoder(self) -> Generator:
+        """Load the vocoder now, if it is not loaded yet, and return it.
+
+        A front end that will synthesise calls this before any work, so that missing or bad vocoder weights fail
+        at once (``WeightsError``) rather than after the first file has been encoded.
+        """
         if self._vocoder is None:
             m = self.models
             self._set_vocoder(cached_vocoder(m.vocoder, self.device, self.dtype, m.offline))

@@ -1,4 +1,4 @@
-"""The ``knnvc`` command: a thin typer layer over the Python API (``knnvc.api``, ``knnvc.batch``).
+"""The ``knnvc`` command: a thin typer layer over the Python API (``knnvc.pipeline``, ``knnvc.batch``).
 
 One module per command group registers its commands on ``knnvc.cli.app``. Heavy modules (torch, transformers, the
 pipeline) are imported inside the commands, so ``knnvc --help`` is instant.

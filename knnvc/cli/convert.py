@@ -101,6 +101,7 @@ def convert(
             from knnvc.pipeline import KnnVC
 
             vc = KnnVC.from_pretrained(Models(wavlm, vocoder, running, offline or None), match_layer=match_layer)
+            vc.load_vocoder()  # missing or bad vocoder weights fail before any file is read
             compile_ = running.compile
             if compile_:
                 vc.warm_up()

@@ -65,6 +65,7 @@ def serve(
                 from knnvc.pipeline import KnnVC
 
                 vc = KnnVC.from_pretrained(pipeline, match_layer=max_match_layer)
+                vc.load_vocoder()  # the page's first request would wait for it, or fail
             service = Service(vc, voices=voices, limits=limits)
             try:
                 config = uvicorn.Config(create_app(service), log_level="info" if verbose else "warning")

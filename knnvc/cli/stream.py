@@ -89,6 +89,7 @@ def streaming(
         settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms, input_rate)
         models = Models(wavlm, vocoder, PipelineSettings(device, precision, batch_size=1), offline or None)
         vc = KnnVC.from_pretrained(models, match_layer=options.match_layer)
+        vc.load_vocoder()  # before the first chunk: a stream cannot wait for it
         options = with_morph_voice(vc, options, morph)
         voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
         return Streamer(vc, voice, options, settings)

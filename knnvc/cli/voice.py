@@ -56,10 +56,10 @@ def voice_build(
         writable_folder(output.parent)
         from knnvc.pipeline import KnnVC
 
-        builder = KnnVC.from_pretrained(Models(wavlm, settings=settings, offline=offline or None),
+        vc = KnnVC.from_pretrained(Models(wavlm, settings=settings, offline=offline or None),
                                                match_layer=match_layer)  # fmt: skip
-        builder.check_depth([match_layer])
-        voice = builder.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
+        vc.check_depth([match_layer])
+        voice = vc.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
         full = voice.num_frames
         if max_frames is not None:
             voice, clustering = voice.compact(max_frames)

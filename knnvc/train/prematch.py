@@ -75,7 +75,7 @@ def _match_items(pool: Tensor, lengths: Sequence[int], which: Sequence[int], k: 
 class _Run:
     """The state of one prematch run."""
 
-    builder: KnnVC
+    pipeline: KnnVC
     store: Store
     k: int
     sample_rate: int
@@ -143,7 +143,7 @@ def _speaker(run: _Run, speaker: str, utts: Sequence[Utterance]) -> None:
         for utt, _ in usable:
             _skip(run, utt, f"speaker {speaker!r} has no other usable utterance to match against")
         return
-    feats = run.builder.encode_many([wav for _, wav in usable])
+    feats = run.pipeline.encode_many([wav for _, wav in usable])
     lengths = [int(f.shape[0]) for f in feats]
     todo = []
     for i, (utt, _) in enumerate(usable):
@@ -221,11 +221,11 @@ def prematch(
         from knnvc.weights.formats import load_encoder
 
         encoder = load_encoder(wavlm, offline=offline)
-    builder = KnnVC(encoder, None, settings)
+    pipeline = KnnVC(encoder, None, settings)
     record = {"k": k, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint, "layer": WAVLM_LAYER,
                 "feature_dim": encoder.dim, "sample_rate": sample_rate, "pool": "other utterances of the speaker",
-                "max_pool_minutes": max_pool_minutes, "precision": str(builder.dtype).removeprefix("torch.")}
-    run = _Run(builder, Store.open(out, record), k, sample_rate, min_frames, PrematchReport(out, skipped=skipped))
+                "max_pool_minutes": max_pool_minutes, "precision": str(pipeline.dtype).removeprefix("torch.")}
+    run = _Run(pipeline, Store.open(out, record), k, sample_rate, min_frames, PrematchReport(out, skipped=skipped))
     _run_speakers(run, utts, max_pool_minutes * 60, on_speaker)
     if run.report.below_rate:
         logger.warning("%d utterances are recorded below %d Hz and were upsampled: the vocoder will learn their "
