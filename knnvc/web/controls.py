@@ -127,7 +127,8 @@ def controls(cls: type = ConvertOptions) -> tuple[Control, ...]:
 
 
 def _control(field: dataclasses.Field[Any], annotation: Any, help_text: str) -> Control | None:
-    if field.metadata.get("kind") == "voice":  # a saved voice by name (``ConvertOptions.morph``)
+    voice = field.metadata.get("kind") == "voice" or Voice in (annotation, *typing.get_args(annotation))
+    if voice:  # a saved voice by name: a ``Voice`` field, or one marked so (``ConvertOptions.morph``)
         return Control(field.name, "voice", None, True, help=help_text)
     args = typing.get_args(annotation)
     optional = typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in args
