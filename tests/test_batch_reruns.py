@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from knnvc import progress
 from knnvc.batch import plan, runner
-from knnvc.batch.manifest import MANIFEST_NAME, Ledger, StaleOutputsError, batch_settings
+from knnvc.batch.manifest import MANIFEST_NAME, Ledger, Settings, StaleOutputsError, batch_settings
 from knnvc.errors import UsageError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
@@ -133,24 +134,66 @@ def test_another_voice_is_other_settings(tmp_path: Path, voice: Path) -> None:
 
 
 def test_an_interrupted_overwrite_is_not_taken_for_done(tmp_path: Path) -> None:
-    """Outputs queued for re-conversion but not yet replaced stay stale; replaced ones count as done."""
+    """An overwrite with other settings stopped part-way: outputs it replaced and recorded count as done; those it
+    did not reach, a failed one (its old file stays), and one written but not yet recorded (a run killed outright)
+    stay stale, so a rerun never keeps audio made with the old settings."""
     vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
-    src, out = folder(tmp_path / "src", 2), tmp_path / "out"
+    src, out = folder(tmp_path / "src", 4), tmp_path / "out"
     jobs = plan.plan(src, out, "ref")
     old = batch_settings(vc, REF_DIR, ConvertOptions(k=4), vocoder=str(TINY_VOCODER), extension=".wav")
     new = batch_settings(vc, REF_DIR, ConvertOptions(k=2), vocoder=str(TINY_VOCODER), extension=".wav")
     first = Ledger(out, old)
     for job in jobs:
         write_audio(job.output, 0.1)
-        first.record(progress.Progress("done", 0, 2, job, seconds=0.1, audio_seconds=0.1))
+        first.record(progress.Progress("done", 0, 4, job, seconds=0.1, audio_seconds=0.1))
     first.flush(force=True)
     ledger = Ledger(out, new)
-    ledger.queue(ledger.check(jobs, overwrite=True).todo)
-    write_audio(jobs[0].output, 0.1)  # re-converted (a new file), then the run was killed before recording it
-    ledger.flush(force=True)  # a flush from another point of the run: the queue is on disk
+    assert len(ledger.check(jobs, overwrite=True).todo) == 4
+    write_audio(jobs[0].output, 0.1)  # re-converted and recorded
+    ledger.record(progress.Progress("done", 0, 4, jobs[0], seconds=0.1, audio_seconds=0.1))
+    ledger.record(progress.Progress("fail", 1, 4, jobs[1], error=UsageError("no")))  # the old file is kept
+    ledger.flush(force=True)
+    write_audio(jobs[2].output, 0.1)  # re-converted, then the run was killed before its next manifest write
     with pytest.raises(StaleOutputsError) as caught:
         Ledger(out, new).check(jobs)
-    assert caught.value.stale == [jobs[1].output]
+    assert caught.value.stale == [j.output for j in jobs[1:]] and "options.k: 4 -> 2" in str(caught.value)
+    assert manifest(out)["files"][jobs[1].output.relative_to(out).as_posix()]["settings"] == old.key
+
+
+def test_an_earlier_versions_queued_entries_read_as_stale(tmp_path: Path) -> None:
+    """Records written before this version may hold ``queued`` entries (a run that stopped before recording a
+    file): whether the file there was replaced cannot be told, so a rerun stops on it instead of keeping it."""
+    src, out = folder(tmp_path / "src", 1), tmp_path / "out"
+    json_summary(cli("convert", src, REF_DIR, "-o", out, *FAST, "--json"))
+    record = manifest(out)
+    record["files"]["f0.wav"].update(status="queued", queued_ns=1, was=[1, 2])
+    (out / MANIFEST_NAME).write_text(json.dumps(record))
+    result = cli("convert", src, REF_DIR, "-o", out, *FAST)
+    assert result.exit_code == UsageError.exit_code and "not fully re-converted" in one_line(result)
+    assert json_summary(cli("convert", src, REF_DIR, "-o", out, *FAST, "--overwrite", "--json"))["converted"] == 1
+    assert manifest(out)["files"]["f0.wav"]["status"] == "converted"
+
+
+def test_runs_sharing_a_folder_keep_each_others_records(tmp_path: Path) -> None:
+    """Four runs recording into one folder at once (each merging on every write): none loses another's records,
+    and the manifest stays whole JSON with no temporary file left."""
+    settings = Settings({"voice": {"name": "a"}})
+    out = tmp_path / "out"
+
+    def one_run(n: int) -> None:
+        ledger = Ledger(out, settings)
+        for i in range(15):
+            job = progress.Job(tmp_path / f"s{n}-{i}.wav", out / f"o{n}-{i:02d}.wav")
+            ledger.record(progress.Progress("done", i, 15, job, seconds=0.1, audio_seconds=0.1))
+            ledger.flush(force=True)
+
+    runs = [threading.Thread(target=one_run, args=(n,)) for n in range(4)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert sorted(manifest(out)["files"]) == [f"o{n}-{i:02d}.wav" for n in range(4) for i in range(15)]
+    assert [p.name for p in out.iterdir()] == [MANIFEST_NAME]
 
 
 def test_the_manifest_is_written_atomically_and_merged(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def test_outputs_are_only_ever_written_under_temporary_names(
     src, out = tmp_path / "src", tmp_path / "out"
     sources(src, 3)
     json_summary(cli("convert", src, voice, "-o", out, *FAST, "--json"))
-    finals = sorted(str(p) for p in out.iterdir() if p.name != MANIFEST_NAME)  # the manifest: test_manifest.py
+    finals = sorted(str(p) for p in out.iterdir() if p.name != MANIFEST_NAME)  # the manifest: test_batch_reruns
     assert len(finals) == 3 and not set(opened) & set(finals)
     assert all(Path(p).name.startswith(".") and p.endswith(".tmp") for p in opened)
     assert sorted(b for _, b in renamed if b in finals) == finals

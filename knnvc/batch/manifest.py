@@ -1,21 +1,20 @@
 """The settings record of an output folder: ``knnvc-manifest.json``, so that reruns are honest.
 
-Every conversion into a folder records, in that folder's manifest, the settings that shaped its audio (the voice,
-every ``ConvertOptions`` field, the weights, the precision, the output format and rate) and, per output, its status
-and the seconds it took. A rerun compares: an output made with the same settings is skipped ("done"); one made with
-other settings is *stale*, and ``check`` refuses to go on (``StaleOutputsError`` names them) unless the caller asked
-to overwrite. An existing output with no record (made before manifests, or by hand) is kept and counted apart.
-
-Layout (JSON, written atomically; a lock on the folder serialises writers sharing it)::
+Every conversion into a folder records there the ``Settings`` that shaped its audio (``knnvc.batch.identity``) and,
+per output, its status and the seconds it took. On a rerun an output made with the same settings is skipped
+("done"); one made with other settings is *stale*, and ``Ledger.check`` stops the batch (``StaleOutputsError`` names
+them) unless the caller asked to overwrite; an output with no record (made by hand, before manifests, or by a run
+killed before it recorded it) is kept and counted apart ("unrecorded"). Layout (JSON)::
 
     {"format": "knnvc-manifest/1",
      "settings": {KEY: {"audio": {...compared...}, "knnvc": "0.1.0", "device": "cpu", "first_used": ISO}},
      "files": {"sub/a.wav": {"source": "/in/sub/a.wav", "settings": KEY, "status": "converted",
-                             "seconds": 0.41, "audio_seconds": 3.2, "error": null, "queued_ns": 17...}}}
+                             "seconds": 0.41, "audio_seconds": 3.2, "error": null}}}
 
-``status`` is queued (about to be converted), converted or failed. Outputs are written atomically (a new inode), so
-a queued entry whose output exists and is not the file it replaces (``was``: inode and mtime) was finished by a run
-that stopped before its next flush.
+Outputs are written atomically and recorded only once written, so ``converted`` with KEY always means the file
+there was made with KEY; a failure is recorded only where no output exists (a failed re-conversion leaves the old
+file, and its record, as they were). Earlier versions also wrote ``queued`` entries: whether such a file was
+replaced cannot be told, so it counts as stale.
 """
 
 from __future__ import annotations
@@ -26,20 +25,19 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knnvc.errors import AudioError, KnnvcError, OutputError, UsageError
-from knnvc.files import sha256
-from knnvc.options import ConvertOptions
+from knnvc.batch.identity import Settings, batch_settings, settings_for, vocoder_identity, voice_identity
+from knnvc.errors import OutputError, UsageError
 from vocoder.atomic import write_atomically
 
 if TYPE_CHECKING:
-    from knnvc.pipeline import KnnVC
     from knnvc.progress import Job, Progress
-    from knnvc.voice import Voice
+
+__all__ = ["FORMAT", "MANIFEST_NAME", "Ledger", "Resume", "Settings", "StaleOutputsError", "batch_settings",
+           "settings_for", "vocoder_identity", "voice_identity"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -55,110 +53,6 @@ class StaleOutputsError(UsageError):
     def __init__(self, message: str, stale: list[Path]) -> None:
         super().__init__(message)
         self.stale = stale
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What shaped a batch's audio (``audio``, compared on reruns) and facts kept beside it (not compared)."""
-
-    audio: dict[str, Any]
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """A short hash of ``audio``: equal keys mean outputs made the same way."""
-        return sha256([json.dumps(self.audio, sort_keys=True).encode()])[:16]
-
-    def changes(self, other: dict[str, Any]) -> list[str]:
-        """``section.name: old -> new`` for every compared value that differs from ``other`` (a recorded one)."""
-        out = []
-        for section in sorted(set(self.audio) | set(other)):
-            old, new = other.get(section, {}), self.audio.get(section, {})
-            for name in sorted(set(old) | set(new)):
-                if old.get(name) != new.get(name):
-                    out.append(f"{section}.{name}: {_short(old.get(name))} -> {_short(new.get(name))}")
-        return out
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 24 else text[:21] + "..."
-
-
-def voice_identity(target: Voice | Path) -> dict[str, Any]:
-    """Who the outputs sound like, without encoding anything.
-
-    A saved or in-memory ``Voice``: its name, encoder and a hash of its (M, D) frames. Reference audio (a file or
-    a folder, as ``build_voice`` reads it): the sha256 of each file in order (built with the same encoder and trim,
-    the same references give the same voice).
-    """
-    from knnvc.audio import decode
-    from knnvc.voice import Voice
-
-    if isinstance(target, Voice):
-        frames = target.frames.detach().cpu().float().contiguous().numpy().tobytes()
-        return {
-            "name": target.name,
-            "encoder_fingerprint": target.encoder_fingerprint,
-            "layer": target.layer,
-            "frames_sha256": sha256([frames])[:16],
-        }
-    files = decode.audio_files(target) if target.is_dir() else [target]
-    try:
-        hashes = [sha256(p)[:16] for p in files]
-    except OSError as exc:
-        raise AudioError(f"{exc.filename or target}: cannot read ({exc.strerror}); check the reference") from exc
-    return {"name": target.stem if target.is_file() else target.resolve().name, "references": hashes}
-
-
-def _morph_identity(morph: object) -> dict[str, Any] | None:
-    from knnvc.voice import Voice
-
-    return voice_identity(morph) if isinstance(morph, Voice) else None
-
-
-def vocoder_identity(name: str) -> str:
-    """The sha256 of a vocoder checkpoint (the registry's pinned one, else the file's), for the record."""
-    from knnvc.weights import hub
-
-    try:
-        entry = hub.get_entry(name, "vocoder")
-    except KnnvcError:  # not a registry name: a path
-        entry = None
-    if entry is not None and entry.sha256:
-        return entry.sha256[:16]
-    return sha256(hub.resolve_vocoder(name, offline=True))[:16]
-
-
-def settings_for(
-    voice: dict[str, Any],
-    options: ConvertOptions,
-    *,
-    encoder: tuple[str, str, int],
-    vocoder: str,
-    precision: str,
-    extension: str,
-    sample_rate: int,
-    device: str = "",
-) -> Settings:
-    """The ``Settings`` of a batch: ``voice`` from ``voice_identity``, ``encoder`` as (name, fingerprint, layer),
-    ``vocoder`` its registry name or path, ``precision`` the resolved dtype (``torch.float32``...)."""
-    from importlib.metadata import version
-
-
-
-    name, fingerprint, layer = encoder
-    audio = {
-        "voice": voice,
-        "options": {**asdict(replace(options, morph=None)), "morph": _morph_identity(options.morph)},
-        "weights": {"wavlm": fingerprint, "layer": layer, "vocoder": vocoder_identity(vocoder)},
-        "compute": {"precision": precision},
-        "output": {"format": extension, "sample_rate": sample_rate},
-    }
-    facts = {"knnvc": version("knnvc"), "wavlm": name, "vocoder": vocoder, "device": device,
-             "first_used": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    return Settings(audio, facts)
-
 
 
 @dataclass
@@ -177,9 +71,8 @@ class Resume:
 class Ledger:
     """The manifest of one output ``folder`` for a batch converted with ``settings``.
 
-    ``check`` sorts the jobs (and refuses stale outputs), ``queue`` records the ones about to be converted,
-    ``record`` records each outcome, and ``flush`` writes the manifest (atomically, merged with what other
-    writers put there meanwhile). Keys are output paths relative to ``folder``.
+    ``check`` sorts the jobs (and refuses stale outputs), ``record`` records each written output (or failure),
+    and ``flush`` writes the manifest. Keys are output paths relative to ``folder``.
     """
 
     def __init__(self, folder: Path, settings: Settings) -> None:
@@ -190,6 +83,7 @@ class Ledger:
         self._last_flush = 0.0
 
     def key(self, output: Path) -> str:
+        """``output``'s name in the manifest: its path relative to the folder (else as given)."""
         try:
             return output.relative_to(self.folder).as_posix()
         except ValueError:
@@ -202,30 +96,21 @@ class Ledger:
             if overwrite or not job.output.exists():
                 resume.todo.append(job)
                 continue
-            entry = self.recorded["files"].get(self.key(job.output))
-            state = self._state(job.output, entry)
-            if state == "stale":
+            entry = self.recorded["files"].get(self.key(job.output), {})
+            if entry.get("status") == "converted" and entry.get("settings") == self.settings.key:
+                resume.done.append(job)
+            elif entry.get("status") in ("converted", "queued"):
                 stale.append(job)
-            else:
-                (resume.done if state == "done" else resume.unrecorded).append(job)
+            else:  # no record, or a failure recorded before this file appeared
+                resume.unrecorded.append(job)
         if stale:
             raise self._stale_error(stale)
         return resume
 
-    def _state(self, output: Path, entry: dict[str, Any] | None) -> str:
-        """done, stale or unrecorded, for an existing ``output`` and its manifest entry."""
-        if entry is None or entry.get("status") == "failed":
-            return "unrecorded"
-        if entry.get("settings") != self.settings.key:
-            return "stale"
-        if entry.get("status") == "queued":  # the run that queued it stopped before recording it
-            stat = output.stat()
-            return "stale" if entry.get("was") == [stat.st_ino, stat.st_mtime_ns] else "done"
-        return "done"
-
     def _stale_error(self, stale: list[Job]) -> StaleOutputsError:
         keys = {self.recorded["files"][self.key(j.output)]["settings"] for j in stale}
-        changes = sorted({c for k in keys for c in self.settings.changes(_audio(self.recorded, k))})
+        made = [self.recorded["settings"].get(k, {}).get("audio", {}) for k in keys]
+        changes = sorted({c for audio in made for c in self.settings.changes(audio)})
         names = ", ".join(self.key(j.output) for j in stale[:SHOWN]) + (
             f" and {len(stale) - SHOWN} more" if len(stale) > SHOWN else ""
         )
@@ -236,62 +121,41 @@ class Ledger:
             [j.output for j in stale],
         )
 
-    def queue(self, jobs: Iterable[Job]) -> None:
-        """Record ``jobs`` as about to be converted with these settings (written with the first outcome)."""
-        now = time.time_ns()
-        for job in jobs:
-            stat = job.output.stat() if job.output.exists() else None
-            was = [stat.st_ino, stat.st_mtime_ns] if stat else None
-            self._set(job, {"status": "queued", "seconds": None, "audio_seconds": None, "error": None,
-                            "queued_ns": now, "was": was})  # fmt: skip
-
     def record(self, event: Progress) -> None:
-        """Record a finished file (a batch ``Progress`` event, done or fail) in memory; ``flush`` writes it."""
+        """Record a finished file (a batch ``Progress`` event, done or fail) in memory; ``flush`` writes it. A
+        ``done`` event comes once its output is written (as ``runner.run`` and the Ray job send them)."""
         if event.stage not in ("done", "fail") or event.job is None:
             return
-        error = None if event.error is None else str(event.error)
-        self._set(event.job, {"status": "failed" if error else "converted", "seconds": round(event.seconds, 3),
-                              "audio_seconds": round(event.audio_seconds, 3), "error": error, "was": None})  # fmt: skip
-
-    def _set(self, job: Job, values: dict[str, Any]) -> None:
+        job, error = event.job, event.error
+        if error is not None and job.output.exists():  # the file there is untouched (atomic writes): its record stands
+            return
         key = self.key(job.output)
-        entry = {"source": str(job.source), "settings": self.settings.key, **values}
-        self._changed[key] = entry
-        self.recorded["files"][key] = entry
+        self._changed[key] = self.recorded["files"][key] = {
+            "source": str(job.source), "settings": self.settings.key, "status": "failed" if error else "converted",
+            "seconds": round(event.seconds, 3), "audio_seconds": round(event.audio_seconds, 3),
+            "error": None if error is None else str(error),
+        }  # fmt: skip
 
     def flush(self, *, force: bool = False) -> None:
-        """Write the manifest if anything changed (at most every ``FLUSH_SECONDS`` unless ``force``).
-
-        Nothing is written into a folder that has no manifest yet until an output has been converted there. A
-        failure to write is logged, not raised: the outputs are safe, and a rerun counts any it could not record.
+        """Merge what changed into the manifest on disk (at most every ``FLUSH_SECONDS`` unless ``force``); none is
+        started before a file is converted. A failure is logged, not raised: a rerun counts those outputs unrecorded.
         """
         if not self._changed or (not force and time.monotonic() - self._last_flush < FLUSH_SECONDS):
             return
         if not self.path.exists() and not any(e["status"] == "converted" for e in self._changed.values()):
             return
-        try:
-            self._write()
-        except OutputError as exc:
-            log.warning("%s (the outputs are kept; a rerun counts them as unrecorded)", exc)
-        self._last_flush = time.monotonic()
-
-    def _write(self) -> None:
+        settings = {"audio": self.settings.audio, **self.settings.facts}
         try:
             with _locked(self.folder):
-                merged = _read(self.path)  # another writer may have recorded other files meanwhile
-                key = self.settings.key
-                merged["settings"].setdefault(key, {"audio": self.settings.audio, **self.settings.facts})
+                merged = _read(self.path)  # other runs into this folder may have recorded files meanwhile
+                merged["settings"].setdefault(self.settings.key, settings)
                 merged["files"].update(self._changed)
                 write_atomically(self.path, json.dumps(merged, indent=1, sort_keys=True).encode())
-        except OSError as exc:
-            raise OutputError(f"cannot record settings in {self.path}: {exc.strerror or exc}") from exc
-        self.recorded = merged
-        self._changed = {}
-
-
-def _audio(recorded: dict[str, Any], key: str) -> dict[str, Any]:
-    audio: dict[str, Any] = recorded["settings"].get(key, {}).get("audio", {})
-    return audio
+            self.recorded, self._changed = merged, {}
+        except (OSError, OutputError) as exc:  # OutputError: a record another program damaged meanwhile
+            log.warning("cannot record settings in %s: %s (the outputs are kept; a rerun counts them as unrecorded)",
+                        self.path, getattr(exc, "strerror", None) or exc)  # fmt: skip
+        self._last_flush = time.monotonic()
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -311,7 +175,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder``'s manifest (POSIX ``flock``; elsewhere no lock)."""
+    """An exclusive ``flock`` on ``folder`` while its manifest is merged. Atomic replace keeps the JSON whole, but a
+    merge is read, update, replace: two runs reading the same manifest would each drop the other's new records."""
     try:
         import fcntl
     except ImportError:  # Windows: one writer per folder is assumed
@@ -324,29 +189,3 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def batch_settings(
-    vc: KnnVC,
-    target: Voice | Path,
-    options: ConvertOptions,
-    *,
-    vocoder: str,
-    extension: str,
-    compute: tuple[str, str] | None = None,
-) -> Settings:
-    """The ``Settings`` of converting with ``vc`` into ``target`` (a ``Voice`` or reference audio): its encoder,
-    ``vocoder`` (the name or path it was loaded from), precision, output rate and ``extension`` (.wav...).
-
-    ``compute`` is (device, precision) when other workers convert (``knnvc.batch.cluster``), else ``vc``'s own."""
-    device, precision = compute or (str(vc.device), str(vc.dtype).removeprefix("torch."))
-    return settings_for(
-        voice_identity(target),
-        options,
-        encoder=(vc.encoder.name, vc.encoder.fingerprint, vc.encoder.layer),
-        vocoder=vocoder,
-        precision=precision,
-        extension=extension,
-        sample_rate=vc.output_rate(options),
-        device=device,
-    )

@@ -7,6 +7,7 @@ through callbacks. The CLI is a thin layer over these two functions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -79,7 +80,7 @@ def run(
     rate = vc.output_rate(options)
     voice, options = vc.voices_for(voice, options)  # the match layer's frames, rebuilt once if a voice lacks them
     started = time.perf_counter()
-    with Overlap(vc, rate, options=options) as overlap:
+    with Overlap(vc.load_audio, functools.partial(vc.finish, options=options), rate) as overlap:
         try:
             for group in overlap.groups(todo, max(GROUP_FILES, vc.batch_size)):
                 if report.stopped is not None:
@@ -108,7 +109,7 @@ def begin(
     ledger: Ledger | None = None,
     progress: OnProgress | None = None,
 ) -> tuple[Report, list[tuple[int, Job]], OnProgress]:
-    """The start of a batch, local or on Ray: skip existing outputs (saying why), queue the rest in the ledger.
+    """The start of a batch, local or on Ray: skip existing outputs (saying why), sort out stale ones (the ledger).
 
     Returns the report so far, the (index, job) pairs to convert, and the callback that records each outcome in
     the ledger and passes it on to ``progress``. Raises ``StaleOutputsError`` as ``Ledger.check`` does.
@@ -124,8 +125,6 @@ def begin(
             notify(Progress("skip", i, len(jobs), job))
         else:
             todo.append((i, job))
-    if ledger is not None:
-        ledger.queue([job for _, job in todo])
     return report, todo, notify
 
 

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 
 from knnvc.audio import write
 from knnvc.errors import DiskFullError, KnnvcError
-from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
 from knnvc.progress import Job
-
-if TYPE_CHECKING:
-    from knnvc.pipeline import KnnVC
 
 
 class Overlap:
     """Decode sources ahead of the compute and write outputs behind it, in worker threads.
 
-    libsndfile, soxr and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working
-    while the next group is decoded and the last one is encoded to disk. Writes stay atomic (``write.save``);
-    leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
+    ``load`` decodes a source ((N,) float32; a ``KnnvcError`` fails that file), ``finish`` turns a synthesised
+    output into the final one at ``rate`` Hz (loudness, resampling); both run in worker threads. libsndfile, soxr
+    and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working while the next group is
+    decoded and the last one is encoded to disk. Writes stay atomic (``write.save``); leaving the ``with`` block
+    waits for every write already handed over, so Ctrl-C never loses one.
     """
 
-    def __init__(self, vc: KnnVC, rate: int, workers: int = 2, options: ConvertOptions = DEFAULT_OPTIONS) -> None:
-        self.vc, self.rate, self.options = vc, rate, options
+    def __init__(
+        self,
+        load: Callable[[Path], np.ndarray],
+        finish: Callable[[np.ndarray], np.ndarray],
+        rate: int,
+        workers: int = 2,
+    ) -> None:
+        self._decode, self._finish, self.rate = load, finish, rate
         self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
         # Loudness and resampling of finished outputs (numpy and soxr release the GIL), off the compute thread.
         self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish")
@@ -48,7 +52,7 @@ class Overlap:
 
     def _load(self, job: Job) -> np.ndarray | KnnvcError:
         try:
-            return self.vc.load_audio(job.source)
+            return self._decode(job.source)
         except KnnvcError as exc:
             return exc
 
@@ -77,8 +81,8 @@ class Overlap:
         return len(wav) / self.rate
 
     def write(self, i: int, job: Job, wav: np.ndarray) -> None:
-        """Finish (``KnnVC.finish``) and write a synthesised output in the workers; the caller never waits."""
-        finished = self._chores.submit(self.vc.finish, wav, self.options)
+        """Run ``finish`` on a synthesised output, then write it, in the workers; the caller never waits."""
+        finished = self._chores.submit(self._finish, wav)
         self._writes.append((i, job, self._writers.submit(self._save, job, finished)))
 
     def _outcomes(self, wait: bool) -> list[tuple[int, Job, float | KnnvcError]]:

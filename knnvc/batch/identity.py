@@ -1,0 +1,145 @@
+"""What shaped a batch's audio, as plain JSON: the ``Settings`` that ``knnvc.batch.manifest`` records and compares.
+
+The voice (by the hash of its frames, or of its reference files), every ``ConvertOptions`` field, the weights, the
+precision, and the output format and rate. Two batches with equal ``Settings.key`` make the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from knnvc.errors import AudioError, KnnvcError
+from knnvc.files import sha256
+from knnvc.options import ConvertOptions
+
+if TYPE_CHECKING:
+    from knnvc.pipeline import KnnVC
+    from knnvc.voice import Voice
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What shaped a batch's audio (``audio``, compared on reruns) and facts kept beside it (not compared)."""
+
+    audio: dict[str, Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A short hash of ``audio``: equal keys mean outputs made the same way."""
+        return sha256([json.dumps(self.audio, sort_keys=True).encode()])[:16]
+
+    def changes(self, other: dict[str, Any]) -> list[str]:
+        """``section.name: old -> new`` for every compared value that differs from ``other`` (a recorded one)."""
+        out = []
+        for section in sorted(set(self.audio) | set(other)):
+            old, new = other.get(section, {}), self.audio.get(section, {})
+            for name in sorted(set(old) | set(new)):
+                if old.get(name) != new.get(name):
+                    out.append(f"{section}.{name}: {_short(old.get(name))} -> {_short(new.get(name))}")
+        return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def voice_identity(target: Voice | Path) -> dict[str, Any]:
+    """Who the outputs sound like, without encoding anything.
+
+    A saved or in-memory ``Voice``: its name, encoder and a hash of its (M, D) frames. Reference audio (a file or
+    a folder, as ``build_voice`` reads it): the sha256 of each file in order (built with the same encoder and trim,
+    the same references give the same voice).
+    """
+    from knnvc.audio import decode
+    from knnvc.voice import Voice
+
+    if isinstance(target, Voice):
+        frames = target.frames.detach().cpu().float().contiguous().numpy().tobytes()
+        return {
+            "name": target.name,
+            "encoder_fingerprint": target.encoder_fingerprint,
+            "layer": target.layer,
+            "frames_sha256": sha256([frames])[:16],
+        }
+    files = decode.audio_files(target) if target.is_dir() else [target]
+    try:
+        hashes = [sha256(p)[:16] for p in files]
+    except OSError as exc:
+        raise AudioError(f"{exc.filename or target}: cannot read ({exc.strerror}); check the reference") from exc
+    return {"name": target.stem if target.is_file() else target.resolve().name, "references": hashes}
+
+
+def vocoder_identity(name: str) -> str:
+    """The sha256 of a vocoder checkpoint (the registry's pinned one, else the file's), for the record."""
+    from knnvc.weights import hub
+
+    try:
+        entry = hub.get_entry(name, "vocoder")
+    except KnnvcError:  # not a registry name: a path
+        entry = None
+    if entry is not None and entry.sha256:
+        return entry.sha256[:16]
+    return sha256(hub.resolve_vocoder(name, offline=True))[:16]
+
+
+def settings_for(
+    voice: dict[str, Any],
+    options: ConvertOptions,
+    *,
+    encoder: tuple[str, str, int],
+    vocoder: str,
+    precision: str,
+    extension: str,
+    sample_rate: int,
+    device: str = "",
+) -> Settings:
+    """The ``Settings`` of a batch: ``voice`` from ``voice_identity``, ``encoder`` as (name, fingerprint, layer),
+    ``vocoder`` its registry name or path, ``precision`` the resolved dtype (``torch.float32``...)."""
+    from importlib.metadata import version
+
+    from knnvc.voice import Voice
+
+    name, fingerprint, layer = encoder
+    morph = voice_identity(options.morph) if isinstance(options.morph, Voice) else None
+    audio = {
+        "voice": voice,
+        "options": {**asdict(replace(options, morph=None)), "morph": morph},
+        "weights": {"wavlm": fingerprint, "layer": layer, "vocoder": vocoder_identity(vocoder)},
+        "compute": {"precision": precision},
+        "output": {"format": extension, "sample_rate": sample_rate},
+    }
+    facts = {"knnvc": version("knnvc"), "wavlm": name, "vocoder": vocoder, "device": device,
+             "first_used": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    return Settings(audio, facts)
+
+
+def batch_settings(
+    vc: KnnVC,
+    target: Voice | Path,
+    options: ConvertOptions,
+    *,
+    vocoder: str,
+    extension: str,
+    compute: tuple[str, str] | None = None,
+) -> Settings:
+    """The ``Settings`` of converting with ``vc`` into ``target`` (a ``Voice`` or reference audio): its encoder,
+    ``vocoder`` (the name or path it was loaded from), precision, output rate and ``extension`` (.wav...).
+
+    ``compute`` is (device, precision) when other workers convert (``knnvc.batch.cluster``), else ``vc``'s own."""
+    device, precision = compute or (str(vc.device), str(vc.dtype).removeprefix("torch."))
+    return settings_for(
+        voice_identity(target),
+        options,
+        encoder=(vc.encoder.name, vc.encoder.fingerprint, vc.encoder.layer),
+        vocoder=vocoder,
+        precision=precision,
+        extension=extension,
+        sample_rate=vc.output_rate(options),
+        device=device,
+    )
