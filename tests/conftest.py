@@ -65,3 +65,20 @@ def help_probe(commands: list[list[str]], heavy: tuple[str, ...], timeout: float
         "print('LOADED', [m for m in heavy if m in sys.modules])\n"
     )
     return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout)
+
+
+def on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the command line's stderr is a 120-column terminal: rich draws its live displays (progress
+    bars, spinners) there, frame by frame, as a user sees them (``tests.fault_tools.last_frame`` reads the last)."""
+    from rich.console import Console
+
+    from knnvc.cli import common
+
+    screen = Console(stderr=True, force_terminal=True, force_interactive=True, width=120)
+    monkeypatch.setattr(common, "err", screen)
+
+
+@pytest.fixture()
+def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line's stderr is a 120-column terminal (``on_a_terminal``)."""
+    on_a_terminal(monkeypatch)

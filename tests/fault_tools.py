@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from vocoder import Generator, HifiganConfig
 MODELS = ["--wavlm", str(TINY_WAVLM), "--vocoder", str(TINY_VOCODER), "--device", "cpu"]
 FAST = [*MODELS, "--no-trim"]
 SR = 16_000
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def cli(*args: object, env: dict[str, str] | None = None) -> Result:
@@ -56,6 +58,15 @@ def json_summary(result: Result) -> dict[str, Any]:
     check_clean(result)
     summary: dict[str, Any] = json.loads(result.stdout)
     return summary
+
+
+def last_frame(written: str, first_row: str) -> list[str]:
+    """The rows a terminal shows at the end of ``written``, the text a live display wrote to it (frames redrawn in
+    place by carriage returns and cursor moves): ANSI codes removed, from the last row that starts with
+    ``first_row`` (the display's top row) to the end; [] when no such row was drawn."""
+    rows = [row.strip() for row in re.split(r"[\r\n]", ANSI.sub("", written)) if row.strip()]
+    tops = [i for i, row in enumerate(rows) if row.startswith(first_row)]
+    return rows[tops[-1] :] if tops else []
 
 
 def tone(seconds: float, rate: int = SR, channels: int = 1, *, level: float = 0.3, seed: int = 0) -> np.ndarray:

@@ -8,40 +8,39 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import Result
 
-from knnvc import pipeline, progress
-from knnvc.batch import runner
-from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
+from knnvc import progress
+from knnvc.batch import plan, runner
+from knnvc.cli.view import BatchView
+from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError, WeightsError
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.progress import Job, Progress
-from tests.conftest import REF_DIR, SOURCE_WAV
-from tests.fault_tools import FAST, MODELS, cli, write_audio
+from tests.conftest import REF_DIR, SOURCE_WAV, on_a_terminal
+from tests.fault_tools import FAST, MODELS, cli, last_frame, write_audio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
-def no_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Fail the test if any model is loaded (the checks under test must come before)."""
-    loads: list[str] = []
+def unloadable(tmp_path: Path) -> list[str]:
+    """Model options naming weights that do not exist. A check that must come before any model loads fails with
+    its own error; had a model been loaded first, the command would fail on these weights instead."""
+    missing = tmp_path / "never-loaded"
+    return ["--wavlm", str(missing / "wavlm.pt"), "--vocoder", str(missing / "vocoder.pt"), "--device", "cpu",
+            "--no-trim"]  # fmt: skip
 
-    def refuse(kind: str, *args: Any, **kwargs: Any) -> Any:
-        loads.append(kind)
-        raise AssertionError(f"a {kind} model was loaded before the check")
 
-    monkeypatch.setattr(pipeline, "cached_encoder", refuse)
-    monkeypatch.setattr(pipeline, "cached_vocoder", refuse)
-    yield loads
-    assert loads == []
+def no_model_loaded(result: Result) -> None:
+    """The command failed on something other than the (missing) weights: nothing tried to load them."""
+    assert result.exit_code != WeightsError.exit_code and "never-loaded" not in result.output, result.output
 
 
 def lines(text: str) -> list[str]:
@@ -82,33 +81,36 @@ def test_folder_failure_names_the_file_once(tmp_path: Path) -> None:
 # -- 4. fail fast, once ----------------------------------------------------------------------------------------
 
 
-def test_unreadable_reference_fails_before_models_load(tmp_path: Path, no_models: list[str]) -> None:
+def test_unreadable_reference_fails_before_models_load(tmp_path: Path, unloadable: list[str]) -> None:
     refs = tmp_path / "refs"
     refs.mkdir()
     shutil.copy(REF_DIR / "ref_01.wav", refs / "a.wav")
     (refs / "b.wav").write_bytes(b"\x00not audio" * 50)
-    result = cli("convert", SOURCE_WAV, refs, "-o", tmp_path / "out.wav", *FAST)
+    result = cli("convert", SOURCE_WAV, refs, "-o", tmp_path / "out.wav", *unloadable)
     assert result.exit_code == InputError.exit_code and "b.wav" in result.stderr
     assert len(lines(result.stderr)) == 1
-    missing = cli("convert", SOURCE_WAV, tmp_path / "nobody", "-o", tmp_path / "out.wav", *FAST)
+    missing = cli("convert", SOURCE_WAV, tmp_path / "nobody", "-o", tmp_path / "out.wav", *unloadable)
     assert missing.exit_code == InputError.exit_code and "nobody" in missing.stderr
-    build = cli("voice", "build", refs, "-o", tmp_path / "v.voice", *MODELS[:2], "--device", "cpu")
+    build = cli("voice", "build", refs, "-o", tmp_path / "v.voice", *unloadable[:2], "--device", "cpu")
     assert build.exit_code == InputError.exit_code and "b.wav" in build.stderr
+    for each in (result, missing, build):
+        no_model_loaded(each)
 
 
-def test_unwritable_output_folder_fails_before_models_load(tmp_path: Path, no_models: list[str]) -> None:
+def test_unwritable_output_folder_fails_before_models_load(tmp_path: Path, unloadable: list[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
     src = tmp_path / "src"
     for i in range(3):
         write_audio(src / f"{i}.wav", 0.3)
-    result = cli("convert", src, REF_DIR, "-o", blocker / "out", *FAST)
+    result = cli("convert", src, REF_DIR, "-o", blocker / "out", *unloadable)
     assert result.exit_code == OutputError.exit_code
     assert len(lines(result.stderr)) == 1 and "a-file" in result.stderr  # once, not once per file
+    no_model_loaded(result)
 
 
 def test_read_only_output_folder_fails_before_models_load(
-    tmp_path: Path, no_models: list[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, unloadable: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Simulated (root ignores chmod): every file created in the folder is refused."""
     import builtins
@@ -131,50 +133,53 @@ def test_read_only_output_folder_fails_before_models_load(
     src = tmp_path / "src"
     for i in range(3):
         write_audio(src / f"{i}.wav", 0.3)
-    result = cli("convert", src, REF_DIR, "-o", locked, *FAST)
+    result = cli("convert", src, REF_DIR, "-o", locked, *unloadable)
     assert result.exit_code == OutputError.exit_code and "permission denied" in result.stderr
     assert len(lines(result.stderr)) == 1
     assert list(locked.iterdir()) == []
+    no_model_loaded(result)
 
 
-def test_k_above_a_saved_voice_fails_before_models_load(tmp_path: Path, voice: Path, no_models: list[str]) -> None:
+def test_k_above_a_saved_voice_fails_before_models_load(tmp_path: Path, voice: Path, unloadable: list[str]) -> None:
     frames = int(sf.info(str(REF_DIR / "ref_01.wav")).duration * 200)  # far more than the voice holds
-    result = cli("convert", SOURCE_WAV, voice, "-o", tmp_path / "out.wav", *FAST, "--k", frames)
+    result = cli("convert", SOURCE_WAV, voice, "-o", tmp_path / "out.wav", *unloadable, "--k", frames)
     assert result.exit_code == UsageError.exit_code
     (line,) = lines(result.stderr)
     assert f"--k {frames}" in line and "frames" in line, line
+    no_model_loaded(result)
 
 
 def test_k_above_the_references_fails_once_before_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from knnvc.pipeline import KnnVC
-
-    calls: list[int] = []
-    real = KnnVC.convert_batch
-
-    def counting(self: KnnVC, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(KnnVC, "convert_batch", counting)
     src = tmp_path / "src"
     for i in range(3):
         write_audio(src / f"{i}.wav", 0.3)
-    result = cli("convert", src, REF_DIR / "ref_01.wav", "-o", tmp_path / "out", *FAST, "--k", 100_000)
+    args = ["convert", src, REF_DIR / "ref_01.wav", "-o", tmp_path / "out", *FAST]
+    result = cli(*args, "--k", 100_000)
     assert result.exit_code == UsageError.exit_code
     assert len(lines(result.stderr)) == 1 and "--k 100000" in result.stderr
-    assert calls == [] and not list((tmp_path / "out").rglob("*.wav"))
+    assert not list((tmp_path / "out").rglob("*.wav"))
+    # On the terminal: the error comes before the progress bar over the files is ever drawn (no file was started);
+    # with a k the references allow, the same command draws it.
+    on_a_terminal(monkeypatch)
+    shown = cli(*args, "--k", 100_000)
+    assert shown.exit_code == UsageError.exit_code and "--k 100000" in shown.stderr
+    assert "loading models" in shown.stderr and last_frame(shown.stderr, "converting") == [], shown.stderr
+    converted = cli(*args, "--k", 4)
+    assert converted.exit_code == 0 and last_frame(converted.stderr, "converting"), converted.stderr
+    assert len(list((tmp_path / "out").rglob("*.wav"))) == 3
 
 
-def test_bad_device_fails_before_models_load(tmp_path: Path, no_models: list[str]) -> None:
-    result = cli("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *FAST, "--device", "nonsense:3")
+def test_bad_device_fails_before_models_load(tmp_path: Path, unloadable: list[str]) -> None:
+    result = cli("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *unloadable, "--device", "nonsense:3")
     assert result.exit_code == UsageError.exit_code and "--device nonsense:3" in result.stderr
+    no_model_loaded(result)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_missing_device_is_echoed(tmp_path: Path, no_models: list[str]) -> None:
+def test_missing_device_is_echoed(tmp_path: Path, unloadable: list[str]) -> None:
     for command in (
-        ["convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *MODELS[:4]],
-        ["voice", "build", REF_DIR, "-o", tmp_path / "v.voice", *MODELS[:2]],
+        ["convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "out.wav", *unloadable[:4]],
+        ["voice", "build", REF_DIR, "-o", tmp_path / "v.voice", *unloadable[:2]],
         ["info"],
     ):
         result = cli(*command, "--device", "cuda:1")
@@ -187,27 +192,30 @@ def test_missing_device_is_echoed(tmp_path: Path, no_models: list[str]) -> None:
 # -- 10. exit codes agree across commands ----------------------------------------------------------------------
 
 
-def test_a_missing_input_exits_3_in_every_command(tmp_path: Path, no_models: list[str]) -> None:
+def test_a_missing_input_exits_3_in_every_command(tmp_path: Path, unloadable: list[str]) -> None:
     nope = tmp_path / "nope"
     features = tmp_path / "features"
     features.mkdir()
+    wavlm, init = unloadable[:2], ["--init", unloadable[3]]
     commands = [
-        ["convert", nope / "a.wav", REF_DIR, *FAST],
-        ["convert", SOURCE_WAV, nope / "ref.wav", *FAST],
-        ["convert", SOURCE_WAV, nope / "alice.voice", *FAST],
-        ["voice", "build", nope, "-o", tmp_path / "v.voice", *MODELS[:2]],
-        ["voice", "build", REF_DIR, nope / "b.wav", "-o", tmp_path / "v.voice", *MODELS[:2]],
+        ["convert", nope / "a.wav", REF_DIR, *unloadable],
+        ["convert", SOURCE_WAV, nope / "ref.wav", *unloadable],
+        ["convert", SOURCE_WAV, nope / "alice.voice", *unloadable],
+        ["voice", "build", nope, "-o", tmp_path / "v.voice", *wavlm],
+        ["voice", "build", REF_DIR, nope / "b.wav", "-o", tmp_path / "v.voice", *wavlm],
         ["voice", "info", nope / "alice.voice"],
-        ["train", "prematch", nope, tmp_path / "out", "--device", "cpu"],
-        ["train", "prematch", REF_DIR, tmp_path / "out", "--manifest", nope / "m.csv", "--device", "cpu"],
-        ["train", "vocoder", nope, "--out", tmp_path / "run", "--device", "cpu"],
-        ["train", "vocoder", features, "--out", tmp_path / "run", "--config", nope / "c.json", "--device", "cpu"],
+        ["train", "prematch", nope, tmp_path / "out", *wavlm, "--device", "cpu"],
+        ["train", "prematch", REF_DIR, tmp_path / "out", "--manifest", nope / "m.csv", *wavlm, "--device", "cpu"],
+        ["train", "vocoder", nope, "--out", tmp_path / "run", *init, "--device", "cpu"],
+        ["train", "vocoder", features, "--out", tmp_path / "run", "--config", nope / "c.json", *init,
+         "--device", "cpu"],
     ]
     for command in commands:
         result = cli(*command)
         assert result.exit_code == InputError.exit_code == 3, (command, result.exit_code, result.stderr)
         (line,) = lines(result.stderr)
         assert line.startswith("error: ") and "nope" in line and "no such file or folder" in line, line
+        no_model_loaded(result)
 
 
 def test_typer_usage_errors_are_knnvc_usage_errors() -> None:
@@ -302,82 +310,86 @@ def test_library_errors_speak_python() -> None:
 # -- 12. progress ------------------------------------------------------------------------------------------------
 
 
-def test_the_bar_names_the_files_being_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def shown(capsys: pytest.CaptureFixture[str], jobs: list[Job], steps: list[tuple[float, Progress]]) -> list[str]:
+    """The rows ``knnvc convert``'s progress bar shows on a terminal once ``steps`` (at each one's clock time, in
+    seconds) have reached it: the view is closed right after them, so its last frame is what was on screen."""
+    now = [0.0]
+    capsys.readouterr()
+    with BatchView(jobs, show=True, verbose=False, clock=lambda: now[0]) as view:
+        for at, event in steps:
+            now[0] = at
+            view.on_event(event)
+    return last_frame(capsys.readouterr().err, "converting")
+
+
+@pytest.mark.usefixtures("terminal")
+def test_the_bar_names_the_files_being_converted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A group of files is vocoded together while the bar names the group (its first file, and how many more)."""
-    from knnvc.cli import convert as convert_cli
-    from knnvc.pipeline import KnnVC
-
-    views: list[convert_cli.BatchView] = []
-    real_enter = convert_cli.BatchView.__enter__
-
-    def enter(self: convert_cli.BatchView) -> convert_cli.BatchView:
-        views.append(self)
-        return real_enter(self)
-
-    seen: list[tuple[str, list[int]]] = []
-    real_vocode = KnnVC.vocode_many
-
-    def vocode_many(self: KnnVC, features: list[torch.Tensor], progress: Any = None) -> list[np.ndarray]:
-        assert views and views[-1].bar is not None
-        seen.append((views[-1].bar.tasks[0].description, [f.shape[0] for f in features]))
-        return real_vocode(self, features, progress)
-
-    monkeypatch.setattr(convert_cli.BatchView, "__enter__", enter)
-    monkeypatch.setattr(KnnVC, "vocode_many", vocode_many)
+    vc = KnnVC.from_pretrained(Models(MODELS[1], MODELS[3], PipelineSettings("cpu", batch_size=3)))  # cached
+    voice = vc.build_voice(REF_DIR, trim=False)
     src = tmp_path / "src"
-    lengths = {"a.wav": 0.4, "b.wav": 0.8, "c.wav": 1.2}  # distinct frame counts tell the files apart
-    for name, seconds in lengths.items():
+    for name, seconds in {"a.wav": 0.4, "b.wav": 0.8, "c.wav": 1.2}.items():
         write_audio(src / name, seconds)
-    result = cli("convert", src, REF_DIR, "-o", tmp_path / "out", *FAST, "--batch-size", "3")
-    assert result.exit_code == 0, result.stderr
-    assert len(seen) == 1 and seen[0][0] == "converting a.wav (+2)"
-    assert seen[0][1] == sorted(seen[0][1]) and len(seen[0][1]) == 3  # the three files in one call
+    jobs = plan.plan(src, tmp_path / "out", voice.name)
+    events: list[Progress] = []
+    assert runner.run(vc, jobs, voice, progress=events.append).ok  # as `knnvc convert SRC REF --batch-size 3`
+    stages = [e.stage for e in events]
+    vocoding = stages.index("vocode")
+    # the three files start, their windows are encoded and vocoded as one group, then the three are written
+    assert stages[:vocoding] == ["start"] * 3 + ["encode"] * (vocoding - 3) and "vocode" not in stages[-3:]
+    assert stages[-3:] == ["done"] * 3 and all(e.job is None for e in events[3:-3])
+    while_vocoding = shown(capsys, jobs, [(0.0, e) for e in events[: vocoding + 1]])
+    assert while_vocoding[0].startswith("converting a.wav (+2) "), while_vocoding
+    after_the_first = shown(capsys, jobs, [(0.0, e) for e in events[:-2]])
+    assert after_the_first[0].startswith("converting b.wav (+1) ") and "1/3 files" in after_the_first[0]
 
 
-def test_eta_holds_for_mixed_lengths(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("terminal")
+def test_eta_holds_for_mixed_lengths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Files of 1 s to 20 s, converted in groups whose files are written together (a burst of 'done' events).
 
-    Compute takes 0.5 s per audio second; after each group the ETA must be close to the truth.
+    Compute takes 0.5 s per audio second; after each group the ETA the bar shows must be close to the truth.
     """
-    from knnvc.cli.view import BatchView, eta_column
-
     lengths = [1.0, 20.0, 2.0, 1.0, 8.0, 1.0, 3.0, 12.0]
     jobs = [Job(write_audio(tmp_path / f"{i}.wav", s, 8000), tmp_path / f"out{i}.wav") for i, s in enumerate(lengths)]
-    now = [0.0]
-    groups = [jobs[0:3], jobs[3:6], jobs[6:8]]
-    with BatchView(jobs, show=True, verbose=False, clock=lambda: now[0]) as view:
-        assert view.bar is not None
-        task = view.bar.tasks[0]
-        for group in groups:
-            for job in group:
-                index = jobs.index(job)
-                view.on_event(Progress("start", index, len(jobs), job))
-                now[0] += 0.5 * lengths[index]  # its turn: matched and vocoded
-            for job in group:  # written together after the group
-                index = jobs.index(job)
-                view.on_event(Progress("done", index, len(jobs), job, audio_seconds=lengths[index]))
-            done = sum(lengths[jobs.index(j)] for g in groups[: groups.index(group) + 1] for j in g)
-            truth = 0.5 * (sum(lengths) - done)
-            shown = eta_column().render(task).plain
-            h, m, s = (int(x) for x in shown.split(":"))
-            assert abs(h * 3600 + m * 60 + s - truth) <= 1.0, (shown, truth)
+    steps: list[tuple[float, Progress]] = []
+    now, done = 0.0, 0.0
+    for group in (range(0, 3), range(3, 6), range(6, 8)):
+        for i in group:
+            steps.append((now, Progress("start", i, len(jobs), jobs[i])))
+            now += 0.5 * lengths[i]  # its turn: matched and vocoded
+        for i in group:  # written together after the group
+            steps.append((now, Progress("done", i, len(jobs), jobs[i], audio_seconds=lengths[i])))
+        done += sum(lengths[i] for i in group)
+        truth = 0.5 * (sum(lengths) - done)
+        row = shown(capsys, jobs, steps)[0]
+        eta = re.search(r"(\d+):(\d\d):(\d\d)$", row)
+        assert eta is not None, row
+        h, m, s = (int(x) for x in eta.groups())
+        assert abs(h * 3600 + m * 60 + s - truth) <= 1.0, (row, truth)
 
 
 def test_one_progress_type() -> None:
-    """Batch, windows and downloads report the same ``knnvc.progress.Progress`` events; no other type exists."""
-    from knnvc.runtime import windows
-    from knnvc.weights import hub
-
-    assert progress.Progress is Progress and progress.Job is Job
-    assert not hasattr(windows, "Progress") or windows.Progress is Progress
-    assert not hasattr(hub, "Progress") or hub.Progress is Progress
+    """Batch, windows and downloads report the same ``knnvc.progress.Progress`` events: no other type is defined,
+    and outside the command line (which draws rich's bars) every module that names a Progress imports this one."""
     sources = Path(__file__).parents[1] / "knnvc"
     defined = [
         str(path.relative_to(sources))
         for path in sources.rglob("*.py")
-        if re.search(r"^(class Progress\b|Progress\s*=)", path.read_text(), re.M)
+        if re.search(r"^(class Progress\b|\s*Progress\s*=)", path.read_text(), re.M)
     ]
     assert defined == ["progress.py"], defined
+    imported = re.compile(r"^\s*from\s+(\S+)\s+import\s+[^#\n]*\bProgress\b(?!\s+as\b)", re.M)
+    elsewhere = [
+        f"{path.relative_to(sources)}: {module}"
+        for path in sources.rglob("*.py")
+        if "cli" not in path.relative_to(sources).parts
+        for module in imported.findall(path.read_text())
+        if module != "knnvc.progress"
+    ]
+    assert elsewhere == [], elsewhere
+    for events_from in ("knnvc/pipeline.py", "knnvc/weights/hub.py", "knnvc/batch/runner.py"):  # windows, downloads
+        assert re.search(r"from knnvc\.progress import [^\n]*\bProgress\b", (sources.parent / events_from).read_text())
 
 
 def test_window_events_reach_the_batch_progress(tmp_path: Path) -> None:
