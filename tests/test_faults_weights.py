@@ -2,10 +2,12 @@
 
 ``tests/test_weights.py`` covers the registry layer itself against a real local HTTP server: a truncated or
 corrupt cached download is fetched again online and refused offline (``test_corrupt_cache_refetched_online_
-refused_offline``), a sha256 mismatch is refused (``test_sha256_checked_for_cached_file``), an interrupted or
-truncated download leaves nothing behind (``test_truncated_download_leaves_nothing``), and pickled code is
-refused by ``load_checkpoint`` (``test_load_checkpoint_refuses_pickled_code``). Here the same faults go through
-the command, with the tiny fixture models, and voices from another encoder or damaged voices are refused.
+refused_offline``), a sha256 mismatch is refused (``test_sha256_checked_for_cached_file``), a download that breaks
+off leaves nothing behind (``test_truncated_download_leaves_nothing``), transient failures are tried again while a
+404 or a mismatch is not (``test_transient_failures_are_tried_again``, ``test_http_error_and_unreachable_name_the_url``,
+``test_sha256_mismatch_leaves_nothing_and_is_not_tried_again``), and pickled code is refused by ``load_checkpoint``
+(``test_load_checkpoint_refuses_pickled_code``). Here the same faults go through the command, with the tiny fixture
+models, and voices from another encoder or damaged voices are refused.
 """
 
 from __future__ import annotations
@@ -77,15 +79,19 @@ def test_bad_checkpoints_are_refused(tmp_path: Path, source: Path, voice: Path, 
 
 
 class _Server:
-    """Serves ``body`` at /prematch.pt on 127.0.0.1, counting requests."""
+    """Serves ``body`` at /prematch.pt on 127.0.0.1, counting requests; ``failures``: HTTP errors answered first."""
 
     def __init__(self, body: bytes) -> None:
         self.body, self.hits = body, 0
+        self.failures: list[int] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.hits += 1
+                if server.failures:
+                    self.send_error(server.failures.pop(0))
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
@@ -110,6 +116,7 @@ def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[
                                                                           location=srv.url, sha256=digest))  # fmt: skip
     # knnvc.weights.loaded keeps loaded models by name for the process: forget any "prematched" loaded by another test
     monkeypatch.setattr(loaded, "_CACHE", {k: v for k, v in loaded._CACHE.items() if k[1] != "prematched"})
+    monkeypatch.setattr(hub, "RETRY_WAITS_S", (0.0, 0.0))  # three tries, without waiting between them
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(TINY_VOCODER_CONFIG, cache / "config.json")  # the tiny vocoder's shape, beside the download
@@ -133,6 +140,16 @@ def test_corrupt_cached_download_refused_offline_then_fetched_again(
     online = run(source, voice, tmp_path / "out.wav", "--json", vocoder="prematched", env={"KNNVC_OFFLINE": ""})
     assert json_summary(online)["converted"] == 1 and "downloading it again" in online.stderr
     assert server.hits == 1 and cached.read_bytes() == server.body
+
+
+def test_a_download_that_fails_at_first_is_tried_again(
+    tmp_path: Path, source: Path, voice: Path, registry: tuple[_Server, Path]
+) -> None:
+    server, cached = registry
+    server.failures = [503, 502]  # the release server hiccups twice, then serves the file
+    online = run(source, voice, tmp_path / "out.wav", "--json", vocoder="prematched", env={"KNNVC_OFFLINE": ""})
+    assert json_summary(online)["converted"] == 1 and "HTTP 503" in online.stderr and "trying again" in online.stderr
+    assert server.hits == 3 and cached.read_bytes() == server.body
 
 
 def test_missing_registry_weights_offline(tmp_path: Path, source: Path, voice: Path, registry: Any) -> None:

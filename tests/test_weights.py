@@ -1,10 +1,11 @@
-"""The weights registry: cache folder, real HTTP downloads from a local server, integrity, offline use."""
+"""The weights registry: cache folder, real HTTP downloads (and retries) from a local server, integrity, offline use."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import io
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import torch
 
 from knnvc.errors import WeightsError
 from knnvc.progress import Progress
-from knnvc.weights import fetch, hub
+from knnvc.weights import hub
 from knnvc.weights.formats import load_checkpoint
 
 
@@ -32,25 +33,38 @@ BODY = _checkpoint_bytes()
 
 
 class _Server:
-    """A local HTTP server serving ``body``; ``truncate`` sends half of it under the full Content-Length."""
+    """A local HTTP server serving ``body``, counting requests.
+
+    ``truncate`` sends half of it under the full Content-Length; ``failures`` scripts the first answers: an HTTP
+    status (503), ``"truncate"`` (half the body), or ``"drop"`` (the connection closed without an answer).
+    """
 
     def __init__(self) -> None:
         self.body = BODY
         self.truncate = False
+        self.failures: list[int | str] = []
         self.hits = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.hits += 1
+                failure = server.failures.pop(0) if server.failures else None
                 if self.path != "/ckpt.pt":
                     self.send_error(404)
+                    return
+                if isinstance(failure, int):
+                    self.send_error(failure)
+                    return
+                if failure == "drop":
+                    self.close_connection = True
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
-                self.wfile.write(server.body[: len(server.body) // 2] if server.truncate else server.body)
+                cut = server.truncate or failure == "truncate"
+                self.wfile.write(server.body[: len(server.body) // 2] if cut else server.body)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
                 pass
@@ -73,6 +87,7 @@ def server() -> Iterator[_Server]:
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(hub, "RETRY_WAITS_S", (0.0, 0.0))  # three tries, without waiting between them
     cache = tmp_path / "knnvc-cache"
     monkeypatch.setenv("KNNVC_CACHE", str(cache))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -135,10 +150,12 @@ def test_download_into_cache_with_progress_then_cache_hit(
     path = hub.resolve_vocoder("prematched", progress=lambda e: calls.append((e.index, e.total)))
     assert path == env / "prematch_g_02500000.pt"
     assert path.read_bytes() == BODY
-    assert calls[-1] == (len(BODY), len(BODY))
-    assert all(total == len(BODY) for _, total in calls)
+    assert calls[0] == (0, None) and calls[-1] == (len(BODY), len(BODY))  # its start, then its end
+    assert all(total in (None, len(BODY)) for _, total in calls)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    assert sorted(p.name for p in env.iterdir()) == [path.name, "sha256.json"]  # no temp file left behind
+    # no temp file left behind; the sidecar holds the verified hash, as `sha256sum -c` reads it
+    assert sorted(p.name for p in env.iterdir()) == [path.name, path.name + ".sha256"]
+    assert hub.sidecar(path).read_text() == f"{hashlib.sha256(BODY).hexdigest()}  {path.name}\n"
     assert load_checkpoint(path)["generator"]["conv.bias"].shape == (64,)
 
     assert hub.resolve_vocoder("prematched") == path
@@ -150,30 +167,63 @@ def test_truncated_download_leaves_nothing(
     server: _Server, local_entry: hub.WeightsEntry, env: Path
 ) -> None:
     server.truncate = True
-    with pytest.raises(WeightsError, match="truncated"):
+    with pytest.raises(WeightsError, match="truncated") as info:
         hub.resolve_vocoder("prematched")
+    assert "tried 3 times" in str(info.value) and "\n" not in str(info.value)
+    assert server.hits == 3  # a connection broken off mid-file is transient: tried again, twice
     assert not env.exists() or list(env.iterdir()) == []
 
 
-def test_sha256_mismatch_leaves_nothing(server: _Server, tmp_path: Path) -> None:
-    dest = tmp_path / "out" / "x.pt"
+@pytest.mark.parametrize("failures", [[503], ["drop"], ["truncate", 502]])
+def test_transient_failures_are_tried_again(
+    server: _Server, local_entry: hub.WeightsEntry, env: Path, failures: list[int | str]
+) -> None:
+    server.failures = list(failures)
+    events: list[Progress] = []
+    path = hub.resolve_vocoder("prematched", progress=events.append)
+    assert path.read_bytes() == BODY and server.hits == len(failures) + 1
+    assert events[-1].index == events[-1].total == len(BODY)
+    assert sorted(p.name for p in env.iterdir()) == [path.name, path.name + ".sha256"]
+
+
+def test_persistent_server_errors_give_up_after_three_tries(
+    server: _Server, local_entry: hub.WeightsEntry, env: Path
+) -> None:
+    server.failures = [503, 503, 503, 503]
+    with pytest.raises(WeightsError, match="HTTP 503") as info:
+        hub.resolve_vocoder("prematched")
+    assert server.hits == 3 and server.url in str(info.value) and "tried 3 times" in str(info.value)
+    assert not env.exists() or list(env.iterdir()) == []
+
+
+def test_sha256_mismatch_leaves_nothing_and_is_not_tried_again(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry, env: Path
+) -> None:
+    monkeypatch.setitem(hub.REGISTRY, "prematched", dataclasses.replace(local_entry, sha256="0" * 64))
     with pytest.raises(WeightsError, match="sha256 mismatch"):
-        fetch.download_file(server.url, dest, sha256="0" * 64)
-    assert list(dest.parent.iterdir()) == []
-    good = hashlib.sha256(BODY).hexdigest()
-    assert fetch.download_file(server.url, dest, sha256=good).read_bytes() == BODY
+        hub.resolve_vocoder("prematched")
+    assert server.hits == 1 and (not env.exists() or list(env.iterdir()) == [])
+    monkeypatch.setitem(hub.REGISTRY, "prematched", local_entry)
+    assert hub.resolve_vocoder("prematched").read_bytes() == BODY
 
 
-def test_http_error_and_unreachable_name_the_url(server: _Server, tmp_path: Path) -> None:
+def test_http_error_and_unreachable_name_the_url(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry, env: Path
+) -> None:
+    missing = server.url + ".missing"
+    monkeypatch.setitem(hub.REGISTRY, "prematched", dataclasses.replace(local_entry, location=missing))
     with pytest.raises(WeightsError, match="HTTP 404") as info:
-        fetch.download_file(server.url + ".missing", tmp_path / "x.pt")
-    assert server.url in str(info.value)
+        hub.resolve_vocoder("prematched")
+    assert missing in str(info.value) and server.hits == 1  # a 404 is not tried again
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(WeightsError, match=f"127.0.0.1:{port}"):
-        fetch.download_file(f"http://127.0.0.1:{port}/x.pt", tmp_path / "y.pt")
-    assert list(tmp_path.iterdir()) == []
+    nowhere = f"http://127.0.0.1:{port}/x.pt"
+    monkeypatch.setitem(hub.REGISTRY, "prematched", dataclasses.replace(local_entry, location=nowhere))
+    with pytest.raises(WeightsError, match=f"127.0.0.1:{port}") as info:
+        hub.resolve_vocoder("prematched")
+    assert "tried 3 times" in str(info.value) and "\n" not in str(info.value)
+    assert not env.exists() or list(env.iterdir()) == []
 
 
 def test_corrupt_cache_refetched_online_refused_offline(
@@ -335,6 +385,41 @@ def test_hub_errors_become_weights_errors(monkeypatch: pytest.MonkeyPatch) -> No
         hub.resolve_wavlm("./not-here")
 
 
+def test_hub_snapshots_are_tried_again_after_a_transient_failure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import utils as hf
+
+    snapshot = _fake_hub_cache(tmp_path, ["config.json", "model.safetensors"])
+
+    def caused_by(cause: BaseException) -> BaseException:
+        """What huggingface_hub raises when a Hub call fails and the snapshot is not cached: the failure as cause."""
+        error = hf.LocalEntryNotFoundError("cannot find the snapshot folder; check your internet connection")
+        error.__cause__ = cause
+        return error
+
+    failures = [caused_by(ConnectionError("reset by peer")), TimeoutError("read timed out")]
+
+    def flaky(repo_id: str, **kwargs: Any) -> str:
+        if failures:
+            raise failures.pop(0)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", flaky)
+    assert hub.download_all(["microsoft/wavlm-large"]) == {"microsoft/wavlm-large": snapshot}
+    assert failures == []
+
+    def refused(repo_id: str, **kwargs: Any) -> str:
+        failures.append(caused_by(hf.OfflineModeIsEnabled("HF_HUB_OFFLINE=1")))
+        raise failures[-1]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refused)
+    with pytest.raises(WeightsError, match="the Hub could not be reached"):
+        hub.resolve_wavlm("microsoft/wavlm-large", offline=False)
+    assert len(failures) == 1  # huggingface_hub's own offline mode is not tried again
+
+
 def test_download_all(
     monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry, tmp_path: Path
 ) -> None:
@@ -404,20 +489,43 @@ def test_a_download_that_fails_its_published_hash_is_deleted(
 def test_unknown_hash_is_recorded_at_first_download_then_enforced_and_shown(
     monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
 ) -> None:
+    from typer.testing import CliRunner
+
+    from knnvc.cli import app
     from knnvc.cli.sysinfo import system_info
 
     entry = dataclasses.replace(hub.REGISTRY["regular"], location=server.url)
     monkeypatch.setitem(hub.REGISTRY, "regular", entry)
     assert entry.sha256 is None and hub.known_sha256(entry) == (None, "")
+    shown = CliRunner().invoke(app, ["info"], env={"COLUMNS": "250"}).stdout
+    assert next(line for line in shown.splitlines() if "regular" in line).rstrip(" │").endswith("unpinned")
     path = hub.resolve_vocoder("regular")
     digest = hashlib.sha256(BODY).hexdigest()
     assert hub.known_sha256(entry) == (digest, "recorded")
+    assert hub.sidecar(path).read_text() == f"{digest}  g_02500000.pt\n"  # the record: a sha256sum file
     row = next(r for r in system_info("cpu")["weights"] if r["name"] == "regular")
-    assert (row["sha256"], row["sha256_from"], row["cached"]) == (digest, "recorded", True)
+    assert (row["sha256"], row["sha256_from"], row["cached"], row["pinned"]) == (digest, "recorded", True, False)
+    shown = CliRunner().invoke(app, ["info"], env={"COLUMNS": "250"}).stdout
+    assert f"unpinned (recorded at first download: {digest[:16]})" in shown
     path.write_bytes(_checkpoint_bytes()[:-1] + b"\x01")  # a later change of the file is caught
     with pytest.raises(WeightsError, match="corrupt"):
         hub.resolve_vocoder("regular", offline=True)
     assert hub.resolve_vocoder("regular") == path and path.read_bytes() == BODY  # fetched again online
+    path.unlink()
+    server.body = _checkpoint_bytes()[:-1] + b"\x02"  # the address now serves other bytes: the record holds
+    with pytest.raises(WeightsError, match=f"sha256 mismatch .*expected {digest}"):
+        hub.resolve_vocoder("regular")
+    assert not path.exists() and hub.known_sha256(entry) == (digest, "recorded")
+
+
+def test_first_download_of_an_unpinned_file_must_be_a_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, env: Path
+) -> None:
+    monkeypatch.setitem(hub.REGISTRY, "regular", dataclasses.replace(hub.REGISTRY["regular"], location=server.url))
+    server.body = b"<html>an error page served with 200</html>"
+    with pytest.raises(WeightsError, match="not a valid checkpoint"):
+        hub.resolve_vocoder("regular")
+    assert list(env.iterdir()) == [] and hub.known_sha256(hub.REGISTRY["regular"]) == (None, "")
 
 
 def test_download_all_takes_the_readme_call(
@@ -479,18 +587,23 @@ def test_original_wavlm_comes_from_the_registry_with_its_hash(
 
 
 def test_a_checked_file_is_not_hashed_again_until_it_changes(
-    monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry
+    server: _Server, local_entry: hub.WeightsEntry
 ) -> None:
-    """A 1.2 GB WavLM would cost seconds per start: its verified size and mtime stand for the hash."""
-    from knnvc import files
-    from knnvc.weights import integrity
-
+    """A 1.2 GB WavLM would cost seconds per start: its sidecar, given the file's modification time, vouches for it
+    until that time changes. Shown here by other bytes slipped in under the old time: they go unnoticed (not
+    hashed), while the same bytes with a new time are hashed and caught."""
     path = hub.resolve_vocoder("prematched")
-    hashed: list[Path] = []
-    real = files.sha256
-    monkeypatch.setattr(files, "sha256", lambda p: (hashed.append(Path(p)), real(p))[1])  # type: ignore[arg-type]
-    assert hub.resolve_vocoder("prematched", offline=True) == path and hashed == []
-    path.write_bytes(BODY)  # same bytes, new mtime: hashed once more, then remembered again
-    assert hub.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
-    assert hub.resolve_vocoder("prematched", offline=True) == path and hashed == [path]
-    assert integrity.problem(path, "0" * 64) is not None  # another expected hash is never taken on trust
+    stamp = path.stat().st_mtime_ns
+    tampered = BODY[:-1] + bytes([BODY[-1] ^ 1])
+    path.write_bytes(tampered)
+    os.utime(path, ns=(stamp, stamp))
+    assert hub.resolve_vocoder("prematched", offline=True) == path and path.read_bytes() == tampered
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # any real change moves the time
+    with pytest.raises(WeightsError, match="corrupt"):
+        hub.resolve_vocoder("prematched", offline=True)
+    assert hub.resolve_vocoder("prematched") == path and path.read_bytes() == BODY  # fetched again, vouched again
+    path.write_bytes(BODY)
+    os.utime(path, ns=(stamp + 2 * 10**9, stamp + 2 * 10**9))  # same bytes, new time: hashed once, vouched again
+    assert hub.resolve_vocoder("prematched", offline=True) == path
+    assert path.stat().st_mtime_ns == hub.sidecar(path).stat().st_mtime_ns
+    assert server.hits == 2

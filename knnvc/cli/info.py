@@ -58,10 +58,12 @@ def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
         out.print(table)
         weights = Table("weights", "kind", "cached", Column("where", overflow="fold"), "sha256")
         for row in data["weights"]:
-            if row["sha256"]:
-                digest = f"{row['sha256'][:16]} ({row['sha256_from']})"
-            else:  # a URL file without a published hash, or a hub snapshot (huggingface_hub checks those)
-                digest = "recorded at first download" if "://" in row["source"] else "hub"
+            if row["sha256_from"] == "published":
+                digest = f"{row['sha256'][:16]} (published)"
+            elif row["sha256_from"] == "recorded":  # no published hash: the one seen at the first download here
+                digest = f"unpinned (recorded at first download: {row['sha256'][:16]})"
+            else:  # unpinned and never downloaded here, or a hub snapshot (huggingface_hub checks those)
+                digest = "unpinned" if "://" in row["source"] else "hub"
             where = row["path"] or row["source"]
             weights.add_row(row["name"], row["kind"], "yes" if row["cached"] else "no", where, digest)
         out.print(weights)

@@ -27,7 +27,9 @@ def system_info(device: str = "auto") -> dict[str, Any]:
             "path": str(path) if path else None,
             "source": entry.location,
             "sha256": digest,
-            "sha256_from": how or None,  # "published", "recorded" (at the first download here), or unknown
+            # "published" (pinned), "recorded" (unpinned: the hash seen at its first download here), or None
+            "sha256_from": how or None,
+            "pinned": how == "published" if entry.source == "url" else None,
         })
     return {
         "knnvc": version("knnvc"),

@@ -1,15 +1,25 @@
-"""Turn weight files into models: the original and Hugging Face WavLM formats, and the published vocoders.
+"""Turn weight files into models: the original and Hugging Face WavLM formats, the published vocoders, and the
+converted copies that make later starts fast.
 
 ``knnvc.weights.hub`` finds the files (registry, cache, download); this module reads them (``torch.load`` with
 ``weights_only=True`` only), converts the original WavLM layout (``{'cfg': ..., 'model': ...}``, as
 ``WavLM-Large.pt``) to transformers' ``WavLMModel`` names, and builds the modules, with strict key matching
 so that a partial or foreign checkpoint fails loudly instead of running with random weights. The model itself
 always comes from ``transformers.WavLMModel`` (we never copy model code).
+
+Converted copies: ``WavLM-Large.pt`` is a 1.2 GB pickle of all 24 layers in the original key names; reading and
+converting it takes seconds. The first load writes the layers kNN-VC runs, in transformers' key names, as a
+safetensors file in the cache (``<cache>/converted/``, through the one atomic writer); later loads map that file
+(no copy, no unpickling). A vocoder is kept with its weight norm already folded. A copy is keyed by its source's
+absolute path, size and modification time, so an edited checkpoint converts again; a copy that cannot be read is
+ignored and written anew.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -22,9 +32,10 @@ from transformers.utils import logging as hf_logging
 from knnvc.errors import UsageError, WeightsError
 from knnvc.nn.encoder import WavLMEncoder
 from knnvc.options import WAVLM_LAYER
-from knnvc.weights import converted
-from knnvc.weights.hub import resolve_vocoder, resolve_wavlm, with_local_default
-from vocoder import Generator, UnsafeCheckpointError, VocoderLoadError, load_generator, read_checkpoint
+from knnvc.progress import OnProgress
+from knnvc.weights.hub import cache_dir, resolve_vocoder, resolve_wavlm, with_local_default
+from vocoder import Generator, HifiganConfig, UnsafeCheckpointError, VocoderLoadError, load_generator, read_checkpoint
+from vocoder.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -218,17 +229,17 @@ def wavlm_from_original(path: Path, layer: int = WAVLM_LAYER, depth: int | None 
     """Load an original-format WavLM checkpoint (``{'cfg': ..., 'model': ...}``, as ``WavLM-Large.pt``).
 
     ``depth``: transformer layers to build and run (default ``layer``), for a deeper match layer. The first load
-    keeps a converted, memory-mappable copy of the layers used in the cache (``knnvc.weights.converted``).
+    keeps a converted, memory-mappable copy of the layers used in the cache (see the module's docstring).
     """
     depth = max(layer, depth or layer)
-    found = converted.load(path, depth)
+    found = _read_converted(path, f"l{depth}")
     if found is None:
         config, state = read_original(path)
         check_depth(str(path), int(config.num_hidden_layers), layer, depth)
         state = {k: v for k, v in state.items() if _keep_key(k, depth)}
-        converted.save(path, depth, config, state)
+        _write_converted(path, f"l{depth}", config.to_dict(), state)
     else:
-        config, state = found
+        config, state = WavLMConfig.from_dict(found[0]), found[1]
     num_layers = int(config.num_hidden_layers)
     check_depth(str(path), num_layers, layer, depth)
     model = wavlm_model(config, state, depth)
@@ -279,17 +290,20 @@ def load_encoder(
     return wavlm_from_hf(location, name=str(with_local_default(id_or_path)), layer=layer, depth=depth)
 
 
-def load_vocoder(name_or_path: str | Path, *, offline: bool | None = None, progress: Any = None) -> Generator:
-    """Load a HiFi-GAN generator by registry name or path; eval mode, weight norm folded, on CPU."""
+def load_vocoder(
+    name_or_path: str | Path, *, offline: bool | None = None, progress: OnProgress | None = None
+) -> Generator:
+    """Load a HiFi-GAN generator by registry name or path; eval mode, weight norm folded, on CPU. The first load
+    keeps a folded copy in the cache (see the module's docstring)."""
     path = resolve_vocoder(name_or_path, offline=offline, progress=progress)
-    found = converted.load_vocoder(path)
+    found = _converted_vocoder(path)
     if found is not None:
         return found
     try:
         model = load_generator(path)
     except VocoderLoadError as exc:
         raise WeightsError(f"{exc}; pass vocoder='prematched', or a g_*.pt generator checkpoint you trust") from exc
-    converted.save_vocoder(path, model)
+    _write_converted(path, "folded", model.config.to_dict(), model.state_dict())
     return model
 
 
@@ -298,3 +312,61 @@ def original_to_hf(path: str | Path, out_dir: str | Path) -> Path:
     config, state = read_original(Path(path))
     wavlm_model(config, state, config.num_hidden_layers).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+# -- converted copies -------------------------------------------------------------------------------------------
+
+CONVERTED_FORMAT = 1  # bump when the converted layout changes
+
+
+def converted_path(source: Path, tag: str) -> Path:
+    """Where the converted copy of ``source`` (``tag``: what was kept, e.g. ``l6``) lives in the cache."""
+    stat = source.stat()
+    key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{tag}|{CONVERTED_FORMAT}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir() / "converted" / f"{source.stem}-{tag}-{digest}.safetensors"
+
+
+def _read_converted(source: Path, tag: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The config and memory-mapped tensors of a converted copy, or None when there is none (or it is unreadable)."""
+    from safetensors import safe_open
+
+    path = converted_path(source, tag)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["config"])
+            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        log.warning("ignoring the unreadable converted copy %s (%s); converting again", path, exc)
+        return None
+    return meta, state
+
+
+def _converted_vocoder(source: Path) -> Generator | None:
+    """A folded vocoder from its converted copy (eval mode, on CPU), or None when there is none."""
+    found = _read_converted(source, "folded")
+    if found is None:
+        return None
+    with torch.device("meta"):
+        model = Generator(HifiganConfig.from_dict(found[0])).fold_weight_norm()
+    try:
+        model.load_state_dict(found[1], strict=True, assign=True)
+    except RuntimeError as exc:
+        log.warning("ignoring the converted copy of %s (%s); converting again", source, exc)
+        return None
+    return model.eval()
+
+
+def _write_converted(source: Path, tag: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Keep a converted copy (the one atomic writer); a cache that cannot be written only keeps loads slow."""
+    from safetensors.torch import save
+
+    path = converted_path(source, tag)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    data = save(tensors, metadata={"config": json.dumps(config), "source": str(source)})
+    try:
+        write_atomically(path, data)
+    except OSError as exc:
+        log.info("could not keep a converted copy of %s in %s (%s); loads stay slow", source, path.parent, exc)

@@ -1,10 +1,18 @@
-"""The one registry of published weights: where each lives, where it is cached, how it is fetched and checked.
+"""From a name to verified weights on disk: the registry of published weights, their caches, downloads and checks.
 
-Vocoders (and the original-format ``WavLM-Large.pt``) are single ``.pt`` files cached under :func:`cache_dir`,
-checked against their published sha256, or against the one recorded at their first download where none is
-published; WavLM comes from the Hugging Face Hub and is cached in the Hugging Face cache. Every name also
-accepts a local path. The transfers themselves are ``knnvc.weights.fetch``; turning files into models is
-``knnvc.weights.formats``. Nothing here runs at import time.
+Vocoders (and the original-format ``WavLM-Large.pt``) are single ``.pt`` files from kNN-VC's release, cached under
+:func:`cache_dir`; WavLM comes from the Hugging Face Hub (``huggingface_hub``) into its own cache. Every name also
+accepts a local path. Turning files into models is ``knnvc.weights.formats``. Nothing here runs at import time.
+
+Release files are fetched by ``pooch``'s ``HTTPDownloader`` (requests: a timeout, and a connection that breaks off
+mid-file is an error) straight into the one atomic writer, ``vocoder.atomic.write_atomically``, whose check verifies
+the sha256 before the file takes its final name: a failed or mismatching download leaves nothing. Every download
+(release files and Hub snapshots) is tried again after a transient failure (see ``_transient``).
+
+Each verified file gets a sidecar ``<file>.sha256`` in ``sha256sum`` format, whose modification time is set to the
+file's: while the file keeps that time, the sidecar vouches for it and a 1.2 GB WavLM is not hashed again at every
+start. For ``regular`` (``g_02500000.pt``), which has no published hash, that sidecar is also the record of the hash
+seen at its first download (trust on first use), which every later use and download is checked against.
 """
 
 from __future__ import annotations
@@ -13,15 +21,19 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, TypeVar
 
+from knnvc import files
 from knnvc.errors import WeightsError
 from knnvc.options import DEFAULT_VOCODER, DEFAULT_WAVLM
-from knnvc.progress import OnProgress
-from knnvc.weights import fetch, integrity
+from knnvc.progress import OnProgress, Progress, report
+from vocoder import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +41,17 @@ _RELEASE = "https://github.com/bshall/knn-vc/releases/download/v0.1"
 _TRUTHY = {"1", "true", "yes", "on"}
 _SAFETENSORS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
 _PYTORCH_BIN = ["config.json", "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30.0
+RETRY_WAITS_S: tuple[float, ...] = (1.0, 4.0)
+"""Seconds waited before each new try of a download that failed transiently: three tries in all."""
 
 
 @dataclass(frozen=True)
 class WeightsEntry:
     """One published checkpoint. ``location`` is a hub repo id (source "hub") or a URL (source "url").
 
-    ``sha256`` is the published hash of a URL file (None: recorded at its first download instead);
+    ``sha256`` is the published hash of a URL file (None: unpinned, recorded at its first download instead);
     ``default``: fetched by ``download_all()`` when no names are given.
     """
 
@@ -63,6 +79,9 @@ _ENTRIES = (
 )
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
 ALIASES: dict[str, str] = {"wavlm-large": DEFAULT_WAVLM}
+
+
+# -- where things live ----------------------------------------------------------------------------------------
 
 
 def cache_dir() -> Path:
@@ -117,49 +136,277 @@ def get_entry(name: str, kind: str | None = None) -> WeightsEntry:
     return entry
 
 
-def checkpoint_problem(path: Path, sha256: str | None = None) -> str | None:
-    """Why ``path`` is not the expected checkpoint: its sha256 when given, else its zip structure; or None."""
-    return integrity.problem(path, sha256)
-
-
-def known_sha256(entry: WeightsEntry) -> tuple[str | None, str]:
-    """The sha256 a registry file must have, and how it is known: "published", "recorded" (at its first
-    download here; see ``knnvc.weights.integrity``) or "" (never downloaded here, nothing published)."""
-    if entry.sha256 is not None:
-        return entry.sha256.lower(), "published"
-    recorded = integrity.recorded(cache_dir(), _filename(entry))
-    return (recorded, "recorded") if recorded else (None, "")
-
-
 def _filename(entry: WeightsEntry) -> str:
     return entry.filename or entry.location.rsplit("/", 1)[-1]
 
 
+# -- checks: published or recorded sha256, the sidecar memo, the zip structure ---------------------------------
+
+
+def sidecar(path: Path) -> Path:
+    """The ``<file>.sha256`` beside ``path``: its verified hash (``sha256sum -c`` reads it)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _sidecar_digest(path: Path) -> str | None:
+    try:
+        words = sidecar(path).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return words[0].lower() if words and re.fullmatch(r"[0-9a-fA-F]{64}", words[0]) else None
+
+
+def _vouch(path: Path, digest: str) -> None:
+    """Write the sidecar of ``path`` (whose sha256 was just computed) and give it the file's modification time.
+
+    Best effort: a cache that cannot keep it only costs a new hash next time (and, for an unpinned file, its
+    record: the next download is trusted anew).
+    """
+    try:
+        mtime = path.stat().st_mtime_ns
+        atomic.write_atomically(sidecar(path), f"{digest}  {path.name}\n".encode())
+        os.utime(sidecar(path), ns=(mtime, mtime))
+    except OSError as exc:
+        logger.warning("cannot write %s (%s); the file will be hashed again next time", sidecar(path), exc)
+
+
+def _vouched(path: Path, expected: str) -> bool:
+    """Whether the sidecar vouches for ``path`` as it is now: same hash, and the file's time unchanged since."""
+    try:
+        same_time = path.stat().st_mtime_ns == sidecar(path).stat().st_mtime_ns
+    except OSError:
+        return False
+    return same_time and _sidecar_digest(path) == expected
+
+
+def known_sha256(entry: WeightsEntry) -> tuple[str | None, str]:
+    """The sha256 a registry file must have, and how it is known: "published" (pinned here), "recorded" (unpinned:
+    the hash seen at its first download here, in its ``.sha256`` sidecar) or "" (unpinned, never downloaded here)."""
+    if entry.sha256 is not None:
+        return entry.sha256.lower(), "published"
+    recorded = _sidecar_digest(cache_dir() / _filename(entry))
+    return (recorded, "recorded") if recorded else (None, "")
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not an intact zip-format torch checkpoint (cheap: the zip directory only), or None."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return "not a zip-format torch checkpoint (truncated or not a checkpoint)"
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+        size = path.stat().st_size
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"unreadable zip archive ({exc})"
+    if not infos or max(i.header_offset + i.compress_size for i in infos) > size:
+        return "archive members extend past the end of the file (truncated)"
+    return None
+
+
+def _problem(path: Path, expected: str | None) -> str | None:
+    """Why the cached ``path`` is not the file expected, or None: its sha256 against ``expected`` when known (not
+    hashed again while its sidecar vouches for it), else its zip structure."""
+    if expected is None:
+        return _zip_problem(path)
+    if _vouched(path, expected):
+        return None
+    try:
+        got = files.sha256(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if got != expected:
+        return f"its sha256 is {got}, not the expected {expected}"
+    _vouch(path, got)
+    return None
+
+
+# -- downloads ------------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures and timeouts: the built-in ones and those of the HTTP clients in use (imported by then:
+    requests for pooch; httpx or httpx2 for huggingface_hub, by version)."""
+    names = (("requests.exceptions", "ConnectionError"), ("requests.exceptions", "Timeout"),
+             ("requests.exceptions", "ChunkedEncodingError"), ("httpx", "TransportError"),
+             ("httpx2", "TransportError"))  # fmt: skip
+    found = [getattr(sys.modules[m], n, None) for m, n in names if m in sys.modules]
+    return (ConnectionError, TimeoutError, *(e for e in found if isinstance(e, type)))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed download is worth another try: a connection refused, reset, broken off or timed out, or an
+    HTTP 5xx (or 408/429), itself or as the cause of a library's error. Never a 404, a hash mismatch, offline mode
+    or a local problem."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__name__ == "OfflineModeIsEnabled":  # huggingface_hub's refusal: a ConnectionError
+            return False
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status >= 500 or status in (408, 429)
+        if isinstance(cause, _network_errors()):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _with_retries(attempt: Callable[[], T], what: str) -> T:
+    """``attempt()``, tried again after each wait of ``RETRY_WAITS_S`` while it fails transiently."""
+    waits = list(RETRY_WAITS_S)
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not waits or not _transient(exc):
+                raise
+            wait = waits.pop(0)
+            logger.warning("%s failed (%s); trying again in %g s", what, _reason(exc), wait)
+            time.sleep(wait)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on a network failure."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return f"HTTP {status} {getattr(response, 'reason', '') or ''}".strip()
+    if type(exc).__name__ == "ChunkedEncodingError":
+        return "the connection broke off mid-file: truncated"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Events:
+    """The progress bar that pooch's ``HTTPDownloader`` drives (it sets ``total``, calls ``update`` per chunk, then
+    ``reset`` and ``update(total)`` to fill it, then ``close``), as ``download`` events for ``name``."""
+
+    def __init__(self, progress: OnProgress, name: str) -> None:
+        self.progress, self.name, self.total, self.done = progress, name, 0, 0
+
+    def update(self, n: int) -> None:
+        """``n`` more bytes arrived (pooch counts whole chunks: capped at the length announced)."""
+        self.done = min(self.done + n, self.total) if self.total else self.done + n
+        if n:
+            report(self.progress, Progress("download", self.done, self.total or None, name=self.name))
+
+    def reset(self) -> None:
+        """Pooch's refill at the end: the next ``update`` brings the total."""
+        if self.total:
+            self.done = 0
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _download(url: str, dest: Path, expected: str | None, progress: OnProgress | None) -> str:
+    """Fetch ``url`` into ``dest``, checked (``expected`` sha256, else an intact zip) before it takes that name;
+    retried on transient failures. Returns the sha256 of the bytes kept.
+
+    Raises:
+        WeightsError: a failure (after the retries), a mismatch, or a cache that cannot be written; ``dest`` is
+            then left as it was.
+    """
+    import pooch
+    import requests
+
+    digest = ""
+
+    def fetch(out: BinaryIO) -> None:
+        report(progress, Progress("download", 0, None, name=dest.name))
+        bar = _Events(progress, dest.name) if progress is not None else False
+        downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=_CHUNK, timeout=_TIMEOUT_S,
+                                          headers={"User-Agent": "knnvc"})  # fmt: skip
+        downloader(url, out, None)
+
+    def verify(tmp: Path) -> None:
+        nonlocal digest
+        digest = files.sha256(tmp)
+        if expected is not None and digest != expected:
+            raise WeightsError(
+                f"sha256 mismatch for {url}: expected {expected}, got {digest}; the download was deleted. "
+                "Retry; if it happens again the file at that address has changed: use a local copy you trust"
+            )
+        if expected is None and (problem := _zip_problem(tmp)) is not None:
+            raise WeightsError(f"downloaded {url} is not a valid checkpoint ({problem}) and was deleted; retry")
+
+    try:
+        _with_retries(lambda: atomic.write_atomically(dest, fetch, check=verify), f"download of {url}")
+    except requests.RequestException as exc:  # before OSError, which it is
+        tries = f" (tried {len(RETRY_WAITS_S) + 1} times)" if _transient(exc) else ""
+        raise WeightsError(
+            f"download of {url} failed{tries}: {_reason(exc)}; check the internet connection (or proxy: "
+            f"HTTPS_PROXY) and retry, or fetch {url} yourself and save it as {dest}"
+        ) from exc
+    except OSError as exc:
+        why = files.write_error(dest, exc, "save the download as")
+        raise WeightsError(f"{why} (the cache folder is $KNNVC_CACHE, else ~/.cache/knnvc)") from exc
+    logger.info("downloaded %s to %s", url, dest)
+    report(progress, Progress("download", dest.stat().st_size, dest.stat().st_size, name=dest.name))
+    return digest
+
+
+def _snapshot(repo_id: str, patterns: list[str], offline: bool) -> Path:
+    """The snapshot folder of ``repo_id`` (files matching ``patterns``) in the hub cache; online, retried on
+    transient failures (huggingface_hub keeps the files already fetched, so a new try resumes)."""
+    import huggingface_hub
+    from huggingface_hub import utils as hf
+
+    where = hf_cache_dir()
+    if offline:
+        how = f"run `knnvc download` on a machine with internet (cache: {where}), or pass a local WavLM path"
+    else:
+        how = ("check the internet connection (or proxy: HTTPS_PROXY) and retry, or pass a local WavLM path "
+               f"(an HF model folder or WavLM-Large.pt); cache: {where}")
+
+    def attempt() -> str:
+        return huggingface_hub.snapshot_download(
+            repo_id, cache_dir=where, allow_patterns=patterns, local_files_only=offline
+        )
+
+    try:
+        folder = attempt() if offline else _with_retries(attempt, f"fetching {repo_id} from the Hugging Face Hub")
+    except hf.HFValidationError as exc:
+        raise WeightsError(f"WavLM {repo_id!r} is neither a local path nor a valid hub id: {exc}") from exc
+    except (hf.RepositoryNotFoundError, hf.GatedRepoError) as exc:
+        raise WeightsError(f"hub repo {repo_id} not found or not accessible (gated/private)") from exc
+    except hf.RevisionNotFoundError as exc:
+        raise WeightsError(f"hub repo {repo_id} has no such revision: {exc}") from exc
+    except hf.LocalEntryNotFoundError as exc:
+        state = "offline mode is on" if offline else "the Hub could not be reached"
+        raise WeightsError(f"{repo_id} is not (fully) in the Hugging Face cache and {state}: {how}") from exc
+    except hf.HfHubHTTPError as exc:
+        raise WeightsError(f"Hugging Face Hub error for {repo_id}: {' '.join(str(exc).split())}") from exc
+    except _network_errors() as exc:
+        raise WeightsError(f"cannot reach the Hugging Face Hub for {repo_id} ({exc!r}): {how}") from exc
+    return Path(folder)
+
+
+# -- from a name to a verified file -----------------------------------------------------------------------------
+
+
 def _ensure_file(entry: WeightsEntry, offline: bool, progress: OnProgress | None) -> Path:
-    """The cached file of a URL entry, verified (sha256 when known); fetched (again, when bad) unless offline."""
+    """The cached file of a URL entry, verified; fetched (again, when bad) unless offline."""
     dest = cache_dir() / _filename(entry)
     expected, _ = known_sha256(entry)
     how = (f"run `knnvc download {entry.name}` on a machine with internet and copy {dest} here, "
            f"or pass a local path")
     if dest.is_file():
-        problem = checkpoint_problem(dest, expected)
+        problem = _problem(dest, expected)
         if problem is None:
             return dest
-        dest.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)  # the sidecar stays: for an unpinned file it is the record of its hash
         if offline:
             raise WeightsError(f"cached file {dest} was corrupt ({problem}) and is deleted; offline mode is on: {how}")
         logger.warning("cached file %s was corrupt (%s); deleted it, downloading it again", dest, problem)
     elif offline:
         raise WeightsError(f"{entry.name} weights are not cached ({dest}) and offline mode is on: {how} "
                            f"(the file is at {entry.location})")
-    # With a hash known, the hash is the check; otherwise the zip structure, and the hash is recorded.
-    check = None if expected else integrity.zip_problem
-    path = fetch.download_file(entry.location, dest, sha256=expected, progress=progress, check=check)
+    digest = _download(entry.location, dest, expected, progress)
     if expected is None:
-        integrity.record(path)
-    else:
-        integrity.checked(path, expected)
-    return path
+        logger.info("recorded sha256 %s for %s (no published hash: unpinned)", digest, dest)
+    _vouch(dest, digest)
+    return dest
 
 
 def _step(path: Path) -> int:
@@ -174,10 +421,10 @@ def pick_generator(folder: Path) -> Path:
     ``*best*`` files (``do_*`` optimiser/discriminator states are never taken); a ``*best*`` file wins, else
     the highest step number in the name (``g_02500000``), then the newest file.
     """
-    files = sorted(p for p in folder.glob("*.pt") if p.is_file())
-    if len(files) == 1:
-        return files[0]
-    gens = [p for p in files if re.match(r"(.*_)?g_", p.name) or "best" in p.name.lower()]
+    found = sorted(p for p in folder.glob("*.pt") if p.is_file())
+    if len(found) == 1:
+        return found[0]
+    gens = [p for p in found if re.match(r"(.*_)?g_", p.name) or "best" in p.name.lower()]
     if not gens:
         raise WeightsError(f"no generator checkpoint (g_*.pt or *best*.pt) in {folder}")
     best = [p for p in gens if "best" in p.name.lower()]
@@ -218,24 +465,17 @@ def resolve_wavlm(id_or_path: str | Path, *, offline: bool | None = None) -> Pat
     text = str(id_or_path)
     if isinstance(id_or_path, Path) or _looks_like_path(text):
         raise WeightsError(f"WavLM weights {text}: no such file or folder")
-    entry = _url_entry(text, "wavlm")
-    if entry is not None:
+    entry = REGISTRY.get(ALIASES.get(text.lower(), text.lower()))
+    if entry is not None and entry.kind == "wavlm" and entry.source == "url":
         return _ensure_file(entry, is_offline(offline), None)
-    repo_id = ALIASES.get(text.lower(), text)
-    return _hub_snapshot(repo_id, is_offline(offline))
-
-
-def _url_entry(name: str, kind: str) -> WeightsEntry | None:
-    """The registry's URL-sourced entry of ``kind`` called ``name`` (case-insensitive), or None."""
-    entry = REGISTRY.get(ALIASES.get(name.lower(), name.lower()))
-    return entry if entry is not None and entry.kind == kind and entry.source == "url" else None
+    return _hub_snapshot(ALIASES.get(text.lower(), text), is_offline(offline))
 
 
 def _hub_snapshot(repo_id: str, offline: bool) -> Path:
     """The cached snapshot folder of ``repo_id`` with config.json and weights (safetensors preferred)."""
-    folder = fetch.snapshot(repo_id, _SAFETENSORS, offline, hf_cache_dir())
+    folder = _snapshot(repo_id, _SAFETENSORS, offline)
     if not any(folder.glob("*.safetensors")) and not offline:
-        folder = fetch.snapshot(repo_id, _PYTORCH_BIN, offline, hf_cache_dir())
+        folder = _snapshot(repo_id, _PYTORCH_BIN, offline)
     if not (folder / "config.json").is_file() or not _weights_in(folder):
         how = "run `knnvc download` with internet" if offline else "it has no config.json and weights; retry"
         raise WeightsError(f"hub snapshot of {repo_id} in {folder} is incomplete: {how}")
@@ -248,7 +488,7 @@ def download_all(
     progress: OnProgress | None = None,
 ) -> dict[str, Path | str]:
     """Fetch registry entries into their caches; returns name -> local location. ``progress`` gets ``download``
-    events naming each file as its bytes arrive.
+    events naming each file: one at its start (0 bytes), then as its bytes arrive, and one at its end.
 
     ``names``: one name, several, or None for every entry fetched by default (all but ``wavlm-original``,
     a second copy of the hub's WavLM). ``download_all(["prematched"])`` fetches the default vocoder.
@@ -276,14 +516,14 @@ def download_all(
 
 
 def cached_status() -> list[tuple[WeightsEntry, bool, Path | None]]:
-    """For each registry entry: is it cached (and readable), and where. Never touches the network."""
+    """For each registry entry: is it cached (and verified), and where. Never touches the network."""
     status: list[tuple[WeightsEntry, bool, Path | None]] = []
     for entry in REGISTRY.values():
         where: Path | None = None
         if entry.source == "hub":
             with contextlib.suppress(WeightsError):
                 where = _hub_snapshot(entry.location, offline=True)
-        elif checkpoint_problem(cache_dir() / _filename(entry), known_sha256(entry)[0]) is None:
-            where = cache_dir() / _filename(entry)
+        elif (path := cache_dir() / _filename(entry)).is_file() and _problem(path, known_sha256(entry)[0]) is None:
+            where = path
         status.append((entry, where is not None, where))
     return status
