@@ -81,7 +81,7 @@ def convert(
                                  **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
         running = PipelineSettings(device, precision, batch_size, compile=compile_)
         common.preflight(source, reference, device=device, precision=precision)
-        from knnvc.batch import manifest, plan, runner
+        from knnvc.batch import identity, manifest, plan, runner
         from knnvc.voice import VOICE_SUFFIX, Voice
 
         saved = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else None
@@ -109,7 +109,7 @@ def convert(
                     common.say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
             options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
-            settings = manifest.batch_settings(
+            settings = identity.batch_settings(
                 vc, saved or reference, options, vocoder=vocoder, extension=ext, compute=compute
             )
             ledger = manifest.Ledger(plan.manifest_folder(source, jobs), settings)
