@@ -3,8 +3,11 @@ route to every CLI command (voices, batches, info, download)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,9 @@ import soxr
 import torch
 
 import knnvc
-from knnvc import pipeline, progress
+from knnvc import progress
 from knnvc.batch import plan, runner
-from knnvc.errors import DeviceError, UsageError
+from knnvc.errors import DeviceError, UsageError, WeightsError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
@@ -42,8 +45,30 @@ def expected(vc: KnnVC) -> np.ndarray:
     return vc.convert(SOURCE_WAV, vc.build_voice(REF_DIR, trim=False))
 
 
-def test_lazy_export() -> None:
-    assert knnvc.convert is pipeline.convert
+def test_import_is_light_and_names_load_on_first_use() -> None:
+    """``import knnvc`` imports no torch; ``knnvc.convert``, ``knnvc.KnnVC`` and ``knnvc.Voice`` load on first use
+    (``test_paths``: ``knnvc.convert`` converts as the pipeline does); any other name is an AttributeError."""
+    probe = """
+import inspect, json, sys
+import knnvc
+light = 'torch' not in sys.modules and 'knnvc.pipeline' not in sys.modules
+names = {
+    'convert': list(inspect.signature(knnvc.convert).parameters)[:2],
+    'KnnVC': callable(knnvc.KnnVC.from_pretrained),
+    'Voice': callable(knnvc.Voice.load),
+}
+try:
+    knnvc.nonsense
+except AttributeError as exc:
+    names['nonsense'] = str(exc)
+print(json.dumps({'light': light, 'loaded': 'knnvc.pipeline' in sys.modules, **names}))
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "light": True, "loaded": True, "convert": ["source", "reference"], "KnnVC": True, "Voice": True,
+        "nonsense": "module 'knnvc' has no attribute 'nonsense'",
+    }  # fmt: skip
 
 
 def test_paths(expected: np.ndarray) -> None:
@@ -126,19 +151,47 @@ def test_absent_device() -> None:
         knnvc.convert(SOURCE_WAV, REF_DIR, models=TINY["models"], device="cuda")
 
 
-def test_model_cache(tmp_path: Path, vc: KnnVC) -> None:
-    again = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", batch_size=2)))
-    assert again.encoder is vc.encoder and again.vocoder is vc.vocoder and again.batch_size == 2
-    assert KnnVC.from_pretrained(Models(TINY_WAVLM), device="cpu").encoder is vc.encoder
-    copy = tmp_path / "vocoder.pt"
-    shutil.copy(TINY_VOCODER, copy)
+def junk_in_place(path: Path) -> None:
+    """Overwrite ``path`` with zeros of the same size, keeping its modification time: the file looks unchanged
+    (to a cache keyed by path, size and time), but anything that reads it now fails."""
+    stat = path.stat()
+    path.write_bytes(bytes(stat.st_size))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines asking for the same weights (a local file by path and modification time), device and precision
+    share the models loaded once: later ones convert the same without reading the files again. An edited
+    checkpoint is loaded again, and ``clear_cache`` forgets every model."""
+    monkeypatch.setenv("KNNVC_CACHE", str(tmp_path / "cache"))  # the converted copies on disk, removed below
+    wavlm, vocoder = tmp_path / "WavLM-tiny.pt", tmp_path / "vocoder.pt"
+    shutil.copy(TINY_WAVLM, wavlm)
+    shutil.copy(TINY_VOCODER, vocoder)
     shutil.copy(TINY_VOCODER.parent / "config.json", tmp_path / "config.json")
-    first = KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder
-    assert KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder is first
-    os.utime(copy, ns=(0, 1))  # an edited checkpoint is loaded again
-    assert KnnVC.from_pretrained(Models(TINY_WAVLM, copy), device="cpu").vocoder is not first
-    loaded.clear_cache()
-    assert KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu").encoder is not vc.encoder
+    first = KnnVC.from_pretrained(Models(wavlm, vocoder), device="cpu")
+    voice = first.build_voice(REF_DIR, trim=False)
+    expected, features = first.convert(SOURCE_WAV, voice), first.encode(SOURCE_WAV)
+    junk_in_place(wavlm)
+    junk_in_place(vocoder)
+    shutil.rmtree(tmp_path / "cache")
+    again = KnnVC.from_pretrained(Models(wavlm, vocoder, PipelineSettings("cpu", batch_size=2)))
+    assert again.batch_size == 2 and np.array_equal(again.convert(SOURCE_WAV, voice), expected)  # its own settings
+    encoder_only = KnnVC.from_pretrained(Models(wavlm), device="cpu")  # another vocoder named: the same encoder
+    assert torch.equal(encoder_only.encode(SOURCE_WAV), features)
+    assert not list(tmp_path.glob("cache/**/*.safetensors"))  # nothing was read, so nothing was converted again
+
+    os.utime(vocoder, ns=(0, 1))  # edited: read again (the junk fails to load)...
+    with pytest.raises(WeightsError):
+        KnnVC.from_pretrained(Models(wavlm, vocoder), device="cpu").convert(SOURCE_WAV, voice)
+    checkpoint = torch.load(TINY_VOCODER, map_location="cpu", weights_only=True)
+    checkpoint["generator"]["conv_pre.bias"] += 0.5
+    torch.save(checkpoint, vocoder)  # ...and other weights give other audio
+    edited = KnnVC.from_pretrained(Models(wavlm, vocoder), device="cpu").convert(SOURCE_WAV, voice)
+    assert edited.shape == expected.shape and not np.allclose(edited, expected, atol=1e-3)
+
+    loaded.clear_cache()  # forgotten: the (junk) WavLM file is read again
+    with pytest.raises(WeightsError):
+        KnnVC.from_pretrained(Models(wavlm, vocoder), device="cpu")
 
 
 def test_folder_batch_from_python(tmp_path: Path, vc: KnnVC) -> None:

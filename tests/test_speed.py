@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc.errors import UsageError
+from knnvc.errors import UsageError, WeightsError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.runtime import devices, oom, windows
-from knnvc.weights import formats, loaded
 from knnvc.weights.formats import load_encoder, load_vocoder
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 from vocoder import Generator
@@ -98,29 +98,45 @@ def test_callers_modules_are_never_changed(precision: str) -> None:
     out = vc.convert(SOURCE_WAV, REF_DIR, RAW)
     assert np.isfinite(out).all()
     assert _same(encoder, before[0]) and _same(vocoder, before[1])
-    assert vc.vocoder is not vocoder and not vc.vocoder.training
+    assert not vc.vocoder.training and vocoder.training  # the pipeline runs an eval-mode copy
 
 
 def test_ready_modules_are_shared_not_copied(tiny: tuple) -> None:
-    encoder, vocoder = tiny
-    fast = copy.deepcopy(vocoder).eval().channels_last()
-    vc = KnnVC(encoder.eval(), fast, PipelineSettings("cpu", "fp32"))
-    assert vc.encoder is encoder and vc.vocoder is fast
+    """A module that already runs as asked (eval mode, on the device, in the precision) is used as given: its
+    owner's in-place edits show in the pipeline's output. One that must change is copied: the owner's stays as it
+    was, and its later edits do not reach the pipeline."""
+    encoder, vocoder = copy.deepcopy(tiny[0]).eval(), copy.deepcopy(tiny[1]).eval()
+    fast = copy.deepcopy(vocoder).channels_last()
+    vc = KnnVC(encoder, fast, PipelineSettings("cpu", "fp32"))
     # A 1-D vocoder on a CPU runs as channels-last 2-D convolutions: on a copy, the caller's stays as it was.
-    plain = KnnVC(encoder.eval(), vocoder.eval(), PipelineSettings("cpu", "fp32"))
-    assert plain.vocoder is not vocoder and plain.vocoder.layout_2d and not vocoder.layout_2d
+    plain = KnnVC(encoder, vocoder, PipelineSettings("cpu", "fp32"))
+    assert plain.vocoder.layout_2d and not vocoder.layout_2d
+    voice = vc.build_voice(REF_DIR, trim=False)
+    shared, copied = vc.convert(SOURCE_WAV, voice, RAW), plain.convert(SOURCE_WAV, voice, RAW)
+    features = vc.encode(SOURCE_WAV)
+    with torch.no_grad():
+        for module in (fast, vocoder):
+            for parameter in module.parameters():
+                parameter.mul_(1.25)
+    assert not np.allclose(vc.convert(SOURCE_WAV, voice, RAW), shared, atol=1e-3)  # the caller's own module
+    assert np.array_equal(plain.convert(SOURCE_WAV, voice, RAW), copied)  # a copy made when it was built
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.mul_(1.25)
+    assert not torch.allclose(vc.encode(SOURCE_WAV), features, atol=1e-3)  # the encoder, ready: shared
 
 
 def test_channels_last_vocoder_gives_the_same_audio(tiny: tuple) -> None:
     """``Generator.channels_last`` (the CPU layout) changes the speed, not the waveform: alone and in a padded batch."""
     _, vocoder = tiny
     fast = copy.deepcopy(vocoder).eval().channels_last()
-    assert fast.channels_last() is fast  # idempotent
+    twice = copy.deepcopy(fast).channels_last()  # converting again changes nothing
     feats = torch.randn(2, 60, vocoder.config.input_dim, generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([40, 60])
     with torch.inference_mode():
         torch.testing.assert_close(fast(feats), vocoder.eval()(feats), atol=1e-6, rtol=0)
         torch.testing.assert_close(fast(feats, lengths), vocoder(feats, lengths), atol=1e-6, rtol=0)
+        torch.testing.assert_close(twice(feats, lengths), fast(feats, lengths), atol=0, rtol=0)
     with pytest.raises(ValueError, match="fold_weight_norm"):
         Generator(vocoder.config).channels_last()
 
@@ -142,7 +158,7 @@ def test_bf16_is_chosen_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatc
     cpu = torch.device("cpu")
     for flags, native in ((set(), False), ({"avx2", "avx512f"}, False), ({"avx512_bf16"}, True), ({"amx_bf16"}, True)):
         monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: frozenset(flags))
-        assert devices.cpu_has_native_bf16() is native
+        assert devices.cpu_has_native_bf16() == native
         expected = torch.bfloat16 if native and devices.AUTO_PRECISION["cpu"] == "bf16" else torch.float32
         assert devices.resolve_precision("auto", cpu) == expected
         if native:
@@ -159,44 +175,60 @@ def test_cublas_alloc_failure_is_out_of_memory() -> None:
     assert not oom.is_out_of_memory(RuntimeError("CUBLAS_STATUS_INVALID_VALUE"))
 
 
-def test_converted_copies_load_without_the_original(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def junk_in_place(path: Path) -> None:
+    """Overwrite ``path`` with zeros of the same size, keeping its modification time: the file looks unchanged to a
+    cache keyed by path, size and time, but anything that reads it now fails."""
+    stat = path.stat()
+    path.write_bytes(bytes(stat.st_size))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.fixture()
+def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Copies of the tiny checkpoints (free to edit), with the converted copies kept in ``tmp_path/cache``."""
     monkeypatch.setenv("KNNVC_CACHE", str(tmp_path / "cache"))
-    first_encoder, first_vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
+    wavlm, vocoder = tmp_path / "WavLM-tiny.pt", tmp_path / "prematch_g_tiny.pt"
+    shutil.copy(TINY_WAVLM, wavlm)
+    shutil.copy(TINY_VOCODER, vocoder)
+    shutil.copy(TINY_VOCODER.parent / "config.json", tmp_path / "config.json")
+    return wavlm, vocoder
+
+
+def test_converted_copies_load_without_the_original(weights: tuple[Path, Path], tmp_path: Path) -> None:
+    """The first load keeps converted copies in the cache; later loads map them and never read the originals:
+    with those turned to junk (same size and time) the same models load. Without the copies the junk fails."""
+    wavlm, vocoder_path = weights
+    first_encoder, first_vocoder = load_encoder(wavlm), load_vocoder(vocoder_path)
     assert len(list((tmp_path / "cache" / "converted").glob("*.safetensors"))) == 2
-
-    def unreadable(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the original checkpoint was read again")
-
-    monkeypatch.setattr(formats, "read_original", unreadable)
-    monkeypatch.setattr(formats, "load_generator", unreadable)
-    encoder, vocoder = load_encoder(TINY_WAVLM), load_vocoder(TINY_VOCODER)
+    junk_in_place(wavlm)
+    junk_in_place(vocoder_path)
+    encoder, vocoder = load_encoder(wavlm), load_vocoder(vocoder_path)
     assert encoder.fingerprint == first_encoder.fingerprint
     wav = torch.from_numpy(sf.read(SOURCE_WAV, dtype="float32")[0])
     torch.testing.assert_close(encoder.encode(wav), first_encoder.encode(wav), rtol=0, atol=0)
     for (name, a), b in zip(first_vocoder.state_dict().items(), vocoder.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    shutil.rmtree(tmp_path / "cache")
+    for load, path in ((load_encoder, wavlm), (load_vocoder, vocoder_path)):
+        with pytest.raises(WeightsError):
+            load(path)
 
 
-def test_converted_copy_of_an_edited_checkpoint_is_not_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("KNNVC_CACHE", str(tmp_path / "cache"))
-    copy = tmp_path / "WavLM-tiny.pt"
-    copy.write_bytes(TINY_WAVLM.read_bytes())
-    load_encoder(copy)
-    os.utime(copy, ns=(0, 1))
-    calls: list[Path] = []
-    original = formats.read_original
-    monkeypatch.setattr(formats, "read_original", lambda path: calls.append(path) or original(path))
-    load_encoder(copy)
-    assert calls == [copy]
-
-
-def test_from_pretrained_shares_the_cached_models() -> None:
-    a = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
-    b = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32", batch_size=2)))
-    assert a.encoder is b.encoder and a.vocoder is b.vocoder
-    loaded.clear_cache()
-    fresh = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER, PipelineSettings("cpu", "fp32")))
-    assert fresh.encoder is not a.encoder
+def test_converted_copy_of_an_edited_checkpoint_is_not_used(weights: tuple[Path, Path]) -> None:
+    """A checkpoint with a new modification time is read again, whatever its size: junk now fails to load (the
+    old copy is not used), and edited weights give other features."""
+    wavlm, _ = weights
+    wav = torch.from_numpy(sf.read(SOURCE_WAV, dtype="float32")[0])
+    before = load_encoder(wavlm).encode(wav)
+    junk_in_place(wavlm)
+    os.utime(wavlm, ns=(0, 1))
+    with pytest.raises(WeightsError):
+        load_encoder(wavlm)
+    checkpoint = torch.load(TINY_WAVLM, map_location="cpu", weights_only=True)
+    checkpoint["model"]["encoder.layers.0.fc2.weight"] *= 1.5
+    torch.save(checkpoint, wavlm)
+    edited = load_encoder(wavlm).encode(wav)
+    assert edited.shape == before.shape and not torch.allclose(edited, before, atol=1e-3)
 
 
 def test_batch_size_defaults_to_one_on_a_cpu() -> None:
