@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from knnvc.errors import AudioError, UsageError, VoiceError, WeightsError
+from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
 from knnvc.voice import Voice
@@ -27,7 +27,7 @@ from knnvc.web import zips
 from knnvc.web.controls import controls, options_from_form, options_from_values
 from knnvc.web.queue import BusyError, ModelQueue
 from knnvc.web.service import Limits, Service, Target, TooLargeError
-from tests.conftest import REF_DIR, SOURCE_WAV
+from tests.conftest import REF_DIR, SOURCE_WAV, TINY_WAVLM
 from tests.fault_tools import cli, one_line, tiny_pipeline
 
 REFS = sorted(REF_DIR.glob("*.wav"))
@@ -287,9 +287,7 @@ def test_serve_warns_before_exposing_and_fails_in_one_line(tmp_path: Path) -> No
     assert cli("serve", "--port", "0").exit_code == 2
 
 
-def test_the_page_offers_the_match_layers_the_encoder_runs(
-    service: Service, vc: KnnVC, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_page_offers_the_match_layers_the_encoder_runs(service: Service, vc: KnnVC, tmp_path: Path) -> None:
     """The match-layer slider ends at the loaded encoder's depth (6 by default); ``--max-match-layer`` loads more."""
     gr = pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
     from knnvc.web import page
@@ -298,18 +296,14 @@ def test_the_page_offers_the_match_layers_the_encoder_runs(
     with gr.Blocks():
         slider = page._widget(service, layer, "match-layer")
     assert slider.maximum == vc.encoder.depth == 6
-    asked: list[int] = []
-
-    def stop(cls: type, models: object, *, device: object = None, match_layer: int = 6) -> KnnVC:
-        asked.append(match_layer)
-        raise WeightsError("stopped here by the test")
-
-    monkeypatch.setattr(KnnVC, "from_pretrained", classmethod(stop))
-    result = cli("serve", "--port", "0", "--max-match-layer", "8")
-    assert result.exit_code == 2  # port 0 is refused before any model loads
+    missing = ["--wavlm", str(tmp_path / "never-loaded.pt")]  # a model loaded first would fail on this (exit 4)
+    result = cli("serve", "--port", "0", "--max-match-layer", "8", *missing)
+    assert result.exit_code == 2 and "never-loaded" not in result.stderr  # port 0 is refused before any model loads
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    result = cli("serve", "--port", str(port), "--max-match-layer", "8")
-    assert result.exit_code == 4 and asked == [8], (result.stderr, asked)
-    assert cli("serve", "--max-match-layer", "25").exit_code == 2
+    # the tiny WavLM has 8 layers: asked to run 9, the loader refuses, naming the layer the option asked for
+    deeper = cli("serve", "--port", str(port), "--max-match-layer", "9", "--wavlm", TINY_WAVLM, "--device", "cpu")
+    assert deeper.exit_code == UsageError.exit_code
+    assert "match layer 9:" in one_line(deeper) and "has 8 layers" in one_line(deeper)
+    assert cli("serve", "--max-match-layer", "25", *missing).exit_code == 2
