@@ -1,8 +1,10 @@
-"""knnvc.eval's arithmetic and inputs: EER on trial lists with known answers, WER/CER on known strings,
-transcript files, pairing converted files with sources, manifests, and parsing ``--sweep``."""
+"""knnvc.eval's arithmetic and inputs: EER on trial lists with known answers, WER/CER on known strings (and
+Whisper's English normalisation on text pairs), transcript files, pairing converted files with sources,
+manifests, and parsing ``--sweep``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from knnvc.errors import UsageError
 from knnvc.eval import equal_error_rate, error_rates, normalise, pair, read_manifest, target_trials
 from knnvc.eval.sweep import parse_sweep, settings
-from knnvc.eval.text import read_transcripts
+from knnvc.eval.text import PLAIN, Normaliser, read_transcripts, whisper_english
 from knnvc.options import ConvertOptions
 from tests.conftest import REF_DIR, SOURCE_WAV
 
@@ -72,6 +74,66 @@ def test_wer_cer_known_strings() -> None:
     assert normalise("  It's   a—TEST. ") == "it s a test"
     with pytest.raises(UsageError):
         error_rates(["..."], ["x"])  # a reference with no words
+
+
+def test_whisper_english_normaliser_text_pairs() -> None:
+    """Whisper's transcripts against LibriSpeech-style references: the same words, written another way, match."""
+    spellings = {"colour": "color", "realised": "realized"}  # word for word, as Whisper's normalizer.json maps
+    english = whisper_english(spellings)
+    same = [
+        ("TWENTY FIVE PAST TWO", "25 past 2."),  # numbers: spelled out in the reference, digits from Whisper
+        ("IN TWO THOUSAND AND ONE", "In 2001,"),
+        ("NINETY NINE PERCENT", "99%"),
+        ("I WON'T GO", "I will not go."),  # contractions, either side
+        ("IT IS FINE AND I AM HERE", "It's fine, and I'm here!"),
+        ("DON'T", "do not"),
+        ("THE COLOUR I REALISED", "The color I realized"),  # British and American spelling
+        ("MISTER SMITH SAID HELLO WORLD", "Mr. Smith said: \"Hello, world!\""),  # titles and punctuation
+        ("SO I SAID", "Um, so I said"),  # fillers
+    ]
+    for reference, hypothesis in same:
+        assert english(reference) == english(hypothesis), (reference, hypothesis)
+        assert error_rates([reference], [hypothesis], english).wer == 0.0
+    assert english("TWENTY FIVE PAST TWO") == "25 past 2" and english("The COLOUR") == "the color"
+    # other words still count: one number (one word after normalisation) wrong of three
+    assert error_rates(["TWENTY FIVE PAST TWO"], ["26 past 2"], english).wer == pytest.approx(1 / 3)
+    # the plain normalisation counts the numbers as three errors of four words: the inflated WER it replaces
+    assert error_rates(["TWENTY FIVE PAST TWO"], ["25 past 2."]).wer == pytest.approx(3 / 4)
+    assert "2 British-to-American spellings" in english.name and PLAIN.name.startswith("plain")
+    bare = whisper_english(None)  # a Whisper folder without normalizer.json: spellings stay apart
+    assert bare("The COLOUR") == "the colour" and "no spelling list" in bare.name
+    with pytest.raises(UsageError, match="at least one word"):
+        error_rates(["..."], ["x"], english)  # punctuation only: no words under either normalisation
+
+
+class _Says:
+    """A stand-in ASR that always hears the same words, written as Whisper would write them."""
+
+    name = "says"
+
+    def __init__(self, normaliser: Normaliser) -> None:
+        self.normaliser = normaliser
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        return "It's 25 past 2."
+
+
+def test_evaluate_normalises_with_the_asrs_normaliser(tmp_path: Path) -> None:
+    from knnvc.eval import Item, evaluate, write_report
+    from knnvc.eval.report import markdown
+
+    item = Item(SOURCE_WAV, REF_DIR, text="IT IS TWENTY FIVE PAST TWO")
+    english = evaluate([item], _Level(), _Says(whisper_english({})))
+    plain = evaluate([item], _Level(), _Says(PLAIN))
+    assert english.summary["wer_percent"] == 0.0 and english.files[0].wer == 0.0
+    # plain: "it s 25 past 2" against "it is twenty five past two": 3 substitutions and a deletion in 6 words
+    assert plain.summary["wer_percent"] == pytest.approx(100 * 4 / 6, abs=0.01)
+    assert english.summary["wer_normaliser"].startswith("Whisper English")
+    assert plain.summary["wer_normaliser"] == PLAIN.name
+    assert f"WER/CER text normalisation (references and hypotheses alike): {PLAIN.name}." in markdown(plain)
+    assert json.loads(write_report(english, tmp_path)[0].read_text())["summary"]["wer_normaliser"].startswith(
+        "Whisper English"
+    )
 
 
 def test_transcripts(tmp_path: Path) -> None:

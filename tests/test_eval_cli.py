@@ -32,12 +32,14 @@ def test_eval_a_folder(tmp_path: Path) -> None:
                    tmp_path / "said.txt", "--report", report, *FAST)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "speaker similarity" in result.output and "EER %" in result.output and "WER %" in result.output
+    assert "WER/CER text normalisation: plain" in result.output  # pocketsphinx's words: the plain normalisation
     data = json.loads((report / "report.json").read_text())
     s = data["summary"]
     assert s["files"] == 1 and s["eer_trials"] == {"genuine": 3, "converted": 3}
     # the "conversion" is the source itself: it scores exactly as the source does
     assert s["speaker_similarity"]["mean"] == pytest.approx(s["source_similarity"]["mean"])
     assert s["wer_percent"] is not None and data["models"]["asr"].startswith("pocketsphinx")
+    assert s["wer_normaliser"].startswith("plain")
     with Image.open(report / "similarity_hist.png") as png:
         assert png.size == (800, 500)
 

@@ -57,11 +57,12 @@ def test_evaluate_scores_real_voices(verifier: Resemblyzer, pocketsphinx: object
     assert other.reference_text == same.hypothesis and other.reference_from == "ASR of the source"
     assert same.reference_from == "transcript" and s["wer_reference"] == "ASR of the source and transcript"
     assert result.models["verifier"].startswith("resemblyzer") and result.models["asr"].startswith("pocketsphinx")
+    assert s["wer_normaliser"].startswith("plain")  # pocketsphinx writes plain words: the plain normalisation
     written = write_report(result, tmp_path / "report")
     assert [p.name for p in written] == ["report.json", "report.md", "similarity_hist.png", "per_file.png"]
     report = json.loads(written[0].read_text())
     assert report["summary"]["speaker_similarity"]["n"] == 2 and len(report["files"]) == 2
-    assert "| speaker similarity |" in written[1].read_text()
+    assert "| speaker similarity |" in written[1].read_text() and "text normalisation" in written[1].read_text()
     with Image.open(written[2]) as hist:
         assert hist.format == "PNG" and hist.size == (800, 500)
         assert len(hist.convert("L").getcolors(maxcolors=4096) or []) > 16  # drawn on, not blank
@@ -150,6 +151,7 @@ def _tiny_whisper(folder: Path) -> Path:
                                  bos_token=end, eos_token=end)  # fmt: skip
     tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(folder)
+    (folder / "normalizer.json").write_text(json.dumps({"colour": "color"}))  # as openai/whisper-* ship it
     ids = {"decoder_start_token_id": vocab["<|startoftranscript|>"], "eos_token_id": vocab[end],
            "pad_token_id": vocab[end], "bos_token_id": vocab[end]}  # fmt: skip
     torch.manual_seed(0)
@@ -181,3 +183,5 @@ def test_whisper_from_the_local_cache(monkeypatch: pytest.MonkeyPatch, tmp_path:
     long = np.tile(decode.load(SOURCE_WAV), 9)[: 35 * 16_000]  # 35 s: two 30-s windows
     text = asr.transcribe(long)
     assert isinstance(text, str) and text.strip()
+    # its WER/CER normalise with Whisper's English normaliser, spellings from the folder's normalizer.json
+    assert asr.normaliser("The COLOUR, twenty-five!") == "the color 25" and "1 British" in asr.normaliser.name

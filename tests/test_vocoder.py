@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import LAYOUTS, TINY_VOCODER, TINY_VOCODER_CONFIG
@@ -211,6 +212,40 @@ def test_config_round_trip_and_aliases() -> None:
         HifiganConfig.from_dict({"hubert_dim": 96, "input_dim": 1024})
 
 
+def test_config_values_take_their_field_types() -> None:
+    """JSON's numbers and lists become the declared ints, strings and tuples (hashable), whatever wrote them."""
+    cfg = HifiganConfig.from_dict({"hubert_dim": 96.0, "resblock": 2, "upsample_rates": [10, 8, 2, 2],
+                                   "resblock_dilation_sizes": [[1, 3], [1, 3], [1, 3]]})  # fmt: skip
+    assert cfg.input_dim == 96 and type(cfg.input_dim) is int and cfg.resblock == "2"
+    assert cfg.upsample_rates == (10, 8, 2, 2) and cfg.resblock_dilation_sizes == ((1, 3), (1, 3), (1, 3))
+    assert HifiganConfig(upsample_rates=[10, 8, 2, 2]) == HifiganConfig()  # type: ignore[arg-type]
+    assert cfg.to_dict()["resblock_dilation_sizes"] == [[1, 3], [1, 3], [1, 3]]
+
+
+def test_train_config_round_trips_with_its_types() -> None:
+    """``TrainConfig.from_dict`` reads back ``asdict`` through JSON (run.json), and the original config.json's
+    training keys, with each value as its declared type."""
+    from dataclasses import asdict
+
+    from vocoder.train import TrainConfig, TrainingError
+
+    cfg = TrainConfig(n_fft=2048, fmax_for_loss=7600.0, batch_size=8)
+    assert TrainConfig.from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
+    loaded = TrainConfig.from_dict({"segment_size": 7040.0, "fmin": 0, "n_fft": None, "fmax_for_loss": None})
+    assert (loaded.segment_size, loaded.fmin, loaded.n_fft) == (7040, 0.0, None)
+    assert type(loaded.segment_size) is int and type(loaded.fmin) is float
+    for bad, message in (
+        ({"batch_size": "16"}, "training setting batch_size: expected an integer, got '16'"),
+        ({"n_fft": 1024.5}, "training setting n_fft: expected an integer or null, got 1024.5"),
+        ({"fmin": None}, "training setting fmin: expected a number, got None"),
+        ({"seed": True}, "training setting seed: expected an integer, got True"),
+        ({"learning_rat": 1e-4}, "unknown training setting 'learning_rat'"),
+    ):
+        with pytest.raises(TrainingError) as caught:
+            TrainConfig.from_dict(bad)
+        assert str(caught.value) == message
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -220,11 +255,47 @@ def test_config_round_trip_and_aliases() -> None:
         {"upsample_kernel_sizes": [21, 16, 4, 4]},
         {"resblock_kernel_sizes": [3, 8, 11]},
         {"hifi_dim": "wide"},
+        {"hubert_dim": True},
+        {"hubert_dim": 96.5},
+        {"upsample_rates": "10822"},
+        {"resblock_dilation_sizes": [[1, 3, "5"], [1, 3, 5], [1, 3, 5]]},
+        {"resblock": 1.0},
     ],
 )
 def test_config_validation(bad: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="HifiganConfig"):
+    with pytest.raises(ValueError, match="HifiganConfig") as caught:
         HifiganConfig.from_dict(bad)
+    assert "\n" not in str(caught.value)  # one line
+
+
+def test_config_type_errors_say_what_was_expected() -> None:
+    with pytest.raises(ValueError) as caught:
+        HifiganConfig.from_dict({"resblock_dilation_sizes": [[1, 3, "5"]]})
+    assert str(caught.value) == (
+        "HifiganConfig.resblock_dilation_sizes: expected a list of lists of integers, got [[1, 3, '5']]"
+    )
+
+
+# --- training loss ---------------------------------------------------------------------------------------
+
+
+def test_loss_mel_basis_is_hifigans_slaney_mel() -> None:
+    """The loss spectrogram's filterbank at HiFi-GAN's settings (16 kHz, n_fft 1024, 80 mels, 0-8000 Hz) is the
+    Slaney mel of ``librosa.filters.mel``: (n_mels, n_fft // 2 + 1), rows are mel bands over the STFT bins."""
+    from vocoder.train.losses import LogMelSpectrogram
+
+    basis = LogMelSpectrogram(16000, 1024, 320, 1024, 80, 0.0, 8000.0).basis.numpy()
+    assert basis.shape == (80, 513) and basis.dtype == np.float32
+    # values of the hand-written Slaney filterbank the loss used before transformers' (area-normalised triangles)
+    assert basis.astype(np.float64).sum() == pytest.approx(5.118657629360314, rel=1e-6)
+    assert basis.argmax(axis=1)[[0, 1, 39, 79]].tolist() == [2, 5, 106, 493]  # band k peaks at a higher bin
+    expected = {(0, 1): 0.011267280206084251, (0, 2): 0.022534560412168503, (1, 3): 0.006948425434529781,
+                (39, 103): 0.00377794005908072, (79, 497): 0.0026294474955648184}  # fmt: skip
+    for (band, bin_), value in expected.items():
+        assert basis[band, bin_] == pytest.approx(value, rel=1e-6)
+    librosa = pytest.importorskip("librosa")
+    reference = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0)
+    np.testing.assert_allclose(basis, reference, rtol=1e-5, atol=1e-8)
 
 
 # --- model ---------------------------------------------------------------------------------------------

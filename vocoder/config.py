@@ -2,13 +2,20 @@
 
 The defaults equal the published prematched kNN-VC vocoder (``prematch_g_02500000.pt``): 1024-dimensional
 WavLM-Large features at 50 Hz in, 16 kHz audio out (hop 320 samples = 10 * 8 * 2 * 2).
+
+Configs travel as JSON (``config.json``, checkpoints' ``config`` entries, ``run.json``): :func:`from_json` reads a
+value back as its dataclass field's declared type (:func:`field_types`, from ``typing.get_type_hints``); the
+training config (``vocoder.train.config``) reads its own fields the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +28,7 @@ ORIGINAL_KEYS: dict[str, str] = {
     "sampling_rate": "sample_rate",
 }
 
-_INT_FIELDS = ("input_dim", "hidden_dim", "upsample_initial_channel", "sample_rate")
-_INT_TUPLE_FIELDS = ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes")
+_POSITIVE_FIELDS = ("input_dim", "hidden_dim", "upsample_initial_channel", "sample_rate")
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,9 @@ class HifiganConfig:
     sample_rate: int = 16000
 
     def __post_init__(self) -> None:
-        # Accept lists (e.g. from JSON) and store tuples, so the config stays hashable.
-        for name in (*_INT_TUPLE_FIELDS, "resblock_dilation_sizes"):
-            object.__setattr__(self, name, _coerce(name, getattr(self, name)))
+        # Every field as its declared type: lists (e.g. from JSON) become tuples, so the config stays hashable.
+        for name, kind in field_types(type(self)).items():
+            object.__setattr__(self, name, _typed(name, kind, getattr(self, name)))
         self._validate()
 
     @property
@@ -68,7 +74,7 @@ class HifiganConfig:
         return self.sample_rate / self.hop
 
     def _validate(self) -> None:
-        for name in _INT_FIELDS:
+        for name in _POSITIVE_FIELDS:
             if getattr(self, name) <= 0:
                 raise ValueError(f"HifiganConfig.{name} must be positive, got {getattr(self, name)}")
         if self.resblock not in ("1", "2"):
@@ -111,64 +117,111 @@ class HifiganConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict with this class's field names (lists for tuples)."""
-        return {
-            "input_dim": self.input_dim,
-            "hidden_dim": self.hidden_dim,
-            "upsample_initial_channel": self.upsample_initial_channel,
-            "upsample_rates": list(self.upsample_rates),
-            "upsample_kernel_sizes": list(self.upsample_kernel_sizes),
-            "resblock": self.resblock,
-            "resblock_kernel_sizes": list(self.resblock_kernel_sizes),
-            "resblock_dilation_sizes": [list(d) for d in self.resblock_dilation_sizes],
-            "sample_rate": self.sample_rate,
-        }
+        """A JSON-able dict with this class's field names (lists for tuples); ``from_dict`` reads it back."""
+        return {name: _jsonable(getattr(self, name)) for name in field_types(type(self))}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> HifiganConfig:
         """Build from our key names or the original training config's (``hubert_dim``, ``hifi_dim``,
         ``sampling_rate``). Unknown keys (batch_size, learning_rate, dist_config, ...) are ignored; missing
-        ones take the defaults. Raises ValueError on conflicting aliases or malformed values."""
+        ones take the defaults. Each value is converted to its field's type (see :func:`from_json`); a
+        ``resblock`` written as a number (1) is read as the string ("1") the original configs use.
+        Raises ValueError on conflicting aliases or malformed values."""
         if not isinstance(d, Mapping):
             raise ValueError(f"HifiganConfig.from_dict expects a mapping, got {type(d).__name__}")
-        fields = set(cls.__dataclass_fields__)
+        kinds = field_types(cls)
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
             name = ORIGINAL_KEYS.get(key, key)
-            if name not in fields:
+            if name not in kinds:
                 logger.debug("HifiganConfig.from_dict: ignoring key %r", key)
                 continue
-            value = _coerce(name, value)
+            if name == "resblock" and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            value = _typed(name, kinds[name], value)
             if name in kwargs and kwargs[name] != value:
                 raise ValueError(f"HifiganConfig.from_dict: conflicting values for {name!r} (given twice)")
             kwargs[name] = value
         return cls(**kwargs)
 
 
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise ValueError(f"HifiganConfig.{name}: expected an integer, got {value!r}")
-    return int(value)
+def field_types(cls: type) -> dict[str, Any]:
+    """A dataclass's field names -> their types, resolved by ``typing.get_type_hints`` (the annotations are
+    strings under ``from __future__ import annotations``), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise ValueError(f"HifiganConfig.{name}: expected a list of integers, got {value!r}")
-    return tuple(_as_int(name, v) for v in value)
+def from_json(value: Any, kind: Any) -> Any:
+    """``value`` as JSON gives it (numbers, strings, lists, null) converted to the type ``kind``.
+
+    ``int`` takes a whole number (7040.0 -> 7040; a bool is not a number), ``float`` any number, ``str`` a string,
+    ``X | None`` null or an X, ``tuple[X, ...]`` a list (or tuple) of X.
+
+    Raises:
+        ValueError: ``expected <what kind wants>, got <value>`` (one line).
+        TypeError: ``kind`` is none of the above (a programming error, not a bad value).
+    """
+    try:
+        return _convert(value, kind)
+    except ValueError:
+        raise ValueError(f"expected {describe(kind)}, got {value!r}") from None
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a JSON value (lists, numbers) to the field's type."""
-    if name in _INT_FIELDS:
-        return _as_int(name, value)
-    if name in _INT_TUPLE_FIELDS:
-        return _as_int_tuple(name, value)
-    if name == "resblock_dilation_sizes":
-        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-            raise ValueError(f"HifiganConfig.{name}: expected a list of lists of integers, got {value!r}")
-        return tuple(_as_int_tuple(name, v) for v in value)
-    if name == "resblock":
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValueError(f"HifiganConfig.resblock: expected '1' or '2', got {value!r}")
-        return str(value)
-    return value
+def describe(kind: Any) -> str:
+    """``kind`` in words, for messages: ``int | None`` -> "an integer or null", ``tuple[int, ...]`` -> "a list
+    of integers"."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        words = " or ".join(describe(a) for a in args if a is not type(None))
+        return words + (" or null" if type(None) in args else "")
+    if typing.get_origin(kind) is tuple:
+        return "a list of " + _plural(args[0])
+    return {int: "an integer", float: "a number", str: "a string"}.get(kind, repr(kind))
+
+
+def _plural(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "lists of " + _plural(typing.get_args(kind)[0])
+    return {int: "integers", float: "numbers", str: "strings"}.get(kind, f"{kind!r} values")
+
+
+def _convert(value: Any, kind: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, list | tuple):
+            raise ValueError
+        return tuple(_convert(v, args[0]) for v in value)
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError
+        return value
+    if kind is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    raise TypeError(f"no conversion from JSON to {kind!r}")
+
+
+def _typed(name: str, kind: Any, value: Any) -> Any:
+    """``from_json`` for the field ``name``, its error naming the field."""
+    try:
+        return from_json(value, kind)
+    except ValueError as exc:
+        raise ValueError(f"HifiganConfig.{name}: {exc}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples (nested too) as lists, for JSON."""
+    return [_jsonable(v) for v in value] if isinstance(value, tuple) else value

@@ -183,6 +183,9 @@ def _table(evaluation: Evaluation, title: str = "knnvc eval") -> None:
         table.add_row(label, value)
     common.err.print(table)
     common.err.print("  " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), markup=False, highlight=False)
+    if evaluation.summary.get("wer_normaliser"):
+        common.err.print(f"  WER/CER text normalisation: {evaluation.summary['wer_normaliser']}", markup=False,
+                         highlight=False)  # fmt: skip
     for note in evaluation.notes:
         common.say("note:", "yellow", note)
 

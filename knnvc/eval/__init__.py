@@ -21,12 +21,13 @@ from knnvc.eval.inputs import Item, pair, read_manifest
 from knnvc.eval.quality import load_dnsmos
 from knnvc.eval.report import write_report
 from knnvc.eval.speaker import load_verifier
-from knnvc.eval.text import error_rates, normalise
+from knnvc.eval.text import Normaliser, error_rates, normalise, whisper_english
 
 __all__ = [
     "Evaluation",
     "FileScore",
     "Item",
+    "Normaliser",
     "Trials",
     "equal_error_rate",
     "error_rates",
@@ -38,5 +39,6 @@ __all__ = [
     "pair",
     "read_manifest",
     "target_trials",
+    "whisper_english",
     "write_report",
 ]

@@ -4,11 +4,18 @@ The kNN-VC paper transcribed with Whisper-base. When ``openai/whisper-base`` (or
 cache, ``load_asr("auto")`` uses it offline, greedy, English. Otherwise it falls back to pocketsphinx's US-English
 model, which ships inside its wheel: far weaker (on the espeak-ng fixture sentence its WER is about 0.9), so its
 numbers only rank settings against each other; they are not comparable with the paper's.
+
+Each transcriber names the text normalisation its WER/CER use (``normaliser``, shown in the report). Whisper's is
+Whisper's English normaliser (``text.whisper_english``), the one Whisper's own WER figures use: Whisper writes "25"
+where LibriSpeech says "TWENTY FIVE", "Mr." for "MISTER", "color" for "COLOUR". pocketsphinx keeps the plain one
+(``text.PLAIN``): it writes lower-case dictionary words only, so there is nothing to reconcile, and folding
+"twenty five" into "25" on both sides would only change how many words its WER is divided by.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -16,15 +23,20 @@ import numpy as np
 
 from knnvc.errors import WeightsError
 from knnvc.eval.models import LocalModel, need, pick
+from knnvc.eval.text import PLAIN, Normaliser, whisper_english
 from knnvc.options import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 WHISPER = "openai/whisper-base"  # the paper's ASR
 
 
 class Transcriber(Protocol):
-    """``transcribe`` maps (N,) float32 16 kHz audio to text; ``name`` says which model, for the report."""
+    """``transcribe`` maps (N,) float32 16 kHz audio to text; ``name`` says which model, for the report;
+    ``normaliser`` is the text normalisation WER/CER apply to its transcripts and to their references."""
 
     name: str
+    normaliser: Normaliser
 
     def transcribe(self, wav: np.ndarray) -> str: ...
 
@@ -33,6 +45,7 @@ class PocketSphinx:
     """CMU pocketsphinx with its default US-English acoustic model, dictionary and language model (in the wheel)."""
 
     name = "pocketsphinx en-us (in-wheel model)"
+    normaliser = PLAIN
 
     def __init__(self) -> None:
         pocketsphinx = need("pocketsphinx", "WER/CER")
@@ -55,6 +68,14 @@ class Whisper(LocalModel):
 
     preprocessor, model = "WhisperProcessor", "WhisperForConditionalGeneration"
     metric, what, label = "WER/CER", "Whisper", "Whisper ({path}), greedy, English"
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        super().__init__(path, device)
+        # normalizer.json, Whisper's British-to-American spellings: in every openai/whisper-* checkpoint
+        spellings = getattr(self._prepare.tokenizer, "english_spelling_normalizer", None)
+        if not spellings:
+            log.warning("%s has no normalizer.json: WER/CER leave British and American spellings apart", path)
+        self.normaliser = whisper_english(spellings)
 
     def transcribe(self, wav: np.ndarray) -> str:
         window = 30 * SAMPLE_RATE  # Whisper hears 30 s at a time

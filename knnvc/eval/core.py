@@ -21,7 +21,7 @@ from knnvc.eval.eer import Trials, equal_error_rate, target_trials
 from knnvc.eval.inputs import Item, files_in
 from knnvc.eval.quality import Dnsmos
 from knnvc.eval.speaker import Verifier, speaker_embedding
-from knnvc.eval.text import error_rates, normalise
+from knnvc.eval.text import error_rates, has_words
 from knnvc.progress import OnProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -168,18 +168,20 @@ def _intelligibility(
     if asr is None:
         notes.append("WER/CER skipped: no ASR model")
         return
-    scored = [s for s in scores if s.reference_text and normalise(s.reference_text) and s.hypothesis is not None]
+    normaliser = asr.normaliser
+    scored = [s for s in scores if s.hypothesis is not None and has_words(s.reference_text or "", normaliser)]
     for s in scored:
-        one = error_rates([s.reference_text or ""], [s.hypothesis or ""])
+        one = error_rates([s.reference_text or ""], [s.hypothesis or ""], normaliser)
         s.wer, s.cer = round(one.wer, 4), round(one.cer, 4)
     if not scored:
         notes.append("WER/CER skipped: give --transcripts, or --source so that the source's ASR is the reference")
         return
     if len(scored) < len(scores):
         notes.append(f"WER/CER over {len(scored)} of {len(scores)} files (the others have no reference text)")
-    total = error_rates([s.reference_text or "" for s in scored], [s.hypothesis or "" for s in scored])
+    total = error_rates([s.reference_text or "" for s in scored], [s.hypothesis or "" for s in scored], normaliser)
     summary["wer_percent"], summary["cer_percent"] = round(100 * total.wer, 2), round(100 * total.cer, 2)
     summary["wer_reference"] = " and ".join(sorted({s.reference_from or "" for s in scored}))
+    summary["wer_normaliser"] = normaliser.name
 
 
 def _stats(values: list[float]) -> dict[str, float | int]:

@@ -68,6 +68,8 @@ def markdown(evaluation: Evaluation) -> str:
     lines += ["", "Models: " + "; ".join(f"{k}: {v}" for k, v in evaluation.models.items()), ""]
     if s.get("wer_reference"):
         lines += [f"WER/CER references: {s['wer_reference']}.", ""]
+    if s.get("wer_normaliser"):
+        lines += [f"WER/CER text normalisation (references and hypotheses alike): {s['wer_normaliser']}.", ""]
     lines += [f"- {note}" for note in evaluation.notes] + ([""] if evaluation.notes else [])
     lines += ["| file | similarity | WER | CER | hypothesis |", "| --- | --- | --- | --- | --- |"]
     for f in evaluation.files:

@@ -1,15 +1,21 @@
-"""WER and CER (jiwer) after one text normalisation, and reading transcript files.
+"""WER and CER (jiwer) after a text normalisation, and reading transcript files.
 
-Both sides are normalised the same way before scoring: lower case, Unicode punctuation removed (apostrophes
-too, so "DON'T" and "don't" agree), whitespace collapsed. Totals are corpus-level: all edits over all
-reference words (or characters), not a mean of per-file rates.
+Both sides are normalised the same way before scoring, by the ASR's :class:`Normaliser`:
+
+- :data:`PLAIN` (:func:`normalise`): lower case, Unicode punctuation removed (apostrophes too, so "DON'T" and
+  "don't" agree), whitespace collapsed. For ASRs that write words only (pocketsphinx).
+- :func:`whisper_english`: Whisper's English normaliser, as shipped in transformers (the Whisper paper's WER
+  normalisation): numbers, contractions and British spellings to one form, so that Whisper's "25" and
+  LibriSpeech's "TWENTY FIVE" agree.
+
+Totals are corpus-level: all edits over all reference words (or characters), not a mean of per-file rates.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +37,47 @@ class ErrorRates:
     chars: int
 
 
+@dataclass(frozen=True)
+class Normaliser:
+    """A text normalisation applied to references and hypotheses alike before WER/CER; ``name`` is for the report."""
+
+    name: str
+    apply: Callable[[str], str]
+
+    def __call__(self, text: str) -> str:
+        return self.apply(text)
+
+
 def normalise(text: str) -> str:
     """Lower case, punctuation and symbols removed, whitespace collapsed."""
     kept = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in unicodedata.normalize("NFKC", text))
     return re.sub(r"\s+", " ", kept.lower()).strip()
 
 
-def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRates:
-    """Corpus WER and CER of ``hypotheses`` against ``references`` (same order), after ``normalise``.
+PLAIN = Normaliser("plain (lower case, punctuation removed)", normalise)
+
+
+def whisper_english(spellings: Mapping[str, str] | None) -> Normaliser:
+    """Whisper's English normaliser (transformers' ``EnglishTextNormalizer``), for Whisper's transcripts.
+
+    It lower-cases; drops bracketed text and fillers (um, hmm); expands contractions ("won't" -> "will not",
+    "it's" -> "it is") and titles ("mr" -> "mister"); writes numbers as digits, spelled or not ("twenty five",
+    "25" -> "25"; "two thousand and one" -> "2001"); maps British spellings to American through ``spellings``;
+    removes punctuation. ``spellings`` is Whisper's ``normalizer.json`` (every ``openai/whisper-*`` checkpoint
+    ships it, and its tokenizer reads it as ``english_spelling_normalizer``); None or empty leaves spellings as
+    they are.
+    """
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    english = EnglishTextNormalizer(dict(spellings or {}))
+    which = f"{len(spellings)} British-to-American spellings" if spellings else "no spelling list"
+    return Normaliser(f"Whisper English (transformers EnglishTextNormalizer, {which})", lambda t: english(t).strip())
+
+
+def error_rates(
+    references: Sequence[str], hypotheses: Sequence[str], normaliser: Callable[[str], str] = normalise
+) -> ErrorRates:
+    """Corpus WER and CER of ``hypotheses`` against ``references`` (same order), both after ``normaliser``.
 
     Raises:
         UsageError: the lists differ in length, or a reference is empty after normalisation.
@@ -46,9 +85,9 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRa
     jiwer = need("jiwer", "WER/CER")
     if len(references) != len(hypotheses):
         raise UsageError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    refs = [normalise(r) for r in references]
-    hyps = [normalise(h) for h in hypotheses]
-    if not refs or any(not r for r in refs):
+    refs = [normaliser(r) for r in references]
+    hyps = [normaliser(h) for h in hypotheses]
+    if not refs or not all(map(_worded, refs)):
         raise UsageError("every reference transcript needs at least one word")
     words = jiwer.process_words(refs, hyps)
     chars = jiwer.process_characters(refs, hyps)
@@ -57,6 +96,15 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRa
     n_words = sum(len(r.split()) for r in refs)
     n_chars = sum(len(r) for r in refs)
     return ErrorRates(word_edits / n_words, char_edits / n_chars, word_edits, n_words, char_edits, n_chars)
+
+
+def has_words(text: str, normaliser: Callable[[str], str] = normalise) -> bool:
+    """Whether ``text`` keeps a letter or digit after ``normaliser`` (a reference WER can be counted against)."""
+    return _worded(normaliser(text))
+
+
+def _worded(normalised: str) -> bool:
+    return any(c.isalnum() for c in normalised)
 
 
 def read_transcripts(path: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vocoder.config import ORIGINAL_KEYS, HifiganConfig
+from vocoder.config import ORIGINAL_KEYS, HifiganConfig, field_types, from_json
 from vocoder.train.data import FRAME_RATE, TrainingError, hop_for
 
 # Upsampling per target rate (50 Hz frames): rates multiply to the hop; kernel = 2 * rate, + 1 when odd
@@ -92,23 +92,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build from JSON-like values (ints given as floats such as 7040.0 are accepted); raises TrainingError."""
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        """Build from JSON values, each converted to its field's type (``vocoder.config.from_json``: ints given
+        as floats such as 7040.0 are accepted, null only where the field allows None). Reads back ``asdict``.
+
+        Raises:
+            TrainingError: an unknown key, or a value of the wrong type (one line naming the setting).
+        """
+        kinds = field_types(cls)
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
             if name not in kinds:
                 raise TrainingError(f"unknown training setting {name!r}")
-            kind = str(kinds[name])
-            if value is None and "None" in kind:
-                kwargs[name] = None
-            elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise TrainingError(f"training setting {name} must be a number, got {value!r}")
-            elif kind.startswith("int"):
-                if int(value) != value:
-                    raise TrainingError(f"training setting {name} must be an integer, got {value!r}")
-                kwargs[name] = int(value)
-            else:
-                kwargs[name] = float(value)
+            try:
+                kwargs[name] = from_json(value, kinds[name])
+            except ValueError as exc:
+                raise TrainingError(f"training setting {name}: {exc}") from None
         return cls(**kwargs)
 
 
@@ -145,8 +143,8 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 
     Raises TrainingError on keys that are neither.
     """
-    vocoder_keys = {f.name for f in dataclasses.fields(HifiganConfig)} | set(ORIGINAL_KEYS)
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    vocoder_keys = set(field_types(HifiganConfig)) | set(ORIGINAL_KEYS)
+    train_keys = set(field_types(TrainConfig))
     voc: dict[str, Any] = {}
     train: dict[str, Any] = {}
     unknown = []

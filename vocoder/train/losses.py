@@ -1,56 +1,36 @@
 """HiFi-GAN losses: log-mel L1, feature matching, and least-squares GAN losses.
 
-The mel spectrogram is computed in torch (no torchaudio) with a Slaney-style mel filterbank built in numpy,
-equal to ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (slaney scale and area normalisation).
+The mel spectrogram is computed in torch (no torchaudio) with transformers' Slaney mel filterbank
+(``transformers.audio_utils.mel_filter_bank``), equal to HiFi-GAN's ``librosa.filters.mel(sr, n_fft, n_mels,
+fmin, fmax)`` (slaney scale and area normalisation). transformers is a dependency of knnvc, not of the ``vocoder``
+package's inference half: ``vocoder.train`` is used with knnvc installed, which brings it.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.audio_utils import mel_filter_bank
 
 from vocoder.train.discriminators import FeatureMaps, Scores
-
-_F_SP = 200.0 / 3  # Hz per mel below 1 kHz on the Slaney scale
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP  # 15
-_LOGSTEP = math.log(6.4) / 27.0
-
-
-def hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    linear = hz / _F_SP
-    log = _MIN_LOG_MEL + np.log(np.maximum(hz, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
-    return np.where(hz >= _MIN_LOG_HZ, log, linear)
-
-
-def mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`hz_to_mel`."""
-    mel = np.asarray(mel, dtype=np.float64)
-    linear = mel * _F_SP
-    log = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel - _MIN_LOG_MEL))
-    return np.where(mel >= _MIN_LOG_MEL, log, linear)
 
 
 def mel_filterbank(
     sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
 ) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) float32 triangular filters, area-normalised (librosa's ``norm='slaney'``)."""
-    fmax = sample_rate / 2 if fmax is None else fmax
-    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    mel_freqs = mel_to_hz(np.linspace(hz_to_mel(np.array(fmin)), hz_to_mel(np.array(fmax)), n_mels + 2))
-    widths = np.diff(mel_freqs)
-    ramps = mel_freqs[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]
-    return weights.astype(np.float32)
+    """(n_mels, n_fft // 2 + 1) float32 triangular filters over the STFT bins of ``n_fft`` at ``sample_rate`` Hz.
+
+    Slaney mel scale and area normalisation, as HiFi-GAN's ``librosa.filters.mel``; ``fmax`` None = sr/2.
+    transformers returns (n_fft // 2 + 1, n_mels): transposed here so ``basis @ magnitude`` maps bins to mels.
+    """
+    basis = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=fmin,
+        max_frequency=sample_rate / 2 if fmax is None else fmax, sampling_rate=sample_rate,
+        norm="slaney", mel_scale="slaney",
+    )
+    return np.ascontiguousarray(basis.T, dtype=np.float32)
 
 
 class LogMelSpectrogram(nn.Module):
