@@ -74,7 +74,6 @@ def _first_time(path: Path, seen: set[Path]) -> bool:
     return True
 
 
-
 class KnnVC:
     """kNN-VC: a WavLM layer-6 encoder, cosine kNN regression and a HiFi-GAN vocoder on one device.
 
