@@ -141,15 +141,22 @@ def test_prematch_layout_and_report(features_dir: Path) -> None:
 
 
 def test_prematch_resumes_and_refuses_other_settings(data_dir: Path, features_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
     out = tmp_path / "copy"
     shutil.copytree(features_dir, out)
-    (out / "spk1" / "ch1" / "ref_02.safetensors").unlink()
+    removed = out / "spk1" / "ch1" / "ref_02.safetensors"
+    before = load_file(removed)
+    removed.unlink()
     from knnvc.weights.formats import load_encoder
 
     encoder = load_encoder(TINY_WAVLM)
     report = prematch(data_dir, out, encoder=encoder, settings=CPU)
     assert (report.written, report.existing, len(report.skipped)) == (1, 5, 2)
     assert len(read_index(out).entries) == 6
+    again = load_file(removed)  # only it is matched again, against the same pool: the same features
+    assert torch.equal(again["audio"], before["audio"])
+    torch.testing.assert_close(again["features"].float(), before["features"].float(), rtol=0, atol=2e-3)
     with pytest.raises(UsageError, match="other settings"):
         prematch(data_dir, out, encoder=encoder, settings=CPU, k=2)
 
@@ -169,51 +176,41 @@ def test_pool_is_the_other_utterances_of_the_speaker() -> None:
     torch.testing.assert_close(mean, b.mean(0).expand_as(a))
 
 
-def test_pool_is_matched_once_without_copies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One kNN call per speaker pool, each frame's own utterance excluded by row range: equal to matching every
-    utterance against a copy of the others (the old way), without building those copies."""
-    import importlib
-
+def test_pool_match_equals_matching_each_against_the_others() -> None:
+    """One pool per speaker, each frame's own utterance excluded: every utterance's result equals matching it
+    against a copy of the others (the old way)."""
     from knnvc.nn.matcher import knn_regression
-
-    module = importlib.import_module("knnvc.train.prematch")  # the module (the package exports the function)
 
     gen = torch.Generator().manual_seed(1)
     items = [torch.randn(n, 16, generator=gen) for n in (40, 7, 33, 25)]
-    calls: list[int] = []
-
-    def spy(query: torch.Tensor, keys: torch.Tensor, k: int, **kw: object) -> torch.Tensor:
-        calls.append(keys.shape[0])
-        return knn_regression(query, keys, k, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(module, "knn_regression", spy)
     got = prematch_features(items, k=4)
-    assert calls == [105]  # the pool, once
     for i, item in enumerate(items):
         others = torch.cat([x for j, x in enumerate(items) if j != i])
         torch.testing.assert_close(got[i], knn_regression(item, others, 4))
-    part = module._match_items(torch.cat(items), [len(x) for x in items], [2], 4)  # only the ones left to do
-    torch.testing.assert_close(part[0], got[2])
 
 
-def test_prematch_encodes_through_the_pipeline(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prematch encodes as voices do (``KnnVC.encode_many``: windows, OOM retries, precision)."""
+def test_prematch_encodes_through_the_pipeline(data_dir: Path, tmp_path: Path) -> None:
+    """Prematch encodes as voices do (``KnnVC.encode_many``: windows, out-of-memory retries, precision): with 1 s
+    windows its features are the pipeline's windowed encodings matched within the speaker, not whole-file ones."""
+    from safetensors.torch import load_file
+
     from knnvc.pipeline import KnnVC
     from knnvc.weights.formats import load_encoder
 
-    seen: list[int] = []
-    real = KnnVC.encode_many
-
-    def spy(self: KnnVC, wavs: list[np.ndarray], progress: object = None) -> list[torch.Tensor]:
-        seen.append(len(wavs))
-        return real(self, wavs)
-
-    monkeypatch.setattr(KnnVC, "encode_many", spy)
+    encoder = load_encoder(TINY_WAVLM)
+    windowed = PipelineSettings("cpu", "fp32", window_seconds=1.0, context_seconds=0.5)
     data = tmp_path / "data"
     shutil.copytree(data_dir / "spk1", data / "spk1")
-    report = prematch(data, tmp_path / "out", encoder=load_encoder(TINY_WAVLM), settings=CPU)
-    assert seen == [3] and report.written == 3
-    assert read_index(tmp_path / "out").settings["precision"] == "float32"
+    report = prematch(data, tmp_path / "out", encoder=encoder, settings=windowed)
+    assert report.written == 3 and read_index(tmp_path / "out").settings["precision"] == "float32"
+    refs = sorted(REF_DIR.glob("*.wav"))
+    wavs = [sf.read(ref, dtype="float32")[0] for ref in refs]
+    expected = prematch_features(KnnVC(encoder, None, windowed).encode_many(wavs), k=4)
+    whole = prematch_features(KnnVC(encoder, None, CPU).encode_many(wavs), k=4)
+    for ref, want, other in zip(refs, expected, whole, strict=True):
+        got = load_file(tmp_path / "out" / "spk1" / "ch1" / f"{ref.stem}.safetensors")["features"].float()
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-3)  # stored as float16
+        assert not torch.allclose(got, other, rtol=0, atol=2e-2)  # the windows show
 
 
 @pytest.mark.parametrize("command", ["prematch", "vocoder"])
@@ -290,6 +287,7 @@ def _validation_batch(features_dir: Path, frames: int = 8) -> tuple[torch.Tensor
     return torch.stack([f for f, _ in pairs]), torch.stack([a for _, a in pairs])
 
 
+@pytest.mark.slow  # 20 training steps (the run20 fixture): ~6 s on 2 cores
 def test_training_lowers_mel_loss_and_converts(run20: Path, features_dir: Path, tmp_path: Path) -> None:
     index = read_index(features_dir)
     vcfg = vocoder_config_for(16000, 96, TINY_VOCODER)
@@ -337,6 +335,7 @@ def test_training_lowers_mel_loss_and_converts(run20: Path, features_dir: Path, 
     assert np.isfinite(converted).all() and np.abs(converted).max() > 0
 
 
+@pytest.mark.slow  # shares the 20-step run with the test above
 def test_resume_continues_step_and_optimiser(
     run20: Path, features_dir: Path, config_file: Path, tmp_path: Path
 ) -> None:
@@ -381,6 +380,7 @@ def test_resume_continues_step_and_optimiser(
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # two processes training together: ~8 s on 2 cores
 def test_ddp_two_processes_on_cpu(features_dir: Path, config_file: Path, tmp_path: Path) -> None:
     """The torchrun entry point with two gloo processes: the DDP path runs and rank 0 writes the checkpoint."""
     run = tmp_path / "ddp"
