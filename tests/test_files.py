@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -41,11 +42,19 @@ def test_a_failed_check_or_interrupt_leaves_the_old_file_and_no_temp(tmp_path: P
 
 
 def test_the_folder_is_fsynced_after_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
+    """What is flushed to the disk before the write returns, as the operating system sees it: the file's data,
+    then its folder (which holds the new name)."""
+    flushed: list[tuple[bool, int]] = []  # (a folder?, inode) of each fsync, at the system boundary
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+
+    def fsync(fd: int) -> None:
+        found = os.fstat(fd)
+        flushed.append((stat.S_ISDIR(found.st_mode), found.st_ino))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     atomic.write_atomically(tmp_path / "x", b"data")
-    assert len(synced) == 2  # the file, then its folder
+    assert flushed == [(False, (tmp_path / "x").stat().st_ino), (True, tmp_path.stat().st_ino)]
 
 
 def test_sha256_of_files_and_chunks(tmp_path: Path) -> None:
