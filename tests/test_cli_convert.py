@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
@@ -36,6 +37,7 @@ def test_convert_in_process(tmp_path: Path, reference_outputs: dict) -> None:
     check_matches_original(out, reference_outputs)
 
 
+@pytest.mark.slow  # an interpreter that imports torch and loads the models: ~5 s on 2 cores
 def test_convert_subprocess(tmp_path: Path, reference_outputs: dict) -> None:
     out = tmp_path / "out.wav"
     cmd = [sys.executable, "-m", "knnvc", "convert", str(SOURCE_WAV), str(REF_DIR), "-o", str(out), *EXACT_ARGS]

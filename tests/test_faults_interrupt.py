@@ -75,6 +75,7 @@ class Run:
         self.proc.send_signal(self.signum)
 
 
+@pytest.mark.slow  # four conversion processes (interrupted, then rerun): ~8 s on 2 cores
 def test_sigint_and_sigterm_mid_batch_then_rerun(tmp_path: Path, voice: Path) -> None:
     runs = [Run(tmp_path / name, voice, signum) for name, signum in (("int", signal.SIGINT), ("term", signal.SIGTERM))]
     waiters = [threading.Thread(target=run.interrupt_when_some_are_done) for run in runs]

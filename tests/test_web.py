@@ -29,6 +29,7 @@ from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
 httpx = pytest.importorskip("httpx", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
+pytestmark = pytest.mark.slow  # every test needs a real `knnvc serve` process: ~8 s to start on 2 cores
 
 CHROMIUM = Path(os.environ.get("KNNVC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
