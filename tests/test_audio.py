@@ -342,8 +342,9 @@ def test_loud_clipped_signal_respects_the_ceiling() -> None:
 def test_silence_and_none_are_unchanged() -> None:
     silence = np.zeros(SR, dtype=np.float32)
     assert np.array_equal(loudness.normalise_loudness(silence), silence)
-    wav = np.full(SR, 0.1, dtype=np.float32)
-    assert loudness.normalise_loudness(wav, None) is wav
+    wav = np.full(SR, 0.1, dtype=np.float32)  # all DC: any processing would remove it
+    kept = loudness.normalise_loudness(wav, None)
+    assert kept.dtype == np.float32 and np.array_equal(kept, wav) and np.array_equal(wav, np.full(SR, 0.1, np.float32))
     empty = np.zeros(0, dtype=np.float32)
     assert loudness.normalise_loudness(empty).shape == (0,)
 
