@@ -8,6 +8,7 @@ that warms the page cache; the figures are the median, fastest and slowest wall 
 the machine's load average beside them (the machine may be shared: rerun when it was busy). ``python -c pass``
 is measured the same way: the interpreter's own start, which no change to knnvc can remove. The test suite
 checks that help imports no torch (``tests/test_cli.py``); how fast that makes it is this figure, not a test.
+``python -m bench.table`` lists the results files in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -90,6 +90,23 @@ def speed_results() -> dict[str, dict[str, Any]]:
     return {name: r for name, r in loaded.items() if {"whole_process", "folder", "gpu", "precision_agreement"} & set(r)}
 
 
+def startup_rows() -> list[str]:
+    """The section of ``python -m bench.startup``'s results (``startup-<cpu>.json``), or nothing without any."""
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("startup-*.json"))]
+    if not results:
+        return []
+    rows = ["", "## Start-up", "",
+            "`python -m bench.startup`: each command as a whole process, wall seconds over its runs (median, fastest, "
+            "slowest); `python -c pass` is the interpreter's own start.", "",
+            "| CPU | command | median | fastest | slowest | load avg |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for result in results:
+        for row in result["figures"].values():
+            rows.append(f"| {result['cpu']} ({result['cores']} cores, {result['runs']} runs) | `{row['command']}` "
+                        f"| {row['median_s']:.3f} s | {row['min_s']:.3f} s | {row['max_s']:.3f} s "
+                        f"| {row['load_before']:g}-{row['load_after']:g} |")  # fmt: skip
+    return rows
+
+
 def render(header: str = HEADER) -> str:
     results = speed_results()
     lines = [header, "| machine | task | reference mode | knnvc | speed-up | audio s per wall s (ref / knnvc) "
@@ -107,6 +124,7 @@ def render(header: str = HEADER) -> str:
     for name, result in results.items():
         if "gpu" in result:
             lines += ["", f"## {name}", "", "```json", json.dumps(result["gpu"], indent=2), "```"]
+    lines += startup_rows()
     return "\n".join(lines) + "\n"
 
 
