@@ -52,7 +52,6 @@ def long_source(repeats: int) -> np.ndarray:
     return np.tile(wav, repeats)
 
 
-@pytest.mark.slow  # 31 s vocoded twice: ~8 s on 2 cores
 def test_windowed_vocoder_equals_whole(models: tuple) -> None:
     encoder, vocoder = models
     vc = KnnVC(encoder, vocoder, PipelineSettings("cpu", "fp32", batch_size=3))
@@ -65,7 +64,7 @@ def test_windowed_vocoder_equals_whole(models: tuple) -> None:
     assert np.abs(windowed - whole).max() < 1e-5
 
 
-@pytest.mark.slow  # 62 s converted twice: ~11 s on 2 cores
+@pytest.mark.slow  # 62 s converted twice: 6-11 s on 2 cores
 def test_windowed_conversion_agrees_with_whole_file(models: tuple) -> None:
     """62 s of speech in 10 s windows with 2 s context against one 62 s window."""
     encoder, vocoder = models
