@@ -35,7 +35,8 @@ import torch
 from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
-from knnvc.stream import Streamer, StreamSettings
+from knnvc.stream.settings import StreamSettings
+from knnvc.stream.streamer import Streamer
 from knnvc.voice import Voice
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ def context_sweep(vc: KnnVC, voice: Voice, wav: np.ndarray, contexts_ms: list[in
 
     A context longer than the input is the whole past: what is left then is the future beyond the lookahead.
     """
-    from knnvc.stream import encoder_reach
+    from knnvc.stream.settings import encoder_reach
 
     offline = vc.encoder.encode(torch.from_numpy(wav)).float()
     theirs = knn_indices(offline, voice.frames, 4).sort(-1).values

@@ -273,11 +273,11 @@ def test_the_settings_record_names_the_morph_voice(voice8: Voice) -> None:
     """A batch's settings record (knnvc.batch.manifest) holds every control, the morph voice by identity (JSON-able)."""
     import json
 
-    from knnvc.batch import manifest
+    from knnvc.batch import identity
 
     options = ConvertOptions(strength=0.7, match_layer=8, morph=voice8, morph_weight=0.25)
-    settings = manifest.settings_for({"name": "a"}, options, encoder=("tiny", "f", 6), vocoder=str(TINY_VOCODER),
+    settings = identity.settings_for({"name": "a"}, options, encoder=("tiny", "f", 6), vocoder=str(TINY_VOCODER),
                                      precision="fp32", extension=".wav", sample_rate=16_000)  # fmt: skip
     recorded = json.loads(json.dumps(settings.audio))["options"]
     assert recorded["strength"] == 0.7 and recorded["match_layer"] == 8 and recorded["morph_weight"] == 0.25
-    assert recorded["morph"] == manifest.voice_identity(voice8)
+    assert recorded["morph"] == identity.voice_identity(voice8)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from knnvc.errors import UsageError
-from knnvc.eval import equal_error_rate, error_rates, normalise, pair, read_manifest, target_trials
+from knnvc.eval.eer import equal_error_rate, target_trials
+from knnvc.eval.inputs import pair, read_manifest
 from knnvc.eval.sweep import parse_sweep, settings
-from knnvc.eval.text import PLAIN, Normaliser, read_transcripts, whisper_english
+from knnvc.eval.text import PLAIN, Normaliser, error_rates, normalise, read_transcripts, whisper_english
 from knnvc.options import ConvertOptions
 from tests.conftest import REF_DIR, SOURCE_WAV
 
@@ -119,8 +120,9 @@ class _Says:
 
 
 def test_evaluate_normalises_with_the_asrs_normaliser(tmp_path: Path) -> None:
-    from knnvc.eval import Item, evaluate, write_report
-    from knnvc.eval.report import markdown
+    from knnvc.eval.core import evaluate
+    from knnvc.eval.inputs import Item
+    from knnvc.eval.report import markdown, write_report
 
     item = Item(SOURCE_WAV, REF_DIR, text="IT IS TWENTY FIVE PAST TWO")
     english = evaluate([item], _Level(), _Says(whisper_english({})))
@@ -215,7 +217,8 @@ class _Level:
 
 
 def test_evaluate_says_what_it_skipped() -> None:
-    from knnvc.eval import Item, evaluate
+    from knnvc.eval.core import evaluate
+    from knnvc.eval.inputs import Item
 
     ref_01 = sorted(REF_DIR.glob("*.wav"))[0]
     events: list[tuple[str, int, int | None]] = []

@@ -86,7 +86,7 @@ def test_missing_metric_model(tmp_path: Path) -> None:
 
 def test_librispeech_layout(tmp_path: Path) -> None:
     """A LibriSpeech-shaped tree of three speakers: sources, targets and a manifest that ``knnvc eval`` reads."""
-    from knnvc.eval import read_manifest
+    from knnvc.eval.inputs import read_manifest
 
     root = tmp_path / "test-clean"
     wavs = [SOURCE_WAV, *sorted(REF_DIR.glob("*.wav"))]

@@ -12,8 +12,13 @@ from PIL import Image
 
 from knnvc.audio import decode
 from knnvc.errors import WeightsError
-from knnvc.eval import Item, error_rates, evaluate, load_asr, load_dnsmos, load_verifier, write_report
-from knnvc.eval.speaker import Resemblyzer, XVector
+from knnvc.eval.asr import load_asr
+from knnvc.eval.core import evaluate
+from knnvc.eval.inputs import Item
+from knnvc.eval.quality import load_dnsmos
+from knnvc.eval.report import write_report
+from knnvc.eval.speaker import Resemblyzer, XVector, load_verifier
+from knnvc.eval.text import error_rates
 from tests.conftest import REF_DIR, SOURCE_WAV
 
 REF_01, REF_02, REF_03 = sorted(REF_DIR.glob("*.wav"))

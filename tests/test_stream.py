@@ -1,4 +1,4 @@
-"""``knnvc.stream.Streamer``: agreement with offline conversion, exact seams, exact lengths, any chunking."""
+"""``knnvc.stream.streamer.Streamer``: agreement with offline conversion, exact seams, exact lengths, any chunking."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions
 from knnvc.pipeline import KnnVC
-from knnvc.stream import Streamer, StreamSettings, encoder_reach, vocoder_reach, voice_gain
+from knnvc.stream.settings import StreamSettings, encoder_reach, vocoder_reach, voice_gain
+from knnvc.stream.streamer import Streamer
 from knnvc.voice import Voice
 from tests.conftest import SOURCE_WAV
 from tests.fault_tools import _tiny_voice, micro_pipeline, tiny_pipeline

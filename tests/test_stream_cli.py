@@ -17,7 +17,8 @@ import soundfile as sf
 from knnvc.cli import live as live_cli
 from knnvc.errors import DeviceError
 from knnvc.options import ConvertOptions
-from knnvc.stream import Streamer, StreamSettings
+from knnvc.stream.settings import StreamSettings
+from knnvc.stream.streamer import Streamer
 from tests.conftest import SOURCE_WAV
 from tests.fault_tools import MODELS, _tiny_voice, cli, one_line, tiny_pipeline
 

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from knnvc.cli import app
 from knnvc.errors import OutputError, UsageError
 from knnvc.options import PipelineSettings
-from knnvc.train import discover, prematch, prematch_features
+from knnvc.train.prematch import prematch, prematch_features
+from knnvc.train.speakers import discover
 from vocoder import Generator, load_generator
 from vocoder.train import UPSAMPLE_PRESETS, TrainConfig, TrainingError, vocoder_config_for
 from vocoder.train.data import read_index, read_utterance
@@ -251,7 +252,7 @@ def test_training_into_a_folder_that_cannot_be_written(
 
 
 def test_big_speakers_are_matched_in_bounded_pools(tmp_path: Path) -> None:
-    from knnvc.train import Utterance, pool_groups
+    from knnvc.train.speakers import Utterance, pool_groups
 
     utts = []
     for i, seconds in enumerate([1, 1, 1, 1, 1, 1, 3]):

@@ -29,15 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knnvc.batch.identity import Settings, batch_settings, settings_for, vocoder_identity, voice_identity
+from knnvc.batch.identity import Settings
 from knnvc.errors import OutputError, UsageError
 from vocoder.atomic import write_atomically
 
 if TYPE_CHECKING:
     from knnvc.progress import Job, Progress
 
-__all__ = ["FORMAT", "MANIFEST_NAME", "Ledger", "Resume", "Settings", "StaleOutputsError", "batch_settings",
-           "settings_for", "vocoder_identity", "voice_identity"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
 
     from knnvc.batch.plan import Report
-    from knnvc.eval import Evaluation
+    from knnvc.eval.core import Evaluation
     from knnvc.eval.sweep import Grid
     from knnvc.progress import Progress
 
@@ -69,7 +69,7 @@ def eval_command(
                                             report, models, show=show, pipeline=pipeline)  # fmt: skip
         else:
             evaluation = _score(converted, target, source, transcripts, manifest, models, show=show)
-            from knnvc.eval import write_report
+            from knnvc.eval.report import write_report
 
             written = write_report(evaluation, report)
             result = evaluation.to_json()
@@ -102,7 +102,9 @@ def _check(converted: PathOpt, target: PathOpt, source: PathOpt, manifest: PathO
 
 
 def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool) -> dict[str, Any]:
-    from knnvc.eval import load_asr, load_dnsmos, load_verifier
+    from knnvc.eval.asr import load_asr
+    from knnvc.eval.quality import load_dnsmos
+    from knnvc.eval.speaker import load_verifier
     from knnvc.runtime.devices import resolve_device
 
     where = str(resolve_device(device))
@@ -121,7 +123,8 @@ def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool)
 
 def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: PathOpt, manifest: PathOpt,
            models: dict[str, Any], *, show: bool) -> Evaluation:  # fmt: skip
-    from knnvc.eval import evaluate, pair, read_manifest
+    from knnvc.eval.core import evaluate
+    from knnvc.eval.inputs import pair, read_manifest
 
     if manifest is not None:
         items = read_manifest(manifest, transcripts)
@@ -134,8 +137,7 @@ def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: Pa
 
 def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathOpt, report: Path,
            models: dict[str, Any], *, show: bool, pipeline: Models) -> dict[str, Any]:  # fmt: skip
-    from knnvc.eval import write_report
-    from knnvc.eval.report import plot_sweep
+    from knnvc.eval.report import plot_sweep, write_report
     from knnvc.eval.sweep import run_sweep
 
     with common.err.status("loading conversion models", spinner="dots") if show else common.nothing():

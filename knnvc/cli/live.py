@@ -20,7 +20,7 @@ from knnvc.errors import DeviceError, UsageError
 from knnvc.options import FRAME_RATE
 
 if TYPE_CHECKING:
-    from knnvc.stream import Streamer
+    from knnvc.stream.streamer import Streamer
 
 
 @dataclass(frozen=True)

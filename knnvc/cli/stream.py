@@ -25,7 +25,7 @@ from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE
 if TYPE_CHECKING:
     import numpy as np
 
-    from knnvc.stream import Streamer
+    from knnvc.stream.streamer import Streamer
 
 ReferenceArg = Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")]
 KOpt = Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")]
@@ -81,7 +81,8 @@ def streaming(
         from knnvc.cli.controls import with_morph_voice
         from knnvc.options import ConvertOptions, Models, PipelineSettings
         from knnvc.pipeline import KnnVC
-        from knnvc.stream import Streamer, StreamSettings
+        from knnvc.stream.settings import StreamSettings
+        from knnvc.stream.streamer import Streamer
 
         options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
                                  output_sample_rate=output_rate,

@@ -19,7 +19,7 @@ from knnvc.options import DEFAULT_K, DEFAULT_WAVLM, SAMPLE_RATE, PipelineSetting
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from knnvc.train import PrematchReport
+    from knnvc.train.store import PrematchReport
 
 
 @train_app.command("prematch")
@@ -51,7 +51,7 @@ def prematch_command(
         common.preflight(data_dir, manifest, device=device, precision=precision)
         from rich.progress import Progress
 
-        from knnvc.train import prematch
+        from knnvc.train.prematch import prematch
 
         with common.progress_bar(*Progress.get_default_columns(), quiet=quiet) as bar:
             task = bar.add_task("prematching", total=None)

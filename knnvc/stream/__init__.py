@@ -1,6 +1,6 @@
 """Streaming conversion: audio in chunks of any size, converted audio out as it goes, with a stated delay.
 
-    >>> from knnvc.stream import Streamer
+    >>> from knnvc.stream.streamer import Streamer
     >>> s = Streamer(vc, voice)                        # vc: a KnnVC; voice: a Voice
     >>> for chunk in microphone():                     # (n,) float32 at 16 kHz, any n
     ...     play(s.push(chunk))                        # converted samples ready so far (maybe none)
@@ -28,22 +28,3 @@ The delay is ``chunk + lookahead + vocoder_lookahead`` (plus 5 ms: WavLM's first
 plus the compute time of one step. ``bench/stream.py`` measures it, and the agreement of the kNN choices with
 offline conversion, per setting.
 """
-
-from knnvc.stream.settings import (
-    DEFAULT_STREAM,
-    StreamSettings,
-    encoder_reach,
-    vocoder_reach,
-    voice_gain,
-)
-from knnvc.stream.streamer import Streamer, future_fill
-
-__all__ = [
-    "DEFAULT_STREAM",
-    "StreamSettings",
-    "Streamer",
-    "encoder_reach",
-    "future_fill",
-    "vocoder_reach",
-    "voice_gain",
-]
