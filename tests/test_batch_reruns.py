@@ -18,7 +18,8 @@ import pytest
 
 from knnvc import progress
 from knnvc.batch import plan, runner
-from knnvc.batch.manifest import MANIFEST_NAME, Ledger, Settings, StaleOutputsError, batch_settings
+from knnvc.batch.identity import Settings, batch_settings
+from knnvc.batch.manifest import MANIFEST_NAME, Ledger, StaleOutputsError
 from knnvc.errors import UsageError
 from knnvc.options import ConvertOptions, Models, PipelineSettings
 from knnvc.pipeline import KnnVC
