@@ -24,6 +24,7 @@ from knnvc.errors import EXIT_CODES
 from knnvc.nn.encoder import WavLMEncoder
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
+from knnvc.progress import Job, Progress
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, TINY_VOCODER, TINY_WAVLM
 from vocoder import Generator, HifiganConfig
@@ -67,6 +68,21 @@ def last_frame(written: str, first_row: str) -> list[str]:
     rows = [row.strip() for row in re.split(r"[\r\n]", ANSI.sub("", written)) if row.strip()]
     tops = [i for i, row in enumerate(rows) if row.startswith(first_row)]
     return rows[tops[-1] :] if tops else []
+
+
+def bar_rows(capsys: Any, jobs: list[Job], steps: list[tuple[float, Progress]]) -> list[str]:
+    """The rows ``knnvc convert``'s progress bar shows on a terminal once ``steps`` (at each one's clock time, in
+    seconds) have reached it: the view is closed right after them, so its last frame is what was on screen.
+    ``capsys`` is pytest's fixture (the view writes to stderr)."""
+    from knnvc.cli.view import BatchView
+
+    now = [0.0]
+    capsys.readouterr()
+    with BatchView(jobs, show=True, verbose=False, clock=lambda: now[0]) as view:
+        for at, event in steps:
+            now[0] = at
+            view.on_event(event)
+    return last_frame(capsys.readouterr().err, "converting")
 
 
 def tone(seconds: float, rate: int = SR, channels: int = 1, *, level: float = 0.3, seed: int = 0) -> np.ndarray:

@@ -32,7 +32,7 @@ from knnvc.errors import AudioError, DeviceError, UsageError, VoiceError, Weight
 from knnvc.progress import Job, Progress
 from knnvc.voice import Voice
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM, help_probe
-from tests.fault_tools import last_frame
+from tests.fault_tools import bar_rows
 
 MODELS = ["--wavlm", str(TINY_WAVLM), "--vocoder", str(TINY_VOCODER), "--device", "cpu"]
 FAST = [*MODELS, "--no-trim"]
@@ -430,18 +430,9 @@ def test_progress_view_tracks_files_and_windows(tmp_path: Path, capsys: pytest.C
 
     jobs = [Job(SOURCE_WAV, tmp_path / "a.wav"), Job(REF_DIR / "ref_01.wav", tmp_path / "b.wav")]
     other_seconds = sf.info(str(REF_DIR / "ref_01.wav")).duration
-    now = [0.0]
 
     def shown(*steps: tuple[float, Progress]) -> list[str]:
-        """The rows on screen once ``steps`` (each event at its clock time) have reached the view, which is closed
-        right after them: its last frame."""
-        now[0] = 0.0
-        capsys.readouterr()
-        with BatchView(jobs, show=True, verbose=False, clock=lambda: now[0]) as view:
-            for at, event in steps:
-                now[0] = at
-                view.on_event(event)
-        return last_frame(capsys.readouterr().err, "converting")
+        return bar_rows(capsys, jobs, list(steps))
 
     start, encode = (0.0, Progress("start", 0, 2, jobs[0])), (4.0, Progress("encode", 1, 3, jobs[0]))
     top, windows = shown(start, encode)  # a long file: its windows get their own row

@@ -18,13 +18,12 @@ from typer.testing import Result
 
 from knnvc import progress
 from knnvc.batch import plan, runner
-from knnvc.cli.view import BatchView
 from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError, WeightsError
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.progress import Job, Progress
 from tests.conftest import REF_DIR, SOURCE_WAV, on_a_terminal
-from tests.fault_tools import FAST, MODELS, cli, last_frame, write_audio
+from tests.fault_tools import FAST, MODELS, bar_rows, cli, last_frame, write_audio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -310,18 +309,6 @@ def test_library_errors_speak_python() -> None:
 # -- 12. progress ------------------------------------------------------------------------------------------------
 
 
-def shown(capsys: pytest.CaptureFixture[str], jobs: list[Job], steps: list[tuple[float, Progress]]) -> list[str]:
-    """The rows ``knnvc convert``'s progress bar shows on a terminal once ``steps`` (at each one's clock time, in
-    seconds) have reached it: the view is closed right after them, so its last frame is what was on screen."""
-    now = [0.0]
-    capsys.readouterr()
-    with BatchView(jobs, show=True, verbose=False, clock=lambda: now[0]) as view:
-        for at, event in steps:
-            now[0] = at
-            view.on_event(event)
-    return last_frame(capsys.readouterr().err, "converting")
-
-
 @pytest.mark.usefixtures("terminal")
 def test_the_bar_names_the_files_being_converted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A group of files is vocoded together while the bar names the group (its first file, and how many more)."""
@@ -338,9 +325,9 @@ def test_the_bar_names_the_files_being_converted(tmp_path: Path, capsys: pytest.
     # the three files start, their windows are encoded and vocoded as one group, then the three are written
     assert stages[:vocoding] == ["start"] * 3 + ["encode"] * (vocoding - 3) and "vocode" not in stages[-3:]
     assert stages[-3:] == ["done"] * 3 and all(e.job is None for e in events[3:-3])
-    while_vocoding = shown(capsys, jobs, [(0.0, e) for e in events[: vocoding + 1]])
+    while_vocoding = bar_rows(capsys, jobs, [(0.0, e) for e in events[: vocoding + 1]])
     assert while_vocoding[0].startswith("converting a.wav (+2) "), while_vocoding
-    after_the_first = shown(capsys, jobs, [(0.0, e) for e in events[:-2]])
+    after_the_first = bar_rows(capsys, jobs, [(0.0, e) for e in events[:-2]])
     assert after_the_first[0].startswith("converting b.wav (+1) ") and "1/3 files" in after_the_first[0]
 
 
@@ -362,7 +349,7 @@ def test_eta_holds_for_mixed_lengths(tmp_path: Path, capsys: pytest.CaptureFixtu
             steps.append((now, Progress("done", i, len(jobs), jobs[i], audio_seconds=lengths[i])))
         done += sum(lengths[i] for i in group)
         truth = 0.5 * (sum(lengths) - done)
-        row = shown(capsys, jobs, steps)[0]
+        row = bar_rows(capsys, jobs, steps)[0]
         eta = re.search(r"(\d+):(\d\d):(\d\d)$", row)
         assert eta is not None, row
         h, m, s = (int(x) for x in eta.groups())

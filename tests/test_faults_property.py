@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,11 +141,16 @@ HYPOTHESIS = {
 }
 
 
+def edges(test: Any) -> Any:
+    """The edge cases every run tries: just long enough, just too short, and empty."""
+    test = example(case=Case(44_100, 2, "FLAC", "PCM_16", 1102))(test)  # 399.6 -> 400 samples at 16 kHz: converts
+    test = example(case=Case(8_000, 1, "WAV", "PCM_U8", 199))(test)  # 398 samples at 16 kHz: too short
+    return example(case=Case(48_000, 3, "WAV", "DOUBLE", 0))(test)
+
+
 @settings(max_examples=15, **HYPOTHESIS)  # type: ignore[arg-type]
 @given(case=cases(short=True))
-@example(case=Case(44_100, 2, "FLAC", "PCM_16", 1102))  # 399.6 -> 400 samples at 16 kHz: just converts
-@example(case=Case(8_000, 1, "WAV", "PCM_U8", 199))  # 398 samples at 16 kHz: too short
-@example(case=Case(48_000, 3, "WAV", "DOUBLE", 0))
+@edges
 def test_any_short_audio_converts_or_fails_as_documented(
     case: Case, pipelines: dict[str, tuple[KnnVC, Path]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -157,9 +163,7 @@ def test_any_short_audio_converts_or_fails_as_documented(
 @given(case=cases())
 @example(case=Case(16_000, 1, "WAV", "PCM_16", 600 * 16_000, dc=0.2, gain=4.0))  # 10 minutes, DC, clipped
 @example(case=Case(192_000, 8, "WAV", "FLOAT", 12 * 192_000, nan=True))  # 8 channels at 192 kHz with a NaN
-@example(case=Case(44_100, 2, "FLAC", "PCM_16", 1102))  # 399.6 -> 400 samples at 16 kHz: just converts
-@example(case=Case(8_000, 1, "WAV", "PCM_U8", 199))  # 398 samples at 16 kHz: too short
-@example(case=Case(48_000, 3, "WAV", "DOUBLE", 0))
+@edges
 def test_any_audio_converts_or_fails_as_documented(
     case: Case, pipelines: dict[str, tuple[KnnVC, Path]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
