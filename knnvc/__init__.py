@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # written once, in pyproject.toml
-        from importlib.metadata import version
+        from knnvc.options import package_version
 
-        return version("knnvc")
+        return package_version()
     if name == "convert":
         from knnvc.pipeline import convert
 

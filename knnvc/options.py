@@ -168,3 +168,14 @@ def _number(value: object) -> bool:
 DEFAULT_OPTIONS = ConvertOptions()  # the paper's conversion: k=4, -16 LUFS, trimmed references
 DEFAULT_SETTINGS = PipelineSettings()  # device, precision and batch size auto
 DEFAULT_MODELS = Models()  # the published checkpoints, run with DEFAULT_SETTINGS
+
+
+def package_version() -> str:
+    """knnvc's version, as installed (written once, in pyproject.toml); ``0+unknown`` when run from a checkout that
+    was never installed (``PYTHONPATH=. python -m knnvc``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("knnvc")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -349,6 +349,7 @@ class KnnVC:
 
     def warm_up(self, seconds: float = 2.0) -> float:
         """Run every network once on ``seconds`` of silence (compiling them with ``compile``); returns the time."""
+        self.load_vocoder()  # loading is not compiling: it stays out of the time
         start = time.perf_counter()
         feats = self.encode_many([np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)])
         self.vocode_many(feats)
@@ -437,7 +438,9 @@ class KnnVC:
         lengths = None
         if min(sizes) < max(sizes):
             lengths = torch.tensor(sizes, pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
-        run = self._vocoder_run or self.vocoder
+        self.load_vocoder()  # loaded before the first batch (``convert_batch``); a no-op here
+        run = self._vocoder_run
+        assert run is not None
         with exact_fp32(self.device, self.dtype):
             wavs = (run(batch) if lengths is None else run(batch, lengths)).reshape(
                 len(features), -1
@@ -529,6 +532,7 @@ class KnnVC:
         elsewhere (a batch does it in worker threads). ``progress`` gets a ``convert`` event at the start, then
         ``encode``/``vocode`` events over the windows of all the inputs.
         """
+        self.load_vocoder()  # missing vocoder weights fail before any encoding, outside the out-of-memory retries
         raw = self._synthesise(wavs, *self.voices_for(voice, options), progress)
         return [self.finish(out, options) for out in raw] if finish else raw
 

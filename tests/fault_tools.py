@@ -1,6 +1,6 @@
 """Helpers shared by the fault tests (``tests/test_faults_*.py``): CLI runs, audio writers, checks.
 
-The models are the tiny fixture checkpoints, loaded once per process through ``knnvc.api``'s cache; the
+The models are the tiny fixture checkpoints, loaded once per process through ``knnvc.weights.loaded``'s cache; the
 property test also uses ``micro_pipeline``, a smaller random-weight pipeline for its long inputs.
 """
 
@@ -102,7 +102,7 @@ def write_audio(path: Path, seconds: float, rate: int = SR, channels: int = 1, s
 
 
 def temp_files(folder: Path) -> list[Path]:
-    """Temporary files ``audio.save`` or ``Voice.save`` would leave after a crash (none should remain)."""
+    """Temporary files ``write.save`` or ``Voice.save`` would leave after a crash (none should remain)."""
     return sorted(p for p in folder.rglob(".*") if p.name.endswith((".tmp", ".part")))
 
 

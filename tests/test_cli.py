@@ -1,7 +1,7 @@
 """Every ``knnvc`` command and option, in process (typer's CliRunner) and as real subprocesses, on tiny models.
 
-The tiny fixture WavLM and vocoder load in a second; ``knnvc.api`` caches them, so in-process invocations after
-the first cost only their conversions. The subprocess tests run concurrently to keep the suite fast.
+The tiny fixture WavLM and vocoder load in a second; ``knnvc.weights.loaded`` caches them, so in-process invocations
+after the first cost only their conversions. The subprocess tests run concurrently to keep the suite fast.
 """
 
 from __future__ import annotations

@@ -118,7 +118,6 @@ def test_read_only_output_folder_fails_before_models_load(
 
     from knnvc import files
 
-
     locked = tmp_path / "locked"
     locked.mkdir()
     real_open = builtins.open
@@ -235,7 +234,6 @@ COMMANDS = [["convert"], ["voice", "build"], ["voice", "info"], ["info"], ["down
 
 def test_version() -> None:
     from knnvc import __version__
-
 
     result = cli("--version")
     assert result.exit_code == 0 and result.stdout == f"knnvc {__version__}\n"

@@ -86,7 +86,7 @@ def test_outputs_are_only_ever_written_under_temporary_names(
     real_open, real_replace = builtins.open, os.replace
 
     def spy_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if any(c in mode for c in "wax+"):
+        if any(c in mode for c in "wax+") and Path(os.fsdecode(file)).is_relative_to(tmp_path):
             opened.append(os.fsdecode(file))
         return real_open(file, mode, *args, **kwargs)
 
@@ -94,13 +94,14 @@ def test_outputs_are_only_ever_written_under_temporary_names(
         renamed.append((os.fsdecode(a), os.fsdecode(b)))
         real_replace(a, b)
 
-    monkeypatch.setattr(files, "open", spy_open, raising=False)  # knnvc.files: the one writer
+    monkeypatch.setattr(builtins, "open", spy_open)  # every writer: vocoder.atomic's, and any other
     monkeypatch.setattr(os, "replace", spy_replace)
     src, out = tmp_path / "src", tmp_path / "out"
     sources(src, 3)
     json_summary(cli("convert", src, voice, "-o", out, *FAST, "--json"))
     finals = sorted(str(p) for p in out.iterdir() if p.name != MANIFEST_NAME)  # the manifest: test_batch_reruns
     assert len(finals) == 3 and not set(opened) & set(finals)
+    assert sum(Path(p).parent == out for p in opened) >= 3  # the writes were seen: each output's temporary file
     assert all(Path(p).name.startswith(".") and p.endswith(".tmp") for p in opened)
     assert sorted(b for _, b in renamed if b in finals) == finals
     assert all(Path(a).parent == Path(b).parent for a, b in renamed)  # same folder: an atomic rename

@@ -1,4 +1,4 @@
-"""knnvc.files: the one atomic writer, the one sha256 helper, and the folder check every command uses."""
+"""The atomic writer (vocoder.atomic), the sha256 helper (knnvc.files), and the folder check every command uses."""
 
 from __future__ import annotations
 

@@ -224,7 +224,6 @@ def test_training_into_a_folder_that_cannot_be_written(
 
     from knnvc import files
 
-
     if fault == "under_a_file":
         (tmp_path / "a_file").write_text("x")
         target = tmp_path / "a_file" / "out"

@@ -1,6 +1,6 @@
 """The one atomic writer of knnvc and its vocoder.
 
-It lives in ``vocoder`` because ``vocoder`` stands alone (a training job needs nothing else) and never imports
+It lives in ``vocoder`` because ``vocoder`` stands alone (it loads and runs a generator on its own) and never imports
 ``knnvc``; ``knnvc`` writes every file through it too (audio outputs, voices, downloaded weights, converted copies,
 settings records). ``write_atomically`` writes a hidden temporary file in the same folder, fsyncs it, runs an
 optional check, renames it over the final name, then fsyncs the folder: a reader never sees a partial file, and a

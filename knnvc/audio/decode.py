@@ -46,7 +46,6 @@ _SF_EXTENSIONS: frozenset[str] = frozenset(
 _SF_UNRECOGNISED_FORMAT = 1  # libsndfile's SF_ERR_UNRECOGNISED_FORMAT: not a format it knows (try FFmpeg)
 AUDIO_EXTENSIONS: frozenset[str] = _SF_EXTENSIONS | AV_EXTENSIONS
 """File extensions (lower case, with the dot) that ``load`` and ``audio_files`` accept."""
-"""File extensions (lower case, with the dot) that ``load`` and ``audio_files`` accept."""
 
 
 def load(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:

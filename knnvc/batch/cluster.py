@@ -193,6 +193,7 @@ class Converter:
         self.voice: Voice = ray.get(voice[0])
         self.options = options
         self.vc = KnnVC.from_pretrained(models, device=plan.device, match_layer=options.match_layer)
+        self.vc.load_vocoder()  # an actor that cannot load it cannot start: the job stops with one error
         self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
         self.rate = self.vc.output_rate(options)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from knnvc.errors import AudioError, KnnvcError
 from knnvc.files import sha256
-from knnvc.options import ConvertOptions
+from knnvc.options import ConvertOptions, package_version
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
@@ -101,7 +101,6 @@ def settings_for(
 ) -> Settings:
     """The ``Settings`` of a batch: ``voice`` from ``voice_identity``, ``encoder`` as (name, fingerprint, layer),
     ``vocoder`` its registry name or path, ``precision`` the resolved dtype (``torch.float32``...)."""
-    from importlib.metadata import version
 
     from knnvc.voice import Voice
 
@@ -114,7 +113,7 @@ def settings_for(
         "compute": {"precision": precision},
         "output": {"format": extension, "sample_rate": sample_rate},
     }
-    facts = {"knnvc": version("knnvc"), "wavlm": name, "vocoder": vocoder, "device": device,
+    facts = {"knnvc": package_version(), "wavlm": name, "vocoder": vocoder, "device": device,
              "first_used": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     return Settings(audio, facts)
 

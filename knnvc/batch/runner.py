@@ -1,8 +1,8 @@
 """Many conversions against one voice: resume by skipping, per-file failures, progress.
 
-``plan`` (``knnvc.batch.plan``, re-exported here) maps sources to outputs (a file to a file, a folder to a mirrored
-tree); ``run`` converts each job, writes atomically, records failures instead of stopping, and reports progress
-through callbacks. The CLI is a thin layer over these two functions.
+``knnvc.batch.plan.plan`` maps sources to outputs (a file to a file, a folder to a mirrored tree); ``run`` converts
+each job, writes atomically, records failures instead of stopping, and reports progress through callbacks. The CLI
+is a thin layer over these two functions.
 """
 
 from __future__ import annotations
@@ -16,17 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from knnvc.batch.plan import (
-    OUTPUT_EXTENSIONS,
-    Failure,
-    Report,
-    check_extension,
-    check_outputs,
-    manifest_folder,
-    pending,
-    plan,
-    safe_name,
-)
+from knnvc.batch.plan import Failure, Report, check_outputs, pending
 from knnvc.batch.workers import Overlap
 from knnvc.errors import DiskFullError, KnnvcError
 from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
@@ -38,10 +28,6 @@ if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
     from knnvc.voice import Voice
 
-__all__ = [
-    "DEFAULT_OPTIONS", "OUTPUT_EXTENSIONS", "Failure", "Report", "begin", "check_extension", "check_outputs",
-    "convert_group", "manifest_folder", "pending", "plan", "run", "safe_name",
-]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +62,7 @@ def run(
     """
     voice.check_neighbours(options.k)
     check_outputs(pending(jobs, overwrite=overwrite))
+    vc.load_vocoder()  # missing vocoder weights stop the batch once, not every file
     report, todo, notify = begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
     rate = vc.output_rate(options)
     voice, options = vc.voices_for(voice, options)  # the match layer's frames, rebuilt once if a voice lacks them

@@ -116,10 +116,9 @@ class KnnvcTyper(typer.Typer):
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from knnvc.options import package_version
 
-
-        typer.echo(f"knnvc {version('knnvc')}")
+        typer.echo(f"knnvc {package_version()}")
         raise typer.Exit()
 
 

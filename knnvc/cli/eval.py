@@ -144,6 +144,7 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
         from knnvc.pipeline import KnnVC
 
         vc = KnnVC.from_pretrained(pipeline)
+        vc.load_vocoder()  # before any reference is encoded
         voice = vc.build_voice(target, name=target.stem if target.is_file() else target.resolve().name)
 
     def converted(name: str, rep: Report) -> None:

@@ -8,11 +8,10 @@ from typing import Any
 
 def system_info(device: str = "auto") -> dict[str, Any]:
     """A JSON-able description of this installation."""
-    from importlib.metadata import version
-
     import torch
     import transformers
 
+    from knnvc.options import package_version
     from knnvc.runtime.devices import resolve_device
     from knnvc.weights import hub
 
@@ -32,7 +31,7 @@ def system_info(device: str = "auto") -> dict[str, Any]:
             "pinned": how == "published" if entry.source == "url" else None,
         })
     return {
-        "knnvc": version("knnvc"),
+        "knnvc": package_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

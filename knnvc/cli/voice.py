@@ -56,8 +56,8 @@ def voice_build(
         writable_folder(output.parent)
         from knnvc.pipeline import KnnVC
 
-        vc = KnnVC.from_pretrained(Models(wavlm, settings=settings, offline=offline or None),
-                                               match_layer=match_layer)  # fmt: skip
+        models = Models(wavlm, settings=settings, offline=offline or None)
+        vc = KnnVC.from_pretrained(models, match_layer=match_layer)  # building a voice loads no vocoder
         vc.check_depth([match_layer])
         voice = vc.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
         full = voice.num_frames

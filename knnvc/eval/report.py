@@ -196,7 +196,7 @@ def _folder(folder: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (``knnvc.files``: a temporary file beside it, then a rename)."""
+    """Write ``text`` atomically (``vocoder.atomic``: a temporary file beside it, then a rename)."""
     try:
         atomic.write_atomically(path, text.encode("utf-8"))
     except OSError as exc:

@@ -1,7 +1,7 @@
 """SIGTERM as a clean stop: within ``sigterm_as_interrupt()``, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does.
 
 A batch catches ``KeyboardInterrupt`` between files (``knnvc.batch.runner.run``): the file being written is abandoned
-(``audio.save`` removes its temporary file, so the final name is never half-written), finished files stay,
+(``write.save`` removes its temporary file, so the final name is never half-written), finished files stay,
 and a rerun skips them. Schedulers and ``docker stop`` send SIGTERM, so it gets the same treatment.
 
 Signal handlers can only be installed from the main thread; elsewhere the block runs unchanged. The previous

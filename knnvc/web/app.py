@@ -126,7 +126,7 @@ def _one_line(exc: Exception, uploads: Uploads) -> str:
 
 
 async def _read_form(form: FormData, uploads: Uploads, limit: int) -> tuple[Path, list[Path], dict[str, str]]:
-    """Save the uploads into the uploads's folder; returns (source, references, the text fields)."""
+    """Save the uploads into this request's folder; returns (source, references, the text fields)."""
     source: Path | None = None
     references: list[Path] = []
     fields: dict[str, str] = {}

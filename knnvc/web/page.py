@@ -188,14 +188,16 @@ def _status(tab: str) -> gr.Textbox:
 
 
 def _file(uploads: Uploads, path: str | None, missing: str) -> Path:
-    """Gradio's one uploaded file, registered with the uploads; ``UsageError(missing)`` when nothing was given."""
+    """Gradio's one uploaded file, registered with the request's ``Uploads``; ``UsageError(missing)`` when nothing
+    was given."""
     if not path:
         raise UsageError(missing)
     return uploads.known(Path(path), Path(path).name)
 
 
 def _files(uploads: Uploads, paths: list[str] | None) -> list[Path]:
-    """Gradio's uploaded files (in its cache, named as uploaded), registered with the uploads for messages."""
+    """Gradio's uploaded files (in its cache, named as uploaded), registered with the request's ``Uploads`` for
+    messages."""
     return [uploads.known(Path(p), Path(p).name) for p in paths or []]
 
 
@@ -211,7 +213,7 @@ def _guarded(
     *,
     failed: tuple[Any, ...],
 ) -> tuple[Any, ...]:
-    """Run ``work`` in a fresh uploads; any failure becomes ``(*failed, "error: <one line>")``."""
+    """Run ``work`` in a fresh request folder (``Uploads``); any failure becomes ``(*failed, "error: <one line>")``."""
 
     def notify(description: str, fraction: float | None) -> None:
         progress(fraction, desc=description)

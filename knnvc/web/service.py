@@ -91,7 +91,7 @@ class Uploads:
         self._shown: dict[str, str] = {}
 
     def place(self, shown: str, group: str) -> Path:
-        """A fresh path in this uploads for an upload called ``shown`` (its name made safe), in subfolder ``group``."""
+        """A fresh path in this folder for an upload called ``shown`` (its name made safe), in subfolder ``group``."""
         base = re.sub(r"[^\w.\- ]+", "_", Path(shown.replace("\\", "/")).name).strip(" .") or "upload"
         folder = self.folder / group
         folder.mkdir(parents=True, exist_ok=True)

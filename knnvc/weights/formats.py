@@ -360,7 +360,11 @@ def _converted_vocoder(source: Path) -> Generator | None:
 
 
 def _write_converted(source: Path, tag: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
-    """Keep a converted copy (the one atomic writer); a cache that cannot be written only keeps loads slow."""
+    """Keep a converted copy (the one atomic writer); a cache that cannot be written only keeps loads slow.
+
+    The file is built in memory first (safetensors writes bytes or a path, not a stream): a one-off peak of the
+    copy's size, about 300 MB for WavLM-Large's 6 layers, on the first load of a checkpoint only.
+    """
     from safetensors.torch import save
 
     path = converted_path(source, tag)
