@@ -214,3 +214,25 @@ def test_voice_folder_and_references_still_work(tmp_path: Path, source: Path) ->
     assert result.exit_code == VoiceError.exit_code and "is a folder" in one_line(result)
     summary = json_summary(cli("convert", source, REF_DIR, "-o", tmp_path / "out.wav", *FAST, "--json"))
     assert summary["converted"] == 1
+
+
+@pytest.mark.parametrize("rate", [None, 22_050])
+def test_missing_vocoder_stops_a_batch_once_before_any_file(tmp_path: Path, voice: Path, rate: int | None) -> None:
+    """The pipeline loads its vocoder on first use; a batch (and a one-call conversion) asks for it before any file
+    is encoded, so missing weights stop the whole run with one error, whatever the output rate."""
+    import knnvc
+    from knnvc.batch import plan, runner
+    from knnvc.options import ConvertOptions, Models
+    from knnvc.pipeline import KnnVC
+
+    src = tmp_path / "src"
+    for name in ("a", "b", "c"):
+        write_audio(src / f"{name}.wav", 1.0)
+    missing = tmp_path / "nowhere" / "g_00000001.pt"
+    vc = KnnVC.from_pretrained(Models(TINY_WAVLM, missing), device="cpu")
+    jobs = plan.plan(src, tmp_path / "out", "v")
+    with pytest.raises(WeightsError, match="nowhere"):
+        runner.run(vc, jobs, Voice.load(voice), ConvertOptions(output_sample_rate=rate))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(WeightsError, match="nowhere"):
+        knnvc.convert(src / "a.wav", voice, models=Models(TINY_WAVLM, missing), device="cpu", output_sample_rate=rate)
