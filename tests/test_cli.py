@@ -206,6 +206,56 @@ def test_offline_registry_weights_not_cached(tmp_path: Path, no_network: list[ob
     assert "prematched weights are not cached" in one_line(result)
 
 
+NO_LOCAL_DEFAULTS: dict[str, str] = {"KNNVC_WAVLM": "", "KNNVC_VOCODER": ""}
+
+
+def test_no_weights_offline_names_every_way_out(tmp_path: Path, no_network: list[object]) -> None:
+    """Weights that are not cached while offline: the error names the README's three fixes, in the CLI's words."""
+    env = {"KNNVC_CACHE": str(tmp_path / "knnvc"), "HF_HOME": str(tmp_path / "hf"), "KNNVC_OFFLINE": "1",
+           **NO_LOCAL_DEFAULTS}  # fmt: skip
+    base = ["convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "x.wav", "--device", "cpu"]
+    wavlm = cli(*base, env=env)  # the default WavLM, microsoft/wavlm-large
+    assert wavlm.exit_code == WeightsError.exit_code
+    line = one_line(wavlm)
+    assert "`knnvc download microsoft/wavlm-large`" in line, line
+    assert "KNNVC_WAVLM" in line and "--wavlm PATH" in line, line
+    vocoder = cli(*base, "--wavlm", TINY_WAVLM, env=env)  # the default vocoder, prematched
+    assert vocoder.exit_code == WeightsError.exit_code
+    line = one_line(vocoder)
+    assert "`knnvc download prematched`" in line, line
+    assert "KNNVC_VOCODER" in line and "--vocoder PATH" in line, line
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_download_that_cannot_happen_names_the_local_ways_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[object]
+) -> None:
+    """Online, but the weights cannot be fetched: set the variable or pass a path (not "run knnvc download",
+    which is what just failed)."""
+    import huggingface_hub
+
+    from knnvc.weights import hub
+
+    def unreachable(repo_id: str, **kwargs: object) -> str:
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(hub, "RETRY_WAITS_S", ())
+    env = {"KNNVC_CACHE": str(tmp_path / "knnvc"), "HF_HOME": str(tmp_path / "hf"), "KNNVC_OFFLINE": "",
+           "HF_HUB_OFFLINE": "", **NO_LOCAL_DEFAULTS}  # fmt: skip
+    base = ["convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "x.wav", "--device", "cpu"]
+    wavlm = cli(*base, env=env)
+    assert wavlm.exit_code == WeightsError.exit_code
+    line = one_line(wavlm)
+    assert "KNNVC_WAVLM" in line and "--wavlm PATH" in line and "knnvc download" not in line, line
+    no_network.clear()  # the vocoder's download is refused by the test's socket guard: that is the point here
+    vocoder = cli(*base, "--wavlm", TINY_WAVLM, env=env)
+    assert vocoder.exit_code == WeightsError.exit_code
+    line = one_line(vocoder)
+    assert "KNNVC_VOCODER" in line and "--vocoder PATH" in line and "knnvc download" not in line, line
+    no_network.clear()
+
+
 # -- conversions ------------------------------------------------------------------------------------------------
 
 

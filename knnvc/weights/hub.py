@@ -113,16 +113,37 @@ def is_offline(offline: bool | None = None) -> bool:
 LOCAL_DEFAULTS = {DEFAULT_WAVLM: "KNNVC_WAVLM", DEFAULT_VOCODER: "KNNVC_VOCODER"}
 """Environment variables that put local weights (a path, or another name) in place of the default ones."""
 
+_LOCAL_KINDS = {"wavlm": "WavLM (an HF model folder or WavLM-Large.pt)", "vocoder": "generator checkpoint"}
+
+
+def _default_variable(name: str) -> str | None:
+    """The variable that replaces ``name`` when ``name`` is a default (``microsoft/wavlm-large``, ``prematched``)."""
+    key = ALIASES.get(name.lower(), name.lower())
+    return next((v for default, v in LOCAL_DEFAULTS.items() if key == default.lower()), None)
+
+
+def local_default(name: str) -> tuple[str, str] | None:
+    """``(value, variable)`` when ``name`` is a default that ``$KNNVC_WAVLM`` or ``$KNNVC_VOCODER`` replaces now
+    (read at each call), else None."""
+    variable = _default_variable(name)
+    return (os.environ[variable], variable) if variable and os.environ.get(variable) else None
+
 
 def with_local_default(name: str | Path) -> str | Path:
     """``name``, unless it is a default (``microsoft/wavlm-large``, ``prematched``) that ``$KNNVC_WAVLM`` or
     ``$KNNVC_VOCODER`` replaces: then that variable's value. For machines without the Hub: set them once."""
-    if isinstance(name, str):
-        key = ALIASES.get(name.lower(), name.lower())
-        for default, variable in LOCAL_DEFAULTS.items():
-            if key == default.lower() and os.environ.get(variable):
-                return os.environ[variable]
-    return name
+    found = local_default(name) if isinstance(name, str) else None
+    return found[0] if found else name
+
+
+def _local_ways(kind: str, name: str) -> str:
+    """How to use local ``kind`` weights in place of ``name`` (the README's ways): the variable that replaces it
+    when it is a default, or a path given directly (``wavlm=PATH``; the CLI shows ``--wavlm PATH``)."""
+    what = _LOCAL_KINDS[kind]
+    variable = _default_variable(name)
+    if variable is None:
+        return f"or pass a local {what} ({kind}=PATH)"
+    return f"set {variable} to a local {what}, or pass one ({kind}=PATH)"
 
 
 def get_entry(name: str, kind: str | None = None) -> WeightsEntry:
@@ -299,9 +320,10 @@ class _Events:
         """Nothing to release."""
 
 
-def _download(url: str, dest: Path, expected: str | None, progress: OnProgress | None) -> str:
+def _download(url: str, dest: Path, expected: str | None, progress: OnProgress | None, local: str) -> str:
     """Fetch ``url`` into ``dest``, checked (``expected`` sha256, else an intact zip) before it takes that name;
-    retried on transient failures. Returns the sha256 of the bytes kept.
+    retried on transient failures. Returns the sha256 of the bytes kept. ``local``: how to use local weights
+    instead (``_local_ways``), said when the download fails.
 
     Raises:
         WeightsError: a failure (after the retries), a mismatch, or a cache that cannot be written; ``dest`` is
@@ -336,7 +358,7 @@ def _download(url: str, dest: Path, expected: str | None, progress: OnProgress |
         tries = f" (tried {len(RETRY_WAITS_S) + 1} times)" if _transient(exc) else ""
         raise WeightsError(
             f"download of {url} failed{tries}: {_reason(exc)}; check the internet connection (or proxy: "
-            f"HTTPS_PROXY) and retry, or fetch {url} yourself and save it as {dest}"
+            f"HTTPS_PROXY) and retry, fetch {url} yourself and save it as {dest}, {local}"
         ) from exc
     except OSError as exc:
         why = files.write_error(dest, exc, "save the download as")
@@ -353,11 +375,13 @@ def _snapshot(repo_id: str, patterns: list[str], offline: bool) -> Path:
     from huggingface_hub import utils as hf
 
     where = hf_cache_dir()
+    local = _local_ways("wavlm", repo_id)
     if offline:
-        how = f"run `knnvc download` on a machine with internet (cache: {where}), or pass a local WavLM path"
+        entry = REGISTRY.get(ALIASES.get(repo_id.lower(), repo_id.lower()))
+        fetch = f"run `knnvc download {entry.name}`" if entry is not None else "run it once"
+        how = f"{fetch} with internet (cache: {where}), {local}"
     else:
-        how = ("check the internet connection (or proxy: HTTPS_PROXY) and retry, or pass a local WavLM path "
-               f"(an HF model folder or WavLM-Large.pt); cache: {where}")
+        how = f"check the internet connection (or proxy: HTTPS_PROXY) and retry, {local}; cache: {where}"
 
     def attempt() -> str:
         return huggingface_hub.snapshot_download(
@@ -389,8 +413,8 @@ def _ensure_file(entry: WeightsEntry, offline: bool, progress: OnProgress | None
     """The cached file of a URL entry, verified; fetched (again, when bad) unless offline."""
     dest = cache_dir() / _filename(entry)
     expected, _ = known_sha256(entry)
-    how = (f"run `knnvc download {entry.name}` on a machine with internet and copy {dest} here, "
-           f"or pass a local path")
+    local = _local_ways(entry.kind, entry.name)
+    how = f"run `knnvc download {entry.name}` with internet (or copy {dest} from a machine that has it), {local}"
     if dest.is_file():
         problem = _problem(dest, expected)
         if problem is None:
@@ -402,7 +426,7 @@ def _ensure_file(entry: WeightsEntry, offline: bool, progress: OnProgress | None
     elif offline:
         raise WeightsError(f"{entry.name} weights are not cached ({dest}) and offline mode is on: {how} "
                            f"(the file is at {entry.location})")
-    digest = _download(entry.location, dest, expected, progress)
+    digest = _download(entry.location, dest, expected, progress, local)
     if expected is None:
         logger.info("recorded sha256 %s for %s (no published hash: unpinned)", digest, dest)
     _vouch(dest, digest)
@@ -478,7 +502,8 @@ def _hub_snapshot(repo_id: str, offline: bool) -> Path:
         folder = _snapshot(repo_id, _PYTORCH_BIN, offline)
     if not (folder / "config.json").is_file() or not _weights_in(folder):
         how = "run `knnvc download` with internet" if offline else "it has no config.json and weights; retry"
-        raise WeightsError(f"hub snapshot of {repo_id} in {folder} is incomplete: {how}")
+        local = _local_ways("wavlm", repo_id)
+        raise WeightsError(f"hub snapshot of {repo_id} in {folder} is incomplete: {how}, {local}")
     return folder
 
 
