@@ -1,5 +1,5 @@
 """``knnvc serve`` for real: a server process on a free localhost port with the tiny models, driven over HTTP
-(httpx) and in a real browser (Debian's chromium through Playwright).
+(httpx), through the page's API (``gradio_client``) and in a real browser (Debian's chromium through Playwright).
 
 The browser test writes the page's screenshot to ``docs/web.png``.
 """
@@ -25,10 +25,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from knnvc.web.controls import controls
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
 httpx = pytest.importorskip("httpx", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
+from gradio_client import Client, handle_file  # noqa: E402  (ships with gradio)
+
 pytestmark = pytest.mark.slow  # every test needs a real `knnvc serve` process: ~8 s to start on 2 cores
 
 CHROMIUM = Path(os.environ.get("KNNVC_CHROMIUM", "/usr/bin/chromium"))
@@ -40,6 +43,7 @@ CHROMIUM_ARGS = [
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web.png"
 LIMIT_MB = 1.0  # the test server's upload limit
 REFS = sorted(REF_DIR.glob("*.wav"))
+CONTROLS = [c.name for c in controls()]  # the ConvertOptions fields: form fields of /api/convert, page parameters
 
 
 @dataclass
@@ -163,6 +167,45 @@ def test_api_queues_concurrent_requests(server: Server) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert results == [200, 200, 200]
+
+
+PAGE_ENDPOINTS = {  # what a gradio_client sees: each endpoint's parameters, by name, and what it returns
+    "/convert": (["source", "references", "voice", *CONTROLS], ["Result", "Status"]),
+    "/convert_batch": (
+        ["archive", "references", "voice", "format", *CONTROLS],
+        ["Results (.zip, with report.json)", "Status"],
+    ),
+    "/build_voice": (["references", "name", "trim"], ["Voice file", "Status"]),
+}
+
+
+def test_gradio_client_sees_named_endpoints_and_converts(server: Server, tmp_path: Path) -> None:
+    """The page's API through ``gradio_client``: three named endpoints with named parameters; a conversion from
+    references, a voice built and then used by name, and a bad upload answered with one status line."""
+    client = Client(server.url + "/", verbose=False, analytics_enabled=False, download_files=str(tmp_path / "got"))
+    api = client.view_api(print_info=False, return_format="dict")
+    assert isinstance(api, dict) and not api["unnamed_endpoints"], api
+    seen = {
+        endpoint: ([p["parameter_name"] for p in info["parameters"]], [r["label"] for r in info["returns"]])
+        for endpoint, info in api["named_endpoints"].items()
+    }
+    assert seen == PAGE_ENDPOINTS
+
+    source, refs = handle_file(str(SOURCE_WAV)), [handle_file(str(p)) for p in REFS]
+    path, status = client.predict(source=source, references=refs, k=4, api_name="/convert")
+    assert status.startswith("done: "), status
+    wav, rate = sf.read(path, dtype="float32")
+    assert rate == 16_000 and abs(len(wav) - sf.info(SOURCE_WAV).frames) <= 320 and np.abs(wav).max() > 0.01
+
+    voice_file, said = client.predict(references=refs, name="erin", api_name="/build_voice")
+    assert said.startswith("built 'erin'") and Path(voice_file).name == "erin.voice", said
+    path, status = client.predict(source=source, voice="erin", output_sample_rate=24_000, api_name="/convert")
+    assert status.startswith("done: ") and sf.info(path).samplerate == 24_000, status
+
+    text = tmp_path / "speech.wav"
+    text.write_text("hello, this is text\n" * 50)
+    nothing, said = client.predict(source=handle_file(str(text)), voice="erin", api_name="/convert")
+    assert nothing is None and said.startswith("error: ") and "speech.wav" in said and "\n" not in said, said
 
 
 def _browser_or_skip() -> object:

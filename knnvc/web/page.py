@@ -3,10 +3,15 @@ download), a Batch tab (a zip in, a zip out) and a Voice tab (build a voice and 
 
 Each handler calls ``Service`` and turns any failure into one status line (``error: ...``); the page never shows
 a stack trace. The controls are made from ``ConvertOptions``' fields (``knnvc.web.controls``).
+
+The handlers are also the page's API, as ``gradio_client`` sees it: ``/convert``, ``/convert_batch`` and
+``/build_voice``, each parameter named as a client passes it (``source``, ``references``, ``voice``, then the
+``ConvertOptions`` fields, as in ``POST /api/convert``). Purely UI events (refreshing the voice pickers) are private.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +45,7 @@ def build_page(service: Service) -> gr.Blocks:
             _batch_tab(service, pickers)
         with gr.Tab("Voice", id="voice"):
             _voice_tab(service, pickers)
-        page.load(lambda: _voice_choices(service, len(pickers)), outputs=pickers)
+        page.load(_refresher(service, pickers), outputs=pickers, api_visibility="private")
     page.queue(default_concurrency_limit=service.limits.max_waiting + 1)  # the service's queue orders the model
     return page
 
@@ -61,7 +66,7 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             status = _status("convert")
     pickers.append(voice)
 
-    def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
+    def run(values: Inputs, progress: gr.Progress) -> tuple[str | None, str]:
         def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
             src = _file(uploads, values[source], "give the source speech: upload a file or record")
             options = _options(service, widgets, values)
@@ -72,7 +77,9 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
 
         return _guarded(service, work, progress, failed=(None,))
 
-    button.click(run, inputs={source, refs, voice, *widgets.values()}, outputs=[result, status])
+    handler, inputs = _named(run, {"source": source, "references": refs, "voice": voice, **widgets})
+    said = "Say the source's words in the target's voice; returns the result (WAV) and a status line."
+    button.click(handler, inputs=inputs, outputs=[result, status], api_name="convert", api_description=said)
 
 
 def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
@@ -88,7 +95,7 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             status = _status("batch")
     pickers.append(voice)
 
-    def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:  # noqa: B008
+    def run(values: Inputs, progress: gr.Progress) -> tuple[str | None, str]:
         def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
             zipped = _file(uploads, values[archive], "give a .zip of the audio files to convert")
             target = Target(values[voice] or None, _files(uploads, values[refs]), _options(service, widgets, values))
@@ -103,7 +110,10 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
 
         return _guarded(service, work, progress, failed=(None,))
 
-    button.click(run, inputs={archive, refs, voice, fmt, *widgets.values()}, outputs=[result, status])
+    named = {"archive": archive, "references": refs, "voice": voice, "format": fmt, **widgets}
+    handler, inputs = _named(run, named)
+    said = "Convert every audio file in a .zip; returns a .zip of the results with report.json, and a status line."
+    button.click(handler, inputs=inputs, outputs=[result, status], api_name="convert_batch", api_description=said)
 
 
 def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
@@ -121,7 +131,7 @@ def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             result = gr.File(label="Voice file", interactive=False, elem_id="voice-result")
             status = _status("voice")
 
-    def run(values: Inputs, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+    def run(values: Inputs, progress: gr.Progress) -> tuple[Any, ...]:
         def work(uploads: Uploads, notify: Notify) -> tuple[Any, ...]:
             files = _files(uploads, values[refs])
             if not files:
@@ -130,19 +140,21 @@ def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
             line = f"built {built.name!r}: {built.seconds:.1f} s of speech, {built.num_frames} frames"
             return (str(path), line + (f", saved as {path.name}" if service.voices_dir else ""))
 
-        done = _guarded(service, work, progress, failed=(None,))
-        return (*done, *_voice_choices(service, len(pickers)))
+        return _guarded(service, work, progress, failed=(None,))
 
-    button.click(run, inputs={refs, name, trim}, outputs=[result, status, *pickers])
+    handler, inputs = _named(run, {"references": refs, "name": name, "trim": trim})
+    said = "Build a voice from reference speech and save it by name; returns the .voice file and a status line."
+    built = button.click(handler, inputs=inputs, outputs=[result, status], api_name="build_voice", api_description=said)
+    built.then(_refresher(service, pickers), outputs=pickers, api_visibility="private")  # offered at once
 
 
 def _target_inputs(service: Service, tab: str) -> tuple[gr.File, gr.Dropdown]:
     refs = gr.File(
         file_count="multiple", file_types=["audio"], label="Target: reference speech", elem_id=f"{tab}-references"
     )
-    voice = gr.Dropdown(
-        choices=["", *service.voice_names()], value="", label="…or a saved voice", elem_id=f"{tab}-voice"
-    )
+    # any name: an API client may name a voice saved since the page loaded (the service refuses unknown ones)
+    names = ["", *service.voice_names()]
+    voice = gr.Dropdown(names, value="", label="…or a saved voice", elem_id=f"{tab}-voice", allow_custom_value=True)
     return refs, voice
 
 
@@ -158,7 +170,8 @@ def _widget(service: Service, control: Control, elem_id: str) -> gr.components.C
     info = control.help or None
     if control.kind == "voice":
         names = ["", *service.voice_names()]
-        return gr.Dropdown(names, value="", label=f"{control.label} (a saved voice)", info=info, elem_id=elem_id)
+        label = f"{control.label} (a saved voice)"
+        return gr.Dropdown(names, value="", label=label, info=info, elem_id=elem_id, allow_custom_value=True)
     if control.kind == "bool":
         return gr.Checkbox(value=bool(control.default), label=control.label, info=info, elem_id=elem_id)
     if control.kind == "choice":
@@ -201,9 +214,37 @@ def _files(uploads: Uploads, paths: list[str] | None) -> list[Path]:
     return [uploads.known(Path(p), Path(p).name) for p in paths or []]
 
 
-def _voice_choices(service: Service, count: int) -> tuple[Any, ...]:
-    names = ["", *service.voice_names()]
-    return tuple(gr.Dropdown(choices=names) for _ in range(count))
+def _named(
+    run: Callable[[Inputs, gr.Progress], tuple[Any, ...]], inputs: dict[str, gr.components.Component]
+) -> tuple[Callable[..., tuple[Any, ...]], list[gr.components.Component]]:
+    """An event handler for ``inputs`` (parameter name: component) and the components in its parameters' order.
+
+    Gradio names an endpoint's parameters after its function's, so the handler's signature lists ``inputs``' names:
+    a ``gradio_client`` caller passes them by keyword (``source=...``, ``k=4``). The first one is required, the rest
+    default to their component's value (else none). The handler calls ``run({component: value}, progress)``.
+    """
+    components = list(inputs.values())
+
+    def handler(*args: Any) -> tuple[Any, ...]:
+        *values, progress = args  # the inputs in order, then the Progress that the signature asks Gradio for
+        return run(dict(zip(components, values, strict=True)), progress)
+
+    first, *rest = inputs
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    named = [inspect.Parameter(first, kind), *(inspect.Parameter(name, kind, default=None) for name in rest)]
+    progress = inspect.Parameter("progress", kind, default=gr.Progress())
+    handler.__signature__ = inspect.Signature([*named, progress])  # type: ignore[attr-defined]
+    return handler, components
+
+
+def _refresher(service: Service, pickers: list[gr.Dropdown]) -> Callable[[], tuple[Any, ...]]:
+    """A UI event's handler: every voice picker offers the saved voices as they are now."""
+
+    def refresh() -> tuple[Any, ...]:
+        names = ["", *service.voice_names()]
+        return tuple(gr.Dropdown(choices=names) for _ in pickers)
+
+    return refresh
 
 
 def _guarded(
