@@ -20,7 +20,10 @@ code meaning                 raised by / when
 6    ``OutputError``         an output that cannot be written; ``DiskFullError`` (a full disk) also
                              stops a batch at once, keeping the files already written
 7    ``DeviceError``         a device that is absent, or out of memory even at batch 1 and the
-                             smallest window
+                             smallest window (or, for ``knnvc live``, no PortAudio library)
+8    ``ExtraError``          a feature whose optional extra is not installed (``serve``: web,
+                             ``live``: live, ``eval``: eval, ``convert --ray``: cluster); the
+                             line says what to install: ``pip install "knnvc[web]"``
 130  interrupted             Ctrl-C (SIGINT) or SIGTERM: the file being written is abandoned (never
                              half-written), finished files are kept, and rerunning resumes
 ==== ======================= ==========================================================================
@@ -87,6 +90,16 @@ class DeviceError(KnnvcError, exit_code=7):
     """A requested device that is absent, or a run that did not fit in its memory."""
 
 
+class ExtraError(KnnvcError, exit_code=8):
+    """A feature whose optional dependencies (a pip extra, ``knnvc[web]``) are not installed."""
+
+
+def missing_extra(feature: str, extra: str, package: str | None = None) -> ExtraError:
+    """The one wording: ``FEATURE needs the EXTRA extra (PACKAGE is not installed): pip install "knnvc[EXTRA]"``."""
+    which = f" ({package} is not installed)" if package else ""
+    return ExtraError(f'{feature} needs the {extra} extra{which}: pip install "knnvc[{extra}]"')
+
+
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_PARTIAL: "some files in a batch failed",
@@ -96,6 +109,7 @@ EXIT_CODES: dict[int, str] = {
     VoiceError.exit_code: "bad or incompatible voice",
     OutputError.exit_code: "cannot write an output",
     DeviceError.exit_code: "device absent or out of memory",
+    ExtraError.exit_code: "an optional extra is not installed",
     EXIT_INTERRUPTED: "interrupted (SIGINT or SIGTERM)",
 }
 """Every exit status ``knnvc`` uses, and what it means."""

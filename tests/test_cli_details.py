@@ -222,7 +222,7 @@ def test_typer_usage_errors_are_knnvc_usage_errors() -> None:
         assert result.exit_code == UsageError.exit_code == 2, args
         (line,) = lines(result.stderr)
         assert line.startswith("error: ") and "--help" in line, line
-    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5, 6, 7, 130}
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5, 6, 7, 8, 130}
 
 
 # -- 11. help and details ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import typer
 from rich.console import Console
 
-from knnvc.errors import EXIT_INTERRUPTED, InputError, KnnvcError, UsageError
+from knnvc.errors import EXIT_INTERRUPTED, ExtraError, InputError, KnnvcError, UsageError, missing_extra
 from knnvc.options import DEFAULT_VOCODER, DEFAULT_WAVLM, Models, PipelineSettings
 
 if TYPE_CHECKING:
@@ -116,13 +116,55 @@ def preflight(*paths: Path | None, device: str, precision: str = "auto") -> None
 
 
 @contextmanager
+def needs_extra(feature: str, extra: str) -> Iterator[None]:
+    """The imports of an optional extra's packages: one that is not installed is ``ExtraError`` (exit 8), naming
+    the pip command. A failing import of knnvc's own is a bug, and stays a traceback."""
+    try:
+        yield
+    except ImportError as exc:
+        package = (exc.name or "").partition(".")[0]
+        if not package or package == "knnvc":
+            raise
+        raise missing_extra(feature, extra, package) from exc
+
+
+_EXTRA_HINT = re.compile(r"knnvc\[(\w+)\]")
+
+
+def as_extra(exc: KnnvcError) -> KnnvcError:
+    """``exc``, or the ``ExtraError`` it stands for: a library error raised because an optional package did not
+    import (an ``ImportError`` as its cause or context) that names the extra to install (``knnvc[eval]``).
+
+    So every missing extra exits 8 with the same words, also where the library still raises another type for it
+    (``knnvc.eval.models.need``: ``WeightsError``; ``knnvc.batch.cluster``: ``UsageError``).
+    """
+    missing, hint = exc.__cause__ or exc.__context__, _EXTRA_HINT.search(str(exc))
+    if isinstance(exc, ExtraError) or not isinstance(missing, ImportError) or hint is None:
+        return exc
+    subject = str(exc).split(" needs ", 1)[0] if " needs " in str(exc) else _command_path()
+    return missing_extra(subject, hint.group(1), (missing.name or "").partition(".")[0] or None)
+
+
+def _command_path() -> str:
+    """``knnvc voice build``: the command running now (typer's test runner would call the program "root")."""
+    from typer._click.globals import get_current_context
+
+    ctx, names = get_current_context(silent=True), []
+    while ctx is not None and ctx.parent is not None:
+        names.append(str(ctx.info_name))
+        ctx = ctx.parent
+    return " ".join(["knnvc", *reversed(names)])
+
+
+@contextmanager
 def handle_errors(verbose: bool) -> Iterator[None]:
     """Turn library errors into one line and an exit code (tracebacks only when verbose); Ctrl-C into 130."""
     try:
         yield
-    except KnnvcError as exc:
+    except KnnvcError as caught:
         if verbose:
             err.print_exception()
+        exc = as_extra(caught)
         say("error:", "bold red", cli_words(str(exc)))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:

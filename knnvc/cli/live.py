@@ -1,8 +1,8 @@
 """``knnvc live`` (extra ``[live]``): microphone -> ``Streamer`` -> speakers, through sounddevice (PortAudio).
 
 The microphone is read in chunks at its own rate (the stream resamples to 16 kHz) and the converted audio is
-written to the speakers at theirs, so any pair of devices works. A missing sounddevice package, PortAudio library
-or device is one line on stderr (exit 7).
+written to the speakers at theirs, so any pair of devices works. A missing sounddevice package is one line on stderr
+naming the extra to install (exit 8, as every missing extra); a missing PortAudio library or device, exit 7.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ class AudioDevice:
 
 
 def open_sounddevice() -> Any:
-    """The ``sounddevice`` module, or a one-line ``DeviceError`` saying what to install."""
+    """The ``sounddevice`` module, or a one-line error saying what to install: ``ExtraError`` for the package,
+    ``DeviceError`` for the PortAudio library it needs (a system library, not a pip extra)."""
     try:
-        import sounddevice
-    except ImportError:
-        raise DeviceError("knnvc live needs the live extra: pip install 'knnvc[live]'") from None
+        with common.needs_extra("knnvc live", "live"):
+            import sounddevice
     except OSError as exc:  # sounddevice raises OSError when the PortAudio library is missing
         hint = "e.g. apt-get install libportaudio2"
         raise DeviceError(f"knnvc live needs the PortAudio library ({exc}); {hint}") from None

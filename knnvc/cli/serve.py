@@ -47,15 +47,11 @@ def serve(
     with common.session(verbose, quiet):
         if not 1 <= port <= 65535:
             raise UsageError(f"--port must be 1-65535, got {port}")
-        try:
+        with common.needs_extra("knnvc serve", "web"):
             import uvicorn
 
             from knnvc.web.app import create_app
             from knnvc.web.service import Limits, Service
-        except ImportError as exc:
-            raise UsageError(
-                f"knnvc serve needs the web extra ({exc.name} is missing): pip install 'knnvc[web]'"
-            ) from exc
         if not _is_local(host):
             exposed = f"listening on {host}: anyone who can reach this machine can upload files and use its "
             common.say("warning:", "bold yellow", exposed + "CPU/GPU, with no login; --host 127.0.0.1 keeps it local")
