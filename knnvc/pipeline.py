@@ -89,9 +89,18 @@ class KnnVC:
         settings: device, precision, batch size, windows and compile (``knnvc.options.PipelineSettings``).
         models: where a vocoder left as None comes from (``models.vocoder``, ``models.offline``).
 
+    Return types follow one rule: **features are torch tensors on the pipeline's device; audio is numpy on the
+    host.** ``encode`` and ``match`` return a ``torch.Tensor`` (T, D) float32 on ``device`` (D = 1024 for
+    WavLM-Large, 50 frames a second), ready for the next step there; ``load_audio``, ``vocode`` and ``convert``
+    return an ``np.ndarray`` (N,) float32, because what follows audio (loudness, resampling, writing) runs on
+    the CPU.
+
     Attributes:
-        encoder: the prepared ``WavLMEncoder``; ``vocoder`` (a property) the prepared ``Generator``.
-        settings, device, dtype, batch_size: how it runs.
+        encoder: the prepared ``WavLMEncoder``; ``vocoder`` (a property) is the prepared ``Generator``.
+        settings: device, precision, batch size, windows and compile, as given.
+        device: the ``torch.device`` it runs on (``settings.device`` resolved).
+        dtype: the compute precision (``settings.precision`` resolved).
+        batch_size: waveforms, or windows of long audio, computed together.
     """
 
     def __init__(
@@ -169,7 +178,8 @@ class KnnVC:
 
     # -- audio in ---------------------------------------------------------------------------------------
     def load_audio(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
-        """A path, array or tensor -> (N,) float32 mono at 16 kHz. Arrays and tensors need ``sample_rate``."""
+        """A path, array or tensor -> an ``np.ndarray`` (N,) float32, mono at 16 kHz, on the host. Arrays and
+        tensors need ``sample_rate``."""
         if isinstance(source, (str, os.PathLike)):
             return decode.load(Path(source), min_samples=RECEPTIVE_FIELD)
         if sample_rate is None:
@@ -180,7 +190,7 @@ class KnnVC:
     def encode(
         self, source: AudioInput, sample_rate: int | None = None, progress: OnProgress | None = None
     ) -> Tensor:
-        """Layer-6 features of one input: (T, D) at 50 Hz, fp32, on the pipeline's device."""
+        """Layer-6 features of one input: a ``torch.Tensor`` (T, D) float32 at 50 Hz, on the pipeline's device."""
         return self.encode_many([self.load_audio(source, sample_rate)], progress=progress)[0]
 
     @oom.splits_batches("encoding")  # out of memory: halve the batch, then (below) the window
@@ -410,7 +420,8 @@ class KnnVC:
     def match(
         self, features: Tensor | Mapping[int, Tensor], voice: Voice, options: ConvertOptions | int = DEFAULT_K
     ) -> Tensor:
-        """The source's frames matched onto the voice, with every control of ``options`` -> (T, D) fp32 layer 6.
+        """The source's frames matched onto the voice, with every control of ``options``: a ``torch.Tensor``
+        (T, D) float32 of layer-6 features, on the pipeline's device.
 
         ``features``: (T, D) layer-6 frames, or {layer: (T, D)} holding layer 6 and the match layer.
         ``options``: a ``ConvertOptions`` (k, match layer, weighting, morph, strength), or just k.
@@ -474,7 +485,8 @@ class KnnVC:
         return [host[offsets[i] : offsets[i + 1]] for i in range(len(features))]
 
     def vocode(self, features: Tensor, progress: OnProgress | None = None) -> np.ndarray:
-        """(T, D) frames at 50 Hz -> (T * hop,) float32 waveform at ``sample_rate``, in windows of 10 s."""
+        """(T, D) frames at 50 Hz -> an ``np.ndarray`` (T * hop,) float32 waveform at ``sample_rate``, on the host,
+        computed in windows of 10 s."""
         return self.vocode_many([features], progress=progress)[0]
 
     # -- conversion -------------------------------------------------------------------------------------
@@ -501,8 +513,8 @@ class KnnVC:
             progress: gets ``knnvc.progress.Progress`` events over the windows of a long source.
 
         Returns:
-            (N,) float32 at ``self.output_rate(options)``, as long as the source: the vocoder covers its whole
-            20 ms frames and the remaining < 25 ms tail is silence.
+            An ``np.ndarray`` (N,) float32 at ``self.output_rate(options)``, on the host, as long as the source:
+            the vocoder covers its whole 20 ms frames and the remaining < 25 ms tail is silence.
         """
         self.check_depth(options.layers)
         voice = self.voice_from(target, trim=options.trim, match_layer=options.match_layer)
@@ -611,8 +623,13 @@ def convert(
         output: also write the result here, atomically (format from the extension: .wav, .flac, .ogg).
         output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default: the vocoder's
             (16 kHz for the published ones).
-        k, loudness, trim: as for ``KnnVC.convert`` (``loudness=None`` keeps the vocoder's level).
-        strength, match_layer, knn_weighting, morph_weight: the controls of ``knnvc.options.ConvertOptions``.
+        k: nearest neighbours averaged per frame (``knnvc.options.ConvertOptions.k``).
+        loudness: output loudness in LUFS; None keeps the vocoder's level.
+        trim: trim silence from both ends of each reference (silero-vad).
+        strength: 0 keeps the source voice, 1 the target, above 1 exaggerates (a control of ``ConvertOptions``).
+        match_layer: the WavLM layer searched for neighbours (a control of ``ConvertOptions``).
+        knn_weighting: ``"uniform"`` or ``"inverse-distance"`` (a control of ``ConvertOptions``).
+        morph_weight: the share of ``morph`` (a control of ``ConvertOptions``).
         morph: a second voice (a ``Voice``, a ``.voice`` file or reference audio, arrays with
             ``morph_sample_rate``): the result is ``(1 - morph_weight) * kNN(reference) + morph_weight *
             kNN(morph)`` before the strength blend.

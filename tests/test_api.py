@@ -83,6 +83,29 @@ def test_same_as_a_fresh_pipeline(expected: np.ndarray) -> None:
     assert np.allclose(fresh.convert(SOURCE_WAV, fresh.build_voice(REF_DIR, trim=False)), expected, rtol=0, atol=1e-5)
 
 
+def test_documented_return_types(vc: KnnVC, expected: np.ndarray) -> None:
+    """The rule in ``KnnVC``'s docstring and the Python API guide: features are torch tensors on the pipeline's
+    device (``encode``, ``match``), audio is numpy on the host (``load_audio``, ``vocode``, ``convert``)."""
+    voice = vc.build_voice(REF_DIR, trim=False)
+    width = voice.frames.shape[1]  # 1024 for WavLM-Large; the tiny test model is narrower
+    features = vc.encode(SOURCE_WAV)
+    assert isinstance(features, torch.Tensor) and features.dtype == torch.float32 and features.device == vc.device
+    assert features.ndim == 2 and features.shape[1] == width
+    matched = vc.match(features, voice, ConvertOptions(k=4))
+    assert isinstance(matched, torch.Tensor) and matched.dtype == torch.float32 and matched.device == vc.device
+    assert matched.shape == features.shape
+    audio = vc.vocode(matched)
+    hop = vc.sample_rate // 50
+    assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.shape == (len(features) * hop,)
+    source = vc.load_audio(SOURCE_WAV)
+    assert isinstance(source, np.ndarray) and source.dtype == np.float32 and source.ndim == 1
+    wav = vc.convert(SOURCE_WAV, voice)
+    assert isinstance(wav, np.ndarray) and wav.dtype == np.float32 and wav.shape == source.shape
+    assert np.array_equal(wav, expected)
+    one_call = knnvc.convert(SOURCE_WAV, REF_DIR, trim=False, **TINY)
+    assert isinstance(one_call, np.ndarray) and one_call.dtype == np.float32 and one_call.ndim == 1
+
+
 def test_arrays_and_tensors(tmp_path: Path, expected: np.ndarray) -> None:
     pcm, rate = sf.read(SOURCE_WAV, dtype="int16")
     assert np.array_equal(knnvc.convert(pcm, REF_DIR, sample_rate=rate, trim=False, **TINY), expected)
