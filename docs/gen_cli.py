@@ -1,0 +1,34 @@
+"""Write the CLI reference page at build time (mkdocs-gen-files runs this on every ``mkdocs build``).
+
+The page is typer's own markdown for the ``knnvc`` app (what ``typer knnvc.cli.app utils docs`` prints), made from
+the same click command that parses the command line, so it cannot drift from ``--help``. Nothing heavy loads:
+building the command imports no torch.
+"""
+
+from __future__ import annotations
+
+import mkdocs_gen_files
+import typer
+from typer.cli import get_docs_for_click
+
+from knnvc.cli import app
+
+INTRO = """\
+Every command and option of `knnvc`, generated from the CLI itself when the site is built (typer's
+`utils docs` output). Each command also answers `--help`. Defaults shown here are those of a clean environment:
+`KNNVC_WAVLM` and `KNNVC_VOCODER` replace the weights' defaults. Exit codes are in
+[Errors and exit codes](../errors.md).
+"""
+
+
+def page() -> str:
+    """The reference as markdown: the title, the introduction, then typer's text without its own title."""
+    command = typer.main.get_command(app)
+    context = typer.Context(command, info_name="knnvc")
+    text = get_docs_for_click(obj=command, ctx=context, name="knnvc", title="CLI reference")
+    title, _, body = text.partition("\n")
+    return f"{title}\n\n{INTRO}{body}"
+
+
+with mkdocs_gen_files.open("reference/cli.md", "w") as out:
+    out.write(page())
