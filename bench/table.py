@@ -1,7 +1,9 @@
-"""``python -m bench.table``: docs/performance.md, the README's performance section, from bench/results/*.json.
+"""``python -m bench.table``: the tables of docs/performance.md, from bench/results/*.json.
 
-Every figure in the page comes from a results file; rerun ``python -m bench`` (CPU) or ``python -m bench.gpu``
-to refresh them, then this command (``python -m bench`` runs it at the end).
+Every figure in the page's tables comes from a results file; rerun ``python -m bench`` (CPU) or
+``python -m bench.gpu`` to refresh them, then this command (``python -m bench`` runs it at the end). It rewrites
+what lies between the page's two ``bench.table`` markers and leaves the prose around them as it is (a page without
+the markers is written whole: ``HEADER``, then the tables).
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PAGE = ROOT / "docs" / "performance.md"
-README = ROOT / "README.md"
 START, END = "<!-- python -m bench.table: start -->", "<!-- python -m bench.table: end -->"
 
 HEADER = """# Performance
 
 Measured by `python -m bench` (CPU) and `python -m bench.gpu` (GPU) with full-size models of the published
-layouts and random weights (they cost the same to run as the real ones). Regenerate this page with
+layouts and random weights (they cost the same to run as the real ones). Regenerate its tables with
 `python -m bench.table`. **Reference mode** is the original kNN-VC code's algorithm as it runs: WavLM-Large to
 layer 6, fp32, batch 1, whole files, the matching set built once per voice, the vocoder on the whole file
 (`bench/reference.py`). Both run as whole processes (start-up, model loading, the voice, every file, writing),
@@ -107,9 +108,10 @@ def startup_rows() -> list[str]:
     return rows
 
 
-def render(header: str = HEADER) -> str:
+def tables() -> str:
+    """The generated part of the page: speed, precision agreement, GPU runs and start-up, from the results files."""
     results = speed_results()
-    lines = [header, "| machine | task | reference mode | knnvc | speed-up | audio s per wall s (ref / knnvc) "
+    lines = ["| machine | task | reference mode | knnvc | speed-up | audio s per wall s (ref / knnvc) "
              "| peak RSS (ref / knnvc) | load avg |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, result in results.items():
         lines += _rows(name, result)
@@ -128,15 +130,18 @@ def render(header: str = HEADER) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(page: str | None = None) -> str:
+    """``page`` with its generated part replaced by ``tables()``; without the markers (or a page), a new page."""
+    if page is None or START not in page or END not in page:
+        return f"{HEADER}\n{START}\n{tables()}{END}\n"
+    head, rest = page.split(START, 1)
+    return f"{head}{START}\n{tables()}{END}{rest.split(END, 1)[1]}"
+
+
 def main() -> None:
-    """Write docs/performance.md, and the same tables into the README between its bench.table markers."""
+    """Rewrite the tables of docs/performance.md between its bench.table markers (the page's prose is kept)."""
     PAGE.parent.mkdir(parents=True, exist_ok=True)
-    PAGE.write_text(render())
-    text = README.read_text(encoding="utf-8")
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tables = render(header="").strip().replace("\n## ", "\n### ")  # sections of the README's Performance
-        README.write_text(f"{head}{START}\n{tables}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+    PAGE.write_text(render(PAGE.read_text(encoding="utf-8") if PAGE.exists() else None), encoding="utf-8")
 
 
 if __name__ == "__main__":
