@@ -215,6 +215,9 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
         def load_audio(self, source: Path) -> np.ndarray:
             return np.zeros(SR // 10, dtype=np.float32)
 
+        def load_vocoder(self) -> None:
+            pass
+
         def output_rate(self, options: object) -> int:
             return SR
 
