@@ -7,6 +7,10 @@ building the command imports no torch.
 
 from __future__ import annotations
 
+import inspect
+import re
+
+import click
 import mkdocs_gen_files
 import typer
 from typer.cli import get_docs_for_click
@@ -21,9 +25,20 @@ Every command and option of `knnvc`, generated from the CLI itself when the site
 """
 
 
+def whole_first_sentences(command: click.Command) -> None:
+    """Give every subcommand its help's first sentence as its short help, where click would cut it at 45
+    characters in the command lists (this copy of the command only: the CLI itself is untouched)."""
+    for sub in getattr(command, "commands", {}).values():
+        if not sub.short_help and sub.help:
+            paragraph = inspect.cleandoc(sub.help).split("\n\n")[0].replace("\n", " ")
+            sub.short_help = re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
+        whole_first_sentences(sub)
+
+
 def page() -> str:
     """The reference as markdown: the title, the introduction, then typer's text without its own title."""
     command = typer.main.get_command(app)
+    whole_first_sentences(command)
     context = typer.Context(command, info_name="knnvc")
     text = get_docs_for_click(obj=command, ctx=context, name="knnvc", title="CLI reference")
     title, _, body = text.partition("\n")
