@@ -247,8 +247,18 @@ class KnnVC:
         """Matching set from reference speech: a file, a folder, or a list of paths/arrays/tensors.
 
         Each reference has its leading and trailing silence trimmed (unless ``trim=False``); their frames are
-        concatenated in the given order (a folder: sorted by path). The voice holds layer-6 frames, and
-        ``match_layer``'s too when that is another layer (the encoder must run that deep).
+        concatenated in the given order (a folder: sorted by path). Building a voice never loads the vocoder.
+
+        Args:
+            references: a path (file or folder), an array or tensor, or a list of those.
+            trim: trim silence from both ends of each reference (silero-vad).
+            sample_rate: the rate of arrays and tensors among the references.
+            name: the voice's name (default: the reference file's stem, or the name of the references' folder).
+            match_layer: also keep this layer's frames when it is not 6 (the encoder must run that deep).
+
+        Returns:
+            A ``Voice`` holding layer-6 frames (and ``match_layer``'s), on the CPU (a pipeline moves the frames it
+            matches against to its device once, and keeps them there).
         """
         items = self._reference_items(references)
         wavs, sources = [], []
@@ -420,13 +430,19 @@ class KnnVC:
     def match(
         self, features: Tensor | Mapping[int, Tensor], voice: Voice, options: ConvertOptions | int = DEFAULT_K
     ) -> Tensor:
-        """The source's frames matched onto the voice, with every control of ``options``: a ``torch.Tensor``
-        (T, D) float32 of layer-6 features, on the pipeline's device.
+        """The source's frames matched onto the voice, with every control of ``options``.
 
-        ``features``: (T, D) layer-6 frames, or {layer: (T, D)} holding layer 6 and the match layer.
-        ``options``: a ``ConvertOptions`` (k, match layer, weighting, morph, strength), or just k.
         The search runs on the match layer; the result averages the chosen frames' layer-6 features, morphs
         towards ``options.morph`` by ``morph_weight``, then blends with the source by ``strength``.
+
+        Args:
+            features: (T, D) layer-6 frames (what ``encode`` returns), or {layer: (T, D)} holding layer 6 and
+                the match layer.
+            voice: the voice to match onto.
+            options: a ``ConvertOptions`` (k, match layer, weighting, morph, strength), or just k.
+
+        Returns:
+            A ``torch.Tensor`` (T, D) float32 of layer-6 features, on the pipeline's device.
         """
         return self.match_many([features], voice, options)[0]
 
