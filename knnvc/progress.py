@@ -3,18 +3,16 @@
 A caller passes ``progress=fn`` (an ``OnProgress``) and gets one event per step; the library never draws anything.
 The CLI renders the events with rich; the web page and the stream forward them. Stages:
 
-========== ============================================ ============================================
-stage      what happened                                ``index`` / ``total``
-========== ============================================ ============================================
-start      a file of a batch begins its conversion      the file's position (from 0) / files
-done       ... was written (``seconds``, ``audio_s...``) the file's position / files
-skip       ... already had its output                   the file's position / files
-fail       ... failed (``error``)                       the file's position / files
-convert    input ``index`` of ``convert_batch`` begins  the input's position / inputs in the call
-encode     windows of one long input were encoded       windows done / windows
-vocode     windows of one long input were vocoded       windows done / windows
-download   bytes of weights arrived (``name``)          bytes done / bytes (None: not announced)
-========== ============================================ ============================================
+| stage    | what happened                                     | ``index`` / ``total``                       |
+| -------- | ------------------------------------------------- | ------------------------------------------- |
+| start    | a file of a batch begins its conversion           | the file's position (from 0) / files        |
+| done     | ... was written (``seconds``, ``audio_seconds``)  | the file's position / files                 |
+| skip     | ... already had its output                        | the file's position / files                 |
+| fail     | ... failed (``error``)                            | the file's position / files                 |
+| convert  | input ``index`` of ``convert_batch`` begins       | the input's position / inputs in the call   |
+| encode   | windows of one long input were encoded            | windows done / windows                      |
+| vocode   | windows of one long input were vocoded            | windows done / windows                      |
+| download | bytes of weights arrived (``name``)               | bytes done / bytes (None: not announced)    |
 """
 
 from __future__ import annotations
