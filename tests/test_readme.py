@@ -302,3 +302,12 @@ def test_readme_links_every_guide_and_every_link_is_a_page() -> None:
 
 def test_readme_is_a_quickstart() -> None:
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 210
+
+
+def test_ci_runs_the_readme_install_and_test_commands() -> None:
+    """``.ci/run`` installs and tests exactly as the README says (pip's ``-q`` aside), and builds the docs."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").replace("pip install -q ", "pip install ")
+    block = next(b for b in blocks() if b.lang == "bash" and "python -m pytest" in b.text)
+    for command in (c.strip() for c in block.text.split("&&")):
+        assert re.search(rf"^{re.escape(command)}$", ci, re.M), f".ci/run does not run the README's `{command}`"
+    assert re.search(r"^\S*.*mkdocs build --strict", ci, re.M)
