@@ -2,8 +2,9 @@
 
 Every message is one line that names the file (or option) at fault and says what to do about it.
 
-Exit codes of the ``knnvc`` command (also in the README, "Errors and exit codes"):
+Exit codes of the ``knnvc`` command (also on the documentation's "Errors and exit codes" page, docs/errors.md):
 
+```text
 ==== ======================= ==========================================================================
 code meaning                 raised by / when
 ==== ======================= ==========================================================================
@@ -27,6 +28,7 @@ code meaning                 raised by / when
 130  interrupted             Ctrl-C (SIGINT) or SIGTERM: the file being written is abandoned (never
                              half-written), finished files are kept, and rerunning resumes
 ==== ======================= ==========================================================================
+```
 
 SIGTERM deliberately reuses 130 rather than 143: for knnvc both mean "stopped on request, rerun to resume",
 and a script needs to test one code. (Before a batch starts, while models load, SIGTERM keeps its default
