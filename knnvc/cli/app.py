@@ -4,6 +4,11 @@ Help is plain text (``rich_markup_mode=None``: option help is shown as written, 
 classic shape: ``Usage: knnvc convert [OPTIONS] SOURCE REFERENCE`` and ``--k INTEGER``. ``KnnvcCommand`` gives
 every command that shape, whatever typer's own defaults (``{source}``, ``<int>``) are, and usage errors the shape
 of knnvc's own errors: one line, ``error: ...``, exit 2. (typer 0.29 and later: they carry click as ``typer._click``.)
+
+Every default is shown once, the same way: ``[default: 4]``. A default that is no single value is described with
+``show_default="1 on CPU, 8 on GPU"`` (shown as ``[default: 1 on CPU, 8 on GPU]``), never in the help's own words;
+weights that ``KNNVC_WAVLM`` / ``KNNVC_VOCODER`` put in place of a default are shown when help is, as
+``[default: /models/WavLM-Large.pt (from KNNVC_WAVLM)]``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,33 @@ def _option_metavar(param: TyperOption, ctx: Any) -> str:
     label = param.display_type(ctx).strip("<>").split(" ")[0]
     label = label.removeprefix("list[").removesuffix("]").lower()
     return _TYPE_METAVARS.get(label, label.upper())
+
+
+def _described_default(param: TyperArgument | TyperOption) -> str | None:
+    """What ``[default: ...]`` says where typer's own words will not do: the weights that ``KNNVC_WAVLM`` or
+    ``KNNVC_VOCODER`` put in place of a default name (read now, as help is shown), or a default described in words
+    (``show_default="..."``); None: typer's words."""
+    if isinstance(param.default, str):
+        from knnvc.weights.hub import local_default  # light: no torch
+
+        if found := local_default(param.default):
+            return f"{found[0]} (from {found[1]})"
+    return param.show_default if isinstance(param.show_default, str) else None
+
+
+def help_record(param: TyperArgument | TyperOption, ctx: Any) -> tuple[str, str] | None:
+    """``param``'s row in help: its names and its help, the default shown once as ``[default: ...]``."""
+    described = _described_default(param)
+    if described is None:
+        return param.get_help_record(ctx)
+    given, param.show_default = param.show_default, described
+    try:
+        record = param.get_help_record(ctx)
+    finally:
+        param.show_default = given
+    if record is None:
+        return None
+    return record[0], record[1].replace(f"default: ({described})", f"default: {described}", 1)  # typer's (...)
 
 
 class OneLineUsageError(ClickException):
@@ -79,7 +111,7 @@ class KnnvcCommand(TyperCommand):
         self._name_options(ctx)
         arguments, options = [], []
         for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
+            record = help_record(param, ctx) if isinstance(param, TyperArgument | TyperOption) else None
             if record is None:
                 continue
             if isinstance(param, TyperArgument):

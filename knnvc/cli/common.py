@@ -35,7 +35,11 @@ VocoderOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32), fp32, bf16 (GPU, AMX/AVX512 CPU), fp16.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Computed at once [default: 1 CPU, 8 GPU].")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Waveforms, or windows of long audio, computed together.",
+                 show_default="1 on CPU, 8 on GPU"),  # fmt: skip
+]
 TrimOpt = Annotated[bool, typer.Option("--trim/--no-trim", help="Trim silence from both ends of each reference.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]

@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from knnvc.errors import UsageError
+from knnvc.options import ConvertOptions
 
 if TYPE_CHECKING:
-    from knnvc.options import ConvertOptions
     from knnvc.pipeline import KnnVC
 
 StrengthOpt = Annotated[
     float,
-    typer.Option("--strength", help="0-2: 0 keeps the source voice, 1 the target (default), above 1 exaggerates."),
+    typer.Option("--strength", help="0-2: 0 keeps the source voice, 1 the target, above 1 exaggerates."),
 ]
 MatchLayerOpt = Annotated[
     int,
-    typer.Option("--match-layer", help="WavLM layer searched for neighbours (1 to the model's layers; default 6)."),
+    typer.Option("--match-layer", help="WavLM layer searched for neighbours (1 to the model's layers)."),
 ]
 WeightingOpt = Annotated[
     str,
@@ -33,8 +33,9 @@ MorphOpt = Annotated[
     typer.Option("--morph", help="A second voice (.voice file, reference file or folder) to morph towards."),
 ]
 MorphWeightOpt = Annotated[
-    float | None,
-    typer.Option("--morph-weight", help="0-1: share of the --morph voice (default 0.5; 0 first voice, 1 second)."),
+    float | None,  # None: not given (it needs --morph), so ConvertOptions' own default
+    typer.Option("--morph-weight", help="0-1: share of the --morph voice (0 the first voice, 1 the second).",
+                 show_default=str(ConvertOptions.morph_weight)),  # fmt: skip
 ]
 
 

@@ -78,7 +78,9 @@ def run(sd: Any, streamer: Streamer, mic: AudioDevice, speakers: AudioDevice) ->
 @app.command()
 @common.takes(streaming)
 def live(
-    reference: Annotated[Path | None, typer.Argument(help="Target speech: a file, a folder or a .voice file.")] = None,
+    reference: Annotated[
+        Path | None, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")
+    ] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     input_device: Annotated[str | None, typer.Option("--input-device", help="Microphone: index or name.")] = None,
     output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: index or name.")] = None,
@@ -87,7 +89,10 @@ def live(
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
-    """Speak into the microphone, hear it in REFERENCE's voice (extra [live]). Ctrl-C stops."""
+    """Speak into the microphone, hear it in REFERENCE's voice (extra [live]). Ctrl-C stops.
+
+    --loudness is a fixed gain, measured from the voice before the first chunk.
+    """
     with common.session(verbose, quiet):
         sd = open_sounddevice()
         if list_devices:

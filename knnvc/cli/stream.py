@@ -29,22 +29,20 @@ if TYPE_CHECKING:
 
 ReferenceArg = Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")]
 KOpt = Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")]
-LoudnessOpt = Annotated[
-    str, typer.Option("--loudness", help="Target LUFS of a fixed gain measured from the voice, or 'none'.")
-]
+LoudnessOpt = Annotated[str, typer.Option("--loudness", help="Output loudness in LUFS, or 'none'.")]
 ChunkOpt = Annotated[int, typer.Option("--chunk-ms", help="Audio converted per step (multiple of 20 ms).")]
 LookaheadOpt = Annotated[
     int | None,
     typer.Option(
         "--lookahead-ms",
-        help="Future audio the encoder waits for [default: its positional reach, 1280 ms for WavLM-Large]. "
-        "Less is faster and agrees less with offline conversion.",
-        show_default=False,
+        help="Future audio the encoder waits for: less is faster, and agrees less with offline conversion.",
+        show_default="its positional reach, 1280 ms for WavLM-Large",
     ),
 ]
 ContextOpt = Annotated[
     int | None,
-    typer.Option("--context-ms", help="Past audio the encoder re-reads [default: 2000].", show_default=False),
+    typer.Option("--context-ms", help="Past audio the encoder re-reads.",
+                 show_default="2000, or the encoder's reach if longer"),  # fmt: skip
 ]
 VocoderLookaheadOpt = Annotated[
     int, typer.Option("--vocoder-lookahead-ms", help="Final frames the vocoder waits for past each chunk.")
@@ -125,7 +123,8 @@ def stream(
     """Convert raw s16le mono PCM from stdin into REFERENCE's voice on stdout, chunk by chunk, as it arrives.
 
     Output sample n is input sample n converted (the delay is in time, not inserted silence); at the end of the
-    input the tail is flushed, so the output is exactly as long as the input.
+    input the tail is flushed, so the output is exactly as long as the input. --loudness is a fixed gain, measured
+    from the voice before the first chunk.
     """
     with common.session(verbose, quiet):
         _check_rate("--input-rate", input_rate)
