@@ -11,7 +11,7 @@ def system_info(device: str = "auto") -> dict[str, Any]:
     import torch
     import transformers
 
-    from knnvc.options import package_version
+    from knnvc.options import DEFAULT_VOCODER, DEFAULT_WAVLM, package_version
     from knnvc.runtime.devices import resolve_device
     from knnvc.weights import hub
 
@@ -30,6 +30,10 @@ def system_info(device: str = "auto") -> dict[str, Any]:
             "sha256_from": how or None,
             "pinned": how == "published" if entry.source == "url" else None,
         })
+    defaults = {}
+    for kind, name in (("wavlm", DEFAULT_WAVLM), ("vocoder", DEFAULT_VOCODER)):
+        found = hub.local_default(name)  # KNNVC_WAVLM / KNNVC_VOCODER
+        defaults[kind] = {"weights": found[0], "from": found[1]} if found else {"weights": name, "from": None}
     return {
         "knnvc": package_version(),
         "python": platform.python_version(),
@@ -41,5 +45,7 @@ def system_info(device: str = "auto") -> dict[str, Any]:
         "knnvc_cache": str(hub.cache_dir()),
         "hf_cache": str(hub.hf_cache_dir()),
         "offline": hub.is_offline(),
+        # the weights a command uses when --wavlm / --vocoder are not given, and the variable that chose them
+        "defaults": defaults,
         "weights": rows,
     }
