@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from knnvc.errors import (
     AudioError,
     DeviceError,
+    ExtraError,
     InputError,
     KnnvcError,
     OutputError,
@@ -21,6 +22,7 @@ from knnvc.errors import (
 __all__ = [
     "AudioError",
     "DeviceError",
+    "ExtraError",
     "InputError",
     "KnnvcError",
     "KnnVC",

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from knnvc.audio import decode
-from knnvc.errors import WeightsError
+from knnvc.errors import ExtraError, WeightsError
 from knnvc.eval.asr import load_asr
 from knnvc.eval.core import evaluate
 from knnvc.eval.inputs import Item
@@ -100,7 +100,7 @@ def test_missing_models_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert load_asr("auto").name.startswith("pocketsphinx")  # no Whisper cached: the in-wheel ASR
     assert load_verifier("auto").name.startswith("resemblyzer")
     monkeypatch.setitem(__import__("sys").modules, "resemblyzer", None)  # as if it were not installed
-    with pytest.raises(WeightsError, match=r"speaker similarity needs the resemblyzer package.*knnvc\[eval\]"):
+    with pytest.raises(ExtraError, match=r"speaker similarity needs the eval extra \(resemblyzer is not installed\)"):
         load_verifier("resemblyzer")
 
 

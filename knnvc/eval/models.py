@@ -10,20 +10,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from knnvc.errors import WeightsError
+from knnvc.errors import WeightsError, missing_extra
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model")
 
-INSTALL_HINT = "pip install 'knnvc[eval]'"
 
 
 def need(module: str, metric: str) -> ModuleType:
-    """Import ``module`` for ``metric``, or raise ``WeightsError`` saying what to install."""
+    """Import ``module`` for ``metric``, or raise the ``ExtraError`` that says what to install."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise WeightsError(f"{metric} needs the {module} package, which is not installed: {INSTALL_HINT}") from exc
+        raise missing_extra(metric, "eval", module) from exc
 
 
 def cached_hf_model(repo_or_path: str) -> str | None:
