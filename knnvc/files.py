@@ -1,4 +1,5 @@
-"""Files, for knnvc: the sha256 of a file, one-line messages for failed writes, and writable output folders.
+"""Files, for knnvc: the sha256 of a file, one-line messages for failed writes, writable output folders, and the one
+check that no output replaces an input (``check_not_inputs``).
 
 Every file is written through the one atomic writer, ``vocoder.atomic.write_atomically`` (it lives in the standalone
 ``vocoder`` package, which never imports knnvc). Nothing here knows about audio or models.
@@ -10,10 +11,10 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from knnvc.errors import DiskFullError, OutputError
+from knnvc.errors import DiskFullError, OutputError, UsageError
 from vocoder.atomic import temp_path
 
 CHUNK = 1 << 20  # bytes read at a time when hashing a file
@@ -69,3 +70,53 @@ def writable_folder(folder: Path) -> Path:
             probe.unlink(missing_ok=True)
         raise write_error(folder, exc, "write into") from exc
     return folder
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names (links followed), or None when there is none."""
+    try:
+        found = path.stat()
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute, with every link and ``..`` resolved as far as it exists."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return path.absolute()
+
+
+def check_not_inputs(
+    outputs: Iterable[Path],
+    inputs: Mapping[str, Iterable[Path | None]],
+    *,
+    folders: Iterable[Path] = (),
+) -> None:
+    """Refuse, before anything is written, an output that would replace one of a command's inputs.
+
+    ``inputs`` maps what each input is (``"source"``, ``"reference"``...) to its paths: files (a reference folder is
+    given as its audio files) and folders (training data). An output file may not be an input file by any name:
+    the same resolved path, a symlink to it or a hard link (the same device and inode). An output folder (``folders``)
+    may not be an input folder (by any name). Nothing lifts this, ``--overwrite`` included.
+
+    Raises:
+        UsageError: one line naming the output and the input it would replace.
+    """
+    named = [(role, path) for role, paths in inputs.items() for path in paths if path is not None]
+    by_identity = {key: (role, path) for role, path in named if path.is_file() and (key := _identity(path)) is not None}
+    for output in outputs:
+        key = _identity(output)
+        if key is not None and key in by_identity:
+            role, path = by_identity[key]
+            raise UsageError(f"{output}: the output would replace the {role} {path}; no option (--overwrite "
+                             "included) writes over an input: choose another output")  # fmt: skip
+    input_folders = [(role, path, _real(path)) for role, path in named if path.is_dir()]
+    for folder in folders:
+        real = _real(folder)
+        for role, path, where in input_folders:
+            if real == where:
+                raise UsageError(f"{folder}: the output folder is the {role} {path}, which it would write over; no "
+                                 "option (--overwrite included) allows it: choose another folder")  # fmt: skip

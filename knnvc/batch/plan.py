@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,26 @@ def check_extension(extension: str) -> str:
     return ext
 
 
-def plan(source: Path, output: Path | None, voice_name: str, *, extension: str = ".wav") -> list[Job]:
+def plan(
+    source: Path,
+    output: Path | None,
+    voice_name: str,
+    *,
+    extension: str = ".wav",
+    inputs: Mapping[str, Iterable[Path | None]] | None = None,
+) -> list[Job]:
     """Jobs for a source file or folder.
 
     A file goes to ``output`` (a file path, or a folder when it exists as one), else to
     ``<stem>_<voice>.<ext>`` in the current folder. A folder is searched recursively and mirrored under
     ``output`` (default ``<folder>_<voice>`` in the current folder): relative paths are kept and the extension
     becomes ``extension``. Sources that would land on the same output (``a.wav`` and ``a.flac``) keep their own
-    extension in the name (``a.wav``, ``a.flac.wav``). An output that would replace a source, or an output folder
-    inside the source folder (a rerun would read its outputs back), is a ``UsageError``: nothing is written.
+    extension in the name (``a.wav``, ``a.flac.wav``). Nothing is written; these are ``UsageError``s:
+
+    - an output that would replace an input, by any name (``knnvc.files.check_not_inputs``): a source, or one of
+      ``inputs``, the other files the conversion reads (``{"reference": [...], "voice": [...]}``; a reference
+      folder as its audio files);
+    - an output folder inside the source folder (a rerun would read its outputs back).
     """
     ext = check_extension(extension)
     name = safe_name(voice_name)
@@ -110,24 +122,20 @@ def plan(source: Path, output: Path | None, voice_name: str, *, extension: str =
             raise UsageError(
                 f"{output}: give an output file ending in {', '.join(OUTPUT_EXTENSIONS)}, or an existing folder"
             )
-        if output.resolve() == source.resolve():
-            raise UsageError(f"{output}: the output would replace its own source; give another output file")
-        return [Job(source, output)]
-    root = output if output is not None else Path.cwd() / f"{source.name or source.resolve().name}_{name}"
-    if root.suffix.lower() in OUTPUT_EXTENSIONS and not root.is_dir():
-        raise UsageError(f"{root}: a folder of sources needs an output folder, not a file name")
-    if root.resolve() == source.resolve():
-        raise UsageError(f"{root}: the output folder must differ from the source folder")
-    if source.resolve() in root.resolve().parents:
-        raise UsageError(
-            f"{root}: the output folder is inside the source folder {source}, whose outputs a rerun would read "
-            "back as sources; choose an output folder outside it"
-        )
-    jobs = _mirror(source, root, ext)
-    inputs = {job.source.resolve() for job in jobs}
-    for job in jobs:
-        if job.output.resolve() in inputs:
-            raise UsageError(f"{job.output}: an output would replace a source file; choose another output folder")
+        jobs = [Job(source, output)]
+    else:
+        root = output if output is not None else Path.cwd() / f"{source.name or source.resolve().name}_{name}"
+        if root.suffix.lower() in OUTPUT_EXTENSIONS and not root.is_dir():
+            raise UsageError(f"{root}: a folder of sources needs an output folder, not a file name")
+        if root.resolve() == source.resolve():
+            raise UsageError(f"{root}: the output folder must differ from the source folder")
+        if source.resolve() in root.resolve().parents:
+            raise UsageError(
+                f"{root}: the output folder is inside the source folder {source}, whose outputs a rerun would read "
+                "back as sources; choose an output folder outside it"
+            )
+        jobs = _mirror(source, root, ext)
+    files.check_not_inputs([job.output for job in jobs], {"source": [job.source for job in jobs], **(inputs or {})})
     return jobs
 
 
