@@ -68,25 +68,71 @@ def load(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_sa
             unreadable or damaged data, no samples, too few samples, NaN/Inf samples, a sample rate outside
             the accepted range.
     """
-    path = Path(path)
+    wav, _ = _read(Path(path), sample_rate, min_samples, head=None)
+    return wav
+
+
+def probe(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> None:
+    """Check, in a moment, that ``load(path, ...)`` would decode the file: its header, then its first block.
+
+    The first ``READ_BLOCK`` frames are decoded as ``load`` decodes them (a file that short is decoded whole, so its
+    length is checked against ``min_samples`` too). A command probes its inputs before it loads any model, so that
+    a file that is not audio fails in a fraction of a second rather than after the models load; damage further in
+    is still found by ``load``.
+
+    Raises:
+        AudioError: the same error, word for word, that ``load`` raises for what the probe reads.
+    """
+    _read(Path(path), sample_rate, min_samples, head=READ_BLOCK)
+
+
+def _read(path: Path, sample_rate: int, min_samples: int, *, head: int | None) -> tuple[np.ndarray, bool]:
+    """``load``'s work on the first ``head`` frames (all with None): (the samples, whether the file ended there)."""
     if not path.exists():
         raise AudioError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise AudioError(f"{path} is a folder, not an audio file; give a file inside it")
     try:
-        frames_read, wav = _decode(_open(path), path, sample_rate)
+        rate, frames, blocks = _open(path)
+        read = _Head(blocks, head)
+        try:
+            frames_read, wav = _decode((rate, frames, iter(read)), path, sample_rate)
+        finally:
+            read.close()
     except (OSError, RuntimeError, ValueError) as exc:
         raise AudioError(f"cannot read {path} ({exc}); check it is an audio file you can read") from exc
     except MemoryError as exc:
         raise AudioError(f"{path} is too long to decode in this machine's memory; split it into parts") from exc
     if frames_read == 0:
         raise AudioError(f"{path} contains no audio samples; record or export it again")
-    if wav.shape[0] < min_samples:
+    if read.ended and wav.shape[0] < min_samples:
         raise AudioError(
             f"{path} is too short ({1000 * wav.shape[0] / sample_rate:.1f} ms); "
             f"give at least {1000 * min_samples / sample_rate:g} ms of audio"
         )
-    return wav
+    return wav, read.ended
+
+
+class _Head:
+    """The blocks of an opened file up to ``limit`` frames (all of them with None); ``ended`` once the file ran out
+    within them. ``close`` closes the file (its generator) when it was not read to the end."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], limit: int | None) -> None:
+        self.blocks, self.limit, self.frames, self.ended = blocks, limit, 0, False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while self.limit is None or self.frames < self.limit:
+            block = next(self.blocks, None)
+            if block is None:
+                self.ended = True
+                return
+            self.frames += block.shape[0]
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _open(path: Path) -> tuple[int, int, Iterator[np.ndarray]]:
