@@ -9,7 +9,7 @@ back-pressure:
 2. CPU tasks (``Dataset.map``) decode each source and resample it to 16 kHz mono;
 3. ``map_batches`` with a class actor (``Converter``, ``compute=ActorPoolStrategy(size=N)``, ``num_gpus=1`` per
    actor on GPUs) holds a ``KnnVC`` and runs ``runner.convert_group`` (the local batch's unit of work) on each
-   batch, then writes each output atomically (``write.save``) into the mirrored tree;
+   batch, then writes each output atomically (``workers.save``) into the mirrored tree;
 4. the driver streams back one small row per file (status, seconds, error), records it in the manifest and in a
    ``Report``, so the summary, the exit codes and resuming are those of the local run.
 
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knnvc import errors, progress
-from knnvc.audio import decode, write
-from knnvc.batch import runner
+from knnvc.audio import decode
+from knnvc.batch import runner, workers
 from knnvc.batch.plan import Failure, Report
 from knnvc.errors import DiskFullError, KnnvcError, UsageError
 from knnvc.options import ConvertOptions, Models
@@ -127,7 +127,8 @@ def run(
         plan = layout(ray.cluster_resources(), models, actors)
         log.info("Ray: %d actor(s) on %s, %s CPU and %s GPU each", plan.actors, plan.device, plan.num_cpus,
                  plan.num_gpus)  # fmt: skip
-        rows = _dataset(todo, voice, options, models, plan).iter_rows()
+        tags = ledger.tags if ledger is not None else {}  # a one-file output carries its settings record
+        rows = _dataset(todo, voice, options, models, plan, tags).iter_rows()
         _collect(rows, dict(todo), report, notify, ledger)
     except KeyboardInterrupt:
         report.interrupted = True
@@ -144,7 +145,12 @@ def run(
 
 
 def _dataset(
-    todo: list[tuple[int, progress.Job]], voice: Voice, options: ConvertOptions, models: Models, plan: Layout
+    todo: list[tuple[int, progress.Job]],
+    voice: Voice,
+    options: ConvertOptions,
+    models: Models,
+    plan: Layout,
+    tags: dict[str, str] | None = None,
 ) -> Any:
     """The Ray Data pipeline: items -> ``read`` (CPU tasks) -> ``Converter`` (actor pool) -> one status row each."""
     ray = _ray()
@@ -153,7 +159,7 @@ def _dataset(
     DataContext.get_current().enable_progress_bars = False
     items = [{"index": i, "source": str(job.source), "output": str(job.output)} for i, job in todo]
     files = models.settings.batch_size or ACTOR_FILES  # files per actor call (``convert_group``)
-    setup = {"voice": [ray.put(voice)], "options": options, "models": models, "plan": plan}
+    setup = {"voice": [ray.put(voice)], "options": options, "models": models, "plan": plan, "tags": tags or {}}
     return (
         ray.data.from_items(items, override_num_blocks=max(1, len(items) // files))
         .map(read, num_cpus=READ_CPUS)
@@ -183,7 +189,14 @@ def read(row: dict[str, Any]) -> dict[str, Any]:
 class Converter:
     """The Ray actor: a ``KnnVC`` on its device, mapping ``runner.convert_group`` over batches and writing outputs."""
 
-    def __init__(self, voice: list[Any], options: ConvertOptions, models: Models, plan: Layout) -> None:
+    def __init__(
+        self,
+        voice: list[Any],
+        options: ConvertOptions,
+        models: Models,
+        plan: Layout,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         import torch
 
         from knnvc.pipeline import KnnVC
@@ -196,6 +209,7 @@ class Converter:
         self.vc.load_vocoder()  # an actor that cannot load it cannot start: the job stops with one error
         self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
         self.rate = self.vc.output_rate(options)
+        self.tags = tags or {}
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = [_error(t, m) if t else np.asarray(w, np.float32)
@@ -211,7 +225,7 @@ class Converter:
         """Write one output atomically: (status, compute seconds, audio seconds, error, error type) for the driver."""
         if isinstance(out, np.ndarray):
             try:
-                write.save(output, out, sample_rate=self.rate, source_rate=self.rate)
+                workers.save(output, out, self.rate, self.tags)
                 return "done", seconds, len(out) / self.rate, "", ""
             except KnnvcError as exc:
                 out = exc

@@ -43,6 +43,22 @@ class Settings:
                     out.append(f"{section}.{name}: {_short(old.get(name))} -> {_short(new.get(name))}")
         return out
 
+    def compact(self) -> dict[str, Any]:
+        """``audio`` small enough for a file's own metadata: the voice (and a morph voice) by the hash of what
+        identifies it, every other value as it is. ``Settings(compact).changes`` compares two compact forms."""
+        options = self.audio.get("options", {})
+        morph = options.get("morph")
+        return {
+            **self.audio,
+            "voice": _hashed(self.audio.get("voice", {})),
+            "options": {**options, "morph": None if morph is None else _hashed(morph)["sha256"]},
+        }
+
+
+def _hashed(voice: dict[str, Any]) -> dict[str, Any]:
+    """A voice identity as its name and a short hash of the whole."""
+    return {"name": voice.get("name"), "sha256": sha256([json.dumps(voice, sort_keys=True).encode()])[:16]}
+
 
 def _short(value: Any) -> str:
     text = json.dumps(value)

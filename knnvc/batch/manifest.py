@@ -1,4 +1,5 @@
-"""The settings record of an output folder: ``knnvc-manifest.json``, so that reruns are honest.
+"""The settings record of a conversion, so that reruns are honest: an output folder's ``knnvc-manifest.json``
+(``Ledger``), and for a one-file conversion the output's own metadata (``TaggedOutput``: no file beside it).
 
 Every conversion into a folder records there the ``Settings`` that shaped its audio (``knnvc.batch.identity``) and,
 per output, its status and the seconds it took. On a rerun an output made with the same settings is skipped
@@ -15,6 +16,12 @@ Outputs are written atomically and recorded only once written, so ``converted`` 
 there was made with KEY; a failure is recorded only where no output exists (a failed re-conversion leaves the old
 file, and its record, as they were). Earlier versions also wrote ``queued`` entries: whether such a file was
 replaced cannot be told, so it counts as stale.
+
+One file in, one file out: a one-file conversion writes no manifest. Its settings go into the output itself, in the
+``comment`` string libsndfile writes into WAV (LIST/INFO), FLAC and Ogg (Vorbis comments) alike: ``TAG_PREFIX``
+and JSON ``{"settings": KEY, "audio": {...compact...}}``. A rerun reads it back and sorts the output as the
+manifest would: the same KEY is done, another is stale (refused unless overwrite, naming what changed), none is
+unrecorded (kept). Use ``ledger_for`` to get the right record for a conversion.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knnvc.batch.identity import Settings
+from knnvc.batch.plan import manifest_folder
 from knnvc.errors import OutputError, UsageError
 from vocoder.atomic import write_atomically
 
@@ -43,6 +51,8 @@ MANIFEST_NAME = "knnvc-manifest.json"
 FORMAT = "knnvc-manifest/1"
 FLUSH_SECONDS = 5.0  # s: at most this long between manifest writes during a batch (plus one at the end)
 SHOWN = 5  # stale outputs named in an error message
+TAG_PREFIX = "knnvc-settings/1 "  # a one-file output's comment: this, then its settings as JSON
+MAX_TAG = 1500  # characters: libsndfile drops longer WAV strings (INFO chunks) without a word
 
 
 class StaleOutputsError(UsageError):
@@ -76,6 +86,7 @@ class Ledger:
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.folder, self.settings = folder, settings
         self.path = folder / MANIFEST_NAME
+        self.tags: dict[str, str] = {}  # libsndfile strings each output carries (``TaggedOutput``): none here
         self.recorded = _read(self.path)
         self._changed: dict[str, dict[str, Any]] = {}
         self._last_flush = 0.0
@@ -156,10 +167,96 @@ class Ledger:
         self._last_flush = time.monotonic()
 
 
+class TaggedOutput(Ledger):
+    """The settings record of a one-file conversion: inside the output itself (``tags``, its ``comment``), so that
+    nothing is written beside it. ``check`` reads an existing output's tag back; ``record`` and ``flush`` have
+    nothing to do (the tag is written with the file, atomically)."""
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        self.folder, self.settings = folder, settings
+        self.path = folder / MANIFEST_NAME
+        self._changed, self._last_flush = {}, 0.0
+        try:  # an output recorded by an earlier version, in the folder's manifest, keeps that record
+            self.recorded = _read(self.path)
+        except OutputError:
+            self.recorded = _empty()
+        compact = {"settings": settings.key, "audio": settings.compact()}
+        text = TAG_PREFIX + json.dumps(compact, sort_keys=True, separators=(",", ":"))
+        if len(text) > MAX_TAG:  # the key alone still tells done from stale
+            text = TAG_PREFIX + json.dumps({"settings": settings.key})
+        self.tags = {"comment": text}
+        self._made: dict[Path, dict[str, Any]] = {}
+
+    def check(self, jobs: Iterable[Job], *, overwrite: bool = False) -> Resume:
+        """Sort ``jobs`` by each existing output's own tag (else an earlier manifest's record); raise
+        ``StaleOutputsError`` for outputs made with other settings, unless ``overwrite``."""
+        resume, stale = Resume(), []
+        for job in jobs:
+            if overwrite or not job.output.exists():
+                resume.todo.append(job)
+                continue
+            made = read_tag(job.output)
+            if made is None:
+                sorted_out = super().check([job])  # no tag: what the folder's manifest says, if anything
+                resume.done += sorted_out.done
+                resume.unrecorded += sorted_out.unrecorded
+            elif made.get("settings") == self.settings.key:
+                resume.done.append(job)
+            else:
+                self._made[job.output] = made
+                stale.append(job)
+        if stale:
+            raise self._stale_error(stale)
+        return resume
+
+    def _stale_error(self, stale: list[Job]) -> StaleOutputsError:
+        if not self._made:  # stale by the folder's manifest
+            return super()._stale_error(stale)
+        now = Settings(self.settings.compact())
+        changes = sorted({c for made in self._made.values() for c in now.changes(made.get("audio", {}))})
+        what = "; ".join(changes[:4]) if changes else "other settings"
+        names = ", ".join(str(j.output) for j in stale[:SHOWN])
+        return StaleOutputsError(
+            f"{names}: made with other settings ({what}); re-convert with overwrite=True, or write to another file",
+            [j.output for j in stale],
+        )
+
+    def record(self, event: Progress) -> None:
+        """Nothing to record: the output carries its settings."""
+
+    def flush(self, *, force: bool = False) -> None:
+        """Nothing to write: the output carries its settings."""
+
+
+def read_tag(path: Path) -> dict[str, Any] | None:
+    """The settings a knnvc output carries in its own metadata (``TaggedOutput``), or None (no tag, not audio)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(os.fsencode(path) if os.name != "nt" else str(path)) as audio:
+            comment = audio.comment or ""
+    except (OSError, RuntimeError, ValueError, sf.LibsndfileError):
+        return None
+    if not comment.startswith(TAG_PREFIX):
+        return None
+    try:
+        made = json.loads(comment[len(TAG_PREFIX) :])
+    except ValueError:
+        return None
+    return made if isinstance(made, dict) else None
+
+
+def ledger_for(source: Path, jobs: list[Job], settings: Settings) -> Ledger:
+    """The settings record of converting ``source`` into ``jobs``' outputs with ``settings``: the output folder's
+    manifest for a folder of sources (``Ledger``), the output's own metadata for one file (``TaggedOutput``)."""
+    folder = manifest_folder(source, jobs)
+    return TaggedOutput(folder, settings) if source.is_file() else Ledger(folder, settings)
+
+
 def _read(path: Path) -> dict[str, Any]:
     """The manifest at ``path``, or an empty one; a damaged one is an ``OutputError`` naming it."""
     if not path.exists():
-        return {"format": FORMAT, "settings": {}, "files": {}}
+        return _empty()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -169,6 +266,10 @@ def _read(path: Path) -> dict[str, Any]:
     data.setdefault("settings", {})
     data.setdefault("files", {})
     return data
+
+
+def _empty() -> dict[str, Any]:
+    return {"format": FORMAT, "settings": {}, "files": {}}
 
 
 @contextlib.contextmanager

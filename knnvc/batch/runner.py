@@ -67,7 +67,8 @@ def run(
     rate = vc.output_rate(options)
     voice, options = vc.voices_for(voice, options)  # the match layer's frames, rebuilt once if a voice lacks them
     started = time.perf_counter()
-    with Overlap(vc.load_audio, functools.partial(vc.finish, options=options), rate) as overlap:
+    tags = ledger.tags if ledger is not None else None  # a one-file output carries its settings record
+    with Overlap(vc.load_audio, functools.partial(vc.finish, options=options), rate, tags=tags) as overlap:
         try:
             for group in overlap.groups(todo, max(GROUP_FILES, vc.batch_size)):
                 if report.stopped is not None:

@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from knnvc.audio import write
-from knnvc.errors import DiskFullError, KnnvcError
+from knnvc.errors import DiskFullError, KnnvcError, OutputError
+from knnvc.files import write_error
 from knnvc.progress import Job
+from vocoder.atomic import write_atomically
+
+
+def save(path: Path, wav: np.ndarray, rate: int, tags: Mapping[str, str] | None = None) -> None:
+    """Write an output atomically, as ``knnvc.audio.write.save`` does (at ``rate``, no resampling), with ``tags``
+    (libsndfile's strings: ``comment``, ``title``...) in the file's own metadata: the settings record of a one-file
+    conversion (``knnvc.batch.manifest.TaggedOutput``). Raises ``OutputError`` as ``write.save`` does."""
+    fmt = write.OUTPUT_FORMATS.get(path.suffix.lower())
+    data = np.asarray(wav, dtype=np.float32)
+    if not tags or fmt is None or data.ndim != 1 or not np.isfinite(data).all():  # write.save, and its errors
+        write.save(path, wav, sample_rate=rate, source_rate=rate)
+        return
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sf.SoundFile(buffer, "w", rate, 1, format=fmt[0], subtype=fmt[1]) as out:
+            for name, text in tags.items():
+                setattr(out, name, text)
+            out.write(np.clip(data, -1.0, 1.0))
+        write_atomically(path, buffer.getbuffer())
+    except sf.LibsndfileError as exc:
+        why = exc.error_string
+        raise OutputError(f"cannot encode {path}: {why}; try another output format or sample rate") from exc
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 class Overlap:
@@ -20,8 +49,8 @@ class Overlap:
     ``load`` decodes a source ((N,) float32; a ``KnnvcError`` fails that file), ``finish`` turns a synthesised
     output into the final one at ``rate`` Hz (loudness, resampling); both run in worker threads. libsndfile, soxr
     and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working while the next group is
-    decoded and the last one is encoded to disk. Writes stay atomic (``write.save``); leaving the ``with`` block
-    waits for every write already handed over, so Ctrl-C never loses one.
+    decoded and the last one is encoded to disk. Writes stay atomic (``save``), each output carrying ``tags`` in
+    its metadata; leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
     """
 
     def __init__(
@@ -30,8 +59,9 @@ class Overlap:
         finish: Callable[[np.ndarray], np.ndarray],
         rate: int,
         workers: int = 2,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
-        self._decode, self._finish, self.rate = load, finish, rate
+        self._decode, self._finish, self.rate, self.tags = load, finish, rate, tags
         self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
         # Loudness and resampling of finished outputs (numpy and soxr release the GIL), off the compute thread.
         self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish")
@@ -74,7 +104,7 @@ class Overlap:
             return None
         wav = finished.result()
         try:
-            write.save(job.output, wav, sample_rate=self.rate, source_rate=self.rate)
+            save(job.output, wav, self.rate, self.tags)
         except DiskFullError:
             self._disk_full.set()
             raise
