@@ -221,7 +221,7 @@ def test_the_source_file_is_never_the_output(tmp_path: Path) -> None:
     original = source.read_bytes()
     for extra in ([], ["--overwrite"]):
         result = cli("convert", source, REF_DIR, "-o", source, *FAST, *extra)
-        assert result.exit_code == UsageError.exit_code and "its own source" in one_line(result)
+        assert result.exit_code == UsageError.exit_code and "replace the source" in one_line(result)
     os.symlink(source, tmp_path / "link.wav")  # the same file under another name
     result = cli("convert", source, REF_DIR, "-o", tmp_path / "link.wav", *FAST, "--overwrite")
     assert result.exit_code == UsageError.exit_code
@@ -237,7 +237,7 @@ def test_an_output_folder_the_batch_would_read_back_is_refused(tmp_path: Path) -
     write_audio(src / "src" / "f0.wav", 0.3)
     before = sorted(p.relative_to(src) for p in src.rglob("*"))
     result = cli("convert", src, REF_DIR, "-o", tmp_path, *FAST, "--overwrite")
-    assert result.exit_code == UsageError.exit_code and "replace a source" in one_line(result)
+    assert result.exit_code == UsageError.exit_code and "replace the source" in one_line(result)
     assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
 
 

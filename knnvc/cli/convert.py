@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from knnvc.cli.controls import (
     controls,
     with_morph_voice,
 )
-from knnvc.cli.view import BatchView
+from knnvc.cli.view import BatchView, Stages
 from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
 from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
 
@@ -36,7 +37,11 @@ def convert(
     source: Annotated[Path, typer.Argument(help="Source audio file, or a folder searched recursively.")],
     reference: Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output file (for one source) or folder (mirrored tree).")
+        Path | None,
+        typer.Option(
+            "--output", "-o", show_default="STEM_VOICE.FORMAT, or for a folder FOLDER_VOICE/, in the current folder",
+            help="Output file (for one source) or folder (mirrored tree); never one of the inputs.",
+        ),
     ] = None,
     wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     vocoder: common.VocoderOpt = DEFAULT_VOCODER,
@@ -60,7 +65,9 @@ def convert(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the networks first (pays off on long folders).")
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace outputs that already exist (never an input).")
+    ] = False,
     offline: common.OfflineOpt = False,
     json_out: common.JsonOpt = False,
     quiet: common.QuietOpt = False,
@@ -70,69 +77,146 @@ def convert(
         typer.Option("--ray", metavar="ADDRESS", help="Run on Ray: 'local', or a cluster address (extra [cluster])."),
     ] = None,
 ) -> None:
-    """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume."""
+    """Convert SOURCE (file or folder) into the voice of REFERENCE. Existing outputs are skipped: rerun to resume.
+
+    A folder's outputs mirror its tree, and the output folder keeps the settings they were made with
+    (knnvc-manifest.json). A one-file output keeps its settings in its own metadata (its comment tag), and nothing is
+    written beside it. Either way a rerun skips what these settings already made and refuses outputs made with other
+    settings unless --overwrite. No output may replace an input (a source, a reference, a voice, --morph), not even
+    with --overwrite. On a terminal a status line names each stage of the start; one file's result line also says
+    how long the command took to start converting it (imports, models, the voice).
+    """
+    began = time.perf_counter()
+    show = not (quiet or json_out)
     with common.session(verbose, quiet):
-        from knnvc.options import ConvertOptions, Models, PipelineSettings
+        with Stages(show) as stages:
+            # What would fail every file fails here, once, before any model loads: bad values; missing, unreadable
+            # or bad inputs (a source file, the references); an output over an input; output folders that cannot be
+            # written; the device; k against a saved voice. Audio is checked before torch is even imported.
+            stages.now("checking the inputs")
+            from knnvc.options import ConvertOptions, Models, PipelineSettings
 
-        # What would fail every file fails here, once, before any model loads: bad values, missing or unreadable
-        # inputs, the device, k against a saved voice, output folders that cannot be written.
-        options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
-                                 output_sample_rate=sample_rate,
-                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
-        running = PipelineSettings(device, precision, batch_size, compile=compile_)
-        common.preflight(source, reference, device=device, precision=precision)
-        from knnvc.batch import identity, manifest, plan, runner
-        from knnvc.voice import VOICE_SUFFIX, Voice
+            options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
+                                     output_sample_rate=sample_rate,
+                                     **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
+            running = PipelineSettings(device, precision, batch_size, compile=compile_)
+            common.require_inputs(source, reference, morph)
+            inputs = {**_inputs("reference", reference, probe=True), **_inputs("morph reference", morph, probe=True)}
+            if source.is_file():  # a folder's bad files fail one by one, as the batch meets them
+                _probe(source)
+            from knnvc.batch import identity, manifest, plan
 
-        saved = Voice.load(reference) if reference.suffix == VOICE_SUFFIX else None
-        if saved is not None:
-            saved.check_neighbours(k)
-        else:
-            common.check_references(reference)
-        name = saved.name if saved else reference.stem if reference.is_file() else reference.resolve().name
-        jobs = plan.plan(source, output, name, extension=fmt)
-        plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
-        models = None
-        if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
-            models = Models(wavlm, vocoder, replace(running, compile=False), offline or None)
-            _cluster().connect(ray)
-            running = PipelineSettings("cpu", "fp32", batch_size)  # with --ray the driver only builds voices
-        with common.err.status("loading models", spinner="dots") if not (quiet or json_out) else common.nothing():
+            saved, jobs = None, []
+            if not is_voice(reference):  # the outputs' names are known: check them before torch is imported
+                jobs = plan.plan(source, output, _name(reference), extension=fmt, inputs=inputs)
+                plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
+            stages.now("loading torch")
+            common.check_device(device, precision)
+            from knnvc.voice import Voice
+
+            if is_voice(reference):  # its saved name names the outputs
+                saved = Voice.load(reference)
+                saved.check_neighbours(k)
+                jobs = plan.plan(source, output, saved.name, extension=fmt, inputs=inputs)
+                plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
+            if morph is not None and is_voice(morph):
+                Voice.load(morph)  # a bad voice fails now, not once the models are loaded
+            name = saved.name if saved else _name(reference)
+            models = None
+            if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
+                models = Models(wavlm, vocoder, replace(running, compile=False), offline or None)
+                _cluster().connect(ray)
+                running = PipelineSettings("cpu", "fp32", batch_size)  # with --ray the driver only builds voices
+            stages.now(f"loading models: {weights_name(wavlm)}")
             from knnvc.pipeline import KnnVC
 
             vc = KnnVC.from_pretrained(Models(wavlm, vocoder, running, offline or None), match_layer=match_layer)
+            stages.now(f"loading models: the vocoder ({weights_name(vocoder)})")
             vc.load_vocoder()  # missing or bad vocoder weights fail before any file is read
-            compile_ = running.compile
-            if compile_:
+            if running.compile:
+                stages.now("compiling the networks")
                 vc.warm_up()
-                if not (quiet or json_out):
+                if show:
                     common.say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
+            if morph is not None:
+                stages.now("building the morph voice")
             options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
             settings = identity.batch_settings(
                 vc, saved or reference, options, vocoder=vocoder, extension=ext, compute=compute
             )
-            ledger = manifest.Ledger(plan.manifest_folder(source, jobs), settings)
+            ledger = manifest.ledger_for(source, jobs, settings)  # a folder's manifest, or one output's own tag
             resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
-            voice = (
-                (saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer))
-                if resume.todo
-                else None
-            )
+            voice = None
+            if resume.todo:
+                stages.now("building the voice" if saved is None else "loading the voice")
+                voice = saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer)
+                voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
+                voice.check_neighbours(k)  # references: now that their frames are counted, before any file
         if voice is None:  # nothing to convert
             reasons = Counter(resume.reason(job) for job in jobs)
             report = plan.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)
         else:
-            voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
-            voice.check_neighbours(k)  # references: now that their frames are counted, before any file
-            with BatchView(resume.todo, show=not (quiet or json_out), verbose=verbose) as view:
+            single = began if source.is_file() else None  # one file: its line says how long the start took
+            with BatchView(resume.todo, show=show, verbose=verbose, began=single) as view:
                 if models is not None:
                     report = _cluster().run(jobs, voice, options, models, address=str(ray), overwrite=overwrite,
                                          ledger=ledger, progress=view.on_event)  # fmt: skip
                 else:
+                    from knnvc.batch import runner
+
                     report = runner.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event,
                                        ledger=ledger)  # fmt: skip
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
+
+
+VOICE_SUFFIX = ".voice"  # ``knnvc.voice.VOICE_SUFFIX``, known here without importing torch
+
+
+def is_voice(path: Path) -> bool:
+    """A saved voice, by its name."""
+    return path.suffix == VOICE_SUFFIX and not path.is_dir()
+
+
+def _name(reference: Path) -> str:
+    """The voice name of reference audio: the file's stem, or the folder's name."""
+    return reference.stem if reference.is_file() else reference.resolve().name
+
+
+def weights_name(weights: str) -> str:
+    """Weights as the status line names them: a file by its name, a hub id as it is."""
+    path = Path(weights)
+    return path.name if path.exists() else weights
+
+
+def _inputs(role: str, reference: Path | None, *, probe: bool) -> dict[str, list[Path]]:
+    """A reference's files, named by what they are (``knnvc.files.check_not_inputs``): a voice file, or its audio
+    files (each probed first when ``probe``: ``reference_files``); nothing for None."""
+    if reference is None:
+        return {}
+    if is_voice(reference):
+        return {role.replace("reference", "voice"): [reference]}
+    return {role: reference_files(reference, probe=probe)}
+
+
+def _probe(source: Path) -> None:
+    """A source file decodes (``knnvc.audio.decode.probe``) with the samples one WavLM frame needs."""
+    from knnvc.audio import decode
+    from knnvc.options import RECEPTIVE_FIELD
+
+    decode.probe(source, min_samples=RECEPTIVE_FIELD)
+
+
+def reference_files(reference: Path, *, probe: bool = True) -> list[Path]:
+    """REFERENCE's audio (the file, or the folder's audio files), each probed (``knnvc.audio.decode.probe``) unless
+    not ``probe``: a bad one fails now, before any model loads, with the line the conversion would give."""
+    from knnvc.audio import decode
+
+    common.check_references(reference)
+    found = decode.audio_files(reference) if reference.is_dir() else [reference]
+    for path in found if probe else ():
+        _probe(path)
+    return found
 
 
 def _cluster() -> ModuleType:

@@ -45,10 +45,17 @@ def prematch_command(
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
-    """Build prematched training features: each utterance matched onto its speaker's OTHER utterances."""
+    """Build prematched training features: each utterance matched onto its speaker's OTHER utterances.
+
+    OUT_DIR may not be DATA_DIR (by any name: a link to it counts).
+    """
     with common.session(verbose, quiet):
+        from knnvc.files import check_not_inputs
+
         settings = PipelineSettings(device, precision, batch_size)
-        common.preflight(data_dir, manifest, device=device, precision=precision)
+        common.require_inputs(data_dir, manifest)
+        check_not_inputs([], {"training data": [data_dir]}, folders=[out_dir])
+        common.check_device(device, precision)
         from rich.progress import Progress
 
         from knnvc.train.prematch import prematch
@@ -103,14 +110,34 @@ def _resolve_init(init: str | None, offline: bool) -> Path | None:
     return resolve_vocoder(init, offline=offline or None)
 
 
+# TrainConfig's defaults, shown in --help without importing vocoder.train (tests/test_first_hour.py keeps them equal).
+DEFAULT_STEPS, DEFAULT_SEGMENTS, DEFAULT_CHECKPOINT_EVERY = 2_500_000, 16, 5000
+OR_CONFIG = "or the --config file's"
+
+
 @train_app.command("vocoder")
 def vocoder_command(
     features_dir: Annotated[Path, typer.Argument(help="Folder written by `knnvc train prematch`.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, logs, samples (resumed if present).")],
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Total steps to reach.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Segments per GPU per step.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", show_default=False,
+                     help="Run folder: checkpoints, logs, samples (resumed if present); not FEATURES_DIR itself."
+                     "  [required]"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", hidden=True, help="Old name of --output.")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=1, help="Total steps to reach.", show_default=f"{DEFAULT_STEPS} {OR_CONFIG}"),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Segments per GPU per step.",
+                     show_default=f"{DEFAULT_SEGMENTS} {OR_CONFIG}"),
+    ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")
+        int | None,
+        typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.",
+                     show_default=f"{DEFAULT_CHECKPOINT_EVERY} {OR_CONFIG}"),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="JSON of vocoder and training overrides (upsample_rates...).")
@@ -125,9 +152,17 @@ def vocoder_command(
 ) -> None:
     """Train a HiFi-GAN vocoder on prematched features; several GPUs: torchrun -m vocoder.train."""
     with common.session(verbose, quiet):
-        from knnvc.files import writable_folder
+        from knnvc.errors import UsageError
+        from knnvc.files import check_not_inputs, writable_folder
 
-        common.preflight(features_dir, config, device=device)
+        if output is not None and out is not None and output != out:
+            raise UsageError("give the run folder once, as -o/--output")
+        out = output or out
+        if out is None:
+            raise UsageError("Missing option '--output' / '-o'; try 'knnvc train vocoder --help'")
+        common.require_inputs(features_dir, config)
+        check_not_inputs([], {"features": [features_dir]}, folders=[out])
+        common.check_device(device)
         writable_folder(out)  # before any download or training: one line, not a traceback
         flags = {"max_steps": steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every}
         result = _train(features_dir, out, _read_overrides(config), {k: v for k, v in flags.items() if v},

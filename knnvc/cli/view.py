@@ -1,7 +1,10 @@
-"""``knnvc convert``'s progress on stderr: a bar over the files (ETA by audio seconds) and one over the windows."""
+"""What ``knnvc convert`` shows on stderr while it works: a status line naming each stage of its start (``Stages``),
+then a bar over the files (ETA by audio seconds) and one over the windows (``BatchView``)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,8 +16,56 @@ from knnvc.progress import WINDOW_STAGES, Job, Progress
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from rich.live import Live
     from rich.progress import Progress as RichProgress
     from rich.progress import ProgressColumn, Task
+    from rich.spinner import Spinner
+
+log = logging.getLogger(__name__)
+
+
+class Stages:
+    """A command's start, stage by stage: one transient status line on stderr (drawn on a terminal only) that names
+    what is happening now ("loading torch…", "loading models: WavLM-Large…"), redrawn as each stage begins, so that
+    something shows at once, before the slow imports. Each stage's seconds are logged (``--verbose`` shows them).
+
+    Used as ``with Stages(show) as stages: stages.now("checking the inputs") ...``; leaving the block clears the line
+    (before an error is printed, or the progress bar takes its place).
+    """
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.live: Live | None = None
+        self.spinner: Spinner | None = None
+        self.stage, self.since = "", time.perf_counter()
+
+    def __enter__(self) -> Stages:
+        if self.show:
+            from rich.live import Live
+            from rich.spinner import Spinner
+
+            self.spinner = Spinner("dots", text="starting…", style="status.spinner")
+            self.live = Live(self.spinner, console=common.err, transient=True, refresh_per_second=12.5)
+            self.live.start(refresh=True)
+        return self
+
+    def now(self, what: str) -> None:
+        """Stage ``what`` begins: log how long the last one took, and show this one at once."""
+        self._log()
+        self.stage, self.since = what, time.perf_counter()
+        if self.live is not None and self.spinner is not None:
+            self.spinner.update(text=f"{what}…")
+            self.live.refresh()
+
+    def _log(self) -> None:
+        if self.stage:
+            log.debug("%s: %.2f s", self.stage, time.perf_counter() - self.since)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._log()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
 def eta_column() -> ProgressColumn:
     """A rich column: time left at the average speed so far (audio seconds per wall second since converting began).
@@ -46,11 +97,21 @@ class BatchView:
     """
 
     def __init__(
-        self, todo: list[Job], *, show: bool, verbose: bool, clock: Callable[[], float] | None = None
+        self,
+        todo: list[Job],
+        *,
+        show: bool,
+        verbose: bool,
+        clock: Callable[[], float] | None = None,
+        began: float | None = None,
     ) -> None:
+        """``began``: when the command began (``time.perf_counter``), for a one-file run whose result line also
+        says how long the start took (imports, models, the voice: until its file began converting)."""
         from knnvc.audio.decode import duration_seconds
 
         self.show, self.verbose, self.clock = show, verbose, clock
+        self.began = began
+        self.started_in: float | None = None  # seconds from ``began`` to the first file's start
         self.lengths = {job.source: _safe_duration(duration_seconds, job.source) for job in todo}
         self.credited: dict[Path, float] = {}  # audio seconds of each file counted as converted so far
         self.running: list[Job] = []  # started, not yet done or failed
@@ -92,6 +153,8 @@ class BatchView:
             return
         job, stage = event.job, event.stage
         if stage == "start":
+            if self.began is not None and self.started_in is None:
+                self.started_in = time.perf_counter() - self.began
             self.running.append(job)
             self._describe()
         elif stage in WINDOW_STAGES:
@@ -136,8 +199,9 @@ class BatchView:
         self.bar.update(self.files_task, info=self._info())
         self.bar.update(self.chunk_task, visible=False)
         if event.stage == "done":
+            start = "" if self.started_in is None else f" (started in {self.started_in:.1f} s)"
             self.bar.console.print(
-                f"{common.shown(job.output)}: {event.audio_seconds:.1f} s of audio in {event.seconds:.2f} s",
+                f"{common.shown(job.output)}: {event.audio_seconds:.1f} s of audio in {event.seconds:.2f} s{start}",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
 

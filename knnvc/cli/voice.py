@@ -12,6 +12,8 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import voice_app
 from knnvc.cli.controls import MatchLayerOpt
+from knnvc.cli.convert import VOICE_SUFFIX, reference_files, weights_name
+from knnvc.cli.view import Stages
 from knnvc.errors import OutputError, UsageError
 from knnvc.options import DEFAULT_WAVLM, WAVLM_LAYER
 
@@ -19,8 +21,12 @@ from knnvc.options import DEFAULT_WAVLM, WAVLM_LAYER
 @voice_app.command("build")
 def voice_build(
     references: Annotated[list[Path], typer.Argument(help="Reference files and/or folders of the target speaker.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write NAME.voice.")],
-    name: Annotated[str | None, typer.Option("--name", help="Voice name (default: the output's stem).")] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write NAME.voice (never over a reference).")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Voice name.", show_default="the output's stem")
+    ] = None,
     wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     device: common.DeviceOpt = "auto",
     precision: common.PrecisionOpt = "auto",
@@ -36,37 +42,48 @@ def voice_build(
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
-    """Encode reference speech once and save it as a reusable voice (safetensors + JSON metadata)."""
+    """Encode reference speech once and save it as a reusable voice (safetensors + JSON metadata).
+
+    The output may not replace one of the references, not even with --overwrite. On a terminal a status line names
+    each stage (checking the inputs, loading torch and the model, building the voice).
+    """
     with common.session(verbose, quiet):
-        from knnvc.files import writable_folder
-        from knnvc.options import ConvertOptions, Models, PipelineSettings
-        from knnvc.voice import VOICE_SUFFIX
+        with Stages(not quiet) as stages:
+            stages.now("checking the inputs")  # every check that needs no model comes first, audio before torch
+            from knnvc.files import check_not_inputs, writable_folder
+            from knnvc.options import ConvertOptions, Models, PipelineSettings
 
-        if output.suffix != VOICE_SUFFIX:
-            raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
-        if max_frames is not None and max_frames < 1:
-            raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
-        ConvertOptions(match_layer=match_layer)  # a layer out of range fails before any model loads
-        if output.exists() and not overwrite:
-            raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
-        settings = PipelineSettings(device, precision, batch_size)
-        common.preflight(*references, device=device, precision=precision)
-        for reference in references:
-            common.check_references(reference)
-        writable_folder(output.parent)
-        from knnvc.pipeline import KnnVC
+            if output.suffix != VOICE_SUFFIX:
+                raise UsageError(f"{output}: voice files end in {VOICE_SUFFIX}")
+            if max_frames is not None and max_frames < 1:
+                raise UsageError(f"--max-frames must be at least 1, got {max_frames}")
+            ConvertOptions(match_layer=match_layer)  # a layer out of range fails before any model loads
+            common.require_inputs(*references)
+            audio = [path for reference in references for path in reference_files(reference)]
+            check_not_inputs([output], {"reference": audio})
+            if output.exists() and not overwrite:
+                raise OutputError(f"{output} already exists; pass --overwrite to replace it, or choose another name")
+            settings = PipelineSettings(device, precision, batch_size)
+            stages.now("loading torch")
+            common.check_device(device, precision)
+            writable_folder(output.parent)
+            stages.now(f"loading models: {weights_name(wavlm)}")
+            from knnvc.pipeline import KnnVC
 
-        models = Models(wavlm, settings=settings, offline=offline or None)
-        vc = KnnVC.from_pretrained(models, match_layer=match_layer)  # building a voice loads no vocoder
-        vc.check_depth([match_layer])
-        voice = vc.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
-        full = voice.num_frames
-        if max_frames is not None:
-            voice, clustering = voice.compact(max_frames)
-            if not quiet and clustering.method != "none":
-                common.say("compacted", "green", f"{full} frames into {voice.num_frames} clusters ({clustering.method} "
-                    f"k-means, {clustering.seconds:.1f} s)")  # fmt: skip
-        voice.save(output)
+            models = Models(wavlm, settings=settings, offline=offline or None)
+            vc = KnnVC.from_pretrained(models, match_layer=match_layer)  # building a voice loads no vocoder
+            vc.check_depth([match_layer])
+            stages.now("building the voice")
+            voice = vc.build_voice(list(references), trim=trim, name=name or output.stem, match_layer=match_layer)
+            full = voice.num_frames
+            if max_frames is not None:
+                stages.now("compacting the voice")
+                voice, clustering = voice.compact(max_frames)
+                if not quiet and clustering.method != "none":
+                    common.say("compacted", "green", f"{full} frames into {voice.num_frames} clusters "
+                               f"({clustering.method} k-means, {clustering.seconds:.1f} s)")  # fmt: skip
+            stages.now("writing the voice")
+            voice.save(output)
         if not quiet:
             size = output.stat().st_size / 2**20
             frames = f"{voice.num_frames} frames, {voice.seconds:.1f} s of speech"
