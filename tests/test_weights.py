@@ -531,7 +531,7 @@ def test_first_download_of_an_unpinned_file_must_be_a_checkpoint(
 def test_download_all_takes_the_readme_call(
     monkeypatch: pytest.MonkeyPatch, server: _Server, local_entry: hub.WeightsEntry, env: Path
 ) -> None:
-    assert hub.download_all(["prematched"]) == {"prematched": env / "prematch_g_02500000.pt"}  # the README's
+    assert hub.download_all(["prematched"]) == {"prematched": env / "prematch_g_02500000.pt"}  # docs/weights.md
     assert hub.download_all("prematched") == {"prematched": env / "prematch_g_02500000.pt"}
     assert server.hits == 1
 

@@ -137,7 +137,7 @@ def with_local_default(name: str | Path) -> str | Path:
 
 
 def _local_ways(kind: str, name: str) -> str:
-    """How to use local ``kind`` weights in place of ``name`` (the README's ways): the variable that replaces it
+    """How to use local ``kind`` weights in place of ``name`` (docs/weights.md): the variable that replaces it
     when it is a default, or a path given directly (``wavlm=PATH``; the CLI shows ``--wavlm PATH``)."""
     what = _LOCAL_KINDS[kind]
     variable = _default_variable(name)
