@@ -101,7 +101,7 @@ def convert(
                                      **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
             running = PipelineSettings(device, precision, batch_size, compile=compile_)
             common.require_inputs(source, reference, morph)
-            inputs = {**_inputs("reference", reference, probe=True), **_inputs("morph reference", morph, probe=True)}
+            inputs = {**_inputs("reference", reference), **_inputs("morph reference", morph)}
             if source.is_file():  # a folder's bad files fail one by one, as the batch meets them
                 _probe(source)
             from knnvc.batch import identity, manifest, plan
@@ -139,7 +139,7 @@ def convert(
                 if show:
                     common.say("compiled", "green", f"torch.compile took {vc.compile_seconds:.1f} s")
             if morph is not None:
-                stages.now("building the morph voice")
+                stages.now("loading the morph voice" if is_voice(morph) else "building the morph voice")
             options = with_morph_voice(vc, options, morph)  # before the settings record, which names it
             ext, compute = jobs[0].output.suffix.lower(), _cluster().compute(models) if models else None
             settings = identity.batch_settings(
@@ -149,7 +149,8 @@ def convert(
             resume = ledger.check(jobs, overwrite=overwrite)  # outputs made with other settings stop here
             voice = None
             if resume.todo:
-                stages.now("building the voice" if saved is None else "loading the voice")
+                if saved is None:
+                    stages.now("building the voice")
                 voice = saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer)
                 voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
                 voice.check_neighbours(k)  # references: now that their frames are counted, before any file
@@ -189,14 +190,14 @@ def weights_name(weights: str) -> str:
     return path.name if path.exists() else weights
 
 
-def _inputs(role: str, reference: Path | None, *, probe: bool) -> dict[str, list[Path]]:
+def _inputs(role: str, reference: Path | None) -> dict[str, list[Path]]:
     """A reference's files, named by what they are (``knnvc.files.check_not_inputs``): a voice file, or its audio
-    files (each probed first when ``probe``: ``reference_files``); nothing for None."""
+    files, each probed first (``reference_files``); nothing for None."""
     if reference is None:
         return {}
     if is_voice(reference):
         return {role.replace("reference", "voice"): [reference]}
-    return {role: reference_files(reference, probe=probe)}
+    return {role: reference_files(reference)}
 
 
 def _probe(source: Path) -> None:
@@ -207,14 +208,14 @@ def _probe(source: Path) -> None:
     decode.probe(source, min_samples=RECEPTIVE_FIELD)
 
 
-def reference_files(reference: Path, *, probe: bool = True) -> list[Path]:
-    """REFERENCE's audio (the file, or the folder's audio files), each probed (``knnvc.audio.decode.probe``) unless
-    not ``probe``: a bad one fails now, before any model loads, with the line the conversion would give."""
+def reference_files(reference: Path) -> list[Path]:
+    """REFERENCE's audio (the file, or the folder's audio files), each probed (``knnvc.audio.decode.probe``): a bad
+    one fails now, before any model loads, with the line the conversion would give."""
     from knnvc.audio import decode
 
     common.check_references(reference)
     found = decode.audio_files(reference) if reference.is_dir() else [reference]
-    for path in found if probe else ():
+    for path in found:
         _probe(path)
     return found
 
