@@ -251,7 +251,7 @@ def test_help_renders_plainly(command: list[str]) -> None:
     if command == ["convert"]:
         assert usage == "Usage: knnvc convert [OPTIONS] SOURCE REFERENCE"
         flat = " ".join(text.split())
-        assert "Output rate in Hz (soxr) [default: the vocoder's, 16000]." in flat  # brackets survive
+        assert "Output rate in Hz (soxr). [default: the vocoder's, 16000]" in flat  # brackets survive
         assert "--k INTEGER" in text and "--trim / --no-trim" in text
     if command == ["voice", "build"]:
         assert usage == "Usage: knnvc voice build [OPTIONS] REFERENCES..."

@@ -107,19 +107,8 @@ INLINE_DEFAULT = re.compile(r"\(default\b|\bdefault\s*[:;)\]]|\bdefault \d|\[def
 
 # Options defined in files this test's author does not own: the change each needs. Whoever fixes one removes
 # its entry (the xfail is strict: a fixed entry fails until removed).
-NOT_YET_SHOWN_ONCE = {
-    ("convert", "--sample-rate"): "knnvc/cli/convert.py: --sample-rate: help='Output rate in Hz (soxr).', "
-    "show_default=\"the vocoder's, 16000\" (and tests/test_cli_details.py's test_help_renders_plainly then reads "
-    "'Output rate in Hz (soxr).  [default: the vocoder's, 16000]')",
-}
-NOT_YET_THE_SAME = {
-    ("train prematch", "--wavlm"): "knnvc/cli/train.py: prematch's wavlm: common.WavlmOpt = DEFAULT_WAVLM",
-    ("train prematch", "--offline"): "knnvc/cli/train.py: prematch's offline: common.OfflineOpt = False",
-    ("train vocoder", "--offline"): "knnvc/cli/train.py: vocoder's offline: common.OfflineOpt = False",
-    ("train prematch", "--k"): "knnvc/cli/train.py: prematch's --k: help='Nearest neighbours averaged per frame.' "
-    "(keep min=1)",
-    ("voice build", "--overwrite"): "knnvc/cli/voice.py: --overwrite: help='Replace outputs that already exist.'",
-}
+NOT_YET_SHOWN_ONCE: dict[tuple[str, str], str] = {}
+NOT_YET_THE_SAME: dict[tuple[str, str], str] = {}
 OWN_MEANING = {
     "--output": "what each command writes differs: converted audio, a .voice file, a training run",
     "--manifest": "eval: a TSV of conversions to score; train prematch: a CSV of training utterances",

@@ -35,7 +35,7 @@ from knnvc import errors, progress
 from knnvc.audio import decode
 from knnvc.batch import runner, workers
 from knnvc.batch.plan import Failure, Report
-from knnvc.errors import DiskFullError, KnnvcError, UsageError
+from knnvc.errors import DiskFullError, KnnvcError, UsageError, missing_extra
 from knnvc.options import ConvertOptions, Models
 
 if TYPE_CHECKING:
@@ -282,6 +282,6 @@ def _ray() -> Any:
         import ray
         import ray.data
         import ray.exceptions
-    except ImportError:
-        raise UsageError("a Ray job needs the cluster extra: pip install 'knnvc[cluster]'") from None
+    except ImportError as exc:
+        raise missing_extra("a Ray job", "cluster", exc.name or "ray") from None
     return ray

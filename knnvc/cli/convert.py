@@ -51,7 +51,8 @@ def convert(
     trim: common.TrimOpt = True,
     loudness: Annotated[str, typer.Option("--loudness", help="Output loudness in LUFS, or 'none'.")] = "-16",
     sample_rate: Annotated[
-        int | None, typer.Option("--sample-rate", help="Output rate in Hz (soxr) [default: the vocoder's, 16000].")
+        int | None,
+        typer.Option("--sample-rate", help="Output rate in Hz (soxr).", show_default="the vocoder's, 16000"),
     ] = None,
     strength: StrengthOpt = 1.0,
     match_layer: MatchLayerOpt = WAVLM_LAYER,

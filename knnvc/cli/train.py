@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 def prematch_command(
     data_dir: Annotated[Path, typer.Argument(help="Speaker folders (speaker/chapter/utt), or the manifest root.")],
     out_dir: Annotated[Path, typer.Argument(help="Features folder to write (rerun to resume).")],
-    wavlm: Annotated[str, typer.Option("--wavlm", help="WavLM: hub id, HF folder or WavLM-Large.pt.")] = DEFAULT_WAVLM,
+    wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     manifest: Annotated[
         Path | None, typer.Option("--manifest", help="CSV with the columns path,speaker (instead of folders).")
     ] = None,
-    k: Annotated[int, typer.Option("--k", min=1, help="Nearest frames averaged.")] = DEFAULT_K,
+    k: Annotated[int, typer.Option("--k", min=1, help="Nearest neighbours averaged per frame.")] = DEFAULT_K,
     device: common.DeviceOpt = "auto",
     precision: common.PrecisionOpt = "auto",
     sample_rate: Annotated[
@@ -41,7 +41,7 @@ def prematch_command(
     max_pool_minutes: Annotated[
         float, typer.Option("--max-pool-minutes", min=1, help="Match bigger speakers in pools of this size.")
     ] = 60.0,
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network.")] = False,
+    offline: common.OfflineOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
@@ -146,7 +146,7 @@ def vocoder_command(
         str | None, typer.Option("--init", help="Generator to fine-tune from: 'prematched' or a checkpoint.")
     ] = None,
     device: common.DeviceOpt = "auto",
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (for --init).")] = False,
+    offline: common.OfflineOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
