@@ -30,7 +30,7 @@ from torch import Tensor
 from knnvc.audio import decode, vad, write
 from knnvc.audio.loudness import normalise_loudness
 from knnvc.errors import AudioError, UsageError, VoiceError
-from knnvc.files import sha256
+from knnvc.files import check_not_inputs, sha256
 from knnvc.nn.encoder import WavLMEncoder, num_frames, split_layers
 from knnvc.nn.matcher import blend, knn_regression, morph
 from knnvc.options import (
@@ -585,7 +585,12 @@ class KnnVC:
         output: str | os.PathLike[str],
         options: ConvertOptions = DEFAULT_OPTIONS,
     ) -> Path:
-        """Convert ``source`` and write it atomically to ``output`` (format from the extension)."""
+        """Convert ``source`` and write it atomically to ``output`` (format from the extension).
+
+        ``output`` may not be one of the inputs (the source, a reference file, a voice file, by any name): that is
+        a ``UsageError`` before anything is computed.
+        """
+        refuse_overwriting_inputs(output, source, target, options.morph)
         wav = self.convert(source, target, options)
         rate = self.output_rate(options)
         return write.save(Path(output), wav, sample_rate=rate, source_rate=rate)
@@ -595,6 +600,23 @@ def _stitch(parts: list[tuple[int, Tensor]]) -> Tensor:
     """Kept window frames of one input, (first frame, (T_w, D)) in any order -> (T, D) in frame order."""
     parts.sort(key=lambda part: part[0])
     return parts[0][1] if len(parts) == 1 else torch.cat([t for _, t in parts])
+
+
+def _paths(given: object) -> list[Path]:
+    """The files behind an input as a caller gave it: a path (a folder: its audio files), a list of them, or
+    nothing for in-memory audio and ``Voice`` objects."""
+    if isinstance(given, (str, os.PathLike)):
+        path = Path(given)
+        return decode.audio_files(path) if path.is_dir() else [path]
+    if isinstance(given, Sequence) and not isinstance(given, (str, bytes)):
+        return [p for item in given for p in _paths(item)]
+    return []
+
+
+def refuse_overwriting_inputs(output: str | os.PathLike[str], source: object, *targets: object) -> None:
+    """``UsageError`` when ``output`` is the source or a file of any target (references, voices), by any name."""
+    inputs = {"source": _paths(source), "reference": [p for t in targets for p in _paths(t)]}
+    check_not_inputs([Path(output)], inputs)
 
 
 def _morph_voice(options: ConvertOptions) -> Voice | None:
@@ -670,6 +692,8 @@ def convert(
         raise UsageError(f"{output}: output files end in {', '.join(write.OUTPUT_FORMATS)}")
     if sample_rate is None and not isinstance(source, (str, os.PathLike)):
         raise UsageError("an in-memory source (array or tensor) needs its sample_rate")
+    if output is not None:
+        refuse_overwriting_inputs(output, source, reference, morph)
     vc = KnnVC.from_pretrained(models, device=device, match_layer=match_layer)
     voice = vc.voice_from(reference, trim=trim, sample_rate=reference_sample_rate, match_layer=match_layer)
     if morph is not None:

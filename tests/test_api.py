@@ -248,3 +248,24 @@ def test_info_and_download_from_python(monkeypatch: pytest.MonkeyPatch, tmp_path
     data = system_info("cpu")
     assert data["device"] == "cpu" and data["knnvc_cache"] == str(tmp_path) and data["weights"]
     assert callable(hub.download_all)
+
+
+def test_python_never_writes_over_an_input(tmp_path: Path, vc: KnnVC) -> None:
+    """``knnvc.convert(output=)`` and ``KnnVC.convert_file`` refuse an output that is the source or a reference
+    (by path, symlink or hard link) before computing anything; the input keeps its bytes."""
+    refs = tmp_path / "bob"
+    shutil.copytree(REF_DIR, refs)
+    source = tmp_path / "source.wav"
+    shutil.copy(SOURCE_WAV, source)
+    (tmp_path / "link.wav").symlink_to(refs / "ref_01.wav")
+    os.link(source, tmp_path / "hard.wav")
+    before = {p: p.read_bytes() for p in [source, *refs.iterdir()]}
+    with pytest.raises(UsageError, match="would replace the reference"):
+        knnvc.convert(source, refs, output=refs / "ref_01.wav", **TINY)
+    with pytest.raises(UsageError, match="would replace the reference"):
+        knnvc.convert(source, [refs / "ref_01.wav"], output=tmp_path / "link.wav", **TINY)
+    with pytest.raises(UsageError, match="would replace the source"):
+        vc.convert_file(source, refs, tmp_path / "hard.wav")
+    assert {p: p.read_bytes() for p in before} == before
+    vc.convert_file(source, refs, tmp_path / "out.wav")  # any other output is written
+    assert sf.info(str(tmp_path / "out.wav")).frames > 0
