@@ -607,3 +607,10 @@ def test_a_checked_file_is_not_hashed_again_until_it_changes(
     assert hub.resolve_vocoder("prematched", offline=True) == path
     assert path.stat().st_mtime_ns == hub.sidecar(path).stat().st_mtime_ns
     assert server.hits == 2
+
+
+def test_checkpoints_readme_names_every_registry_entry() -> None:
+    """checkpoints/README.md is where a user looks for the weights' names: every registry name is in its table."""
+    text = (Path(__file__).parents[1] / "checkpoints" / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
+    assert rows == set(hub.REGISTRY)
