@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,15 @@ def save(
     *,
     sample_rate: int = SAMPLE_RATE,
     source_rate: int = SAMPLE_RATE,
+    tags: Mapping[str, str] | None = None,
 ) -> Path:
     """Write (N,) float32 audio at ``source_rate`` to ``path`` at ``sample_rate``, atomically.
 
     The format follows the extension (see ``OUTPUT_FORMATS``: .wav 16-bit PCM, .flac 24-bit, .ogg Vorbis).
     Samples are resampled (soxr) if the rates differ and clipped to [-1, 1]. The file is encoded in memory,
     written to a hidden ``.<name>.<random>.tmp`` in the same folder, fsynced and renamed over ``path``, so
-    ``path`` is never a partial file. Parent folders are created.
+    ``path`` is never a partial file. Parent folders are created. ``tags`` (libsndfile's strings: ``comment``,
+    ``title``...) go into the file's own metadata (WAV, FLAC and Ogg all carry them).
 
     Returns:
         The path written.
@@ -64,7 +67,13 @@ def save(
     buffer = io.BytesIO()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails before encoding
-        sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
+        if tags:
+            with sf.SoundFile(buffer, "w", sample_rate, 1, format=fmt[0], subtype=fmt[1]) as out:
+                for name, text in tags.items():
+                    setattr(out, name, text)
+                out.write(data)
+        else:
+            sf.write(buffer, data, sample_rate, format=fmt[0], subtype=fmt[1])
         write_atomically(path, buffer.getbuffer())
     except sf.LibsndfileError as exc:
         why = exc.error_string

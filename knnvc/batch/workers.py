@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,36 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from knnvc.audio import write
-from knnvc.errors import DiskFullError, KnnvcError, OutputError
-from knnvc.files import write_error
+from knnvc.errors import DiskFullError, KnnvcError
 from knnvc.progress import Job
-from vocoder.atomic import write_atomically
 
 
 def save(path: Path, wav: np.ndarray, rate: int, tags: Mapping[str, str] | None = None) -> None:
-    """Write an output atomically, as ``knnvc.audio.write.save`` does (at ``rate``, no resampling), with ``tags``
-    (libsndfile's strings: ``comment``, ``title``...) in the file's own metadata: the settings record of a one-file
-    conversion (``knnvc.batch.manifest.TaggedOutput``). Raises ``OutputError`` as ``write.save`` does."""
-    fmt = write.OUTPUT_FORMATS.get(path.suffix.lower())
-    data = np.asarray(wav, dtype=np.float32)
-    if not tags or fmt is None or data.ndim != 1 or not np.isfinite(data).all():  # write.save, and its errors
-        write.save(path, wav, sample_rate=rate, source_rate=rate)
-        return
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with sf.SoundFile(buffer, "w", rate, 1, format=fmt[0], subtype=fmt[1]) as out:
-            for name, text in tags.items():
-                setattr(out, name, text)
-            out.write(np.clip(data, -1.0, 1.0))
-        write_atomically(path, buffer.getbuffer())
-    except sf.LibsndfileError as exc:
-        why = exc.error_string
-        raise OutputError(f"cannot encode {path}: {why}; try another output format or sample rate") from exc
-    except OSError as exc:
-        raise write_error(path, exc) from exc
+    """Write an output atomically at ``rate`` (no resampling), with ``tags`` in the file's own metadata: the
+    settings record of a one-file conversion (``knnvc.batch.manifest.TaggedOutput``). ``OutputError`` as
+    ``knnvc.audio.write.save`` raises it."""
+    write.save(path, wav, sample_rate=rate, source_rate=rate, tags=tags)
 
 
 class Overlap:
