@@ -82,3 +82,13 @@ def on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command line's stderr is a 120-column terminal (``on_a_terminal``)."""
     on_a_terminal(monkeypatch)
+
+
+@pytest.fixture()
+def unloadable(tmp_path: Path) -> list[str]:
+    """CLI model options naming weights that do not exist. A check that must come before any model loads fails
+    with its own error; had a model been loaded first, the command would fail on these weights instead (see
+    ``tests.fault_tools.no_model_loaded``)."""
+    missing = tmp_path / "never-loaded"
+    return ["--wavlm", str(missing / "wavlm.pt"), "--vocoder", str(missing / "vocoder.pt"), "--device", "cpu",
+            "--no-trim"]  # fmt: skip

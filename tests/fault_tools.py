@@ -70,6 +70,14 @@ def last_frame(written: str, first_row: str) -> list[str]:
     return rows[tops[-1] :] if tops else []
 
 
+def no_model_loaded(result: Result) -> None:
+    """The command failed on something other than the (missing) weights of the ``unloadable`` fixture: nothing
+    tried to load them."""
+    from knnvc.errors import WeightsError
+
+    assert result.exit_code != WeightsError.exit_code and "never-loaded" not in result.output, result.output
+
+
 def bar_rows(capsys: Any, jobs: list[Job], steps: list[tuple[float, Progress]]) -> list[str]:
     """The rows ``knnvc convert``'s progress bar shows on a terminal once ``steps`` (at each one's clock time, in
     seconds) have reached it: the view is closed right after them, so its last frame is what was on screen.

@@ -14,32 +14,17 @@ from typing import Any
 import pytest
 import soundfile as sf
 import torch
-from typer.testing import Result
 
 from knnvc import progress
 from knnvc.batch import plan, runner
-from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError, WeightsError
+from knnvc.errors import EXIT_CODES, DeviceError, InputError, OutputError, UsageError
 from knnvc.options import Models, PipelineSettings
 from knnvc.pipeline import KnnVC
 from knnvc.progress import Job, Progress
 from tests.conftest import REF_DIR, SOURCE_WAV, on_a_terminal
-from tests.fault_tools import FAST, MODELS, bar_rows, cli, last_frame, write_audio
+from tests.fault_tools import FAST, MODELS, bar_rows, cli, last_frame, no_model_loaded, write_audio
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture()
-def unloadable(tmp_path: Path) -> list[str]:
-    """Model options naming weights that do not exist. A check that must come before any model loads fails with
-    its own error; had a model been loaded first, the command would fail on these weights instead."""
-    missing = tmp_path / "never-loaded"
-    return ["--wavlm", str(missing / "wavlm.pt"), "--vocoder", str(missing / "vocoder.pt"), "--device", "cpu",
-            "--no-trim"]  # fmt: skip
-
-
-def no_model_loaded(result: Result) -> None:
-    """The command failed on something other than the (missing) weights: nothing tried to load them."""
-    assert result.exit_code != WeightsError.exit_code and "never-loaded" not in result.output, result.output
 
 
 def lines(text: str) -> list[str]:

@@ -32,22 +32,18 @@ from knnvc.batch.manifest import MANIFEST_NAME
 from knnvc.errors import AudioError, UsageError, WeightsError
 from knnvc.options import RECEPTIVE_FIELD
 from tests.conftest import REF_DIR, SOURCE_WAV, on_a_terminal
-from tests.fault_tools import FAST, check_clean, cli, json_summary, one_line, tiny_voice_file, write_audio
+from tests.fault_tools import (
+    FAST,
+    check_clean,
+    cli,
+    json_summary,
+    no_model_loaded,
+    one_line,
+    tiny_voice_file,
+    write_audio,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture()
-def unloadable(tmp_path: Path) -> list[str]:
-    """Model options naming weights that do not exist: a check that must come before any model loads fails with
-    its own error; had a model been loaded first, the command would fail on these weights instead."""
-    missing = tmp_path / "never-loaded"
-    return ["--wavlm", str(missing / "wavlm.pt"), "--vocoder", str(missing / "vocoder.pt"), "--device", "cpu",
-            "--no-trim"]  # fmt: skip
-
-
-def no_model_loaded(result: Result) -> None:
-    assert result.exit_code != WeightsError.exit_code and "never-loaded" not in result.output, result.output
 
 
 def digests(folder: Path) -> dict[str, str]:
