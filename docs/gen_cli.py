@@ -35,12 +35,18 @@ def whole_first_sentences(command: click.Command) -> None:
         whole_first_sentences(sub)
 
 
+def plain_defaults(text: str) -> str:
+    """``[default: (0.5)]`` -> ``[default: 0.5]``: typer's docs renderer puts a described default in parentheses,
+    where ``--help`` prints it bare."""
+    return re.sub(r"\[default: \(([^()\]]*)\)(?=[;\]])", r"[default: \1", text)
+
+
 def page() -> str:
     """The reference as markdown: the title, the introduction, then typer's text without its own title."""
     command = typer.main.get_command(app)
     whole_first_sentences(command)
     context = typer.Context(command, info_name="knnvc")
-    text = get_docs_for_click(obj=command, ctx=context, name="knnvc", title="CLI reference")
+    text = plain_defaults(get_docs_for_click(obj=command, ctx=context, name="knnvc", title="CLI reference"))
     title, _, body = text.partition("\n")
     return f"{title}\n\n{INTRO}{body}"
 
