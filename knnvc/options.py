@@ -57,8 +57,8 @@ class ConvertOptions:
         match_layer: the WavLM layer searched for neighbours, 1 to the encoder's layer count; the output is
             always the mean of the chosen frames' layer-6 features. The encoder runs max(match_layer, 6) layers.
         knn_weighting: ``uniform`` (the paper's mean) or ``inverse-distance`` (weights 1/d^2).
-        morph: a second ``knnvc.voice.Voice`` (checked by the pipeline: options sit below voices and never import
-            them); the matched features become ``(1 - w) * kNN(voice) + w * kNN(morph)``.
+        morph: a second voice (a ``knnvc.voice.Voice``); the matched features become
+            ``(1 - w) * kNN(voice) + w * kNN(morph)``.
         morph_weight: w, 0 to 1 (0 is the first voice, 1 the second); only with ``morph``.
     """
 
@@ -69,6 +69,8 @@ class ConvertOptions:
     strength: float = 1.0
     match_layer: int = WAVLM_LAYER
     knn_weighting: str = "uniform"
+    # A Voice, typed object: options sit below voices and never import them; the pipeline checks the type, and the
+    # web page finds voice fields by this mark.
     morph: object | None = field(default=None, compare=False, metadata={"kind": "voice"})
     morph_weight: float = 0.5
 
