@@ -177,7 +177,7 @@ VOICE_SUFFIX = ".voice"  # ``knnvc.voice.VOICE_SUFFIX``, known here without impo
 
 def is_voice(path: Path) -> bool:
     """A saved voice, by its name."""
-    return path.suffix == VOICE_SUFFIX and not path.is_dir()
+    return path.suffix == VOICE_SUFFIX  # a folder named so is refused by Voice.load, saying what it is
 
 
 def _name(reference: Path) -> str:
