@@ -128,7 +128,7 @@ def run(
         log.info("Ray: %d actor(s) on %s, %s CPU and %s GPU each", plan.actors, plan.device, plan.num_cpus,
                  plan.num_gpus)  # fmt: skip
         tags = ledger.tags if ledger is not None else {}  # a one-file output carries its settings record
-        rows = _dataset(todo, voice, options, models, plan, tags).iter_rows()
+        rows = _dataset(todo, Setup([ray.put(voice)], options, models, plan, tags)).iter_rows()
         _collect(rows, dict(todo), report, notify, ledger)
     except KeyboardInterrupt:
         report.interrupted = True
@@ -144,28 +144,33 @@ def run(
     return report
 
 
-def _dataset(
-    todo: list[tuple[int, progress.Job]],
-    voice: Voice,
-    options: ConvertOptions,
-    models: Models,
-    plan: Layout,
-    tags: dict[str, str] | None = None,
-) -> Any:
+@dataclass(frozen=True)
+class Setup:
+    """What every actor of a job is made with: the voice (in Ray's object store), the options, the weights, the
+    layout (device, threads) and the settings tag of a one-file output."""
+
+    voice: list[Any]  # [ObjectRef]: wrapped in a list, so Ray hands the reference over rather than resolving it
+    options: ConvertOptions
+    models: Models
+    plan: Layout
+    tags: dict[str, str]
+
+
+def _dataset(todo: list[tuple[int, progress.Job]], setup: Setup) -> Any:
     """The Ray Data pipeline: items -> ``read`` (CPU tasks) -> ``Converter`` (actor pool) -> one status row each."""
     ray = _ray()
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    plan = setup.plan
     items = [{"index": i, "source": str(job.source), "output": str(job.output)} for i, job in todo]
-    files = models.settings.batch_size or ACTOR_FILES  # files per actor call (``convert_group``)
-    setup = {"voice": [ray.put(voice)], "options": options, "models": models, "plan": plan, "tags": tags or {}}
+    files = setup.models.settings.batch_size or ACTOR_FILES  # files per actor call (``convert_group``)
     return (
         ray.data.from_items(items, override_num_blocks=max(1, len(items) // files))
         .map(read, num_cpus=READ_CPUS)
         .map_batches(
             Converter,
-            fn_constructor_kwargs=setup,
+            fn_constructor_kwargs={"setup": setup},
             batch_size=files,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=plan.actors),
@@ -189,27 +194,20 @@ def read(row: dict[str, Any]) -> dict[str, Any]:
 class Converter:
     """The Ray actor: a ``KnnVC`` on its device, mapping ``runner.convert_group`` over batches and writing outputs."""
 
-    def __init__(
-        self,
-        voice: list[Any],
-        options: ConvertOptions,
-        models: Models,
-        plan: Layout,
-        tags: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, setup: Setup) -> None:
         import torch
 
         from knnvc.pipeline import KnnVC
 
         ray = _ray()
-        torch.set_num_threads(plan.threads)
-        self.voice: Voice = ray.get(voice[0])
-        self.options = options
-        self.vc = KnnVC.from_pretrained(models, device=plan.device, match_layer=options.match_layer)
+        options = self.options = setup.options
+        torch.set_num_threads(setup.plan.threads)
+        self.voice: Voice = ray.get(setup.voice[0])
+        self.vc = KnnVC.from_pretrained(setup.models, device=setup.plan.device, match_layer=options.match_layer)
         self.vc.load_vocoder()  # an actor that cannot load it cannot start: the job stops with one error
         self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
         self.rate = self.vc.output_rate(options)
-        self.tags = tags or {}
+        self.tags = setup.tags
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = [_error(t, m) if t else np.asarray(w, np.float32)

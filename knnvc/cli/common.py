@@ -35,6 +35,7 @@ VocoderOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32), fp32, bf16 (GPU, AMX/AVX512 CPU), fp16.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist (never an input).")]
 BatchOpt = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Waveforms, or windows of long audio, computed together.",

@@ -66,9 +66,7 @@ def convert(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the networks first (pays off on long folders).")
     ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace outputs that already exist (never an input).")
-    ] = False,
+    overwrite: common.OverwriteOpt = False,
     offline: common.OfflineOpt = False,
     json_out: common.JsonOpt = False,
     quiet: common.QuietOpt = False,

@@ -38,9 +38,7 @@ def voice_build(
     ] = None,
     batch_size: common.BatchOpt = None,
     offline: common.OfflineOpt = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace outputs that already exist (never an input).")
-    ] = False,
+    overwrite: common.OverwriteOpt = False,
     quiet: common.QuietOpt = False,
     verbose: common.VerboseOpt = False,
 ) -> None:
