@@ -31,7 +31,7 @@ import torch
 
 from bench import agreement, compare, table
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
-from bench.measure import speech
+from bench.measure import write_clip
 from knnvc.runtime.devices import precision_name, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,20 +54,14 @@ def models_in(work: Path) -> dict[str, Path]:
     return found
 
 
-def _write(path: Path, seconds: float, shift: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, speech(seconds, shift), SR, subtype="PCM_16")
-    return path
-
-
 def tasks(work: Path, quick: bool) -> dict[str, compare.Task]:
     """The whole-process task (one 30 s source, 60 s of references) and the folder task (20 clips, 3-10 s)."""
     ref_seconds, source_seconds, clips = (20.0, 6.0, 4) if quick else (60.0, 30.0, 20)
-    refs = [_write(work / "refs" / f"ref_{i}.wav", min(30.0, ref_seconds - 30 * i), 100 + i)
+    refs = [write_clip(work / "refs" / f"ref_{i}.wav", min(30.0, ref_seconds - 30 * i), 100 + i)
             for i in range(int(np.ceil(ref_seconds / 30)))]  # fmt: skip
-    source = _write(work / "single" / "source_30s.wav", source_seconds, 7)
+    source = write_clip(work / "single" / "source_30s.wav", source_seconds, 7)
     lengths = np.random.default_rng(0).uniform(3.0, 10.0, clips)
-    folder = [_write(work / "folder" / f"clip_{i:02d}.wav", float(s), i) for i, s in enumerate(lengths)]
+    folder = [write_clip(work / "folder" / f"clip_{i:02d}.wav", float(s), i) for i, s in enumerate(lengths)]
     return {
         "whole_process": compare.Task("whole_process", [source], source, refs, source_seconds),
         "folder": compare.Task(

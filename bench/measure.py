@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,27 @@ def speech(seconds: float, shift: int) -> np.ndarray:
     pieces = [sf.read(p, dtype="float32")[0] for p in sorted(SPEECH.rglob("*.wav"))]
     wav = np.roll(np.concatenate(pieces), shift * 3217)
     return np.tile(wav, int(np.ceil(seconds * SR / len(wav))))[: int(seconds * SR)]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A benchmark corpus: ``root/src`` holds the source clips; ``references`` is the target's speech."""
+
+    sources: list[Path]
+    references: list[Path]
+
+
+def make_corpus(root: Path, files: int, seconds: float, ref_seconds: float) -> Corpus:
+    """``files`` source clips of ``seconds`` each in ``root/src`` and ``ref_seconds`` of reference speech in
+    ``root/ref``, all cut from the fixture speech (16 kHz, 16-bit WAV), each file rotated so no two are alike."""
+    sources = [write_clip(root / "src" / f"clip_{i:03d}.wav", seconds, i) for i in range(files)]
+    return Corpus(sources, [write_clip(root / "ref" / "target.wav", ref_seconds, files + 1)])
+
+
+def write_clip(path: Path, seconds: float, shift: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, speech(seconds, shift), SR, subtype="PCM_16")
+    return path
 
 
 def _rss() -> int:
