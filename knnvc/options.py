@@ -34,6 +34,7 @@ ENCODER_CONTEXT_SECONDS = 3.0  # s of context on each side of an encoder window 
 DEFAULT_LOUDNESS = -16.0  # LUFS (ITU-R BS.1770), as the original
 DEFAULT_WAVLM = "microsoft/wavlm-large"
 DEFAULT_VOCODER = "prematched"
+VOICE_SUFFIX = ".voice"  # a saved voice's file name ends so (``knnvc.voice.Voice.save``)
 
 # Limits of the options.
 MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered

@@ -42,6 +42,7 @@ from knnvc.options import (
     FRAME_RATE,
     RECEPTIVE_FIELD,
     SAMPLE_RATE,
+    VOICE_SUFFIX,
     WAVLM_LAYER,
     ConvertOptions,
     Models,
@@ -50,7 +51,7 @@ from knnvc.options import (
 from knnvc.progress import OnProgress, Progress, report
 from knnvc.runtime import oom, windows
 from knnvc.runtime.devices import auto_batch_size, exact_fp32, resolve_device, resolve_precision
-from knnvc.voice import VOICE_SUFFIX, SourceFile, Voice
+from knnvc.voice import SourceFile, Voice
 from knnvc.weights.loaded import cached_encoder, cached_vocoder, compiled, prepare_encoder, prepare_vocoder
 
 if TYPE_CHECKING:

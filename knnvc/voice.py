@@ -30,7 +30,6 @@ from knnvc.options import FRAME_RATE
 from vocoder.atomic import write_atomically
 
 FORMAT = "knnvc-voice/1"
-VOICE_SUFFIX = ".voice"
 
 
 @dataclass(frozen=True)

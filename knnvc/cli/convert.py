@@ -24,7 +24,7 @@ from knnvc.cli.controls import (
 )
 from knnvc.cli.view import BatchView, Stages
 from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
-from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, WAVLM_LAYER
+from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, VOICE_SUFFIX, WAVLM_LAYER
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -168,9 +168,6 @@ def convert(
                     report = runner.run(vc, jobs, voice, options, overwrite=overwrite, progress=view.on_event,
                                        ledger=ledger)  # fmt: skip
         finish(report, single=source.is_file(), json_out=json_out, quiet=quiet, verbose=verbose)
-
-
-VOICE_SUFFIX = ".voice"  # ``knnvc.voice.VOICE_SUFFIX``, known here without importing torch
 
 
 def is_voice(path: Path) -> bool:

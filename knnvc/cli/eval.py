@@ -11,7 +11,7 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import app
 from knnvc.errors import UsageError
-from knnvc.options import Models
+from knnvc.options import VOICE_SUFFIX, Models
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -88,7 +88,7 @@ def _check(converted: PathOpt, target: PathOpt, source: PathOpt, manifest: PathO
         return None
     if target is None:
         raise UsageError("give --target (the target speaker's real speech), or --manifest")
-    if target.suffix == ".voice":
+    if target.suffix == VOICE_SUFFIX:
         raise UsageError(f"--target {target}: scoring needs the target's audio, not a saved voice")
     if sweep is None:
         if converted is None:

@@ -12,10 +12,10 @@ import typer
 from knnvc.cli import common
 from knnvc.cli.app import voice_app
 from knnvc.cli.controls import MatchLayerOpt
-from knnvc.cli.convert import VOICE_SUFFIX, reference_files, weights_name
+from knnvc.cli.convert import reference_files, weights_name
 from knnvc.cli.view import Stages
 from knnvc.errors import OutputError, UsageError
-from knnvc.options import DEFAULT_WAVLM, WAVLM_LAYER
+from knnvc.options import DEFAULT_WAVLM, VOICE_SUFFIX, WAVLM_LAYER
 
 
 @voice_app.command("build")

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from knnvc.audio import decode, write
 from knnvc.batch import plan, runner
 from knnvc.errors import AudioError, UsageError, VoiceError
-from knnvc.options import DEFAULT_OPTIONS, ConvertOptions
+from knnvc.options import DEFAULT_OPTIONS, VOICE_SUFFIX, ConvertOptions
 from knnvc.progress import WINDOW_STAGES, OnProgress, Progress
-from knnvc.voice import VOICE_SUFFIX, Voice
+from knnvc.voice import Voice
 from knnvc.web import zips
 from knnvc.web.queue import ModelQueue
 
