@@ -87,9 +87,13 @@ class Ledger:
         self.folder, self.settings = folder, settings
         self.path = folder / MANIFEST_NAME
         self.tags: dict[str, str] = {}  # libsndfile strings each output carries (``TaggedOutput``): none here
-        self.recorded = _read(self.path)
+        self.recorded = self._read_recorded()
         self._changed: dict[str, dict[str, Any]] = {}
         self._last_flush = 0.0
+
+    def _read_recorded(self) -> dict[str, Any]:
+        """The folder's manifest as it is on disk (a damaged one is an ``OutputError``)."""
+        return _read(self.path)
 
     def key(self, output: Path) -> str:
         """``output``'s name in the manifest: its path relative to the folder (else as given)."""
@@ -173,19 +177,21 @@ class TaggedOutput(Ledger):
     nothing to do (the tag is written with the file, atomically)."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
-        self.folder, self.settings = folder, settings
-        self.path = folder / MANIFEST_NAME
-        self._changed, self._last_flush = {}, 0.0
-        try:  # an output recorded by an earlier version, in the folder's manifest, keeps that record
-            self.recorded = _read(self.path)
-        except OutputError:
-            self.recorded = _empty()
+        super().__init__(folder, settings)
         compact = {"settings": settings.key, "audio": settings.compact()}
         text = TAG_PREFIX + json.dumps(compact, sort_keys=True, separators=(",", ":"))
         if len(text) > MAX_TAG:  # the key alone still tells done from stale
             text = TAG_PREFIX + json.dumps({"settings": settings.key})
         self.tags = {"comment": text}
         self._made: dict[Path, dict[str, Any]] = {}
+
+    def _read_recorded(self) -> dict[str, Any]:
+        """An output recorded by an earlier version, in the folder's manifest, keeps that record; a folder whose
+        manifest cannot be read is none of a one-file conversion's business."""
+        try:
+            return _read(self.path)
+        except OutputError:
+            return _empty()
 
     def check(self, jobs: Iterable[Job], *, overwrite: bool = False) -> Resume:
         """Sort ``jobs`` by each existing output's own tag (else an earlier manifest's record); raise
