@@ -1,5 +1,6 @@
-"""Files, for knnvc: the sha256 of a file, one-line messages for failed writes, writable output folders, and the one
-check that no output replaces an input (``check_not_inputs``).
+"""Files, for knnvc: the sha256 of a file, one-line messages for failed writes, writable output folders, the one
+check that no output replaces an input (``check_not_inputs``), and saved objects (voices, pairs) as safetensors with
+JSON metadata (``save_tensors``, ``read_tensors``).
 
 Every file is written through the one atomic writer, ``vocoder.atomic.write_atomically`` (it lives in the standalone
 ``vocoder`` package, which never imports knnvc). Nothing here knows about audio or models.
@@ -13,9 +14,13 @@ import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from knnvc.errors import DiskFullError, OutputError, UsageError
-from vocoder.atomic import temp_path
+from knnvc.errors import DiskFullError, KnnvcError, OutputError, UsageError
+from vocoder.atomic import temp_path, write_atomically
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
@@ -120,3 +125,43 @@ def check_not_inputs(
             if real == where:
                 raise UsageError(f"{folder}: the output folder is the {role} {path}, which it would write over; no "
                                  "option (--overwrite included) allows it: choose another folder")  # fmt: skip
+
+
+def save_tensors(path: Path, tensors: Mapping[str, Tensor], key: str, metadata: Mapping[str, Any], what: str) -> Path:
+    """Write ``tensors`` (moved to the CPU) and ``metadata`` (JSON, under header key ``key``) as one safetensors file,
+    atomically (a temporary file renamed into place): loading it never unpickles anything.
+
+    Raises:
+        OutputError: the file cannot be written (``DiskFullError`` when the disk is full); nothing is left behind.
+    """
+    import json
+
+    from safetensors.torch import save
+
+    host = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    data = save(host, metadata={key: json.dumps(metadata)})
+    try:
+        write_atomically(path, data)
+    except OSError as exc:
+        raise write_error(path, exc, f"write {what}") from exc
+    return path
+
+
+def read_tensors(
+    path: Path, key: str, what: str, error: type[KnnvcError], hint: str
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(metadata, tensors) of a file written by ``save_tensors``; ``error`` (one line naming ``path`` and ``what`` it
+    should be, ending with ``hint``) when it is not one or is damaged."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})[key])
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise error(f"{path}: not a knnvc {what} file, or a damaged one ({exc}); {hint}") from exc
+    if not isinstance(meta, dict):
+        raise error(f"{path}: damaged {what} metadata; {hint}")
+    return meta, tensors

@@ -35,6 +35,14 @@ DEFAULT_LOUDNESS = -16.0  # LUFS (ITU-R BS.1770), as the original
 DEFAULT_WAVLM = "microsoft/wavlm-large"
 DEFAULT_VOCODER = "prematched"
 VOICE_SUFFIX = ".voice"  # a saved voice's file name ends so (``knnvc.voice.Voice.save``)
+PAIR_SUFFIX = ".pair"  # a saved speaker pair's file name ends so (``knnvc.voice.Pair.save``)
+
+# The matching step: kNN-VC's (the default) or one of its training-free successors (docs/methods.md).
+METHODS = ("knn", "mkl", "linear")  # kNN regression; MKL-VC's factorised OT map; LinearVC's pair map
+MKL_BLOCK = 2  # K: dimensions MKL-VC maps jointly (the authors' default; they suggest 2-16)
+MKL_MIN_SECONDS = 1.0  # s of target speech MKL needs at least (50 frames; the authors report from 5 s)
+LINEAR_MAX_FRAMES = 8_192  # frames of each speaker a non-parallel LinearVC fit keeps (2 min 44 s at 50 Hz)
+LINEAR_LASSO = 0.3  # the lasso's alpha for a parallel LinearVC pair (the authors' default)
 
 # Limits of the options.
 MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered
@@ -61,6 +69,13 @@ class ConvertOptions:
         morph: a second voice (a ``knnvc.voice.Voice``); the matched features become
             ``(1 - w) * kNN(voice) + w * kNN(morph)``.
         morph_weight: w, 0 to 1 (0 is the first voice, 1 the second); only with ``morph``.
+        method: the matching step: ``knn`` (kNN-VC, the default), ``mkl`` (MKL-VC: a factorised optimal-transport
+            map fitted per source utterance, for short references) or ``linear`` (LinearVC: the map of a pair, a
+            ``knnvc.voice.Pair``, which must then be the target; a pair target always converts with its map).
+            ``k``, ``match_layer``, ``knn_weighting`` and ``morph`` are kNN's: with ``mkl`` or ``linear`` they must
+            stay at their defaults. ``strength`` means the same for every method: lambda * mapped + (1 - lambda) *
+            source.
+        mkl_block: K, the feature dimensions MKL-VC maps jointly (1 or more; the authors' 2).
     """
 
     k: int = DEFAULT_K
@@ -74,6 +89,8 @@ class ConvertOptions:
     # web page finds voice fields by this mark.
     morph: object | None = field(default=None, compare=False, metadata={"kind": "voice"})
     morph_weight: float = 0.5
+    method: str = "knn"
+    mkl_block: int = MKL_BLOCK
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -96,6 +113,26 @@ class ConvertOptions:
             raise UsageError(f"kNN weighting must be {' or '.join(KNN_WEIGHTINGS)}, got {self.knn_weighting!r}")
         if not _number(self.morph_weight) or not 0.0 <= self.morph_weight <= 1.0:
             raise UsageError(f"morph weight must be 0 to 1 (0 the first voice, 1 the second), got {self.morph_weight}")
+        self._check_method()
+
+    def _check_method(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"method must be {', '.join(METHODS)}; got {self.method!r}")
+        block = self.mkl_block
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise UsageError(f"MKL block size must be a whole number, at least 1 (the authors' 2-16); got {block}")
+        if self.method == "knn":
+            return
+        name = {"mkl": "MKL-VC", "linear": "LinearVC"}[self.method]
+        knn_only = [
+            ("a match layer", self.match_layer != WAVLM_LAYER),
+            ("kNN weighting", self.knn_weighting != "uniform"),
+            ("morph", self.morph is not None),
+        ]
+        for control, given in knn_only:
+            if given:
+                raise UsageError(f"{control} is a control of kNN matching, and {name} maps layer-6 frames: leave "
+                                 "it out, or use method knn")  # fmt: skip
 
     @property
     def depth(self) -> int:

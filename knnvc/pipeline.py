@@ -31,8 +31,10 @@ from knnvc.audio import decode, vad, write
 from knnvc.audio.loudness import normalise_loudness
 from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.files import check_not_inputs, sha256
+from knnvc.nn import linear
 from knnvc.nn.encoder import WavLMEncoder, num_frames, split_layers
 from knnvc.nn.matcher import blend, knn_regression, morph
+from knnvc.nn.mkl import fit_mkl, mkl_transfer
 from knnvc.options import (
     DEFAULT_K,
     DEFAULT_LOUDNESS,
@@ -40,6 +42,11 @@ from knnvc.options import (
     DEFAULT_OPTIONS,
     DEFAULT_SETTINGS,
     FRAME_RATE,
+    LINEAR_LASSO,
+    LINEAR_MAX_FRAMES,
+    MKL_BLOCK,
+    MKL_MIN_SECONDS,
+    PAIR_SUFFIX,
     RECEPTIVE_FIELD,
     SAMPLE_RATE,
     VOICE_SUFFIX,
@@ -51,17 +58,18 @@ from knnvc.options import (
 from knnvc.progress import OnProgress, Progress, report
 from knnvc.runtime import oom, windows
 from knnvc.runtime.devices import auto_batch_size, exact_fp32, resolve_device, resolve_precision
-from knnvc.voice import SourceFile, Voice
+from knnvc.voice import Pair, SourceFile, Voice
 from knnvc.weights.loaded import cached_encoder, cached_vocoder, compiled, prepare_encoder, prepare_vocoder
 
 if TYPE_CHECKING:
     from vocoder import Generator
 
-__all__ = ["AudioInput", "KnnVC", "convert"]
+__all__ = ["AudioInput", "KnnVC", "Target", "convert"]
 
 log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]  # noqa: UP007 (a runtime alias on 3.10)
+Target = Union[Voice, Pair]  # noqa: UP007 (what a source converts onto: a voice, or a pair for LinearVC)
 HELD_VOICES = 4  # voices (x match layers) kept on the device, normalised: the voice and a morph target
 
 
@@ -286,6 +294,116 @@ class KnnVC:
             trim=trim,
         )
 
+    def build_pair(
+        self,
+        source_speaker: AudioInput | Sequence[AudioInput],
+        target: Voice | AudioInput | Sequence[AudioInput],
+        *,
+        method: str = "linear",
+        parallel: bool = False,
+        lasso: float | None = None,
+        mkl_block: int = MKL_BLOCK,
+        trim: bool = True,
+        name: str | None = None,
+    ) -> Pair:
+        """Fit a map from one source speaker to one target: LinearVC's W, or an MKL-VC map on the speaker's
+        recordings (what a stream uses). Building a pair never loads the vocoder.
+
+        Args:
+            source_speaker: the source speaker's recordings: a file, a folder (its audio files, sorted) or a list.
+            target: the target's references (a file, a folder, a list) or a ``Voice`` / ``.voice`` file.
+            method: ``linear`` (LinearVC) or ``mkl`` (MKL-VC, ``mkl_block`` dimensions at a time).
+            parallel: LinearVC on parallel speech: source and target files with the same name say the same
+                words; each pair is matched on its own and W is a lasso fit (needs reference files, not a voice).
+            lasso: the lasso's alpha; None: least squares when not parallel, 0.3 when parallel; 0: least squares.
+            trim: trim silence from both ends of each recording (silero-vad).
+            name: the pair's name (default ``<source folder>2<target name>``).
+
+        Returns:
+            A ``Pair`` on the CPU.
+        """
+        if method not in ("linear", "mkl"):
+            raise UsageError(f"a pair is fitted by method linear or mkl, got {method!r}")
+        if method == "mkl" and parallel:
+            raise UsageError("MKL-VC fits on the two speakers' statistics, not on parallel utterances: leave out "
+                             "parallel")  # fmt: skip
+        if lasso is not None and (lasso < 0 or method == "mkl"):
+            raise UsageError(f"the lasso's alpha is LinearVC's, 0 or more (0: least squares); got {lasso}")
+        sources: Sequence[SourceFile]
+        targets: Sequence[SourceFile]
+        fitted: tuple[Tensor, Tensor | None, tuple[int, int]]
+        if parallel:
+            sources, targets, fitted = self._parallel_fit(source_speaker, target, trim, lasso)
+        else:
+            source_voice = self.build_voice(source_speaker, trim=trim)
+            target_voice = self.voice_from(target, trim=trim)
+            assert isinstance(target_voice, Voice)
+            target_voice.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+            sources, targets = source_voice.sources, target_voice.sources
+            fitted = self._speaker_fit(source_voice.frames, target_voice, method, lasso, mkl_block)
+        matrix, bias, used = fitted
+        default = f"{_speaker_name(source_speaker)}2{_speaker_name(target)}"
+        return Pair(
+            matrix=matrix.cpu().contiguous(),
+            bias=None if bias is None else bias.cpu().contiguous(),
+            method=method,
+            encoder=self.encoder.name,
+            encoder_fingerprint=self.encoder.fingerprint,
+            layer=self.encoder.layer,
+            sources=tuple(sources),
+            targets=tuple(targets),
+            source_frames=used[0],
+            target_frames=used[1],
+            parallel=parallel,
+            lasso=None if method == "mkl" else _alpha(lasso, parallel),
+            mkl_block=mkl_block if method == "mkl" else None,
+            target_voice=str(target) if isinstance(target, (str, os.PathLike)) and Path(target).is_file()
+            and str(target).endswith(VOICE_SUFFIX) else "",
+            trim=trim,
+            name=name or default,
+        )
+
+    def _speaker_fit(
+        self, source: Tensor, target: Voice, method: str, lasso: float | None, mkl_block: int
+    ) -> tuple[Tensor, Tensor | None, tuple[int, int]]:
+        """(matrix, bias, (source frames, target frames) used) of a non-parallel fit."""
+        if method == "mkl":
+            _check_mkl_voice(target)
+            fitted = fit_mkl(source.float(), target.frames.float(), mkl_block)
+            return fitted.matrix, fitted.bias, (source.shape[0], target.num_frames)
+        if target.counts is not None:
+            raise UsageError(f"voice {target.label} is compact (cluster means): LinearVC matches real frames; use "
+                             "the full voice or its references")  # fmt: skip
+        weights = linear.fit_nonparallel(source.float(), target.frames.float(), _alpha(lasso, False))
+        return weights, None, (min(source.shape[0], LINEAR_MAX_FRAMES), min(target.num_frames, LINEAR_MAX_FRAMES))
+
+    def _parallel_fit(
+        self, source_speaker: AudioInput | Sequence[AudioInput], target: object, trim: bool, lasso: float | None
+    ) -> tuple[list[SourceFile], list[SourceFile], tuple[Tensor, Tensor | None, tuple[int, int]]]:
+        """LinearVC on parallel files: the same file name on both sides is one utterance pair."""
+        if isinstance(target, Voice) or (isinstance(target, (str, os.PathLike)) and str(target).endswith(VOICE_SUFFIX)):
+            raise UsageError("a parallel pair pairs files by name: give the target's recordings, not a voice")
+        left = {Path(label).name: item for label, item in self._reference_items(source_speaker)}
+        right = {Path(label).name: item for label, item in self._reference_items(target)}  # type: ignore[arg-type]
+        names = sorted(left.keys() & right.keys())
+        if not names:
+            raise UsageError("no file names in common between the source speaker's and the target's recordings: a "
+                             "parallel pair needs the same name for the same words")  # fmt: skip
+        for unpaired in sorted(left.keys() ^ right.keys()):
+            log.warning("%s has no namesake on the other side: left out of the parallel fit", unpaired)
+        pairs: list[tuple[Tensor, Tensor]] = []
+        sources: list[SourceFile] = []
+        targets: list[SourceFile] = []
+        for key in names:
+            one = self.build_voice([left[key]], trim=trim)
+            two = self.build_voice([right[key]], trim=trim)
+            pairs.append((one.frames.float(), two.frames.float()))
+            sources += one.sources
+            targets += two.sources
+        weights = linear.fit_parallel(pairs, _alpha(lasso, True))
+        used = (sum(a.shape[0] for a, _ in pairs), sum(b.shape[0] for _, b in pairs))
+        return sources, targets, (weights, None, used)
+
     def check_depth(self, layers: Sequence[int]) -> None:
         """``UsageError`` unless the encoder has and runs every layer asked for (say how to load a deeper one)."""
         deepest = max(layers, default=self.encoder.layer)
@@ -347,20 +465,23 @@ class KnnVC:
 
     def voice_from(
         self,
-        target: Voice | AudioInput | Sequence[AudioInput],
+        target: Target | AudioInput | Sequence[AudioInput],
         *,
         trim: bool = True,
         sample_rate: int | None = None,
         match_layer: int = WAVLM_LAYER,
-    ) -> Voice:
-        """A ``Voice`` as is, a ``.voice`` file loaded, or references (with ``sample_rate`` for arrays) built.
+    ) -> Target:
+        """A ``Voice`` or ``Pair`` as is, a ``.voice`` or ``.pair`` file loaded, or references (with
+        ``sample_rate`` for arrays) built into a voice.
 
         A voice built here holds ``match_layer``'s frames too; see ``with_layer`` for one that lacks them.
         """
-        if isinstance(target, Voice):
+        if isinstance(target, (Voice, Pair)):
             return target
         if isinstance(target, (str, os.PathLike)) and str(target).endswith(VOICE_SUFFIX):
             return Voice.load(Path(target))
+        if isinstance(target, (str, os.PathLike)) and str(target).endswith(PAIR_SUFFIX):
+            return Pair.load(Path(target))
         return self.build_voice(target, trim=trim, sample_rate=sample_rate, match_layer=match_layer)
 
     @property
@@ -403,14 +524,27 @@ class KnnVC:
             query, keys, options.k, synth=frames, weighting=options.knn_weighting, keys_normalised=True  # type: ignore[arg-type]
         )
 
+    def _mapped(self, source: Tensor, target: Target, options: ConvertOptions) -> Tensor:
+        """(T, D) layer-6 frames of one source utterance mapped by MKL-VC (onto a voice) or by a pair's map."""
+        if isinstance(target, Pair):
+            target.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+            return target.apply(source)
+        _check_mkl_voice(target)
+        frames = self._held(target, target.layer)[0]
+        if source.shape[0] < 2:
+            raise AudioError(f"a source of {source.shape[0]} frame is too short for MKL-VC: its statistics need at "
+                             "least 2 frames (45 ms)")  # fmt: skip
+        return mkl_transfer(source, frames, options.mkl_block).float()
+
     @oom.retries_smaller("matching")
     def match_many(
         self,
         features: Sequence[Tensor | Mapping[int, Tensor]],
-        voice: Voice,
+        voice: Target,
         options: ConvertOptions | int = DEFAULT_K,
     ) -> list[Tensor]:
-        """Several sources matched onto one voice at once -> (T_i, D) fp32 layer 6 on the device (see ``match``)."""
+        """Several sources matched onto one voice (or mapped by a pair) at once -> (T_i, D) fp32 layer 6 on the
+        device (see ``match``)."""
         opts = options if isinstance(options, ConvertOptions) else ConvertOptions(k=options)
         layered = [f if isinstance(f, Mapping) else {WAVLM_LAYER: f} for f in features]
         for by_layer in layered:
@@ -418,37 +552,59 @@ class KnnVC:
                 raise UsageError(
                     f"match layer {opts.match_layer}: the source was encoded to layers {sorted(by_layer)}"
                 )
-        query = torch.cat([f[opts.match_layer].to(self.device, torch.float32) for f in layered])
-        matched = self._match_voice(query, voice, opts)
-        second = _morph_voice(opts)
-        if second is not None:
-            matched = morph(matched, self._match_voice(query, second, opts), opts.morph_weight)
+        if method_for(voice, opts) != "knn":  # MKL and LinearVC map each utterance on its own
+            matched = torch.cat([self._mapped(f[WAVLM_LAYER].to(self.device, torch.float32), voice, opts)
+                                 for f in layered])  # fmt: skip
+        else:
+            assert isinstance(voice, Voice)
+            query = torch.cat([f[opts.match_layer].to(self.device, torch.float32) for f in layered])
+            matched = self._match_voice(query, voice, opts)
+            second = _morph_voice(opts)
+            if second is not None:
+                matched = morph(matched, self._match_voice(query, second, opts), opts.morph_weight)
         if opts.strength != 1.0:
             source = torch.cat([f[WAVLM_LAYER].to(self.device, torch.float32) for f in layered])
             matched = blend(matched, source, opts.strength)
         return list(matched.split([f[opts.match_layer].shape[0] for f in layered]))
 
     def match(
-        self, features: Tensor | Mapping[int, Tensor], voice: Voice, options: ConvertOptions | int = DEFAULT_K
+        self, features: Tensor | Mapping[int, Tensor], voice: Target, options: ConvertOptions | int = DEFAULT_K
     ) -> Tensor:
         """The source's frames matched onto the voice, with every control of ``options``.
 
-        The search runs on the match layer; the result averages the chosen frames' layer-6 features, morphs
-        towards ``options.morph`` by ``morph_weight``, then blends with the source by ``strength``.
+        kNN (``options.method`` ``knn``): the search runs on the match layer; the result averages the chosen
+        frames' layer-6 features and morphs towards ``options.morph`` by ``morph_weight``. MKL-VC (``mkl``): the
+        source utterance's frames are mapped by the optimal-transport map between its statistics and the voice's.
+        A pair: its map (LinearVC's W). Then every method blends with the source by ``strength``.
 
         Args:
             features: (T, D) layer-6 frames (what ``encode`` returns), or {layer: (T, D)} holding layer 6 and
                 the match layer.
-            voice: the voice to match onto.
-            options: a ``ConvertOptions`` (k, match layer, weighting, morph, strength), or just k.
+            voice: the voice to match onto, or a ``Pair``.
+            options: a ``ConvertOptions`` (method, k, match layer, weighting, morph, strength), or just k.
 
         Returns:
             A ``torch.Tensor`` (T, D) float32 of layer-6 features, on the pipeline's device.
         """
         return self.match_many([features], voice, options)[0]
 
-    def voices_for(self, voice: Voice, options: ConvertOptions) -> tuple[Voice, ConvertOptions]:
-        """``voice`` and ``options.morph`` holding the match layer's frames (rebuilt where needed: ``with_layer``)."""
+    def check_target(self, target: Target, options: ConvertOptions) -> None:
+        """Refuse, before any work, a target ``options`` cannot convert onto: a method that does not fit it, too few
+        frames for k (kNN) or for MKL-VC's statistics (1 s), an encoder it was not made with."""
+        method = method_for(target, options)
+        target.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+        if method == "knn":
+            assert isinstance(target, Voice)
+            target.check_neighbours(options.k)
+        elif isinstance(target, Voice):
+            _check_mkl_voice(target)
+
+    def voices_for(self, voice: Target, options: ConvertOptions) -> tuple[Target, ConvertOptions]:
+        """``voice`` and ``options.morph`` holding the match layer's frames (rebuilt where needed: ``with_layer``);
+        a pair as it is, once ``options`` are checked to suit it."""
+        if method_for(voice, options) != "knn":
+            return voice, options
+        assert isinstance(voice, Voice)
         self.check_depth(options.layers)
         voice = self.with_layer(voice, options.match_layer)
         second = _morph_voice(options)
@@ -514,7 +670,7 @@ class KnnVC:
     def convert(
         self,
         source: AudioInput,
-        target: Voice | AudioInput | Sequence[AudioInput],
+        target: Target | AudioInput | Sequence[AudioInput],
         options: ConvertOptions = DEFAULT_OPTIONS,
         *,
         sample_rate: int | None = None,
@@ -524,9 +680,10 @@ class KnnVC:
 
         Args:
             source: path, or array/tensor with ``sample_rate``.
-            target: a ``Voice``, a ``.voice`` file, or reference audio (file, folder, list).
-            options: k, loudness, trim (for a voice built from audio here), output rate, and the controls
-                (strength, match layer, neighbour weighting, morph: see docs/controls.md).
+            target: a ``Voice``, a ``.voice`` file, or reference audio (file, folder, list); or a ``Pair`` or
+                ``.pair`` file (LinearVC).
+            options: the method, k, loudness, trim (for a voice built from audio here), output rate, and the
+                controls (strength, match layer, neighbour weighting, morph: see docs/controls.md).
             progress: gets ``knnvc.progress.Progress`` events over the windows of a long source.
 
         Returns:
@@ -548,7 +705,7 @@ class KnnVC:
     def convert_batch(
         self,
         wavs: Sequence[np.ndarray],
-        voice: Voice,
+        voice: Target,
         options: ConvertOptions = DEFAULT_OPTIONS,
         *,
         progress: OnProgress | None = None,
@@ -566,7 +723,7 @@ class KnnVC:
         return [self.finish(out, options) for out in raw] if finish else raw
 
     def _synthesise(
-        self, wavs: Sequence[np.ndarray], voice: Voice, options: ConvertOptions, progress: OnProgress | None
+        self, wavs: Sequence[np.ndarray], voice: Target, options: ConvertOptions, progress: OnProgress | None
     ) -> list[np.ndarray]:
         """(N_i,) 16 kHz waveforms -> raw vocoder output at ``sample_rate``, each as long as its source (the
         intermediate frames and waveforms are freed on return, before any finishing)."""
@@ -582,7 +739,7 @@ class KnnVC:
     def convert_file(
         self,
         source: str | os.PathLike[str],
-        target: Voice | AudioInput | Sequence[AudioInput],
+        target: Target | AudioInput | Sequence[AudioInput],
         output: str | os.PathLike[str],
         options: ConvertOptions = DEFAULT_OPTIONS,
     ) -> Path:
@@ -620,6 +777,51 @@ def refuse_overwriting_inputs(output: str | os.PathLike[str], source: object, *t
     check_not_inputs([Path(output)], inputs)
 
 
+def method_for(target: Target, options: ConvertOptions) -> str:
+    """The matching step ``options`` ask for on ``target``: a pair always maps with its own map (``linear`` for
+    LinearVC's, ``mkl`` for a speaker-level MKL map); a voice takes ``knn`` or ``mkl``. ``UsageError`` when they do
+    not fit together."""
+    if isinstance(target, Pair):
+        if options.method == "mkl":
+            raise UsageError(f"pair {target.label} holds a fixed map; method mkl fits one per utterance from a voice "
+                             "or references: give those as the target, or leave the method out")  # fmt: skip
+        return target.method
+    if options.method == "linear":
+        raise UsageError("LinearVC converts with a pair, a map fitted from a source speaker's recordings: build "
+                         "one (`knnvc pair build SOURCE_SPEAKER TARGET -o NAME.pair`) and give it as the target")
+    return options.method
+
+
+def _alpha(lasso: float | None, parallel: bool) -> float | None:
+    """The lasso's alpha a LinearVC fit uses: as asked (0: None, least squares), else 0.3 when parallel."""
+    if lasso is None:
+        return LINEAR_LASSO if parallel else None
+    return None if lasso == 0 else lasso
+
+
+def _speaker_name(given: object) -> str:
+    """A short name for a speaker's recordings: a folder's or file's stem, a voice's name."""
+    if isinstance(given, Voice):
+        return given.name
+    if isinstance(given, (str, os.PathLike)):
+        return Path(given).stem or Path(given).resolve().name
+    if isinstance(given, Sequence) and not isinstance(given, (str, bytes)) and given:
+        return _speaker_name(given[0])
+    return "speaker"
+
+
+def _check_mkl_voice(voice: Voice) -> None:
+    """``UsageError`` unless ``voice`` can be MKL-VC's target: full frames, at least ``MKL_MIN_SECONDS`` of them."""
+    if voice.counts is not None:
+        raise UsageError(f"voice {voice.label} is compact (cluster means, not frames): MKL-VC needs the frames' "
+                         "statistics; use the full voice or its references")  # fmt: skip
+    if voice.num_frames < round(MKL_MIN_SECONDS * FRAME_RATE):
+        raise UsageError(
+            f"voice {voice.label} has {voice.seconds:.2f} s of speech; MKL-VC needs at least {MKL_MIN_SECONDS:g} s "
+            "of the target's speech (its authors report from 5 s): give more reference speech"
+        )
+
+
 def _morph_voice(options: ConvertOptions) -> Voice | None:
     """``options.morph`` as the ``Voice`` it must be (``UsageError`` for anything else), or None."""
     if options.morph is None or isinstance(options.morph, Voice):
@@ -634,7 +836,7 @@ def _same_frames(a: Tensor, b: Tensor) -> bool:
 
 def convert(
     source: AudioInput,
-    reference: Voice | AudioInput | Sequence[AudioInput],
+    reference: Target | AudioInput | Sequence[AudioInput],
     *,
     sample_rate: int | None = None,
     reference_sample_rate: int | None = None,
@@ -649,6 +851,8 @@ def convert(
     morph: Voice | AudioInput | Sequence[AudioInput] | None = None,
     morph_weight: float = 0.5,
     morph_sample_rate: int | None = None,
+    method: str = "knn",
+    mkl_block: int = MKL_BLOCK,
     models: Models = DEFAULT_MODELS,
     device: str | None = None,
     progress: OnProgress | None = None,
@@ -658,7 +862,7 @@ def convert(
     Args:
         source: a path, or a numpy array / torch tensor ((N,), (C, N) or (N, C)) with ``sample_rate``.
         reference: a ``Voice``, a ``.voice`` file, reference audio (a file, a folder, arrays/tensors with
-            ``reference_sample_rate``) or a list of those.
+            ``reference_sample_rate``) or a list of those; or a ``Pair`` / ``.pair`` file (LinearVC).
         output: also write the result here, atomically (format from the extension: .wav, .flac, .ogg).
         output_sample_rate: rate of the result (and of ``output``), resampled with soxr; default: the vocoder's
             (16 kHz for the published ones).
@@ -672,6 +876,9 @@ def convert(
         morph: a second voice (a ``Voice``, a ``.voice`` file or reference audio, arrays with
             ``morph_sample_rate``): the result is ``(1 - morph_weight) * kNN(reference) + morph_weight *
             kNN(morph)`` before the strength blend.
+        method: the matching step: ``knn`` (kNN-VC), ``mkl`` (MKL-VC, for short references) or ``linear``
+            (LinearVC: ``reference`` is a pair); see ``knnvc.options.ConvertOptions.method``.
+        mkl_block: K, the dimensions MKL-VC maps jointly (the authors' 2).
         models: the weights and how they run (``knnvc.options.Models``: wavlm, vocoder, settings, offline).
         device: short for ``models.settings.device``.
         progress: gets ``knnvc.progress.Progress`` events over the windows of long audio.
@@ -688,6 +895,8 @@ def convert(
         match_layer=match_layer,
         knn_weighting=knn_weighting,
         morph_weight=morph_weight,
+        method=method,
+        mkl_block=mkl_block,
     )
     if output is not None and Path(output).suffix.lower() not in write.OUTPUT_FORMATS:
         raise UsageError(f"{output}: output files end in {', '.join(write.OUTPUT_FORMATS)}")

@@ -1,4 +1,5 @@
-"""The ``Voice`` type: a target speaker's matching set (M, D) at 50 Hz, with where it came from.
+"""What a source converts onto, saved with where it came from: a ``Voice`` (a target speaker's matching set (M, D) at
+50 Hz, for kNN-VC and MKL-VC) or a ``Pair`` (a fixed map from one source speaker to one target, for LinearVC).
 
 Saved as one safetensors file: the frames as a tensor and the metadata as JSON in the header, so loading never
 unpickles anything. This module does not encode audio; the pipeline builds voices.
@@ -6,11 +7,16 @@ unpickles anything. This module does not encode audio; the pipeline builds voice
 A voice always holds layer-6 frames (``frames``: what is averaged and vocoded). For a deeper or shallower match
 layer it also holds that layer's frames of the same moments (``match_frames``, tensors ``frames_layer<L>``). A
 compact voice (``compact``) holds k-means cluster means in place of frames, with each cluster's size.
+
+A pair is LinearVC's W (``method`` ``linear``: ``x @ W``), or an MKL-VC map fitted on a source speaker's recordings
+(``mkl``: ``x @ T + b``, what a stream uses, since a stream has no whole utterance to take statistics from). A pair
+fits the source speaker it was built from: other speakers' speech converts, but less well. It is saved as a voice
+is: the matrix (and bias) as tensors, the metadata (method, frames used, the files with their sha256, the encoder
+and layer) as JSON. The pipeline builds pairs (``KnnVC.build_pair``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -19,15 +25,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from knnvc.errors import UsageError, VoiceError
-from knnvc.files import write_error
+from knnvc.files import read_tensors, save_tensors
 from knnvc.nn import kmeans
+from knnvc.nn.linear import AffineMap
 from knnvc.options import FRAME_RATE
-from vocoder.atomic import write_atomically
 
 FORMAT = "knnvc-voice/1"
 
@@ -191,14 +195,7 @@ class Voice:
             OutputError: the file cannot be written (``DiskFullError`` when the disk is full); no partial or
                 temporary file is left behind.
         """
-        path = Path(path)
-        meta = {"knnvc": json.dumps(self.metadata())}
-        data = safetensors_bytes(self.tensors(), metadata=meta)
-        try:
-            write_atomically(path, data)
-        except OSError as exc:
-            raise write_error(path, exc, "write voice") from exc
-        return path
+        return save_tensors(Path(path), self.tensors(), "knnvc", self.metadata(), "voice")
 
     @classmethod
     def load(cls, path: str | Path) -> Voice:
@@ -209,14 +206,9 @@ class Voice:
         if not path.is_file():
             raise VoiceError(f"{path}: no such voice file; check the path or build it with `knnvc voice build`")
         rebuild = "rebuild it with `knnvc voice build`"
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = json.loads((fh.metadata() or {})["knnvc"])
-                tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise VoiceError(f"{path}: not a knnvc voice file, or a damaged one ({exc}); {rebuild}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "frames" not in tensors:
-            found = meta.get("format") if isinstance(meta, dict) else None
+        meta, tensors = read_tensors(path, "knnvc", "voice", VoiceError, rebuild)
+        if meta.get("format") != FORMAT or "frames" not in tensors:
+            found = meta.get("format")
             raise VoiceError(f"{path}: not a knnvc voice file (format {found!r}, expected {FORMAT!r}); {rebuild}")
         try:
             voice = cls(
@@ -252,3 +244,167 @@ def _check_frames(path: Path, frames: Tensor, dim: object, rows: int) -> None:
         raise VoiceError(f"{path}: damaged voice ({frames.shape[1]}-d frames, metadata says {dim}); rebuild it")
     if not bool(frames.isfinite().all()):
         raise VoiceError(f"{path}: damaged voice (NaN or infinite frames); rebuild it with `knnvc voice build`")
+
+
+PAIR_FORMAT = "knnvc-pair/1"
+PAIR_METHODS = ("linear", "mkl")
+PAIR_REBUILD = "rebuild it with `knnvc pair build`"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A source-speaker-to-target-speaker map and its provenance.
+
+    Attributes:
+        matrix: (D, D) the map, applied to row vectors: ``x @ matrix`` (float32 for LinearVC, float64 for MKL).
+        bias: (D,) added after the matrix, or None (LinearVC has none).
+        method: ``linear`` (LinearVC) or ``mkl`` (MKL-VC fitted on the source speaker's recordings).
+        encoder: where the encoder weights came from (hub id or path), for people.
+        encoder_fingerprint: hash of the encoder weights, checked before use.
+        layer: the WavLM layer the map works on (6).
+        sources: the source speaker's files, in the order their frames were stacked.
+        targets: the target's files (a voice's references when built from a voice).
+        source_frames: source frames the fit used (LinearVC keeps at most 8,192 when not parallel).
+        target_frames: target frames the fit used.
+        parallel: fitted on parallel utterances (paired by file name).
+        lasso: the lasso's alpha, or None for least squares (LinearVC only).
+        mkl_block: K, for an MKL pair.
+        target_voice: the ``.voice`` file the target came from, or "".
+        trim: whether the recordings were trimmed of silence.
+        name: a short label, used in output file names.
+        created: ISO 8601 creation time (UTC).
+    """
+
+    matrix: Tensor
+    bias: Tensor | None
+    method: str
+    encoder: str
+    encoder_fingerprint: str
+    layer: int
+    sources: tuple[SourceFile, ...] = ()
+    targets: tuple[SourceFile, ...] = ()
+    source_frames: int = 0
+    target_frames: int = 0
+    parallel: bool = False
+    lasso: float | None = None
+    mkl_block: int | None = None
+    target_voice: str = ""
+    trim: bool = True
+    name: str = "pair"
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    origin: str = field(default="", compare=False, repr=False)  # the file it was loaded from, for messages
+
+    def __post_init__(self) -> None:
+        if self.method not in PAIR_METHODS:
+            raise ValueError(f"a pair's method is {' or '.join(PAIR_METHODS)}, got {self.method!r}")
+        width = self.matrix.shape[-1]
+        if self.matrix.ndim != 2 or self.matrix.shape[0] != width:
+            raise ValueError(f"a pair's matrix is (D, D), got {tuple(self.matrix.shape)}")
+        if self.bias is not None and tuple(self.bias.shape) != (width,):
+            raise ValueError(f"a pair's bias is ({width},), got {tuple(self.bias.shape)}")
+
+    @property
+    def dim(self) -> int:
+        """D, the feature width the map works on."""
+        return int(self.matrix.shape[0])
+
+    @property
+    def label(self) -> str:
+        """The pair's file, else its name, for messages."""
+        return self.origin or repr(self.name)
+
+    @property
+    def map(self) -> AffineMap:
+        """The map as an ``AffineMap`` (a zero bias for LinearVC)."""
+        bias = self.bias if self.bias is not None else torch.zeros(self.dim, dtype=self.matrix.dtype)
+        return AffineMap(self.matrix, bias)
+
+    def apply(self, frames: Tensor) -> Tensor:
+        """(T, D) layer-``layer`` frames at 50 Hz -> (T, D) in the target's voice, in the frames' dtype and device."""
+        if frames.shape[-1] != self.dim:
+            raise ValueError(f"pair {self.label} maps {self.dim}-d frames, got {frames.shape[-1]}-d")
+        if self.bias is None:
+            return (frames.to(self.matrix.dtype) @ self.matrix.to(frames.device)).to(frames.dtype)
+        return self.map(frames)
+
+    def check_compatible(self, encoder_fingerprint: str, layer: int, encoder_name: str = "") -> None:
+        """Raise ``VoiceError`` unless this pair was fitted on the same encoder weights and layer."""
+        if self.layer != layer:
+            raise VoiceError(f"pair {self.label} maps layer-{self.layer} features, this encoder gives layer {layer}; "
+                             f"{PAIR_REBUILD}")  # fmt: skip
+        if self.encoder_fingerprint != encoder_fingerprint:
+            raise VoiceError(
+                f"pair {self.label} was fitted with encoder {self.encoder} (weights {self.encoder_fingerprint}), "
+                f"not the loaded {encoder_name or 'encoder'} (weights {encoder_fingerprint}); {PAIR_REBUILD} or load "
+                "the same WavLM weights"
+            )
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the tensors, JSON-able."""
+        return {
+            "format": PAIR_FORMAT,
+            "name": self.name,
+            "method": self.method,
+            "encoder": self.encoder,
+            "encoder_fingerprint": self.encoder_fingerprint,
+            "layer": self.layer,
+            "dim": self.dim,
+            "parallel": self.parallel,
+            "lasso": self.lasso,
+            "mkl_block": self.mkl_block,
+            "source_frames": self.source_frames,
+            "target_frames": self.target_frames,
+            "target_voice": self.target_voice,
+            "trim": self.trim,
+            "created": self.created,
+            "sources": [asdict(s) for s in self.sources],
+            "targets": [asdict(s) for s in self.targets],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pair atomically as safetensors; returns the path.
+
+        Raises:
+            OutputError: the file cannot be written (``DiskFullError`` when the disk is full); nothing is left.
+        """
+        tensors = {"matrix": self.matrix} if self.bias is None else {"matrix": self.matrix, "bias": self.bias}
+        return save_tensors(Path(path), tensors, "knnvc", self.metadata(), "pair")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Pair:
+        """Read a pair written by ``save``; raise ``VoiceError`` (one line, naming ``path``) for anything else."""
+        path = Path(path)
+        if not path.is_file():
+            what = "is a folder, not a pair file" if path.is_dir() else "no such pair file"
+            raise VoiceError(f"{path}: {what}; give a NAME.pair file made by `knnvc pair build`")
+        meta, tensors = read_tensors(path, "knnvc", "pair", VoiceError, PAIR_REBUILD)
+        if meta.get("format") != PAIR_FORMAT or "matrix" not in tensors:
+            found = meta.get("format")
+            raise VoiceError(f"{path}: not a knnvc pair file (format {found!r}, expected {PAIR_FORMAT!r}); "
+                             f"{PAIR_REBUILD}")  # fmt: skip
+        try:
+            pair = cls(
+                matrix=tensors["matrix"],
+                bias=tensors.get("bias"),
+                method=str(meta["method"]),
+                encoder=str(meta["encoder"]),
+                encoder_fingerprint=str(meta["encoder_fingerprint"]),
+                layer=int(meta["layer"]),
+                sources=tuple(SourceFile(**s) for s in meta["sources"]),
+                targets=tuple(SourceFile(**s) for s in meta["targets"]),
+                source_frames=int(meta["source_frames"]),
+                target_frames=int(meta["target_frames"]),
+                parallel=bool(meta["parallel"]),
+                lasso=None if meta.get("lasso") is None else float(meta["lasso"]),
+                mkl_block=None if meta.get("mkl_block") is None else int(meta["mkl_block"]),
+                target_voice=str(meta.get("target_voice", "")),
+                trim=bool(meta.get("trim", True)),
+                name=str(meta["name"]),
+                created=str(meta["created"]),
+                origin=str(path),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VoiceError(f"{path}: damaged pair ({exc}); {PAIR_REBUILD}") from exc
+        if not pair.matrix.is_floating_point() or not bool(pair.matrix.isfinite().all()):
+            raise VoiceError(f"{path}: damaged pair (a {pair.matrix.dtype} matrix, or not finite); {PAIR_REBUILD}")
+        return pair

@@ -25,8 +25,7 @@ from knnvc.runtime.interrupt import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from knnvc.batch.manifest import Ledger
-    from knnvc.pipeline import KnnVC
-    from knnvc.voice import Voice
+    from knnvc.pipeline import KnnVC, Target
 
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ GROUP_FILES = 16  # files decoded and computed together; their windows are batch
 def run(
     vc: KnnVC,
     jobs: list[Job],
-    voice: Voice,
+    voice: Target,
     options: ConvertOptions = DEFAULT_OPTIONS,
     *,
     overwrite: bool = False,
@@ -60,7 +59,7 @@ def run(
     ``report.stopped``. With a ``ledger`` (``knnvc.batch.manifest``), outputs made with other settings stop the batch
     before it starts (``StaleOutputsError``) unless ``overwrite``, and every outcome is recorded in its manifest.
     """
-    voice.check_neighbours(options.k)
+    vc.check_target(voice, options)
     check_outputs(pending(jobs, overwrite=overwrite))
     vc.load_vocoder()  # missing vocoder weights stop the batch once, not every file
     report, todo, notify = begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
@@ -131,7 +130,7 @@ def _recording(progress: OnProgress | None, ledger: Ledger | None) -> OnProgress
 def convert_group(
     vc: KnnVC,
     wavs: Sequence[np.ndarray | KnnvcError],
-    voice: Voice,
+    voice: Target,
     options: ConvertOptions = DEFAULT_OPTIONS,
     *,
     progress: OnProgress | None = None,
@@ -183,7 +182,7 @@ def _indexed(progress: OnProgress | None, positions: list[int], total: int) -> O
 def _convert_one(
     vc: KnnVC,
     wav: np.ndarray | KnnvcError,
-    voice: Voice,
+    voice: Target,
     options: ConvertOptions,
     on_chunk: OnProgress | None,
     finish: bool,
@@ -201,7 +200,7 @@ def _convert_one(
 def _convert_group(
     vc: KnnVC,
     group: list[tuple[int, Job, np.ndarray | KnnvcError]],
-    voice: Voice,
+    voice: Target,
     overlap: Overlap,
     options: ConvertOptions,
     report: Report,

@@ -81,6 +81,7 @@ def streaming(
         from knnvc.pipeline import KnnVC
         from knnvc.stream.settings import StreamSettings
         from knnvc.stream.streamer import Streamer
+        from knnvc.voice import Voice
 
         options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
                                  output_sample_rate=output_rate,
@@ -91,6 +92,8 @@ def streaming(
         vc.load_vocoder()  # before the first chunk: a stream cannot wait for it
         options = with_morph_voice(vc, options, morph)
         voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
+        if not isinstance(voice, Voice):
+            raise UsageError(f"{reference}: a stream converts onto a voice or references")
         return Streamer(vc, voice, options, settings)
 
     return load
