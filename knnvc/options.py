@@ -125,6 +125,7 @@ class ConvertOptions:
             return
         name = {"mkl": "MKL-VC", "linear": "LinearVC"}[self.method]
         knn_only = [
+            (f"k={self.k}", self.k != DEFAULT_K),
             ("a match layer", self.match_layer != WAVLM_LAYER),
             ("kNN weighting", self.knn_weighting != "uniform"),
             ("morph", self.morph is not None),

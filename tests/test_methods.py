@@ -173,6 +173,7 @@ def test_parallel_pairs_need_namesakes_and_files(vc: KnnVC, voice: Voice, tmp_pa
     [
         ({"method": "mkl", "match_layer": 8}, "a match layer is a control of kNN matching"),
         ({"method": "linear", "knn_weighting": "inverse-distance"}, "kNN weighting is a control of kNN matching"),
+        ({"method": "mkl", "k": 8}, "k=8 is a control of kNN matching"),
         ({"method": "vits"}, "method must be knn, mkl, linear"),
         ({"mkl_block": 0}, "MKL block size must be a whole number"),
     ],
