@@ -13,6 +13,10 @@ weights that ``KNNVC_WAVLM`` / ``KNNVC_VOCODER`` put in place of a default are s
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -144,6 +148,47 @@ class KnnvcTyper(typer.Typer):
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # type: ignore[override]
         kwargs.setdefault("cls", KnnvcCommand)
         return super().command(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command line. Called bare (``app()``: the ``knnvc`` script, ``python -m knnvc``), it is the whole
+        program, and it ends the process itself once the command is done (``exit_at_once``); called with arguments
+        (a caller's own ``app([...])``), it raises ``SystemExit`` as typer does."""
+        if args or kwargs:
+            return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__()
+        except SystemExit as done:
+            exit_at_once(done)
+            raise
+
+
+def exit_at_once(done: SystemExit) -> None:
+    """End the process now with ``done``'s exit status, skipping the interpreter's teardown, when that is safe; else
+    return (the caller raises ``done``, and Python exits as usual).
+
+    Freeing what torch and transformers loaded takes the interpreter about a second at exit, and nothing in it is
+    the command's work: every output is written and closed by then (atomic writes: fsync, then rename), and the
+    batch's worker threads are joined. What a normal exit does that matters is done here, in its order: threads
+    that are not daemons are waited for (while one runs, this returns and Python waits as it always does), the
+    ``atexit`` functions run (logging flushed and closed, temporary folders removed, child processes of
+    ``multiprocessing`` and Ray ended), then stdout and stderr are flushed. A status that is not a number (a message
+    for Python to print), a process that never imported torch (its exit is quick anyway), or a flush that fails
+    (Python reports it, and exits 120) also leave the exit to Python.
+    """
+    code = 0 if done.code is None else done.code
+    if not isinstance(code, int) or "torch" not in sys.modules:
+        return
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return
+    atexit._run_exitfuncs()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
 
 
 def _version(value: bool) -> None:
