@@ -18,9 +18,8 @@ if TYPE_CHECKING:
 
     from rich.progress import Progress as RichProgress
 
-    from knnvc.batch.plan import Report
     from knnvc.eval.core import Evaluation
-    from knnvc.eval.sweep import Grid
+    from knnvc.eval.sweep import Grid, Point
     from knnvc.progress import Progress
 
 PathOpt = Path | None
@@ -49,7 +48,20 @@ def eval_command(
     asr: Annotated[str, typer.Option("--asr", help="auto, whisper, pocketsphinx, none, or a Whisper path.")] = "auto",
     dnsmos: Annotated[bool, typer.Option("--dnsmos/--no-dnsmos", help="Estimate quality with DNSMOS.")] = True,
     sweep: Annotated[
-        str | None, typer.Option("--sweep", help="Convert --source over a grid first, e.g. k=1,4,8.")
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="Convert --source over a grid first, e.g. k=1,4,8, method=knn,mkl,linear or "
+            "reference_seconds=5,10,30 (the references cut to that much speech); twice for a two-way grid.",
+        ),
+    ] = None,
+    source_speakers: Annotated[
+        PathOpt,
+        typer.Option(
+            "--source-speakers",
+            help="With --sweep method=...linear: the source speaker's own recordings "
+            "(or a folder per speaker) to fit each LinearVC pair on, apart from the converted files.",
+        ),
     ] = None,
     *,
     pipeline: Models,
@@ -59,14 +71,14 @@ def eval_command(
 ) -> None:
     """Score converted speech the way the kNN-VC paper does, and write a report (JSON, markdown, PNG plots)."""
     with common.session(verbose, quiet):
-        grid = _check(converted, target, source, manifest, sweep)
+        grids = _check(converted, target, source, manifest, sweep, source_speakers)
         show = not (quiet or json_out)
         with common.err.status("loading metric models", spinner="dots") if show else common.nothing():
             models = _load_models(verifier, asr, dnsmos, str(pipeline.settings.device), show)
-        if grid is not None:
+        if grids is not None:
             assert target is not None and source is not None  # checked by _check
-            result: dict[str, Any] = _sweep(grid, converted or report / "converted", target, source, transcripts,
-                                            report, models, show=show, pipeline=pipeline)  # fmt: skip
+            result: dict[str, Any] = _sweep(grids, converted or report / "converted", target, source, source_speakers,
+                                            transcripts, report, models, show=show, pipeline=pipeline)  # fmt: skip
         else:
             evaluation = _score(converted, target, source, transcripts, manifest, models, show=show)
             from knnvc.eval.report import write_report
@@ -80,25 +92,30 @@ def eval_command(
             typer.echo(json.dumps(result, indent=2))
 
 
-def _check(converted: PathOpt, target: PathOpt, source: PathOpt, manifest: PathOpt, sweep: str | None) -> Grid | None:
-    """Usage errors before any model loads; the sweep's grid when there is one."""
+def _check(converted: PathOpt, target: PathOpt, source: PathOpt, manifest: PathOpt, sweep: list[str] | None,
+           source_speakers: PathOpt = None) -> list[Grid] | None:  # fmt: skip
+    """Usage errors before any model loads; the sweep's grids when there is one."""
     if manifest is not None:
-        if converted is not None or target is not None or source is not None or sweep is not None:
+        if converted is not None or target is not None or source is not None or sweep:
             raise UsageError("--manifest names every file itself: drop CONVERTED, --target, --source and --sweep")
         return None
     if target is None:
         raise UsageError("give --target (the target speaker's real speech), or --manifest")
     if target.suffix == VOICE_SUFFIX:
         raise UsageError(f"--target {target}: scoring needs the target's audio, not a saved voice")
-    if sweep is None:
+    if not sweep:
         if converted is None:
             raise UsageError("give CONVERTED (a converted file or folder), or --sweep with --source")
+        if source_speakers is not None:
+            raise UsageError("--source-speakers fits LinearVC's pairs for --sweep method=...,linear: give --sweep")
         return None
     if source is None:
         raise UsageError("--sweep converts --source into the --target voice: give --source")
-    from knnvc.eval.sweep import parse_sweep
+    if source_speakers is not None and not source_speakers.exists():
+        raise UsageError(f"--source-speakers {source_speakers}: no such file or folder")
+    from knnvc.eval.sweep import parse_sweeps
 
-    return parse_sweep(sweep)
+    return parse_sweeps(sweep)
 
 
 def _load_models(verifier: str, asr: str, dnsmos: bool, device: str, show: bool) -> dict[str, Any]:
@@ -135,9 +152,9 @@ def _score(converted: PathOpt, target: PathOpt, source: PathOpt, transcripts: Pa
         return evaluate(items, models["verifier"], models["asr"], models["dnsmos"], progress=bar.update)
 
 
-def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathOpt, report: Path,
-           models: dict[str, Any], *, show: bool, pipeline: Models) -> dict[str, Any]:  # fmt: skip
-    from knnvc.eval.report import plot_sweep, write_report
+def _sweep(grids: list[Grid], out: Path, target: Path, source: Path, source_speakers: PathOpt, transcripts: PathOpt,
+           report: Path, models: dict[str, Any], *, show: bool, pipeline: Models) -> dict[str, Any]:  # fmt: skip
+    from knnvc.eval.report import write_report, write_sweep
     from knnvc.eval.sweep import run_sweep
 
     with common.err.status("loading conversion models", spinner="dots") if show else common.nothing():
@@ -145,33 +162,31 @@ def _sweep(grid: Grid, out: Path, target: Path, source: Path, transcripts: PathO
 
         vc = KnnVC.from_pretrained(pipeline)
         vc.load_vocoder()  # before any reference is encoded
-        voice = vc.build_voice(target, name=target.stem if target.is_file() else target.resolve().name)
 
-    def converted(name: str, rep: Report) -> None:
+    def converted(point: Point) -> None:
         if show:
-            common.say("converted:", "green", f"{name}: {len(rep.converted)} new, {len(rep.skipped)} kept")
+            common.say("converted:", "green", f"{point.name}: {point.converted} new, {point.kept} kept")
 
-    points = run_sweep(vc, source, voice, grid, out, on_point=converted)
-    summaries = []
-    for value, folder in points:
-        evaluation = _score(folder, target, source, transcripts, None, models, show=show)
-        write_report(evaluation, report / grid.folder(value))
-        summaries.append(evaluation.summary)
-        if show:
-            _table(evaluation, title=f"knnvc eval: {grid.folder(value)}")
-    plot = plot_sweep(grid.name, grid.values, summaries, _mkdir(report) / "sweep.png")
-    result = {"setting": grid.name, "values": list(grid.values), "summaries": summaries}
-    from knnvc.eval.report import _write_text
-
-    _write_text(report / "sweep.json", json.dumps(result, indent=2) + "\n")
+    points = run_sweep(vc, source, target, grids, out, source_speakers=source_speakers, on_point=converted)
+    entries = []
+    for point in points:
+        entry = {**point.to_json(), "summary": None}
+        for note in point.notes if show else ():
+            common.say("note:", "yellow", f"{point.name}: {note}")
+        if point.skipped is not None:
+            if show:
+                common.say("skipped:", "yellow", f"{point.name}: {point.skipped}")
+        else:
+            evaluation = _score(point.folder, target, source, transcripts, None, models, show=show)
+            write_report(evaluation, report / point.name)
+            entry["summary"] = evaluation.summary
+            if show:
+                _table(evaluation, title=f"knnvc eval: {point.name}")
+        entries.append(entry)
+    result, written = write_sweep([g.name for g in grids], [list(g.values) for g in grids], entries, report)
     if show:
-        common.say("report:", "green", f"{report / 'sweep.json'}, {plot}, and one folder per value")
+        common.say("report:", "green", f"{', '.join(str(p) for p in written)}, and one folder per point")
     return result
-
-
-def _mkdir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _table(evaluation: Evaluation, title: str = "knnvc eval") -> None:

@@ -2,14 +2,14 @@
 
 Plots (matplotlib, Agg): ``similarity_hist.png`` (converted, source and genuine similarity distributions),
 ``per_file.png`` (similarity, and WER when known, per file) and, for a sweep, ``sweep.png`` (each metric
-against the swept setting).
+against the swept setting, a line per value of a second one) and ``sweep.md`` (the points as a table).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,32 @@ def write_report(evaluation: Evaluation, folder: Path) -> list[Path]:
     paths.append(plot_similarity(evaluation, folder / "similarity_hist.png"))
     paths.append(plot_per_file(evaluation, folder / "per_file.png"))
     return paths
+
+
+def write_sweep(
+    settings: Sequence[str], values: Sequence[Sequence[Any]], points: Sequence[dict[str, Any]], folder: Path
+) -> tuple[dict[str, Any], list[Path]]:
+    """Write a sweep's ``sweep.json``, ``sweep.md`` and ``sweep.png`` into ``folder``; return the JSON and paths.
+
+    ``points`` (``knnvc.eval.sweep.Point.to_json`` each, with its ``summary``, None when skipped) come in grid
+    order, the last setting varying fastest. The JSON holds ``settings`` and ``points``; a one-setting sweep
+    also ``setting``, ``values`` and ``summaries`` (one per value, None where skipped).
+    """
+    folder = _folder(folder)
+    result: dict[str, Any] = {"settings": list(settings)}
+    if len(settings) == 1:
+        result.update(setting=settings[0], values=list(values[0]), summaries=[p["summary"] for p in points])
+        series = {"converted": [p["summary"] for p in points]}
+    else:
+        inner = len(values[1])
+        series = {f"{settings[1]}={v}": [points[i * inner + j]["summary"] for i in range(len(values[0]))]
+                  for j, v in enumerate(values[1])}  # fmt: skip
+    result["points"] = list(points)
+    paths = [folder / "sweep.json", folder / "sweep.md"]
+    _write_text(paths[0], json.dumps(result, indent=2) + "\n")
+    _write_text(paths[1], sweep_markdown(points, settings))
+    paths.append(plot_sweep(settings[0], values[0], series, folder / "sweep.png"))
+    return result, paths
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -122,31 +148,67 @@ def plot_per_file(evaluation: Evaluation, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_sweep(setting: str, values: Sequence[Any], summaries: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Each metric against the swept setting, one panel per metric (PNG, 3 panels a row, 400 px each).
+def plot_sweep(
+    setting: str, values: Sequence[Any], series: Mapping[str, Sequence[dict[str, Any] | None]], path: Path
+) -> Path:
+    """Each metric against the swept setting, one panel per metric and one line per series (PNG, 3 panels a
+    row, 400 px each). ``series`` maps a line's label (a value of a second swept setting, or ``converted``) to its
+    summaries, one per value; None is a skipped point: a gap in the line, and an x label ending "(skipped)" when
+    every line skipped it.
 
     The similarity panel also draws the genuine (ceiling) and source (floor) similarities as dashed lines.
     """
     plt = _pyplot()
-    panels = [
-        (key, label) for key, label in SWEPT if any(_scalar(_get(s, key)) == _scalar(_get(s, key)) for s in summaries)
-    ]
-    rows = (len(panels) + 2) // 3
+    every = [s for summaries in series.values() for s in summaries if s is not None]
+    panels = [(key, label) for key, label in SWEPT if any(not math.isnan(_scalar(_get(s, key))) for s in every)]
+    rows = max(1, (len(panels) + 2) // 3)
     fig, axes = plt.subplots(rows, 3, figsize=(12, 3.5 * rows), dpi=FIGURE_DPI, squeeze=False)
-    xs = [str(v) for v in values]
+    skipped = [all(list(summaries)[i] is None for summaries in series.values()) for i in range(len(values))]
+    xs = [f"{v} (skipped)" if gone else str(v) for v, gone in zip(values, skipped, strict=True)]
     for ax, (key, label) in zip(axes.flat, panels, strict=False):
-        ax.plot(xs, [_scalar(_get(s, key)) for s in summaries], marker="o", label="converted")
+        for line, summaries in series.items():
+            ax.plot(xs, [_scalar(_get(s, key)) if s is not None else math.nan for s in summaries], marker="o",
+                    label=line)  # fmt: skip
         if key == "speaker_similarity":
             for other, style in (("genuine_similarity", "g--"), ("source_similarity", "r--")):
-                ys = [_scalar(s.get(other)) for s in summaries]
+                ys = [_first(other, [list(summaries)[i] for summaries in series.values()]) for i in range(len(xs))]
                 if not all(math.isnan(y) for y in ys):
                     ax.plot(xs, ys, style, label=other.replace("_", " "))
+        if key == "speaker_similarity" or len(series) > 1:
             ax.legend(fontsize="small")
         ax.set(xlabel=setting, ylabel=label, title=f"{label} vs {setting}")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _first(key: str, summaries: Sequence[dict[str, Any] | None]) -> float:
+    """``key`` of the first summary that has it (the references' own numbers are the same on every line)."""
+    for s in summaries:
+        if s is not None and s.get(key) is not None:
+            return _scalar(s[key])
+    return math.nan
+
+
+def sweep_markdown(points: Sequence[dict[str, Any]], settings: Sequence[str]) -> str:
+    """A sweep's points as a markdown table: the settings, each metric, and why a point was skipped."""
+    labels = [label for _, label in SWEPT]
+    lines = ["# knnvc eval: sweep of " + " x ".join(settings), "",
+             "| " + " | ".join([*settings, "reference speech s", *labels, "note"]) + " |",
+             "| " + " | ".join(["---"] * (len(settings) + len(labels) + 2)) + " |"]  # fmt: skip
+    for point in points:
+        summary = point.get("summary") or {}
+        cells = [str(point[name]) for name in settings]
+        seconds = point.get("reference_speech_seconds")
+        cells.append("" if seconds is None else f"{seconds:g}")
+        for key, _ in SWEPT:
+            value = _scalar(_get(summary, key))
+            cells.append("" if math.isnan(value) else f"{value:.3f}" if key == "speaker_similarity" else f"{value:.2f}")
+        note = point.get("skipped") and f"skipped: {point['skipped']}"
+        cells.append((note or "; ".join(point.get("notes") or [])).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 SWEPT = (("speaker_similarity", "speaker similarity"), ("eer_percent", "EER %"), ("wer_percent", "WER %"),
