@@ -15,7 +15,7 @@ import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.stream import StreamLoader, streaming
+from knnvc.cli.stream import REFERENCE_HELP, StreamLoader, described, streaming
 from knnvc.errors import DeviceError, UsageError
 from knnvc.options import FRAME_RATE
 
@@ -78,9 +78,7 @@ def run(sd: Any, streamer: Streamer, mic: AudioDevice, speakers: AudioDevice) ->
 @app.command()
 @common.takes(streaming)
 def live(
-    reference: Annotated[
-        Path | None, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")
-    ] = None,
+    reference: Annotated[Path | None, typer.Argument(help=REFERENCE_HELP)] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
     input_device: Annotated[str | None, typer.Option("--input-device", help="Microphone: index or name.")] = None,
     output_device: Annotated[str | None, typer.Option("--output-device", help="Speakers: index or name.")] = None,
@@ -91,7 +89,8 @@ def live(
 ) -> None:
     """Speak into the microphone, hear it in REFERENCE's voice (extra [live]). Ctrl-C stops.
 
-    --loudness is a fixed gain, measured from the voice before the first chunk.
+    --loudness is a fixed gain, measured from the voice (a pair: its target's speech) before the first chunk. A
+    .pair REFERENCE, or --method mkl --source-speaker DIR, streams a fixed per-frame map: no kNN search.
     """
     with common.session(verbose, quiet):
         sd = open_sounddevice()
@@ -99,9 +98,9 @@ def live(
             common.err.print(str(sd.query_devices()), markup=False, highlight=False)
             return
         if reference is None:
-            raise UsageError("knnvc live needs REFERENCE (a file, folder or .voice), or --list-devices")
+            raise UsageError("knnvc live needs REFERENCE (a file, folder, .voice or .pair), or --list-devices")
         mic, speakers = find_device(sd, input_device, "input"), find_device(sd, output_device, "output")
         streamer = streaming(reference, mic.rate, speakers.rate)
         if not quiet:
-            common.say("live:", "green", f"{mic.name} -> {speakers.name}; {streamer.settings.describe()}; Ctrl-C stops")
+            common.say("live:", "green", f"{mic.name} -> {speakers.name}; {described(streamer)}; Ctrl-C stops")
         run(sd, streamer, mic, speakers)

@@ -2,6 +2,8 @@
 
     arecord -f S16_LE -r 16000 -c 1 | knnvc stream alice.voice | aplay -f S16_LE -r 16000
     ffmpeg -i in.mp3 -f s16le -ac 1 -ar 16000 - | knnvc stream alice.voice | ffmpeg -f s16le -ar 16000 -i - out.wav
+    arecord ... | knnvc stream me2alice.pair | aplay ...                       # LinearVC: the pair's map, no search
+    arecord ... | knnvc stream alice/ --method mkl --source-speaker me/ | aplay ...   # MKL-VC fitted on me/
 
 stdout carries only audio: logs, the ready line and errors go to stderr.
 """
@@ -18,16 +20,45 @@ import typer
 
 from knnvc.cli import common
 from knnvc.cli.app import app
-from knnvc.cli.controls import MatchLayerOpt, MorphOpt, MorphWeightOpt, StrengthOpt, WeightingOpt, controls
+from knnvc.cli.controls import (
+    MatchLayerOpt,
+    MklBlockOpt,
+    MorphOpt,
+    MorphWeightOpt,
+    StrengthOpt,
+    WeightingOpt,
+    controls,
+)
 from knnvc.errors import UsageError
-from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, SAMPLE_RATE, WAVLM_LAYER
+from knnvc.options import (
+    DEFAULT_K,
+    DEFAULT_VOCODER,
+    DEFAULT_WAVLM,
+    METHODS,
+    MKL_BLOCK,
+    PAIR_SUFFIX,
+    SAMPLE_RATE,
+    WAVLM_LAYER,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
     from knnvc.stream.streamer import Streamer
 
-ReferenceArg = Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")]
+REFERENCE_HELP = "Target speech: a file, a folder, or a saved .voice file; or a .pair (its fixed map)."
+ReferenceArg = Annotated[Path, typer.Argument(help=REFERENCE_HELP)]
+StreamMethodOpt = Annotated[
+    str,
+    typer.Option("--method", help=f"{', '.join(METHODS)}: kNN-VC onto a voice; MKL-VC (needs --source-speaker); "
+                 "LinearVC (REFERENCE is a .pair, whose map fits the source speaker it was built from). A .pair "
+                 "always streams with its own map."),  # fmt: skip
+]
+SourceSpeakerOpt = Annotated[
+    Path | None,
+    typer.Option("--source-speaker", help="MKL-VC: the recordings (file or folder) of who will speak into the "
+                 "stream; the map is fitted on them, as a stream has no whole utterance to fit it on."),  # fmt: skip
+]
 KOpt = Annotated[int, typer.Option("--k", help="Nearest neighbours averaged per frame.")]
 LoudnessOpt = Annotated[str, typer.Option("--loudness", help="Output loudness in LUFS, or 'none'.")]
 ChunkOpt = Annotated[int, typer.Option("--chunk-ms", help="Audio converted per step (multiple of 20 ms).")]
@@ -71,6 +102,9 @@ def streaming(
     lookahead_ms: LookaheadOpt = None,
     vocoder_lookahead_ms: VocoderLookaheadOpt = 0,
     context_ms: ContextOpt = None,
+    method: StreamMethodOpt = "knn",
+    mkl_block: MklBlockOpt = MKL_BLOCK,
+    source_speaker: SourceSpeakerOpt = None,
 ) -> StreamLoader:
     """The options ``knnvc stream`` and ``knnvc live`` share (``common.takes``), as the function that checks them
     and loads the ``Streamer``."""
@@ -79,24 +113,45 @@ def streaming(
         from knnvc.cli.controls import with_morph_voice
         from knnvc.options import ConvertOptions, Models, PipelineSettings
         from knnvc.pipeline import KnnVC
-        from knnvc.stream.settings import StreamSettings
+        from knnvc.stream.settings import StreamSettings, target_gain
         from knnvc.stream.streamer import Streamer
         from knnvc.voice import Voice
 
         options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
                                  output_sample_rate=output_rate,
-                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
+                                 **controls(strength, match_layer, knn_weighting, morph, morph_weight,
+                                            method=method, mkl_block=mkl_block))  # fmt: skip
+        check_method(reference, options.method, source_speaker)
         settings = StreamSettings(chunk_ms, lookahead_ms, vocoder_lookahead_ms, context_ms, input_rate)
         models = Models(wavlm, vocoder, PipelineSettings(device, precision, batch_size=1), offline or None)
         vc = KnnVC.from_pretrained(models, match_layer=options.match_layer)
         vc.load_vocoder()  # before the first chunk: a stream cannot wait for it
         options = with_morph_voice(vc, options, morph)
-        voice = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
-        if not isinstance(voice, Voice):
-            raise UsageError(f"{reference}: a stream converts onto a voice or references")
-        return Streamer(vc, voice, options, settings)
+        target = vc.voice_from(reference, trim=options.trim, match_layer=options.match_layer)
+        if source_speaker is None:
+            return Streamer(vc, target, options, settings)
+        assert isinstance(target, Voice)  # check_method refused a pair
+        pair = vc.build_pair(source_speaker, target, method="mkl", mkl_block=options.mkl_block, trim=options.trim)
+        return Streamer(vc, pair, options, settings, gain=target_gain(vc, target, options.loudness))
 
     return load
+
+
+def check_method(reference: Path, method: str, source_speaker: Path | None) -> None:
+    """``UsageError``, before any model loads, for a method the stream's target cannot take: MKL-VC fits its map on
+    the source speaker's recordings (``--source-speaker``), LinearVC streams a pair's map."""
+    is_pair = str(reference).endswith(PAIR_SUFFIX)
+    if source_speaker is not None and method != "mkl":
+        raise UsageError("--source-speaker is what MKL-VC fits its map on: give --method mkl with it")
+    if source_speaker is not None and is_pair:
+        raise UsageError(f"{reference} is a pair, a map already fitted: --source-speaker fits an MKL-VC map onto a "
+                         "voice or references; give one of those")  # fmt: skip
+    if method == "mkl" and source_speaker is None and not is_pair:
+        raise UsageError("--method mkl needs --source-speaker DIR: MKL-VC fits its map on the source's statistics, and "
+                         "a stream has no whole utterance to take them from")  # fmt: skip
+    if method == "linear" and not is_pair:
+        raise UsageError("--method linear streams a pair's map: give a .pair as REFERENCE "
+                         "(knnvc pair build SOURCE_SPEAKER TARGET -o NAME.pair)")  # fmt: skip
 
 
 def _check_rate(name: str, rate: int) -> None:
@@ -127,14 +182,26 @@ def stream(
 
     Output sample n is input sample n converted (the delay is in time, not inserted silence); at the end of the
     input the tail is flushed, so the output is exactly as long as the input. --loudness is a fixed gain, measured
-    from the voice before the first chunk.
+    from the voice (a pair: its target's speech) before the first chunk. A .pair REFERENCE, or --method mkl
+    --source-speaker DIR, streams a fixed per-frame map: no kNN search.
     """
     with common.session(verbose, quiet):
         _check_rate("--input-rate", input_rate)
         streamer = streaming(reference, input_rate, output_rate)
         if not quiet:
-            common.say("streaming:", "green", streamer.settings.describe())
+            common.say("streaming:", "green", described(streamer))
         pump(streamer, sys.stdin.buffer.fileno(), sys.stdout.buffer.fileno(), streamer.settings.chunk_ms)
+
+
+def described(streamer: Streamer) -> str:
+    """The ready line's text: the settings, after the map streamed with when it is not kNN matching."""
+    from knnvc.voice import Pair
+
+    target = streamer.target
+    if not isinstance(target, Pair):
+        return streamer.settings.describe()
+    name = {"linear": "LinearVC", "mkl": f"MKL-VC (K={target.mkl_block})"}[target.method]
+    return f"{name} map of pair {target.name!r}, no search; {streamer.settings.describe()}"
 
 
 def pump(streamer: Streamer, fd_in: int, fd_out: int, chunk_ms: int) -> None:

@@ -1,10 +1,12 @@
 """A stream's settings (chunk, lookahead, context, input rate) and what they are measured against: the
-encoder's and the vocoder's reach, and the fixed gain taken from the voice."""
+encoder's and the vocoder's reach, and the fixed gain taken from the target's speech (a voice, or a pair's target)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import overload
 
 import numpy as np
@@ -13,9 +15,11 @@ import torch
 from knnvc.audio import loudness
 from knnvc.errors import UsageError
 from knnvc.options import FRAME_RATE, HOP, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RECEPTIVE_FIELD, SAMPLE_RATE
-from knnvc.pipeline import KnnVC
-from knnvc.voice import Voice
+from knnvc.pipeline import KnnVC, Target
+from knnvc.voice import Pair, Voice
 from vocoder import HifiganConfig
+
+log = logging.getLogger(__name__)
 
 FRAME_MS = 1000 // FRAME_RATE  # 20 ms per frame
 GAIN_PROBE_FRAMES = 10 * FRAME_RATE  # frames of the voice vocoded to measure the stream's gain (10 s)
@@ -124,6 +128,42 @@ def voice_gain(vc: KnnVC, voice: Voice, target_lufs: float | None) -> float:
     gain = 10.0 ** ((target_lufs - measured) / 20.0)
     peak = float(loudness.true_peak_envelope(probe).max()) * gain
     return float(gain * min(1.0, loudness.PEAK_CEILING / peak)) if peak > 0 else float(gain)
+
+
+def target_gain(vc: KnnVC, target: Target, target_lufs: float | None) -> float:
+    """The stream's fixed gain for ``target``: ``voice_gain`` of the voice, or of a pair's target speech.
+
+    A pair's map puts the source speaker's frames in the target's statistics, so the target's own frames vocoded
+    stand for the converted speech: its ``.voice`` file when it was fitted from one and that file is still there,
+    else its target recordings (the first 10 s of them that are still there, trimmed as the pair was), encoded
+    once. ``UsageError`` when none is left, naming ``--loudness none`` (a stream of a pair then needs no probe).
+    """
+    if target_lufs is None:
+        return 1.0
+    if isinstance(target, Voice):
+        return voice_gain(vc, target, target_lufs)
+    return voice_gain(vc, pair_target_speech(vc, target), target_lufs)
+
+
+def pair_target_speech(vc: KnnVC, pair: Pair) -> Voice:
+    """Frames of ``pair``'s target speech for measuring loudness: its ``.voice`` file, else up to 10 s of its target
+    recordings that are still on disk, encoded (``UsageError`` when neither is left)."""
+    if pair.target_voice and Path(pair.target_voice).is_file():
+        return Voice.load(pair.target_voice)
+    found: list[str] = []
+    seconds = 0.0
+    for src in pair.targets:
+        if not Path(src.path).is_file():
+            log.debug("pair %s: target recording %s is gone; not used for the stream's loudness", pair.label, src.path)
+            continue
+        found.append(src.path)
+        seconds += src.seconds
+        if seconds >= GAIN_PROBE_FRAMES / FRAME_RATE:
+            break
+    if not found:
+        raise UsageError(f"pair {pair.label}: none of its target recordings is here to measure the stream's loudness "
+                         "from; give the loudness as none (--loudness none) or a fixed gain")  # fmt: skip
+    return vc.build_voice(found, trim=pair.trim, name=pair.name)
 
 
 def vocoder_reach(config: HifiganConfig) -> int:

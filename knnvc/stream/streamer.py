@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import soxr
@@ -12,11 +13,12 @@ from torch import Tensor
 
 from knnvc.errors import AudioError, UsageError
 from knnvc.nn.encoder import num_frames, split_layers
+from knnvc.nn.matcher import blend
 from knnvc.options import DEFAULT_OPTIONS, HOP, SAMPLE_RATE, ConvertOptions
-from knnvc.pipeline import KnnVC
+from knnvc.pipeline import KnnVC, Target, method_for
 from knnvc.runtime.windows import Window
-from knnvc.stream.settings import DEFAULT_STREAM, StreamSettings, encoder_reach, vocoder_reach, voice_gain
-from knnvc.voice import Voice
+from knnvc.stream.settings import DEFAULT_STREAM, StreamSettings, encoder_reach, target_gain, vocoder_reach
+from knnvc.voice import Pair
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +34,39 @@ def future_fill(hidden: Tensor, frames: int) -> Tensor:
     return torch.cat([hidden, hidden.mean(0, keepdim=True).expand(frames, -1)])
 
 
+def stream_method(target: Target, options: ConvertOptions) -> str:
+    """The matching step a stream runs onto ``target``: ``knn`` onto a voice, or a pair's fixed map (``linear``
+    for LinearVC's W, ``mkl`` for a speaker-level MKL-VC map), which needs no search.
+
+    ``UsageError`` for what cannot stream: MKL-VC onto a voice (its map is fitted on a whole source utterance,
+    which a stream never has: fit one on the source speaker's recordings instead), LinearVC without a pair, kNN's
+    controls (match layer, weighting, morph) with a pair, method ``mkl`` with a LinearVC pair.
+    """
+    if isinstance(target, Pair):
+        if options.method == "mkl" and target.method != "mkl":
+            raise UsageError(f"pair {target.label} holds LinearVC's map, not MKL-VC's: leave out method mkl")
+        replace(options, method=target.method)  # kNN's controls with a map: ConvertOptions refuses them
+        return target.method
+    if options.method == "mkl":
+        raise UsageError("MKL-VC fits its map on a whole source utterance, which a stream never has: fit it on the "
+                         "source speaker's recordings (knnvc stream --source-speaker DIR; in Python "
+                         "KnnVC.build_pair(DIR, target, method='mkl')) and stream with that")  # fmt: skip
+    return method_for(target, options)  # LinearVC onto a voice: the error that says to build a pair
+
+
 class Streamer:
     """Converts a live stream chunk by chunk, keeping the encoder's left context and the vocoder's context.
 
     Args:
         vc: the pipeline (its encoder, matcher and vocoder are used as they are).
-        voice: the target voice (checked against the encoder).
+        target: a ``Voice`` (kNN matching, as offline) or a ``Pair`` (its fixed per-frame map: LinearVC's W, or an
+            MKL-VC map fitted on the source speaker's recordings; no search), checked against the encoder.
         options: every control (k, match layer, weighting, morph, strength) as offline; loudness as a fixed gain
-            from the voice (``voice_gain``); the output rate.
+            from the target's speech (``target_gain``); the output rate. ``stream_method`` says what streams.
         settings: chunk, lookahead and context; see ``StreamSettings``.
-        gain: a linear output gain instead of the one measured from the voice.
-        record: keep every final encoder frame in ``features`` (for measuring agreement with offline).
+        gain: a linear output gain instead of the one measured from the target.
+        record: keep every final encoder frame in ``features`` (for measuring agreement with offline), and what
+            each was matched or mapped to (after the strength blend, what the vocoder gets) in ``matched``.
         cache_frontend: compute WavLM's per-frame conv stack once per frame and re-run only its transformer over
             the context (default: whenever the conv stack is frame-local, as in WavLM-Large); False re-encodes
             the whole window each step. Both give the same frames; ``bench/stream.py`` measures the speed.
@@ -54,7 +78,7 @@ class Streamer:
     def __init__(
         self,
         vc: KnnVC,
-        voice: Voice,
+        target: Target,
         options: ConvertOptions = DEFAULT_OPTIONS,
         settings: StreamSettings = DEFAULT_STREAM,
         *,
@@ -62,18 +86,20 @@ class Streamer:
         record: bool = False,
         cache_frontend: bool | None = None,
     ) -> None:
-        voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
-        if voice.num_frames < options.k:
-            raise UsageError(f"voice {voice.name!r} has {voice.num_frames} frames, fewer than k={options.k}")
-        self.vc, self.voice, self.options = vc, voice, options
+        self.method = stream_method(target, options)
+        target.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
+        if not isinstance(target, Pair) and target.num_frames < options.k:
+            raise UsageError(f"voice {target.name!r} has {target.num_frames} frames, fewer than k={options.k}")
+        self.vc, self.target, self.options = vc, target, options
         self.reach = encoder_reach(vc)
         self.settings = settings.resolved(self.reach)
         self.input_rate = input_rate = settings.input_rate
         self.output_rate = vc.output_rate(options)
         self.hop_out = int(vc.vocoder.config.hop)
         self.vocoder_reach = vocoder_reach(vc.vocoder.config)
-        self.gain = voice_gain(vc, voice, options.loudness) if gain is None else gain
+        self.gain = target_gain(vc, target, options.loudness) if gain is None else gain
         self.features: list[Tensor] | None = [] if record else None
+        self.matched: list[Tensor] | None = [] if record else None
         self.layers = tuple(sorted({vc.encoder.layer, options.match_layer}))  # layer 6, and the one searched
         vc.check_depth(self.layers)
         self._resample_in = soxr.ResampleStream(input_rate, SAMPLE_RATE, 1) if input_rate != SAMPLE_RATE else None
@@ -163,8 +189,10 @@ class Streamer:
         if self.features is not None:  # the frames the search runs on
             self.features.append(split_layers(keep, self.layers)[self.options.match_layer].cpu())
         query = split_layers(feats[window.keep_start - window.start :], self.layers)
-        matched = self.vc.match(query, self.voice, self.options).cpu()
+        matched = self._match(query).cpu()
         final, provisional = matched[: len(keep)], matched[len(keep) :]
+        if self.matched is not None:
+            self.matched.append(final)
         self._matched = torch.cat([self._matched, final])
         self._final = final_stop
         left = max(0, self._done - self.vocoder_reach)
@@ -178,6 +206,14 @@ class Streamer:
         self._done = emit_stop
         self._forget()
         return out * np.float32(self.gain)
+
+    def _match(self, query: dict[int, Tensor]) -> Tensor:
+        """{layer: (T, D)} final and provisional frames -> (T, D) fp32 layer-6 frames for the vocoder: kNN onto the
+        voice (``vc.match``, every control), or the pair's map applied to each frame; then the strength blend."""
+        if isinstance(self.target, Pair):  # a fixed per-frame map: no matching set, no search
+            source = query[self.vc.encoder.layer]
+            return blend(self.target.apply(source), source, self.options.strength)
+        return self.vc.match(query, self.target, self.options)
 
     def _crossfade(self, out: np.ndarray) -> np.ndarray:
         """Fade over one frame (20 ms) from the last step's provisional continuation into ``out``.
