@@ -5,7 +5,7 @@ back-pressure:
 
 1. the driver plans the jobs (``knnvc.batch.plan.plan``), checks the output folder's settings record
    (``knnvc.batch.manifest``) and
-   keeps only the outputs still to make, then puts the voice in the object store once (``ray.put``);
+   keeps only the outputs still to make, then puts the voice (or the pair) in the object store once (``ray.put``);
 2. CPU tasks (``Dataset.map``) decode each source and resample it to 16 kHz mono;
 3. ``map_batches`` with a class actor (``Converter``, ``compute=ActorPoolStrategy(size=N)``, ``num_gpus=1`` per
    actor on GPUs) holds a ``KnnVC`` and runs ``runner.convert_group`` (the local batch's unit of work) on each
@@ -40,7 +40,7 @@ from knnvc.options import ConvertOptions, Models
 
 if TYPE_CHECKING:
     from knnvc.batch.manifest import Ledger
-    from knnvc.voice import Voice
+    from knnvc.pipeline import Target
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def compute(models: Models, actors: int | None = None) -> tuple[str, str]:
 
 def run(
     jobs: list[progress.Job],
-    voice: Voice,
+    voice: Target,
     options: ConvertOptions,
     models: Models,
     *,
@@ -116,7 +116,8 @@ def run(
     ledger: Ledger | None = None,
     progress: Callable[[progress.Progress], None] | None = None,
 ) -> Report:
-    """Convert ``jobs`` on Ray; the ``Report`` of the local run (converted, skipped, failed, interrupted)."""
+    """Convert ``jobs`` on Ray into ``voice`` (a ``Voice``, or a ``Pair``: its map) with ``options`` (the method
+    among them); the ``Report`` of the local run (converted, skipped, failed, interrupted)."""
     ray = _ray()
     report, todo, notify = runner.begin(jobs, overwrite=overwrite, ledger=ledger, progress=progress)
     if not todo:
@@ -146,8 +147,8 @@ def run(
 
 @dataclass(frozen=True)
 class Setup:
-    """What every actor of a job is made with: the voice (in Ray's object store), the options, the weights, the
-    layout (device, threads) and the settings tag of a one-file output."""
+    """What every actor of a job is made with: the voice or pair (in Ray's object store), the options, the weights,
+    the layout (device, threads) and the settings tag of a one-file output."""
 
     voice: list[Any]  # [ObjectRef]: wrapped in a list, so Ray hands the reference over rather than resolving it
     options: ConvertOptions
@@ -202,10 +203,10 @@ class Converter:
         ray = _ray()
         options = self.options = setup.options
         torch.set_num_threads(setup.plan.threads)
-        self.voice: Voice = ray.get(setup.voice[0])
+        self.voice: Target = ray.get(setup.voice[0])
         self.vc = KnnVC.from_pretrained(setup.models, device=setup.plan.device, match_layer=options.match_layer)
         self.vc.load_vocoder()  # an actor that cannot load it cannot start: the job stops with one error
-        self.voice.check_compatible(self.vc.encoder.fingerprint, self.vc.encoder.layer, self.vc.encoder.name)
+        self.vc.check_target(self.voice, options)  # its encoder, and what the method needs of it
         self.rate = self.vc.output_rate(options)
         self.tags = setup.tags
 

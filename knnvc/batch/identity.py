@@ -1,7 +1,12 @@
 """What shaped a batch's audio, as plain JSON: the ``Settings`` that ``knnvc.batch.manifest`` records and compares.
 
-The voice (by the hash of its frames, or of its reference files), every ``ConvertOptions`` field, the weights, the
-precision, and the output format and rate. Two batches with equal ``Settings.key`` make the same outputs.
+The voice (by the hash of its frames, or of its reference files) or the pair (by the hash of its map), the
+``ConvertOptions`` fields that shape the audio, the weights, the precision, and the output format and rate. Two
+batches with equal ``Settings.key`` make the same outputs.
+
+The matching step is recorded where it is not kNN's: ``method`` (and MKL-VC's ``mkl_block``), with kNN's own
+controls left out since they play no part. A kNN batch's options are recorded as they were before other methods
+existed, so outputs made then are still "done" on a rerun.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from knnvc.files import sha256
 from knnvc.options import ConvertOptions, package_version
 
 if TYPE_CHECKING:
-    from knnvc.pipeline import KnnVC
-    from knnvc.voice import Voice
+    from knnvc.pipeline import KnnVC, Target
+
+KNN_ONLY = ("k", "match_layer", "knn_weighting", "morph", "morph_weight")  # options that only kNN matching reads
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Settings:
         return {
             **self.audio,
             "voice": _hashed(self.audio.get("voice", {})),
-            "options": {**options, "morph": None if morph is None else _hashed(morph)["sha256"]},
+            "options": {**options, "morph": _hashed(morph)["sha256"]} if morph is not None else options,
         }
 
 
@@ -65,16 +71,27 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def voice_identity(target: Voice | Path) -> dict[str, Any]:
+def voice_identity(target: Target | Path) -> dict[str, Any]:
     """Who the outputs sound like, without encoding anything.
 
-    A saved or in-memory ``Voice``: its name, encoder and a hash of its (M, D) frames. Reference audio (a file or
-    a folder, as ``build_voice`` reads it): the sha256 of each file in order (built with the same encoder and trim,
-    the same references give the same voice).
+    A saved or in-memory ``Voice``: its name, encoder and a hash of its (M, D) frames. A ``Pair``: its name,
+    method, encoder and a hash of its map ((D, D) matrix and bias: the same map converts the same way, wherever it
+    was saved). Reference audio (a file or a folder, as ``build_voice`` reads it): the sha256 of each file in order
+    (built with the same encoder and trim, the same references give the same voice).
     """
     from knnvc.audio import decode
-    from knnvc.voice import Voice
+    from knnvc.voice import Pair, Voice
 
+    if isinstance(target, Pair):
+        tensors = [target.matrix] if target.bias is None else [target.matrix, target.bias]
+        chunks = [t.detach().cpu().contiguous().numpy().tobytes() for t in tensors]
+        return {
+            "name": target.name,
+            "pair": target.method,
+            "encoder_fingerprint": target.encoder_fingerprint,
+            "layer": target.layer,
+            "map_sha256": sha256(chunks)[:16],
+        }
     if isinstance(target, Voice):
         frames = target.frames.detach().cpu().float().contiguous().numpy().tobytes()
         return {
@@ -114,17 +131,15 @@ def settings_for(
     extension: str,
     sample_rate: int,
     device: str = "",
+    method: str | None = None,
 ) -> Settings:
     """The ``Settings`` of a batch: ``voice`` from ``voice_identity``, ``encoder`` as (name, fingerprint, layer),
-    ``vocoder`` its registry name or path, ``precision`` the resolved dtype (``torch.float32``...)."""
-
-    from knnvc.voice import Voice
-
+    ``vocoder`` its registry name or path, ``precision`` the resolved dtype (``torch.float32``...), ``method`` the
+    matching step used (``knnvc.pipeline.method_for``: a pair's own; default ``options.method``)."""
     name, fingerprint, layer = encoder
-    morph = voice_identity(options.morph) if isinstance(options.morph, Voice) else None
     audio = {
         "voice": voice,
-        "options": {**asdict(replace(options, morph=None)), "morph": morph},
+        "options": options_record(options, method or options.method),
         "weights": {"wavlm": fingerprint, "layer": layer, "vocoder": vocoder_identity(vocoder)},
         "compute": {"precision": precision},
         "output": {"format": extension, "sample_rate": sample_rate},
@@ -134,19 +149,38 @@ def settings_for(
     return Settings(audio, facts)
 
 
+def options_record(options: ConvertOptions, method: str) -> dict[str, Any]:
+    """The options that shape the audio of ``method``, JSON-able: every field for kNN but the other methods' (as
+    recorded before they existed), the morph voice by ``voice_identity``; for MKL-VC and a pair, the method (and
+    MKL-VC's block size, unless a pair's map fixes it) without kNN's controls."""
+    from knnvc.voice import Voice
+
+    morph = voice_identity(options.morph) if isinstance(options.morph, Voice) else None
+    fields = {**asdict(replace(options, morph=None)), "morph": morph}
+    kept = {key: value for key, value in fields.items() if key not in ("method", "mkl_block")}
+    if method == "knn":
+        return kept
+    kept = {key: value for key, value in kept.items() if key not in KNN_ONLY}
+    if options.method == "mkl":  # MKL-VC fitted per utterance (a pair's map holds its own block size)
+        return {**kept, "method": method, "mkl_block": options.mkl_block}
+    return {**kept, "method": method}
+
+
 def batch_settings(
     vc: KnnVC,
-    target: Voice | Path,
+    target: Target | Path,
     options: ConvertOptions,
     *,
     vocoder: str,
     extension: str,
     compute: tuple[str, str] | None = None,
 ) -> Settings:
-    """The ``Settings`` of converting with ``vc`` into ``target`` (a ``Voice`` or reference audio): its encoder,
-    ``vocoder`` (the name or path it was loaded from), precision, output rate and ``extension`` (.wav...).
+    """The ``Settings`` of converting with ``vc`` into ``target`` (a ``Voice``, a ``Pair`` or reference audio): its
+    encoder, ``vocoder`` (the name or path it was loaded from), precision, output rate and ``extension`` (.wav...).
 
     ``compute`` is (device, precision) when other workers convert (``knnvc.batch.cluster``), else ``vc``'s own."""
+    from knnvc.voice import Pair
+
     device, precision = compute or (str(vc.device), str(vc.dtype).removeprefix("torch."))
     return settings_for(
         voice_identity(target),
@@ -157,4 +191,5 @@ def batch_settings(
         extension=extension,
         sample_rate=vc.output_rate(options),
         device=device,
+        method=target.method if isinstance(target, Pair) else options.method,
     )

@@ -49,8 +49,10 @@ def run(
 
     ``options`` (k, loudness, output rate...) go to the pipeline (``KnnVC.convert_batch`` unfinished, then
     ``KnnVC.finish`` in a worker). Files are computed in groups of ``GROUP_FILES``, their windows batched together.
-    What would fail every file raises before any file is read: ``k`` above the voice's frame count
-    (``UsageError``), an output folder that cannot be written (``OutputError``).
+    ``voice`` is a ``Voice`` or a ``Pair`` (which converts with its map). What would fail every file raises before
+    any file is read: a target the method cannot use (``KnnVC.check_target``: ``k`` above the voice's frame count,
+    too little speech for MKL-VC, another encoder's voice or pair), an output folder that cannot be written
+    (``OutputError``).
     ``progress`` gets ``knnvc.progress.Progress`` events: start,
     done, skip or fail per file (``start`` as its group begins), and encode/vocode over the windows of a group
     (with the ``job`` of a group of one file; None for several, computed together). KeyboardInterrupt stops

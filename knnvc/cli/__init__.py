@@ -6,7 +6,7 @@ pipeline) are imported inside the commands, so ``knnvc --help`` is instant.
 
 from __future__ import annotations
 
-from knnvc.cli import convert, eval, info, live, serve, stream, train, voice  # noqa: F401  (they register commands)
+from knnvc.cli import convert, eval, info, live, pair, serve, stream, train, voice  # noqa: F401  (they register commands)
 from knnvc.cli.app import app
 
 __all__ = ["app"]

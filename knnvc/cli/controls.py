@@ -1,4 +1,4 @@
-"""The conversion controls' options for ``knnvc convert`` (strength, match layer, weighting, morph).
+"""The conversion controls' options for ``knnvc convert`` (the method, strength, match layer, weighting, morph).
 
 Kept apart from ``convert.py`` so the command stays short; see docs/controls.md for what each control does.
 """
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from knnvc.errors import UsageError
-from knnvc.options import ConvertOptions
+from knnvc.options import MKL_BLOCK, ConvertOptions
 
 if TYPE_CHECKING:
     from knnvc.pipeline import KnnVC
@@ -28,6 +28,15 @@ WeightingOpt = Annotated[
     str,
     typer.Option("--knn-weighting", help="uniform (the paper's mean) or inverse-distance (1/d^2 weights)."),
 ]
+MethodOpt = Annotated[
+    str,
+    typer.Option("--method", help="knn (kNN-VC), mkl (MKL-VC: a per-utterance map, for seconds of reference) or "
+                 "linear (LinearVC: give a .pair as the target; a .pair always converts with its own map)."),
+]  # fmt: skip
+MklBlockOpt = Annotated[
+    int,
+    typer.Option("--mkl-block", min=1, help="MKL-VC: feature dimensions mapped jointly (the authors suggest 2-16)."),
+]
 MorphOpt = Annotated[
     Path | None,
     typer.Option("--morph", help="A second voice (.voice file, reference file or folder) to morph towards."),
@@ -40,13 +49,23 @@ MorphWeightOpt = Annotated[
 
 
 def controls(
-    strength: float, match_layer: int, knn_weighting: str, morph: Path | None, morph_weight: float | None
+    strength: float,
+    match_layer: int,
+    knn_weighting: str,
+    morph: Path | None,
+    morph_weight: float | None,
+    *,
+    method: str = "knn",
+    mkl_block: int = MKL_BLOCK,
 ) -> dict[str, Any]:
     """``ConvertOptions`` keywords for the control flags (the morph voice itself is loaded later)."""
     if morph_weight is not None and morph is None:
         raise UsageError("--morph-weight needs --morph VOICE (the second voice to morph towards)")
+    if mkl_block != MKL_BLOCK and method != "mkl":
+        raise UsageError(f"--mkl-block is MKL-VC's block size: it needs --method mkl (got --method {method})")
     weight = {} if morph_weight is None else {"morph_weight": morph_weight}
-    return {"strength": strength, "match_layer": match_layer, "knn_weighting": knn_weighting, **weight}
+    chosen = {"strength": strength, "match_layer": match_layer, "knn_weighting": knn_weighting, **weight}
+    return {**chosen, "method": method, "mkl_block": mkl_block}
 
 
 def with_morph_voice(vc: KnnVC, options: ConvertOptions, morph: Path | None) -> ConvertOptions:

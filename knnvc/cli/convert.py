@@ -7,14 +7,16 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from knnvc.cli import common
+from knnvc.cli import common, loading
 from knnvc.cli.app import app
 from knnvc.cli.controls import (
     MatchLayerOpt,
+    MethodOpt,
+    MklBlockOpt,
     MorphOpt,
     MorphWeightOpt,
     StrengthOpt,
@@ -23,19 +25,34 @@ from knnvc.cli.controls import (
     with_morph_voice,
 )
 from knnvc.cli.view import BatchView, Stages
-from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError
-from knnvc.options import DEFAULT_K, DEFAULT_VOCODER, DEFAULT_WAVLM, VOICE_SUFFIX, WAVLM_LAYER
+from knnvc.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, KnnvcError, UsageError
+from knnvc.options import (
+    DEFAULT_K,
+    DEFAULT_VOCODER,
+    DEFAULT_WAVLM,
+    MKL_BLOCK,
+    PAIR_SUFFIX,
+    VOICE_SUFFIX,
+    WAVLM_LAYER,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import ModuleType
 
     from knnvc.batch.plan import Report
+    from knnvc.options import ConvertOptions, Models
+    from knnvc.pipeline import KnnVC
 
 
 @app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="Source audio file, or a folder searched recursively.")],
-    reference: Annotated[Path, typer.Argument(help="Target speech: a file, a folder, or a saved .voice file.")],
+    reference: Annotated[
+        Path,
+        typer.Argument(help="Target speech: a file, a folder, or a saved .voice file; or a .pair file (LinearVC), "
+                       "whose map fits only the source speaker it was built from."),
+    ],
     output: Annotated[
         Path | None,
         typer.Option(
@@ -54,6 +71,8 @@ def convert(
         int | None,
         typer.Option("--sample-rate", help="Output rate in Hz (soxr).", show_default="the vocoder's, 16000"),
     ] = None,
+    method: MethodOpt = "knn",
+    mkl_block: MklBlockOpt = MKL_BLOCK,
     strength: StrengthOpt = 1.0,
     match_layer: MatchLayerOpt = WAVLM_LAYER,
     knn_weighting: WeightingOpt = "uniform",
@@ -84,6 +103,10 @@ def convert(
     settings unless --overwrite. No output may replace an input (a source, a reference, a voice, --morph), not even
     with --overwrite. On a terminal a status line names each stage of the start; one file's result line also says
     how long the command took to start converting it (imports, models, the voice).
+
+    --method mkl (MKL-VC) maps each source utterance onto REFERENCE's statistics: it works from seconds of reference
+    speech (1 s at least). A .pair (`knnvc pair build`) converts with its map, LinearVC's W: it was fitted on one
+    source speaker's recordings, and fits that speaker only.
     """
     began = time.perf_counter()
     show = not (quiet or json_out)
@@ -97,8 +120,15 @@ def convert(
 
             options = ConvertOptions(k=k, loudness=common.parse_loudness(loudness), trim=trim,
                                      output_sample_rate=sample_rate,
-                                     **controls(strength, match_layer, knn_weighting, morph, morph_weight))  # fmt: skip
+                                     **controls(strength, match_layer, knn_weighting, morph, morph_weight,
+                                                method=method, mkl_block=mkl_block))  # fmt: skip
+            check_method(options, reference, morph)
             running = PipelineSettings(device, precision, batch_size, compile=compile_)
+            # torch and the models load in the background while the inputs are checked, each taken below where it
+            # used to load: what fails first still fails first, with the same line (knnvc.cli.loading)
+            driver = running if ray is None else PipelineSettings("cpu", "fp32", batch_size)  # --ray: see below
+            loaded = Models(wavlm, vocoder, driver, offline or None)
+            loads = loading.ahead(_load(device, precision, loaded, match_layer))
             common.require_inputs(source, reference, morph)
             inputs = {**_inputs("reference", reference), **_inputs("morph reference", morph)}
             if source.is_file():  # a folder's bad files fail one by one, as the batch meets them
@@ -106,16 +136,17 @@ def convert(
             from knnvc.batch import identity, manifest, plan
 
             saved, jobs = None, []
-            if not is_voice(reference):  # the outputs' names are known: check them before torch is imported
+            if not is_saved(reference):  # the outputs' names are known: check them before torch is imported
                 jobs = plan.plan(source, output, _name(reference), extension=fmt, inputs=inputs)
                 plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
             stages.now("loading torch")
-            common.check_device(device, precision)
-            from knnvc.voice import Voice
+            loads.take("torch")  # --device and --precision checked
+            from knnvc.voice import Pair, Voice
 
-            if is_voice(reference):  # its saved name names the outputs
-                saved = Voice.load(reference)
-                saved.check_neighbours(k)
+            if is_saved(reference):  # its saved name names the outputs
+                saved = Pair.load(reference) if is_pair(reference) else Voice.load(reference)
+                if isinstance(saved, Voice) and options.method == "knn":
+                    saved.check_neighbours(k)
                 jobs = plan.plan(source, output, saved.name, extension=fmt, inputs=inputs)
                 plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
             if morph is not None and is_voice(morph):
@@ -125,13 +156,11 @@ def convert(
             if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
                 models = Models(wavlm, vocoder, replace(running, compile=False), offline or None)
                 _cluster().connect(ray)
-                running = PipelineSettings("cpu", "fp32", batch_size)  # with --ray the driver only builds voices
+                running = driver  # with --ray the driver only builds voices
             stages.now(f"loading models: {weights_name(wavlm)}")
-            from knnvc.pipeline import KnnVC
-
-            vc = KnnVC.from_pretrained(Models(wavlm, vocoder, running, offline or None), match_layer=match_layer)
+            vc: KnnVC = loads.take("wavlm")
             stages.now(f"loading models: the vocoder ({weights_name(vocoder)})")
-            vc.load_vocoder()  # missing or bad vocoder weights fail before any file is read
+            loads.take("vocoder")  # missing or bad vocoder weights fail before any file is read
             if running.compile:
                 stages.now("compiling the networks")
                 vc.warm_up()
@@ -151,8 +180,7 @@ def convert(
                 if saved is None:
                     stages.now("building the voice")
                 voice = saved or vc.build_voice(reference, trim=trim, name=name, match_layer=match_layer)
-                voice.check_compatible(vc.encoder.fingerprint, vc.encoder.layer, vc.encoder.name)
-                voice.check_neighbours(k)  # references: now that their frames are counted, before any file
+                vc.check_target(voice, options)  # the encoder; k (kNN) or 1 s of speech (MKL-VC), before any file
         if voice is None:  # nothing to convert
             reasons = Counter(resume.reason(job) for job in jobs)
             report = plan.Report(total=len(jobs), skipped=list(jobs), skip_reasons=reasons)
@@ -175,6 +203,36 @@ def is_voice(path: Path) -> bool:
     return path.suffix == VOICE_SUFFIX  # a folder named so is refused by Voice.load, saying what it is
 
 
+def is_pair(path: Path) -> bool:
+    """A saved speaker pair, by its name (``Pair.load`` refuses a folder named so)."""
+    return path.suffix == PAIR_SUFFIX
+
+
+def is_saved(path: Path) -> bool:
+    """A saved target (a voice or a pair), whose own name names the outputs."""
+    return is_voice(path) or is_pair(path)
+
+
+def check_method(options: ConvertOptions, reference: Path, morph: Path | None) -> None:
+    """``UsageError`` (before any model loads) for a method that cannot convert onto REFERENCE: LinearVC needs a
+    pair; a pair converts with its own map, so it takes no other method and no kNN control."""
+    if not is_pair(reference):
+        if options.method == "linear":
+            raise UsageError(f"{reference}: --method linear converts with a pair, a map fitted on a source speaker's "
+                             "recordings: build one with `knnvc pair build SOURCE_SPEAKER TARGET -o NAME.pair` and "
+                             "give it as the target")  # fmt: skip
+        return
+    if options.method == "mkl":
+        raise UsageError(f"{reference}: a pair converts with its own map; --method mkl fits one per utterance onto "
+                         "a voice or references: give those as the target, or leave out --method")  # fmt: skip
+    knn_only = [("--k", options.k != DEFAULT_K), ("--match-layer", options.match_layer != WAVLM_LAYER),
+                ("--knn-weighting", options.knn_weighting != "uniform"), ("--morph", morph is not None)]  # fmt: skip
+    for flag, given in knn_only:
+        if given:
+            raise UsageError(f"{flag} is a control of kNN matching, and pair {reference} converts with its own map: "
+                             "leave it out")  # fmt: skip
+
+
 def _name(reference: Path) -> str:
     """The voice name of reference audio: the file's stem, or the folder's name."""
     return reference.stem if reference.is_file() else reference.resolve().name
@@ -193,6 +251,8 @@ def _inputs(role: str, reference: Path | None) -> dict[str, list[Path]]:
         return {}
     if is_voice(reference):
         return {role.replace("reference", "voice"): [reference]}
+    if is_pair(reference):
+        return {role.replace("reference", "pair"): [reference]}
     return {role: reference_files(reference)}
 
 
@@ -214,6 +274,19 @@ def reference_files(reference: Path) -> list[Path]:
     for path in found:
         _probe(path)
     return found
+
+
+def _load(device: str, precision: str, models: Models, match_layer: int) -> Iterator[tuple[str, Any]]:
+    """What ``convert`` loads before its first file, step by step (``knnvc.cli.loading``): torch, with ``--device``
+    and ``--precision`` checked; the pipeline with its WavLM; the vocoder."""
+    common.check_device(device, precision)
+    yield "torch", None
+    from knnvc.pipeline import KnnVC
+
+    vc = KnnVC.from_pretrained(models, match_layer=match_layer)
+    yield "wavlm", vc
+    vc.load_vocoder()
+    yield "vocoder", vc
 
 
 def _cluster() -> ModuleType:
