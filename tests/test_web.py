@@ -27,6 +27,7 @@ import soundfile as sf
 
 from knnvc.web.controls import controls
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
+from tests.test_web_methods import PAIR_NAME, save_tiny_pair
 
 httpx = pytest.importorskip("httpx", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
@@ -91,6 +92,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert "Traceback" not in stderr, stderr
     assert "warning:" not in stderr  # localhost: no exposure warning
     assert not list(temp.glob("knnvc-serve-*")), "the server left its temp folder behind"
+
+
+@pytest.fixture(scope="module")
+def saved_pair(server: Server) -> Path:
+    """A LinearVC pair for the tiny encoder saved in the server's voices folder (offered by name; a page loaded
+    after this offers it in its pair pickers)."""
+    return save_tiny_pair(server.voices)
 
 
 def _convert(server: Server, **files: object) -> httpx.Response:
@@ -170,18 +178,19 @@ def test_api_queues_concurrent_requests(server: Server) -> None:
 
 
 PAGE_ENDPOINTS = {  # what a gradio_client sees: each endpoint's parameters, by name, and what it returns
-    "/convert": (["source", "references", "voice", *CONTROLS], ["Result", "Status"]),
+    "/convert": (["source", "references", "voice", "pair", *CONTROLS], ["Result", "Status"]),
     "/convert_batch": (
-        ["archive", "references", "voice", "format", *CONTROLS],
+        ["archive", "references", "voice", "pair", "format", *CONTROLS],
         ["Results (.zip, with report.json)", "Status"],
     ),
     "/build_voice": (["references", "name", "trim"], ["Voice file", "Status"]),
 }
 
 
-def test_gradio_client_sees_named_endpoints_and_converts(server: Server, tmp_path: Path) -> None:
+def test_gradio_client_sees_named_endpoints_and_converts(server: Server, saved_pair: Path, tmp_path: Path) -> None:
     """The page's API through ``gradio_client``: three named endpoints with named parameters; a conversion from
-    references, a voice built and then used by name, and a bad upload answered with one status line."""
+    references, a voice built and then used by name, a saved pair by name (with a method that does not fit it, one
+    status line), and a bad upload answered with one status line."""
     client = Client(server.url + "/", verbose=False, analytics_enabled=False, download_files=str(tmp_path / "got"))
     api = client.view_api(print_info=False, return_format="dict")
     assert isinstance(api, dict) and not api["unnamed_endpoints"], api
@@ -201,6 +210,13 @@ def test_gradio_client_sees_named_endpoints_and_converts(server: Server, tmp_pat
     assert said.startswith("built 'erin'") and Path(voice_file).name == "erin.voice", said
     path, status = client.predict(source=source, voice="erin", output_sample_rate=24_000, api_name="/convert")
     assert status.startswith("done: ") and sf.info(path).samplerate == 24_000, status
+
+    path, status = client.predict(source=source, pair=PAIR_NAME, loudness="none", api_name="/convert")
+    assert status.startswith("done: "), status
+    assert len(sf.read(path)[0]) == sf.info(SOURCE_WAV).frames  # the pair's audio itself: tests/test_web_methods.py
+    nothing, said = client.predict(source=source, pair=PAIR_NAME, method="mkl", api_name="/convert")
+    assert nothing is None and said.startswith("error: pair ") and "holds a fixed map" in said, said
+    assert str(server.voices) not in said  # the pair named, not the server's folder
 
     text = tmp_path / "speech.wav"
     text.write_text("hello, this is text\n" * 50)
@@ -290,7 +306,9 @@ def _record_and_convert(browser: Any, server: Server) -> None:
     assert said.startswith("done: ") and 1.5 <= float(said.split()[1]) <= 8, said  # about the 2 s recorded
 
 
-def test_browser_builds_a_voice_and_converts_a_zip(server: Server, tmp_path: Path) -> None:
+def test_browser_picks_a_pair_builds_a_voice_and_converts_a_zip(
+    server: Server, saved_pair: Path, tmp_path: Path
+) -> None:
     sync_playwright = _browser_or_skip()
     speech = SOURCE_WAV.read_bytes()
     archive = tmp_path / "talks.zip"
@@ -303,6 +321,12 @@ def test_browser_builds_a_voice_and_converts_a_zip(server: Server, tmp_path: Pat
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(server.url + "/")
+            method = page.locator("#convert-method input").first
+            assert method.input_value() == "knn"
+            page.click("#convert-pair input")  # a saved pair is offered; choosing it makes the method LinearVC's
+            page.get_by_role("option", name=PAIR_NAME, exact=True).click()
+            page.wait_for_function("m => m.value === 'linear'", arg=method.element_handle(), timeout=15_000)
+
             page.get_by_role("tab", name="Voice").click()
             page.set_input_files("#voice-references input[type=file]", [str(p) for p in REFS])
             page.wait_for_function(f"document.querySelectorAll('#voice-references tr').length === {len(REFS)}")

@@ -26,7 +26,7 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 7860,
     voices: Annotated[
-        Path | None, typer.Option("--voices", help="Folder of saved .voice files offered by name; new ones go here.")
+        Path | None, typer.Option("--voices", help="Saved .voice and .pair files, offered by name; new voices go here.")
     ] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Megabytes per request.")] = 200.0,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Seconds of audio per uploaded file.")] = 600.0,

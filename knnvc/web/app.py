@@ -1,9 +1,13 @@
 """The HTTP side: ``POST /api/convert`` (multipart in, ``audio/wav`` out), ``GET /api/voices``, ``GET /api/health``,
 and the Gradio page mounted at ``/``.
 
+The target is reference files (``reference``), a saved voice (``voice``) or a pair (``pair``: a saved pair's name,
+or a ``.pair`` file), and the controls are ``ConvertOptions``' fields, the method among them.
+
 Bad input gets a 4xx with ``{"error": "<one line>"}``: 400 a usage error (a missing field, a bad control value),
-413 an upload over a limit, 422 audio or a voice that cannot be used, 503 too many requests waiting. The server
-keeps serving after any of them.
+413 an upload over a limit, 422 audio, a voice or a pair that cannot be used, or a method that does not fit the
+target (LinearVC without a pair, MKL-VC from under 1 s of speech), 503 too many requests waiting. The server keeps
+serving after any of them.
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ from knnvc.batch.plan import safe_name
 from knnvc.errors import AudioError, KnnvcError, UsageError, VoiceError
 from knnvc.web.controls import options_from_form
 from knnvc.web.queue import BusyError
-from knnvc.web.service import Service, Target, TooLargeError, Uploads
+from knnvc.web.service import Service, Target, TooLargeError, UnfitTargetError, Uploads
 
 if TYPE_CHECKING:
     from starlette.datastructures import FormData
 
 log = logging.getLogger(__name__)
 
-FILE_FIELDS = ("source", "reference")
+FILE_FIELDS = ("source", "reference")  # always files
+PAIR_FIELD = "pair"  # a saved pair's name, or a .pair file
 MULTIPART_SLACK = 1 << 16  # bytes of multipart headers and boundaries allowed on top of the upload limit
 MAX_FORM_FILES = 64  # files in one API request (one source and the references)
 
@@ -66,24 +71,30 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "waiting": service.queue.waiting, "voices": len(service.voice_names())}
+        voices, pairs = len(service.voice_names()), len(service.pair_names())
+        return {"status": "ok", "waiting": service.queue.waiting, "voices": voices, "pairs": pairs}
 
     @app.get("/api/voices")
     def voices() -> dict[str, list[str]]:
-        return {"voices": service.voice_names()}
+        return {"voices": service.voice_names(), "pairs": service.pair_names()}
 
     @app.post("/api/convert", response_model=None)
     async def convert(request: Request) -> Response:
         with service.uploads() as uploads:
             try:
                 async with request.form(max_files=MAX_FORM_FILES) as form:
-                    source, references, fields = await _read_form(form, uploads, service.limits.max_upload_bytes)
+                    read = await _read_form(form, uploads, service.limits.max_upload_bytes)
+                source, references, pair_file, fields = read
                 voice = fields.pop("voice", "").strip() or None
+                pair = fields.pop(PAIR_FIELD, "").strip() or None
+                if pair and pair_file:
+                    raise UsageError("'pair' was given twice: a saved pair's name or a .pair file, not both")
                 options = options_from_form(fields, service.voice)
-                target = Target(voice, references, options)
+                target = Target(voice, references, options, pair=pair, pair_file=pair_file)
                 wav, rate = await run_in_threadpool(service.convert, uploads, source, target)
                 path = await run_in_threadpool(service.save, wav, rate, uploads.folder / "result.wav")
-                name = f"{safe_name(Path(uploads.shown(source)).stem)}_{safe_name(voice or 'converted')}.wav"
+                onto = voice or pair or (Path(uploads.shown(pair_file)).stem if pair_file else "converted")
+                name = f"{safe_name(Path(uploads.shown(source)).stem)}_{safe_name(onto)}.wav"
                 headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Sample-Rate": str(rate)}
                 return Response(path.read_bytes(), media_type="audio/wav", headers=headers)
             except Exception as exc:  # the boundary: every failure becomes one JSON line
@@ -108,6 +119,8 @@ def _status(exc: Exception) -> int:
         return 413
     if isinstance(exc, BusyError):
         return 503
+    if isinstance(exc, UnfitTargetError):  # the request is well formed; its target cannot be used so
+        return 422
     if isinstance(exc, UsageError):
         return 400
     if isinstance(exc, (AudioError, VoiceError)):
@@ -125,24 +138,31 @@ def _one_line(exc: Exception, uploads: Uploads) -> str:
     return uploads.message(exc)
 
 
-async def _read_form(form: FormData, uploads: Uploads, limit: int) -> tuple[Path, list[Path], dict[str, str]]:
-    """Save the uploads into this request's folder; returns (source, references, the text fields)."""
+async def _read_form(
+    form: FormData, uploads: Uploads, limit: int
+) -> tuple[Path, list[Path], Path | None, dict[str, str]]:
+    """Save the uploads into this request's folder; returns (source, references, an uploaded pair, the text
+    fields)."""
     source: Path | None = None
+    pair: Path | None = None
     references: list[Path] = []
     fields: dict[str, str] = {}
     total = 0
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if key not in FILE_FIELDS:
-                raise UsageError(f"field {key!r} takes a value, not a file; files go in 'source' and 'reference'")
-            if key == "source" and source is not None:
-                raise UsageError("send one 'source' file per request")
+            if key not in (*FILE_FIELDS, PAIR_FIELD):
+                raise UsageError(f"field {key!r} takes a value, not a file; files go in 'source', 'reference' and "
+                                 "'pair'")  # fmt: skip
+            if (key == "source" and source is not None) or (key == PAIR_FIELD and pair is not None):
+                raise UsageError(f"send one {key!r} file per request")
             path = uploads.place(value.filename or key, key)
             total += await _save(value, path)
             if total > limit:
                 raise TooLargeError(f"the uploads are over this server's limit of {limit / 1e6:g} MB")
             if key == "source":
                 source = path
+            elif key == PAIR_FIELD:
+                pair = path
             else:
                 references.append(path)
         else:
@@ -153,7 +173,7 @@ async def _read_form(form: FormData, uploads: Uploads, limit: int) -> tuple[Path
             fields[key] = value
     if source is None:
         raise UsageError("no 'source' file: send the speech to convert (curl: -F 'source=@speech.wav')")
-    return source, references, fields
+    return source, references, pair, fields
 
 
 async def _save(upload: UploadFile, path: Path) -> int:

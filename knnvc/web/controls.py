@@ -51,10 +51,11 @@ HINTS: dict[str, Hint] = {
     "match_layer": Hint(1, getattr(options, "MAX_WAVLM_LAYERS", 24), 1),  # WavLM-Large has 24
     "morph": Hint(0.0, 1.0, 0.05),
     "morph_weight": Hint(0.0, 1.0, 0.05),
+    "mkl_block": Hint(1, 64, 1),  # K: the authors suggest 2-16; 1 maps each dimension alone
 }
 """Slider ranges for fields that have a natural one (ConvertOptions still validates every value)."""
 
-CHOICES = {"knn_weighting": "KNN_WEIGHTINGS"}
+CHOICES = {"knn_weighting": "KNN_WEIGHTINGS", "method": "METHODS"}
 """String fields whose allowed values are a tuple in ``knnvc.options`` (looked up by name: absent, free text)."""
 
 

@@ -1,12 +1,14 @@
-"""The Gradio page: a Convert tab (upload or record; references or a saved voice; every control; play and
-download), a Batch tab (a zip in, a zip out) and a Voice tab (build a voice and save it).
+"""The Gradio page: a Convert tab (upload or record; references, a saved voice or a saved pair; every control, the
+method among them; play and download), a Batch tab (a zip in, a zip out) and a Voice tab (build a voice and save it).
+Choosing a pair sets the method to LinearVC's (a pair always converts with its map).
 
 Each handler calls ``Service`` and turns any failure into one status line (``error: ...``); the page never shows
 a stack trace. The controls are made from ``ConvertOptions``' fields (``knnvc.web.controls``).
 
 The handlers are also the page's API, as ``gradio_client`` sees it: ``/convert``, ``/convert_batch`` and
-``/build_voice``, each parameter named as a client passes it (``source``, ``references``, ``voice``, then the
-``ConvertOptions`` fields, as in ``POST /api/convert``). Purely UI events (refreshing the voice pickers) are private.
+``/build_voice``, each parameter named as a client passes it (``source``, ``references``, ``voice``, ``pair``, then
+the ``ConvertOptions`` fields, as in ``POST /api/convert``). Purely UI events (refreshing the voice and pair pickers,
+the method following the pair) are private.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +32,48 @@ log = logging.getLogger(__name__)
 Inputs = dict[Any, Any]  # a Gradio handler given a set of inputs receives {component: value}
 
 INTRO = (
-    "# knnvc\nSay the **source**'s words in the **target**'s voice (kNN-VC). Give a few minutes of the target's "
-    "speech as reference files, or pick a saved voice."
+    "# knnvc\nSay the **source**'s words in the **target**'s voice. Give a few minutes of the target's speech as "
+    "reference files (kNN-VC; seconds will do with method **mkl**, MKL-VC), pick a saved voice, or pick a saved "
+    "pair (LinearVC, a map from one source speaker to the target)."
 )
+
+
+@dataclass
+class Pickers:
+    """Every dropdown that offers saved voices or saved pairs, refreshed when the page loads and when a voice is
+    built."""
+
+    voices: list[gr.Dropdown] = field(default_factory=list)
+    pairs: list[gr.Dropdown] = field(default_factory=list)
+
+    @property
+    def all(self) -> list[gr.Dropdown]:
+        return [*self.voices, *self.pairs]
 
 
 def build_page(service: Service) -> gr.Blocks:
     """The page's layout and event handlers, bound to ``service``."""
     with gr.Blocks(title="knnvc", delete_cache=(600, 3600), analytics_enabled=False) as page:
         gr.Markdown(INTRO)
-        pickers: list[gr.Dropdown] = []
+        pickers = Pickers()
         with gr.Tab("Convert", id="convert"):
             _convert_tab(service, pickers)
         with gr.Tab("Batch", id="batch"):
             _batch_tab(service, pickers)
         with gr.Tab("Voice", id="voice"):
             _voice_tab(service, pickers)
-        page.load(_refresher(service, pickers), outputs=pickers, api_visibility="private")
+        page.load(_refresher(service, pickers), outputs=pickers.all, api_visibility="private")
     page.queue(default_concurrency_limit=service.limits.max_waiting + 1)  # the service's queue orders the model
     return page
 
 
-def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
+def _convert_tab(service: Service, pickers: Pickers) -> None:
     with gr.Row():
         with gr.Column():
             source = gr.Audio(
                 sources=["upload", "microphone"], type="filepath", label="Source speech", elem_id="source"
             )
-            refs, voice = _target_inputs(service, "convert")
+            refs, voice, pair = _target_inputs(service, "convert", pickers)
             widgets = _control_widgets(service, "convert", pickers)
             button = gr.Button("Convert", variant="primary", elem_id="convert-button")
         with gr.Column():
@@ -64,41 +81,42 @@ def _convert_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
                 type="filepath", label="Result", interactive=False, buttons=["download"], elem_id="result"
             )
             status = _status("convert")
-    pickers.append(voice)
+    _method_follows(pair, widgets)
 
     def run(values: Inputs, progress: gr.Progress) -> tuple[str | None, str]:
         def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
             src = _file(uploads, values[source], "give the source speech: upload a file or record")
             options = _options(service, widgets, values)
-            target = Target(values[voice] or None, _files(uploads, values[refs]), options)
+            target = Target(values[voice] or None, _files(uploads, values[refs]), options, pair=values[pair] or None)
             wav, rate = service.convert(uploads, src, target, notify)
             out = service.save(wav, rate, service.result_path(f"{src.stem}_converted.wav"))
             return str(out), f"done: {len(wav) / rate:.1f} s at {rate} Hz"
 
         return _guarded(service, work, progress, failed=(None,))
 
-    handler, inputs = _named(run, {"source": source, "references": refs, "voice": voice, **widgets})
+    handler, inputs = _named(run, {"source": source, "references": refs, "voice": voice, "pair": pair, **widgets})
     said = "Say the source's words in the target's voice; returns the result (WAV) and a status line."
     button.click(handler, inputs=inputs, outputs=[result, status], api_name="convert", api_description=said)
 
 
-def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
+def _batch_tab(service: Service, pickers: Pickers) -> None:
     with gr.Row():
         with gr.Column():
             archive = gr.File(label="Sources: a .zip of audio files", file_types=[".zip"], elem_id="batch-zip")
-            refs, voice = _target_inputs(service, "batch")
+            refs, voice, pair = _target_inputs(service, "batch", pickers)
             fmt = gr.Dropdown(["wav", "flac", "ogg"], value="wav", label="output format", elem_id="batch-format")
             widgets = _control_widgets(service, "batch", pickers)
             button = gr.Button("Convert all", variant="primary", elem_id="batch-button")
         with gr.Column():
             result = gr.File(label="Results (.zip, with report.json)", interactive=False, elem_id="batch-result")
             status = _status("batch")
-    pickers.append(voice)
+    _method_follows(pair, widgets)
 
     def run(values: Inputs, progress: gr.Progress) -> tuple[str | None, str]:
         def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
             zipped = _file(uploads, values[archive], "give a .zip of the audio files to convert")
-            target = Target(values[voice] or None, _files(uploads, values[refs]), _options(service, widgets, values))
+            options = _options(service, widgets, values)
+            target = Target(values[voice] or None, _files(uploads, values[refs]), options, pair=values[pair] or None)
             out, report = service.convert_zip(uploads, zipped, target, values[fmt], notify)
             line = f"converted {len(report.converted)} of {report.total} files in {report.wall_seconds:.1f} s"
             if report.failed:
@@ -110,15 +128,16 @@ def _batch_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
 
         return _guarded(service, work, progress, failed=(None,))
 
-    named = {"archive": archive, "references": refs, "voice": voice, "format": fmt, **widgets}
+    named = {"archive": archive, "references": refs, "voice": voice, "pair": pair, "format": fmt, **widgets}
     handler, inputs = _named(run, named)
     said = "Convert every audio file in a .zip; returns a .zip of the results with report.json, and a status line."
     button.click(handler, inputs=inputs, outputs=[result, status], api_name="convert_batch", api_description=said)
 
 
-def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
+def _voice_tab(service: Service, pickers: Pickers) -> None:
     where = f"saved in {service.voices_dir}" if service.voices_dir else "not kept (start with --voices DIR to keep)"
-    gr.Markdown(f"Build a voice from reference speech once; use it by name afterwards. Voices are {where}.")
+    pairs = "A pair (LinearVC) saved there as NAME.pair is offered by name too." if service.voices_dir else ""
+    gr.Markdown(f"Build a voice from reference speech once; use it by name afterwards. Voices are {where}. {pairs}")
     with gr.Row():
         with gr.Column():
             refs = gr.File(
@@ -145,24 +164,46 @@ def _voice_tab(service: Service, pickers: list[gr.Dropdown]) -> None:
     handler, inputs = _named(run, {"references": refs, "name": name, "trim": trim})
     said = "Build a voice from reference speech and save it by name; returns the .voice file and a status line."
     built = button.click(handler, inputs=inputs, outputs=[result, status], api_name="build_voice", api_description=said)
-    built.then(_refresher(service, pickers), outputs=pickers, api_visibility="private")  # offered at once
+    built.then(_refresher(service, pickers), outputs=pickers.all, api_visibility="private")  # offered at once
 
 
-def _target_inputs(service: Service, tab: str) -> tuple[gr.File, gr.Dropdown]:
+def _target_inputs(service: Service, tab: str, pickers: Pickers) -> tuple[gr.File, gr.Dropdown, gr.Dropdown]:
+    """The target's inputs: reference files, a saved voice's picker and a saved pair's (which join ``pickers``)."""
     refs = gr.File(
         file_count="multiple", file_types=["audio"], label="Target: reference speech", elem_id=f"{tab}-references"
     )
     # any name: an API client may name a voice saved since the page loaded (the service refuses unknown ones)
     names = ["", *service.voice_names()]
     voice = gr.Dropdown(names, value="", label="…or a saved voice", elem_id=f"{tab}-voice", allow_custom_value=True)
-    return refs, voice
+    pair = gr.Dropdown(
+        ["", *service.pair_names()], value="", label="…or a saved pair (LinearVC: its source speaker's speech only)",
+        elem_id=f"{tab}-pair", allow_custom_value=True,
+    )  # fmt: skip
+    pickers.voices.append(voice)
+    pickers.pairs.append(pair)
+    return refs, voice, pair
 
 
-def _control_widgets(service: Service, tab: str, pickers: list[gr.Dropdown]) -> dict[str, gr.components.Component]:
+def _method_follows(pair: gr.Dropdown, widgets: dict[str, gr.components.Component]) -> None:
+    """A UI event: choosing a pair sets the method to LinearVC's (a pair converts with its map); clearing it goes
+    back from linear to kNN."""
+    method = widgets.get("method")
+    if method is None:
+        return
+
+    def follow(chosen: str | None, current: str | None) -> Any:
+        if chosen:
+            return gr.Dropdown(value="linear")
+        return gr.Dropdown(value="knn" if current == "linear" else current)
+
+    pair.change(follow, inputs=[pair, method], outputs=[method], api_visibility="private")
+
+
+def _control_widgets(service: Service, tab: str, pickers: Pickers) -> dict[str, gr.components.Component]:
     """One widget per ``ConvertOptions`` field, keyed by field name; voice pickers join ``pickers``."""
     with gr.Accordion("Controls", open=True):
         widgets = {c.name: _widget(service, c, f"{tab}-{c.name.replace('_', '-')}") for c in controls()}
-    pickers += [w for c in controls() if c.kind == "voice" and isinstance(w := widgets[c.name], gr.Dropdown)]
+    pickers.voices += [w for c in controls() if c.kind == "voice" and isinstance(w := widgets[c.name], gr.Dropdown)]
     return widgets
 
 
@@ -237,12 +278,16 @@ def _named(
     return handler, components
 
 
-def _refresher(service: Service, pickers: list[gr.Dropdown]) -> Callable[[], tuple[Any, ...]]:
-    """A UI event's handler: every voice picker offers the saved voices as they are now."""
+def _refresher(service: Service, pickers: Pickers) -> Callable[[], tuple[Any, ...]]:
+    """A UI event's handler: every picker offers the saved voices, or pairs, as they are now (``pickers.all``'s
+    order)."""
 
     def refresh() -> tuple[Any, ...]:
-        names = ["", *service.voice_names()]
-        return tuple(gr.Dropdown(choices=names) for _ in pickers)
+        voices, pairs = ["", *service.voice_names()], ["", *service.pair_names()]
+        return (
+            *(gr.Dropdown(choices=voices) for _ in pickers.voices),
+            *(gr.Dropdown(choices=pairs) for _ in pickers.pairs),
+        )
 
     return refresh
 

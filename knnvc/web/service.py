@@ -1,8 +1,11 @@
 """The server's one object: the loaded pipeline, the saved voices, the limits, the temp folders and the queue.
 
 The page and the HTTP API both call ``Service``; it calls ``KnnVC.convert``, ``KnnVC.build_voice`` and
-``knnvc.batch`` with a ``ConvertOptions`` and does nothing else to the audio. Every upload lands in a request's own
-temp folder (``Service.uploads``), removed when the request ends; the whole workspace goes at ``close``.
+``knnvc.batch`` with a ``ConvertOptions`` and does nothing else to the audio. A request converts onto reference
+files, a saved voice or a pair (LinearVC's map: a saved one, or an uploaded ``.pair`` file); saved voices and pairs
+are the ``.voice`` and ``.pair`` files of one folder (``--voices``), offered by name. Every upload lands in a
+request's own temp folder (``Service.uploads``), removed when the request ends; the whole workspace goes at
+``close``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from typing import TYPE_CHECKING
 from knnvc.audio import decode, write
 from knnvc.batch import plan, runner
 from knnvc.errors import AudioError, UsageError, VoiceError
-from knnvc.options import DEFAULT_OPTIONS, VOICE_SUFFIX, ConvertOptions
+from knnvc.options import DEFAULT_OPTIONS, PAIR_SUFFIX, VOICE_SUFFIX, ConvertOptions
 from knnvc.progress import WINDOW_STAGES, OnProgress, Progress
-from knnvc.voice import Voice
+from knnvc.voice import Pair, Voice
 from knnvc.web import zips
 from knnvc.web.queue import ModelQueue
 
@@ -47,15 +50,23 @@ BATCH_EXPANSION = 4  # a batch zip may hold up to this many times the upload lim
 
 @dataclass(frozen=True)
 class Target:
-    """What a request converts into: a saved voice by name or reference files (one of the two), and how."""
+    """What a request converts into, and how: one of a saved voice by name, reference files, a saved pair by name
+    or an uploaded ``.pair`` file (``pair_file``). A pair always converts with its map (LinearVC's)."""
 
     voice: str | None = None
     references: Sequence[Path] = ()
     options: ConvertOptions = DEFAULT_OPTIONS
+    pair: str | None = None
+    pair_file: Path | None = None
 
 
 class TooLargeError(UsageError):
     """An upload over the server's size or duration limit (HTTP 413)."""
+
+
+class UnfitTargetError(UsageError):
+    """A target that the options' method cannot convert onto (HTTP 422): LinearVC without a pair, a pair with
+    method mkl, MKL-VC from less than 1 s of speech or a compact voice, k above a voice's frames."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class Service:
 
     Args:
         vc: a loaded ``KnnVC`` (``KnnVC.from_pretrained``).
-        voices: the folder of saved ``.voice`` files offered by name (created if missing), or None.
+        voices: the folder of saved ``.voice`` and ``.pair`` files offered by name (created if missing), or None.
         limits: what one request may send.
         temp_root: where the workspace folder is made (default: the system's temp folder).
     """
@@ -163,9 +174,16 @@ class Service:
     # -- voices -----------------------------------------------------------------------------------------
     def voice_names(self) -> list[str]:
         """Names of the saved voices (file stems in ``--voices``), sorted."""
+        return self._saved(VOICE_SUFFIX)
+
+    def pair_names(self) -> list[str]:
+        """Names of the saved pairs (``.pair`` file stems in ``--voices``), sorted."""
+        return self._saved(PAIR_SUFFIX)
+
+    def _saved(self, suffix: str) -> list[str]:
         if self.voices_dir is None or not self.voices_dir.is_dir():
             return []
-        return sorted(p.stem for p in self.voices_dir.glob(f"*{VOICE_SUFFIX}") if p.is_file())
+        return sorted(p.stem for p in self.voices_dir.glob(f"*{suffix}") if p.is_file())
 
     def voice(self, name: str) -> Voice:
         """A saved voice by name; ``VoiceError`` for a name that is not one of ``voice_names``."""
@@ -176,6 +194,15 @@ class Service:
             raise VoiceError(f"no saved voice named {name!r}; the saved voices are: {offered}")
         assert self.voices_dir is not None
         return Voice.load(self.voices_dir / f"{name}{VOICE_SUFFIX}")
+
+    def pair(self, name: str) -> Path:
+        """A saved pair's file by name; ``VoiceError`` for a name that is not one of ``pair_names``."""
+        names = self.pair_names()
+        if name not in names:
+            none = "none yet (save one here as NAME.pair)" if self.voices_dir else "none (start with --voices DIR)"
+            raise VoiceError(f"no saved pair named {name!r}; the saved pairs are: {', '.join(names) or none}")
+        assert self.voices_dir is not None
+        return self.voices_dir / f"{name}{PAIR_SUFFIX}"
 
     # -- checks -----------------------------------------------------------------------------------------
     def check_audio(self, uploads: Uploads, path: Path) -> None:
@@ -193,33 +220,42 @@ class Service:
                 f"{shown} is {seconds:.0f} s long; this server takes at most {self.limits.max_seconds:g} s per file"
             )
 
-    def _target(self, uploads: Uploads, target: Target, name: str = "") -> Voice:
-        """The saved voice ``target`` names, or one built from its references (shown by their upload names)."""
-        if target.voice and target.references:
-            raise UsageError("give reference audio or a saved voice, not both")
+    def _target(self, uploads: Uploads, target: Target, name: str = "") -> Voice | Pair:
+        """The saved voice or pair ``target`` names, an uploaded pair, or a voice built from its references (shown by
+        their upload names)."""
+        pair = self.pair(target.pair) if target.pair else target.pair_file
+        if pair is not None:
+            return Pair.load(uploads.known(pair, uploads.shown(pair)))  # messages name it, not its folder
         if target.voice:
             return self.voice(target.voice)
-        if not target.references:
-            raise UsageError("give reference audio of the target speaker, or pick a saved voice")
         refs = list(target.references)
         built = self.vc.build_voice(refs, trim=target.options.trim, name=name or Path(uploads.shown(refs[0])).stem)
         sources = tuple(dataclasses.replace(s, path=uploads.shown(s.path)) for s in built.sources)
         return dataclasses.replace(built, sources=sources)
 
     @contextmanager
-    def _turn(self, uploads: Uploads, target: Target, say: Notify, name: str = "") -> Iterator[Voice]:
-        """Wait for the model (saying how many are ahead), then hold it: the target's voice, loaded or built."""
+    def _turn(self, uploads: Uploads, target: Target, say: Notify, name: str = "") -> Iterator[Voice | Pair]:
+        """Wait for the model (saying how many are ahead), then hold it: the target's voice, loaded or built, or its
+        pair; checked to suit the options (``UnfitTargetError``) before any source is read."""
+        _check_target(target)
         for path in target.references:
             self.check_audio(uploads, path)
         with self.queue.turn(lambda ahead: say(f"waiting for the model: {ahead} ahead", None)):
-            say("building the voice" if target.references else "loading the voice", None)
-            yield self._target(uploads, target, name)
+            loading = "pair" if target.pair or target.pair_file else "voice"
+            say("building the voice" if target.references else f"loading the {loading}", None)
+            found = self._target(uploads, target, name)
+            try:
+                self.vc.check_target(found, target.options)
+            except UsageError as exc:
+                raise UnfitTargetError(str(exc)) from exc
+            yield found
 
     # -- work -------------------------------------------------------------------------------------------
     def convert(
         self, uploads: Uploads, source: Path, target: Target, notify: Notify | None = None
     ) -> tuple[np.ndarray, int]:
         """``source`` said in ``target``'s voice: ((N,) float32, its rate in Hz)."""
+        _check_target(target)  # a target that cannot work is refused before any upload is read
         self.check_audio(uploads, source)
         say = notify or _quiet
         with self._turn(uploads, target, say) as voice:
@@ -251,6 +287,7 @@ class Service:
         target = Target(references=references, options=ConvertOptions(trim=trim))
         with self._turn(uploads, target, notify or _quiet, name=clean) as voice:
             pass  # built while the model is held; written once it is free
+        assert isinstance(voice, Voice)  # built from references
         return voice, voice.save(path)
 
     def convert_zip(
@@ -258,6 +295,7 @@ class Service:
     ) -> tuple[Path, plan.Report]:
         """Convert every audio file in a zip; returns a zip of the results (same tree) plus ``report.json``."""
         ext = plan.check_extension(extension)
+        _check_target(target)
         inputs, outputs = uploads.folder / "in", uploads.folder / "out"
         limit = self.limits.max_upload_bytes * BATCH_EXPANSION
         files = zips.extract(
@@ -288,6 +326,23 @@ class Service:
         (outputs / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
         stem = Path(uploads.shown(archive)).stem or "batch"
         return zips.pack(outputs, self.result_path(f"{stem}_{plan.safe_name(voice.name)}.zip")), report
+
+
+def _check_target(target: Target) -> None:
+    """``UsageError`` unless ``target`` names exactly one target; ``UnfitTargetError`` for LinearVC without a pair
+    (before any upload is read)."""
+    pair = bool(target.pair or target.pair_file)
+    given = [what for what, there in [("reference audio", bool(target.references)), ("a saved voice",
+             bool(target.voice)), ("a pair", pair)] if there]  # fmt: skip
+    if len(given) > 1:
+        raise UsageError(f"give one target: {' or '.join(given)}, not {'both' if len(given) == 2 else 'all three'}")
+    if not given:
+        raise UsageError("give reference audio of the target speaker, or pick a saved voice or pair")
+    if target.options.method == "linear" and not pair:
+        raise UnfitTargetError(
+            "method linear (LinearVC) converts with a pair, a map fitted from a source speaker's recordings: pick a "
+            "saved pair or send a .pair file, or use method knn or mkl"
+        )
 
 
 def _quiet(description: str, fraction: float | None) -> None:
