@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,17 @@ def test_the_service_checks_the_target_before_reading_the_source(service: Servic
     text.write_text("not audio")
     with service.uploads() as uploads, pytest.raises(UnfitTargetError, match="converts with a pair"):
         service.convert(uploads, text, Target(references=REFS, options=ConvertOptions(method="linear")))
+
+
+def test_a_batch_converts_with_a_saved_pair(service: Service, methods_outputs: dict, tmp_path: Path) -> None:
+    archive = tmp_path / "talks.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("day1/source.wav", SOURCE_WAV.read_bytes())
+    target = Target(pair=PAIR_NAME, options=ConvertOptions(loudness=None))
+    with service.uploads() as uploads:
+        out, report = service.convert_zip(uploads, uploads.known(archive, archive.name), target)
+    assert (len(report.converted), len(report.failed)) == (1, 0)
+    assert out.name == f"talks_{tiny_pair().name}.zip"
+    with zipfile.ZipFile(out) as zf:
+        wav = sf.read(io.BytesIO(zf.read("day1/source.wav")), dtype="float32")[0]
+    _close(wav, methods_outputs["linear_nonparallel"]["wav"])
