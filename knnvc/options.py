@@ -61,20 +61,19 @@ class ConvertOptions:
         loudness: output loudness in LUFS (ITU-R BS.1770), or None to keep the vocoder's level.
         trim: trim silence from both ends of each reference when a voice is built from audio.
         output_sample_rate: rate of the result in Hz (soxr), or None for the vocoder's (16 kHz when published).
-        strength: lambda in ``lambda * matched + (1 - lambda) * source`` (layer-6 features), 0 to 2: 0 keeps the
+        strength: λ in ``λ·matched + (1 − λ)·source`` (layer-6 features), 0 to 2: 0 keeps the
             source voice, 1 is the target (the paper), above 1 exaggerates the target.
         match_layer: the WavLM layer searched for neighbours, 1 to the encoder's layer count; the output is
             always the mean of the chosen frames' layer-6 features. The encoder runs max(match_layer, 6) layers.
         knn_weighting: ``uniform`` (the paper's mean) or ``inverse-distance`` (weights 1/d^2).
         morph: a second voice (a ``knnvc.voice.Voice``); the matched features become
-            ``(1 - w) * kNN(voice) + w * kNN(morph)``.
+            ``(1 − w)·kNN(voice) + w·kNN(morph)``.
         morph_weight: w, 0 to 1 (0 is the first voice, 1 the second); only with ``morph``.
         method: the matching step: ``knn`` (kNN-VC, the default), ``mkl`` (MKL-VC: a factorised optimal-transport
             map fitted per source utterance, for short references) or ``linear`` (LinearVC: the map of a pair, a
             ``knnvc.voice.Pair``, which must then be the target; a pair target always converts with its map).
             ``k``, ``match_layer``, ``knn_weighting`` and ``morph`` are kNN's: with ``mkl`` or ``linear`` they must
-            stay at their defaults. ``strength`` means the same for every method: lambda * mapped + (1 - lambda) *
-            source.
+            stay at their defaults. ``strength`` means the same for every method: λ·mapped + (1 − λ)·source.
         mkl_block: K, the feature dimensions MKL-VC maps jointly (1 or more; the authors' 2).
     """
 
