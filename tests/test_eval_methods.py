@@ -90,8 +90,9 @@ def test_references_are_cut_to_the_speech_asked() -> None:
 
     vc = KnnVC.from_pretrained(Models(TINY_WAVLM, TINY_VOCODER), device="cpu")
     refs = _References(vc, REF_DIR)
-    trimmed = [vad.trim_silence(vc.load_audio(f)) for f in sorted(REF_DIR.glob("*.wav"))]
-    assert all(0 < len(t) < len(vc.load_audio(f)) for t, f in zip(trimmed, sorted(REF_DIR.glob("*.wav"))))
+    raw = [vc.load_audio(f) for f in sorted(REF_DIR.glob("*.wav"))]
+    trimmed = [vad.trim_silence(w) for w in raw]
+    assert all(0 < len(t) < len(w) for t, w in zip(trimmed, raw, strict=True))  # silence was cut from each
     first = len(trimmed[0])
     assert 2 * SAMPLE_RATE < first < 4 * SAMPLE_RATE  # so 4 s spans two files
     for seconds in (2, 4):
@@ -151,8 +152,10 @@ def test_sweep_specs() -> None:
     ("args", "message"),
     [
         ([SOURCE_WAV, "--target", REF_DIR, "--source-speakers", PAIR_SOURCE], "give --sweep"),
-        (["--sweep", "method=linear", "--source", SOURCE_WAV, "--target", REF_DIR, "--source-speakers", "/no/such"],
-         "no such file or folder"),
+        (
+            ["--sweep", "method=linear", "--source", SOURCE_WAV, "--target", REF_DIR, "--source-speakers", "/no/such"],
+            "no such file or folder",
+        ),
         (["--sweep", "reference_seconds=-1", "--source", SOURCE_WAV, "--target", REF_DIR], "above 0"),
     ],
 )

@@ -10,7 +10,8 @@
     >>> result.summary["speaker_similarity"]["mean"], result.summary["eer_percent"]
 
 The package scores files; it never converts, except ``sweep.run_sweep``, which converts through the public
-pipeline (``knnvc.batch.runner.run``). Every model is found offline: resemblyzer's and pocketsphinx's ship in their
-wheels; Whisper and WavLM-SV are used when they are in the local Hugging Face cache. Install with
-``pip install 'knnvc[eval]'``.
+pipeline (``knnvc.batch.runner.run``), over any ``ConvertOptions`` setting (``method=knn,mkl,linear`` among them)
+or the target's references cut to ``reference_seconds`` of speech. Every model is found offline: resemblyzer's and
+pocketsphinx's ship in their wheels; Whisper and WavLM-SV are used when they are in the local Hugging Face cache.
+Install with ``pip install 'knnvc[eval]'``.
 """
