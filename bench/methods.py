@@ -198,8 +198,10 @@ def measure_length(vc: Any, work: Path, seconds: float, source: Path, repeats: i
 def measure(
     wavlm: Path, vocoder: Path, work: Path, lengths: tuple[float, ...] = LENGTHS, source_seconds: float = 10.0,
     repeats: int = 3, lasso_cap: float = 300.0, progress: Callable[[str], None] | None = None,
+    saved: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The benchmark's core: every method at every reference length, fp32 on the CPU, as a JSON-ready dict."""
+    """The benchmark's core: every method at every reference length, fp32 on the CPU, as a JSON-ready dict
+    (handed to ``saved`` after each length, so that a long run stopped keeps what it measured)."""
     from knnvc.options import Models, PipelineSettings
     from knnvc.pipeline import KnnVC
 
@@ -216,12 +218,16 @@ def measure(
         "source_seconds": source_seconds,
         "repeats": repeats,
         "lasso_cap_s": lasso_cap,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "lengths": [],
     }
     for seconds in lengths:
         if progress:
             progress(f"{seconds:g} s of references (load {load()})")
         result["lengths"].append(measure_length(vc, work, seconds, source, repeats, lasso_cap))
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if saved:
+            saved(result)
     return result
 
 
@@ -266,13 +272,16 @@ def main() -> None:
     if args.vocoder is None and not vocoder.exists():
         write_prematch_vocoder(vocoder)
     lengths = tuple(args.lengths or ((2.0, 4.0) if args.quick else LENGTHS))
+    out = RESULTS / f"methods-{machine_name(cpu()['model'])}.json"
+
+    def save(result: dict[str, Any]) -> None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)  # noqa: T201 (a benchmark's progress)
+
     result = measure(wavlm, vocoder, work, lengths, 2.0 if args.quick else 10.0,
                      1 if args.quick else args.repeats, args.lasso_cap,
-                     lambda text: print(text, file=sys.stderr))  # noqa: T201 (a benchmark's progress)  # fmt: skip
-    if not args.quick:
-        out = RESULTS / f"methods-{machine_name(result['cpu']['model'])}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}", file=sys.stderr)  # noqa: T201
+                     lambda text: print(text, file=sys.stderr),  # noqa: T201 (a benchmark's progress)
+                     None if args.quick else save)  # fmt: skip
     print(table(result))  # noqa: T201 (a benchmark's output is its report)
 
 

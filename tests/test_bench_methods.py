@@ -19,7 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_method_gets_its_figures_on_the_tiny_models(tmp_path: Path) -> None:
-    result = methods.measure(TINY_WAVLM, TINY_VOCODER, tmp_path, lengths=(2.0,), source_seconds=1.5, repeats=1)
+    saved: list[dict] = []
+    result = methods.measure(TINY_WAVLM, TINY_VOCODER, tmp_path, lengths=(2.0,), source_seconds=1.5, repeats=1,
+                             saved=saved.append)  # fmt: skip
+    assert saved == [result]  # saved after each length
+    assert len(result["load_average_at_start"]) == 3 and len(result["load_average_at_end"]) == 3
     assert result["precision"] == "fp32" and result["cpu"]["model"]
     (length,) = result["lengths"]
     assert length["reference_seconds"] == 2.0 and length["reference_frames"] == num_frames(2 * 16_000)
