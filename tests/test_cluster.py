@@ -115,3 +115,27 @@ def test_actors_that_cannot_start_stop_the_job_with_one_error(tmp_path: Path, vo
     report = cluster.run(jobs, Voice.load(voice), options.DEFAULT_OPTIONS, models)
     assert isinstance(report.stopped, WeightsError) and "missing.pt" in str(report.stopped)
     assert report.converted == [] and not (tmp_path / "out").exists()
+
+
+def test_a_pair_reaches_the_actors(tmp_path: Path) -> None:
+    """A ``.pair`` target on Ray (through the object store, as a voice goes): the outputs and the settings record
+    are the local run's. (``--method`` and ``--mkl-block`` travel inside ``ConvertOptions``, as every control does.)"""
+    from tests.test_methods_cli import PAIR_SOURCE
+
+    src = tmp_path / "src"
+    for n, rel in enumerate(["a.wav", "deep/b.wav"]):
+        write_audio(src / rel, 0.4 + 0.3 * n)
+    pair_file = tmp_path / "p.pair"
+    built = cli("pair", "build", PAIR_SOURCE, REF_DIR, "-o", pair_file, "--wavlm", TINY_WAVLM, "--no-trim")
+    assert built.exit_code == 0, built.output
+    local = json_summary(cli("convert", src, pair_file, "-o", tmp_path / "local", *FAST, "--json"))
+    on_ray = json_summary(cli("convert", src, pair_file, "-o", tmp_path / "ray", *FAST, "--json", "--ray", "local"))
+    assert (on_ray["converted"], on_ray["failed"]) == (local["converted"], 0) == (2, 0)
+    mine, theirs = outputs(tmp_path / "ray"), outputs(tmp_path / "local")
+    assert sorted(mine) == sorted(theirs) == ["a.wav", "deep/b.wav"]
+    for name, wav in mine.items():
+        np.testing.assert_allclose(wav, theirs[name], atol=1e-4, err_msg=name)
+    record = json.loads((tmp_path / "ray" / MANIFEST_NAME).read_text())
+    assert record["settings"].keys() == json.loads((tmp_path / "local" / MANIFEST_NAME).read_text())["settings"].keys()
+    (audio,) = [s["audio"] for s in record["settings"].values()]
+    assert audio["options"]["method"] == "linear" and audio["voice"]["name"] == "p"
