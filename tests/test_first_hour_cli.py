@@ -113,6 +113,7 @@ OWN_MEANING = {
     "--output": "what each command writes differs: converted audio, a .voice file, a training run",
     "--manifest": "eval: a TSV of conversions to score; train prematch: a CSV of training utterances",
     "--sample-rate": "convert: the output's rate; train prematch: the rate the training targets are stored at",
+    "--method": "convert: the matching step; stream, live: also what MKL-VC fits on; pair build: how the map is fitted",
 }
 OWN_MEANING_IN = {("train vocoder", "--batch-size"): "segments per GPU per training step, not audio computed at once"}
 

@@ -50,8 +50,7 @@ def convert(
     source: Annotated[Path, typer.Argument(help="Source audio file, or a folder searched recursively.")],
     reference: Annotated[
         Path,
-        typer.Argument(help="Target speech: a file, a folder, or a saved .voice file; or a .pair file (LinearVC), "
-                       "whose map fits only the source speaker it was built from."),
+        typer.Argument(help="Target speech: a file, a folder, or a saved .voice file; or a .pair (its fixed map)."),
     ],
     output: Annotated[
         Path | None,

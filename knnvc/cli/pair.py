@@ -53,7 +53,7 @@ def pair_build(
             help="LinearVC on parallel speech: files of the same name say the same words; "
             "W is a lasso fit (TARGET: recordings, not a voice).",
         ),
-    ] = False,  # fmt: skip
+    ] = False,
     lasso: Annotated[
         float | None,
         typer.Option(
@@ -62,9 +62,14 @@ def pair_build(
             help="LinearVC: the lasso's alpha (0: least squares).",
             show_default="0.3 with --parallel, else least squares",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     mkl_block: MklBlockOpt = MKL_BLOCK,
-    name: Annotated[str | None, typer.Option("--name", help="Pair name.", show_default="the output's stem")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Its name, which converted files are named after.", show_default="the output's stem"
+        ),
+    ] = None,
     wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     device: common.DeviceOpt = "auto",
     precision: common.PrecisionOpt = "auto",
@@ -154,7 +159,9 @@ def summary(pair: Pair) -> str:
 
 
 @pair_app.command("info")
-def pair_info(path: Annotated[Path, typer.Argument(help="A .pair file.")], json_out: common.JsonOpt = False) -> None:
+def pair_info(
+    path: Annotated[Path, typer.Argument(metavar="PAIR", help="A .pair file.")], json_out: common.JsonOpt = False
+) -> None:
     """Print a saved pair's metadata: method, frames, encoder and layer, the files it was fitted on and their hashes."""
     with common.handle_errors(False):
         from knnvc.voice import Pair

@@ -25,7 +25,10 @@ def voice_build(
         Path, typer.Option("--output", "-o", help="Where to write NAME.voice (never over a reference).")
     ],
     name: Annotated[
-        str | None, typer.Option("--name", help="Voice name.", show_default="the output's stem")
+        str | None,
+        typer.Option(
+            "--name", help="Its name, which converted files are named after.", show_default="the output's stem"
+        ),
     ] = None,
     wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     device: common.DeviceOpt = "auto",
