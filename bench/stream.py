@@ -2,6 +2,7 @@
 
     python -m bench.stream --models tiny                      # the fixture's tiny models
     python -m bench.stream --models full --precision bf16     # full-size random models (published layouts)
+    python -m bench.stream --models tiny --method linear      # a LinearVC pair's map instead of kNN (or mkl)
 
 For each setting (chunk, lookahead, context) it streams the fixture source speech against the fixture voice:
 
@@ -12,8 +13,16 @@ For each setting (chunk, lookahead, context) it streams the fixture source speec
   of output sample n is when it came out minus when input sample n was captured. Median, p95 and max over the
   samples (the max is the playback latency a player must buffer for); the real-time factor is compute / audio.
 
-Writes ``bench/results/stream-<models>-<machine>-<precision>.json`` with the machine's load average beside every
-figure (the machine is shared: rerun when it was busy) and prints a Markdown table.
+With ``--method linear`` or ``mkl`` the stream converts with a pair's fixed map instead of kNN matching (LinearVC
+from the fixture's source speaker, ``speech/pair/source``, to the voice; MKL-VC's speaker-level map between the
+same two), and agreement is measured on the features themselves, as no neighbours are chosen: the stream's encoder
+frames and its mapped frames against offline's (relative L2 difference, per-frame cosine), the map's own error
+(the mapped frames against the map applied here to the stream's frames), the seam error, and the streamed audio
+against offline conversion with the same pair (SNR).
+
+Writes ``bench/results/stream-<models>-<machine>-<precision>[-<method>].json`` with the machine's load average
+beside every figure (the machine is shared: rerun when it was busy; ``--agreement-only`` skips the real-time feed,
+whose delays mean nothing on a busy machine) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -34,10 +43,10 @@ import torch
 
 from knnvc.nn.matcher import knn_indices
 from knnvc.options import ConvertOptions, Models, PipelineSettings
-from knnvc.pipeline import KnnVC
+from knnvc.pipeline import KnnVC, Target
 from knnvc.stream.settings import StreamSettings
 from knnvc.stream.streamer import Streamer
-from knnvc.voice import Voice
+from knnvc.voice import Pair, Voice
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -90,8 +99,46 @@ def agreement(vc: KnnVC, voice: Voice, wav: np.ndarray, offline: torch.Tensor, s
     }
 
 
+def map_agreement(
+    vc: KnnVC, pair: Pair, voice: Voice, wav: np.ndarray, offline: torch.Tensor, settings: StreamSettings
+) -> dict:
+    """Stream as fast as possible with ``pair``'s map; the stream's features against offline's, and the audio.
+
+    Beside them, in the same units: kNN's matched frames (k = 4 onto ``voice``) from the same stream's encoder frames
+    against kNN's from offline's (kNN matches each frame on its own, so this is what a kNN stream would vocode).
+    """
+    streamer = Streamer(vc, pair, QUIET, settings, record=True)
+    start = time.perf_counter()
+    out = np.concatenate([streamer.push(wav[i : i + 1600]) for i in range(0, len(wav), 1600)] + [streamer.flush()])
+    seconds = time.perf_counter() - start
+    assert streamer.features is not None and streamer.matched is not None and len(out) == len(wav)
+    feats, mapped = torch.cat(streamer.features).double(), torch.cat(streamer.matched).double()
+    matrix, bias = pair.map.matrix.double(), pair.map.bias.double()  # the map in float64, applied here
+    reference = offline.cpu().double() @ matrix + bias
+    own = feats @ matrix + bias  # to the stream's own frames: what the stream's mapped frames must be
+    whole = vc.vocode(mapped.float())
+    err = out[: len(whole)] - whole
+    converted = vc.convert(wav, pair, QUIET, sample_rate=SR)  # offline conversion with the same pair
+    knn_stream, knn_offline = (vc.match(f.float(), voice, 4).cpu().double() for f in (feats, offline.cpu()))
+    return {
+        "knn_matched_rel_diff": round(float((knn_stream - knn_offline).norm() / knn_offline.norm()), 5),
+        "encoder_rel_diff": round(float((feats - offline.cpu().double()).norm() / offline.double().norm()), 5),
+        "mapped_rel_diff": round(float((mapped - reference).norm() / reference.norm()), 5),
+        "mapped_cosine_mean": round(float(torch.nn.functional.cosine_similarity(mapped, reference).mean()), 5),
+        "mapped_cosine_p5": round(float(torch.nn.functional.cosine_similarity(mapped, reference).quantile(0.05)), 5),
+        "map_own_error": float((mapped - own).abs().max() / own.abs().max()),
+        "seam_snr_db": round(snr_db(whole, err), 1),
+        "offline_snr_db": round(snr_db(converted, out - converted), 1),
+        "fast_realtime_factor": round(seconds * SR / len(wav), 3),
+    }
+
+
+def snr_db(signal: np.ndarray, error: np.ndarray) -> float:
+    return float(10 * np.log10((signal**2).sum() / max(1e-30, float((error**2).sum()))))
+
+
 def delay(
-    vc: KnnVC, voice: Voice, wav: np.ndarray, settings: StreamSettings, give_up_s: float = 5.0, **kw: Any
+    vc: KnnVC, voice: Target, wav: np.ndarray, settings: StreamSettings, give_up_s: float = 5.0, **kw: Any
 ) -> dict:
     """Feed ``wav`` in 20 ms blocks (a sound card's buffer) on the wall clock; per-sample delay from capture to
     output, and the real-time factor (compute / audio)."""
@@ -124,15 +171,24 @@ def delay(
     }
 
 
-def measure(vc: KnnVC, voice: Voice, wav: np.ndarray, chosen: list[dict[str, int]], rows: list[dict]) -> Iterator[dict]:
-    """Delay (fed in real time) and agreement per setting, appended to ``rows`` and yielded as each is done."""
+def measure(
+    vc: KnnVC, voice: Voice, wav: np.ndarray, chosen: list[dict[str, int]], rows: list[dict], timed: bool = True,
+    pair: Pair | None = None,
+) -> Iterator[dict]:  # fmt: skip
+    """Delay (fed in real time; unless not ``timed``) and agreement per setting, appended to ``rows`` and yielded
+    as each is done; with ``pair``, of streaming its map instead of kNN onto ``voice``."""
+    target: Target = voice if pair is None else pair
     offline = vc.encode(wav, SR)  # one window: attention over the whole input
     for given in chosen:
         settings = StreamSettings(**given)
-        row: dict[str, Any] = {"settings": Streamer(vc, voice, QUIET, settings, gain=1.0).settings.__dict__}
+        row: dict[str, Any] = {"settings": Streamer(vc, target, QUIET, settings, gain=1.0).settings.__dict__}
         row["load_before"] = load_avg()
-        row.update(delay(vc, voice, wav, settings, gain=1.0))
-        row.update(agreement(vc, voice, wav, offline, settings))
+        if timed:
+            row.update(delay(vc, target, wav, settings, gain=1.0))
+        if pair is not None:
+            row.update(map_agreement(vc, pair, voice, wav, offline, settings))
+        else:
+            row.update(agreement(vc, voice, wav, offline, settings))
         row["load_after"] = load_avg()
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -177,6 +233,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", type=int, nargs="*", help="indices into the settings list")
     parser.add_argument("--context-sweep", action="store_true", help="encoder-only agreement per context, then stop")
+    parser.add_argument("--method", choices=["knn", "linear", "mkl"], default="knn",
+                        help="kNN onto the voice, or a pair's map: LinearVC's or MKL-VC's (fitted on a speaker)")
+    parser.add_argument("--mkl-block", type=int, default=2, help="K of the MKL-VC map")
+    parser.add_argument("--agreement-only", action="store_true", help="skip the real-time feed (a busy machine)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "knnvc-bench-stream")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -192,31 +252,63 @@ def main() -> None:
         path.write_text(json.dumps({"source_seconds": args.seconds, "rows": sweep}, indent=2) + "\n")
         print(f"wrote {path}")
         return
+    pair = None
+    if args.method != "knn":  # the fixture's source speaker (the voice of source.wav) to the voice
+        start = time.perf_counter()
+        pair = vc.build_pair(SPEECH / "pair" / "source", voice, method=args.method, mkl_block=args.mkl_block)
+        args.fit_seconds = round(time.perf_counter() - start, 2)
+    target: Target = voice if pair is None else pair
     rows: list[dict] = []
     chosen = SETTINGS[args.models] if args.only is None else [SETTINGS[args.models][i] for i in args.only]
-    for _ in measure(vc, voice, wav, chosen, rows):
-        save(args, wav, voice, rows, {})  # after every row: a long run that is stopped keeps what it measured
+    for _ in measure(vc, voice, wav, chosen, rows, timed=not args.agreement_only, pair=pair):
+        save(args, wav, target, rows, {})  # after every row: a long run that is stopped keeps what it measured
     cache = {}
-    for cached in (True, False):  # the encoder's conv stack: computed once per frame, or re-encoded each step
+    for cached in (True, False) if args.method == "knn" and not args.agreement_only else ():
+        # the encoder's conv stack: computed once per frame, or re-encoded each step
         settings = StreamSettings(**chosen[0])
         cache["cached" if cached else "re_encoded"] = delay(vc, voice, wav[: 10 * SR], settings, gain=1.0,
                                                             cache_frontend=cached)["realtime_factor"]  # fmt: skip
-    path = save(args, wav, voice, rows, cache)
-    print(table(json.loads(path.read_text())))
+    path = save(args, wav, target, rows, cache)
+    print(table(json.loads(path.read_text())) if args.method == "knn" else map_table(json.loads(path.read_text())))
     print(f"wrote {path}")
 
 
-def save(args: argparse.Namespace, wav: np.ndarray, voice: Voice, rows: list[dict], cache: dict) -> Path:
+def save(args: argparse.Namespace, wav: np.ndarray, target: Target, rows: list[dict], cache: dict) -> Path:
     machine = f"cpu-{platform.machine()}-{os.cpu_count()}core"
     result = {
         "machine": machine, "models": args.models, "precision": args.precision, "threads": args.threads,
-        "torch": torch.__version__, "source_seconds": len(wav) / SR, "voice_frames": voice.num_frames,
+        "torch": torch.__version__, "source_seconds": len(wav) / SR, "method": args.method,
         "frontend_cache_realtime_factor": cache, "load_avg_end": load_avg(), "rows": rows,
     }  # fmt: skip
+    if isinstance(target, Pair):
+        result["pair"] = {"method": target.method, "mkl_block": target.mkl_block, "source_frames": target.source_frames,
+                          "target_frames": target.target_frames, "fit_seconds": args.fit_seconds,
+                          "realtime": not args.agreement_only}  # fmt: skip
+    else:
+        result["voice_frames"] = target.num_frames
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"stream-{args.models}-{machine}-{args.precision}.json"
+    suffix = "" if args.method == "knn" else f"-{args.method}"
+    path = RESULTS / f"stream-{args.models}-{machine}-{args.precision}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def map_table(result: dict) -> str:
+    """docs/streaming.md's table for a pair's map: one row per setting."""
+    lines = ["| chunk | lookahead | vocoder lookahead | context | encoder frames vs offline | mapped frames vs offline "
+             "| kNN's matched frames vs offline | cosine mean / p5 | map's own error | seam SNR | audio vs offline "
+             "| fast RTF | load |", "|" + "---|" * 13]  # fmt: skip
+    for r in result["rows"]:
+        s = r["settings"]
+        lines.append(
+            f"| {s['chunk_ms']} | {s['lookahead_ms']} | {s['vocoder_lookahead_ms']} | {s['context_ms']} "
+            f"| {100 * r['encoder_rel_diff']:.2f}% | {100 * r['mapped_rel_diff']:.2f}% "
+            f"| {100 * r['knn_matched_rel_diff']:.2f}% "
+            f"| {r['mapped_cosine_mean']:.4f} / {r['mapped_cosine_p5']:.4f} | {r['map_own_error']:.1e} "
+            f"| {r['seam_snr_db']} dB | {r['offline_snr_db']} dB | {r['fast_realtime_factor']} "
+            f"| {r['load_before'][0]} |"
+        )
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:

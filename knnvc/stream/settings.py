@@ -136,7 +136,7 @@ def target_gain(vc: KnnVC, target: Target, target_lufs: float | None) -> float:
     A pair's map puts the source speaker's frames in the target's statistics, so the target's own frames vocoded
     stand for the converted speech: its ``.voice`` file when it was fitted from one and that file is still there,
     else its target recordings (the first 10 s of them that are still there, trimmed as the pair was), encoded
-    once. ``UsageError`` when none is left, naming ``--loudness none`` (a stream of a pair then needs no probe).
+    once. ``UsageError`` when none is left: loudness None needs no probe.
     """
     if target_lufs is None:
         return 1.0
@@ -162,7 +162,7 @@ def pair_target_speech(vc: KnnVC, pair: Pair) -> Voice:
             break
     if not found:
         raise UsageError(f"pair {pair.label}: none of its target recordings is here to measure the stream's loudness "
-                         "from; give the loudness as none (--loudness none) or a fixed gain")  # fmt: skip
+                         "from; give loudness None (`--loudness none`) or a fixed gain")  # fmt: skip
     return vc.build_voice(found, trim=pair.trim, name=pair.name)
 
 

@@ -49,8 +49,8 @@ def stream_method(target: Target, options: ConvertOptions) -> str:
         return target.method
     if options.method == "mkl":
         raise UsageError("MKL-VC fits its map on a whole source utterance, which a stream never has: fit it on the "
-                         "source speaker's recordings (knnvc stream --source-speaker DIR; in Python "
-                         "KnnVC.build_pair(DIR, target, method='mkl')) and stream with that")  # fmt: skip
+                         "source speaker's recordings, KnnVC.build_pair(DIR, target, method='mkl') "
+                         "(`knnvc stream --method mkl --source-speaker DIR`), and stream with that pair")  # fmt: skip
     return method_for(target, options)  # LinearVC onto a voice: the error that says to build a pair
 
 
