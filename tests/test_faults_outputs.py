@@ -218,6 +218,9 @@ def test_batch_run_records_output_errors_per_file(tmp_path: Path) -> None:
         def load_vocoder(self) -> None:
             pass
 
+        def check_target(self, target: object, options: object) -> None:
+            pass
+
         def output_rate(self, options: object) -> int:
             return SR
 
