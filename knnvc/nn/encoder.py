@@ -98,6 +98,95 @@ def use_fused_attention(model: WavLMModel) -> None:
         attention.torch_multi_head_self_attention = types.MethodType(_fused_attention, attention)
 
 
+def _conv_2d(conv: nn.Conv1d) -> nn.Conv2d:
+    """The same convolution over (B, C, 1, L), weights (O, I, 1, k) in channels-last layout (oneDNN's fastest)."""
+    (kernel,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
+    padding = conv.padding
+    if not isinstance(padding, tuple):
+        raise ValueError(f"only numeric padding converts, got {padding!r}")
+    two_d = nn.Conv2d(conv.in_channels, conv.out_channels, (1, kernel), (1, stride), (0, padding[0]),
+                      (1, dilation), conv.groups, bias=conv.bias is not None)  # fmt: skip
+    weight = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    two_d.weight = nn.Parameter(weight, requires_grad=False)
+    if conv.bias is not None:
+        two_d.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+    return two_d.to(conv.weight.device).train(conv.training)
+
+
+def _conv_layer_channels_last(self: nn.Module, hidden: Tensor) -> Tensor:
+    """A layer-norm conv layer (conv, layer norm over channels, GELU) in channels-last layout, no transposes.
+
+    hidden (B, C_in, 1, L) channels-last (memory (B, 1, L, C_in)) -> (B, C_out, 1, L') channels-last.
+    """
+    hidden = self.conv(hidden)  # type: ignore[operator]
+    normed = self.layer_norm(hidden.permute(0, 2, 3, 1))  # type: ignore[operator]  # (B, 1, L', C): contiguous
+    out: Tensor = self.activation(normed).permute(0, 3, 1, 2)  # type: ignore[operator]
+    return out
+
+
+def _first_layer_channels_last(self: nn.Module, hidden: Tensor) -> Tensor:
+    """The one-channel first conv layer as frames times weights (an unfold and one matmul), then layer norm and
+    GELU: hidden (B, 1, 1, N) -> (B, C, 1, T) channels-last. oneDNN writes this convolution's output
+    channels-first, and the layer norm would then need a transposed copy."""
+    conv: Any = self.conv
+    (kernel,), (stride,) = conv.kernel_size, conv.stride
+    frames = hidden[:, 0, 0].unfold(-1, kernel, stride)  # (B, T, kernel), a view
+    out = F.linear(frames, conv.weight[:, 0], conv.bias)  # (B, T, C)
+    activated: Tensor = self.activation(self.layer_norm(out))  # type: ignore[operator]
+    return activated[:, None].permute(0, 3, 1, 2)
+
+
+def _feature_encoder_channels_last(self: nn.Module, input_values: Tensor) -> Tensor:
+    """The conv stack in channels-last layout: (B, N) raw 16 kHz -> (B, C, T), a view of (B, T, C) memory.
+
+    transformers' ``WavLMModel`` transposes the result to (B, T, C), which is then contiguous: no copy.
+    """
+    hidden = input_values[:, None, None, :]
+    for layer in self.conv_layers:  # type: ignore[union-attr]
+        hidden = layer(hidden)
+    return hidden.squeeze(2)
+
+
+def _positional_conv_channels_last(self: nn.Module, hidden: Tensor) -> Tensor:
+    """The positional convolution (grouped, GELU) in channels-last layout: (B, T, C) -> (B, T, C), no copies.
+
+    The conv pads both sides by ``k // 2``; an even kernel gives one frame too many, dropped on the right
+    (transformers' ``WavLMSamePadLayer``).
+    """
+    length = hidden.shape[1]
+    out = self.conv(hidden[:, None].permute(0, 3, 1, 2))  # type: ignore[operator]  # (B, C, 1, T'), channels-last
+    activated: Tensor = self.activation(out[..., :length])  # type: ignore[operator]
+    return activated.squeeze(2).transpose(1, 2)
+
+
+def channels_last(model: WavLMModel) -> None:
+    """Run the feature extractor's and the positional convolutions as 2-D channels-last convolutions (in place).
+
+    Same arithmetic (outputs agree to float rounding); on a CPU oneDNN runs them faster, and the layer norms over
+    channels read the conv outputs in place instead of through transposed copies. For inference after
+    ``fold_weight_norm``; only the layer-norm conv stack (WavLM-Large's) converts, a group-norm stack stays 1-D.
+    Idempotent.
+    """
+    if is_channels_last(model):
+        return
+    if str(model.config.feat_extract_norm) == "layer":
+        extractor: Any = model.feature_extractor
+        first, *rest = extractor.conv_layers
+        first.forward = types.MethodType(_first_layer_channels_last, first)  # stays a Conv1d: its weights as a matrix
+        for layer in rest:
+            layer.conv = _conv_2d(layer.conv)
+            layer.forward = types.MethodType(_conv_layer_channels_last, layer)
+        extractor.forward = types.MethodType(_feature_encoder_channels_last, extractor)
+    positional: Any = model.encoder.pos_conv_embed
+    positional.conv = _conv_2d(positional.conv)
+    positional.forward = types.MethodType(_positional_conv_channels_last, positional)
+
+
+def is_channels_last(model: WavLMModel) -> bool:
+    """Whether ``channels_last`` converted ``model``."""
+    return isinstance(model.encoder.pos_conv_embed.conv, nn.Conv2d)
+
+
 def _input_to_weight_dtype(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Forward pre-hook of a conv layer: its input in its own weight's dtype (fp32 island, then the network's)."""
     weight: Tensor = module.conv.weight  # type: ignore[union-attr,assignment]
@@ -166,6 +255,16 @@ class WavLMEncoder(nn.Module):
         nn.Module.to(self.model, dtype)
         self.model.feature_extractor.conv_layers[0].float()
         return self
+
+    def channels_last(self) -> WavLMEncoder:
+        """Run the convolutions in channels-last 2-D layout (``channels_last``): faster on a CPU; returns ``self``."""
+        channels_last(self.model)
+        return self
+
+    @property
+    def layout_2d(self) -> bool:
+        """True after ``channels_last``."""
+        return is_channels_last(self.model)
 
     @property
     def dim(self) -> int:

@@ -5,7 +5,8 @@ in eval mode on the device, in the precision asked for, is copied first and the 
 its fp32 islands, see ``WavLMEncoder.cast`` and ``Generator.cast``). ``cached_encoder`` / ``cached_vocoder``
 load weights once per (weights, device, precision) and hand out the same prepared module, which
 ``KnnVC.from_pretrained`` uses, so repeated pipelines (and repeated calls of ``knnvc.convert``) load nothing
-twice. transformers is imported only when a WavLM is loaded.
+twice. transformers is imported only when a WavLM is loaded. On a CPU both networks run their convolutions in
+channels-last layout (faster in oneDNN, same arithmetic), and the process is tuned once (``tune_cpu``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
+
+from knnvc.runtime.devices import tune_cpu
 
 if TYPE_CHECKING:
     from knnvc.nn.encoder import WavLMEncoder
@@ -49,14 +52,22 @@ def _prepared(module: M, device: torch.device, dtype: torch.dtype, island: nn.Mo
 
 
 def prepare_encoder(encoder: WavLMEncoder, device: torch.device, dtype: torch.dtype) -> WavLMEncoder:
-    """``encoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy."""
-    return _prepared(encoder, device, dtype, encoder.model.feature_extractor.conv_layers[0], "cast")
+    """``encoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy; on a
+    CPU the copy gets the channels-last layout (``WavLMEncoder.channels_last``), and the process ``tune_cpu``."""
+    prepared = _prepared(encoder, device, dtype, encoder.model.feature_extractor.conv_layers[0], "cast")
+    if device.type == "cpu":
+        tune_cpu()
+        if not prepared.layout_2d:
+            prepared = (copy.deepcopy(prepared) if prepared is encoder else prepared).channels_last()
+    return prepared
 
 
 def prepare_vocoder(vocoder: Generator, device: torch.device, dtype: torch.dtype) -> Generator:
     """``vocoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy; on a
     CPU a folded vocoder also gets the channels-last layout (``_cpu_layout_helps``), on a copy."""
     prepared = _prepared(vocoder, device, dtype, vocoder.conv_post, "cast")
+    if device.type == "cpu":
+        tune_cpu()
     if _cpu_layout_helps(prepared, device):
         prepared = (copy.deepcopy(prepared) if prepared is vocoder else prepared).channels_last()
     return prepared
@@ -71,6 +82,8 @@ def _cpu_layout_helps(vocoder: Generator, device: torch.device) -> bool:
 
 def _owned(module: M, device: torch.device, dtype: torch.dtype) -> M:
     """Prepare a module nobody else holds (just loaded) in place: no copy needed."""
+    if device.type == "cpu":
+        tune_cpu()
     module.to(device).cast(dtype)  # type: ignore[operator]
     return module.eval()
 
@@ -97,7 +110,8 @@ def cached_encoder(
     if key not in _CACHE:
         from knnvc.weights.formats import load_encoder
 
-        _CACHE[key] = _owned(load_encoder(name, offline=offline, depth=depth), device, dtype)
+        encoder = _owned(load_encoder(name, offline=offline, depth=depth), device, dtype)
+        _CACHE[key] = encoder.channels_last() if device.type == "cpu" else encoder
     found: WavLMEncoder = _CACHE[key]
     return found
 
