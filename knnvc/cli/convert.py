@@ -99,13 +99,13 @@ def convert(
     A folder's outputs mirror its tree, and the output folder keeps the settings they were made with
     (knnvc-manifest.json). A one-file output keeps its settings in its own metadata (its comment tag), and nothing is
     written beside it. Either way a rerun skips what these settings already made and refuses outputs made with other
-    settings unless --overwrite. No output may replace an input (a source, a reference, a voice, --morph), not even
-    with --overwrite. On a terminal a status line names each stage of the start; one file's result line also says
-    how long the command took to start converting it (imports, models, the voice).
+    settings unless --overwrite. No output may replace an input (a source, a reference, a voice or pair, --morph),
+    not even with --overwrite. On a terminal a status line names each stage of the start; one file's result line also
+    says how long the command took to start converting it (imports, models, the voice).
 
     --method mkl (MKL-VC) maps each source utterance onto REFERENCE's statistics: it works from seconds of reference
-    speech (1 s at least). A .pair (`knnvc pair build`) converts with its map, LinearVC's W: it was fitted on one
-    source speaker's recordings, and fits that speaker only.
+    speech (1 s at least). A .pair (`knnvc pair build`) converts with its map (LinearVC's W, or an MKL-VC map): it
+    was fitted on one source speaker's recordings, and fits that speaker only.
     """
     began = time.perf_counter()
     show = not (quiet or json_out)
