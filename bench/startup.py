@@ -3,6 +3,7 @@
     python -m bench.startup               # 15 runs of help and version, 5 of convert: bench/results/startup-<cpu>.json
     python -m bench.startup --runs 5 --quick   # a smoke run, nothing written
     python -m bench.startup --before /tmp/before   # also time another checkout (a ``git worktree``) beside this one
+    python -m bench.startup --before /tmp/before --full-size 3 --work /tmp/knnvc-startup-full   # the whole record
 
 Each command runs as a whole process (the interpreter's start, the imports, the output), after one untimed run
 that warms the page cache; the figures are the median, fastest and slowest wall times of ``--runs`` runs, with
@@ -10,17 +11,28 @@ the machine's load average beside them (the machine may be shared: rerun when it
 is measured the same way: the interpreter's own start, which no change to knnvc can remove. The test suite
 checks that help imports no torch (``tests/test_cli.py``); how fast that makes it is this figure, not a test.
 
-``convert`` is a one-file ``knnvc convert`` on the tiny models of ``tests/fixtures`` (``--convert-runs`` runs), its
-stderr a terminal (a pseudo-terminal, as a user at a shell has): the time to the first thing shown on stderr (the
-first visible character: a status line or a spinner), the time to the end, and the result line it printed. Its
-stages are timed in a separate process each run, in the order the command meets them: ``knnvc.cli`` imported,
-``torch``, transformers' WavLM, the rest of ``knnvc.pipeline`` (scipy...), the models loading (WavLM and the
-vocoder), the first call (the voice built from the references, then the source converted) and, for comparison, the
-same call again (what the first one spent on warming up), with the interpreter's start before them and its exit
-after (freeing what torch and transformers loaded). Each run also times how long a text file named ``.wav`` takes
-to be rejected as the source. ``--before PATH`` times the same for the checkout at PATH
-(imported through ``PYTHONPATH``), its runs interleaved with this tree's, and records both.
-``python -m bench.table`` lists the results files in docs/performance.md.
+``convert`` is a one-file ``knnvc convert`` on the tiny models of ``tests/fixtures`` (``--convert-runs`` runs). Each
+run times it three ways:
+
+- as it runs (``TIMELINE``: the command's own code, its exit included, with the status lines it shows timed): the
+  time from the process's start to its first compute (the file's conversion begins), and the parts of it in the
+  command's order: the interpreter's start, ``import knnvc.cli``, the command line parsed and the first status
+  shown, then each status line until the next one (what was left to wait for: torch and the models load in the
+  background while the inputs are checked), the conversion, and the exit after the ``atexit`` functions;
+- what each stage costs, one after another in a process of its own (``STAGES``): ``knnvc.cli`` imported,
+  ``torch``, transformers' WavLM, the rest of ``knnvc.pipeline`` (scipy...), the models loading (WavLM and the
+  vocoder), the first call (the voice built from the references, then the source converted) and, for comparison,
+  the same call again (what the first one spent on warming up), with the interpreter's start before them and its
+  exit after (freeing what torch and transformers loaded: the interpreter's own exit, which knnvc skips);
+- with its stderr a terminal (a pseudo-terminal, as a user at a shell has): the time to the first thing shown on
+  stderr (a status line or a spinner), the time to the end, and the result line it printed; and how long a text
+  file named ``.wav`` takes to be rejected as the source.
+
+``--full-size RUNS`` also times the first two with full-size random checkpoints of the published layouts
+(``bench.layouts``: written into ``--work`` once, 1.3 GB, and reused; their converted copies cached there too, after
+an untimed first run). ``--before PATH`` times the same for the checkout at PATH (imported through ``PYTHONPATH``),
+its runs interleaved with this tree's, and records both. ``python -m bench.table`` lists the results files in
+docs/performance.md.
 """
 
 from __future__ import annotations
