@@ -123,16 +123,20 @@ class ConvertOptions:
         if self.method == "knn":
             return
         name = {"mkl": "MKL-VC", "linear": "LinearVC"}[self.method]
-        knn_only = [
+        for control in self.knn_controls():
+            raise UsageError(f"{control} is a control of kNN matching, and {name} maps layer-6 frames: leave it out, "
+                             "or use method knn")  # fmt: skip
+
+    def knn_controls(self) -> list[str]:
+        """The controls only kNN matching uses that are set away from their defaults: k, the match layer, the
+        neighbour weighting, morph (MKL-VC and a pair's map refuse them)."""
+        given = [
             (f"k={self.k}", self.k != DEFAULT_K),
             ("a match layer", self.match_layer != WAVLM_LAYER),
             ("kNN weighting", self.knn_weighting != "uniform"),
             ("morph", self.morph is not None),
         ]
-        for control, given in knn_only:
-            if given:
-                raise UsageError(f"{control} is a control of kNN matching, and {name} maps layer-6 frames: leave "
-                                 "it out, or use method knn")  # fmt: skip
+        return [control for control, set_ in given if set_]
 
     @property
     def depth(self) -> int:

@@ -785,6 +785,11 @@ def method_for(target: Target, options: ConvertOptions) -> str:
         if options.method == "mkl":
             raise UsageError(f"pair {target.label} holds a fixed map; method mkl fits one per utterance from a voice "
                              "or references: give those as the target, or leave the method out")  # fmt: skip
+        if options.method == "linear" and target.method != "linear":
+            raise UsageError(f"pair {target.label} holds an MKL-VC map, not LinearVC's: leave the method out")
+        for control in options.knn_controls():
+            raise UsageError(f"{control} is a control of kNN matching; pair {target.label} converts with its fixed "
+                             "map: leave it out")  # fmt: skip
         return target.method
     if options.method == "linear":
         raise UsageError("LinearVC converts with a pair, a map fitted from a source speaker's recordings: build "

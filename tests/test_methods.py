@@ -189,6 +189,11 @@ def test_a_method_and_a_target_must_fit(vc: KnnVC, voice: Voice, tmp_path: Path)
     pair = Pair(torch.eye(96), None, "linear", voice.encoder, voice.encoder_fingerprint, 6)
     with pytest.raises(UsageError, match="holds a fixed map"):
         vc.convert(SOURCE_WAV, pair, ConvertOptions(method="mkl"))
+    with pytest.raises(UsageError, match="k=8 is a control of kNN matching; pair"):
+        vc.convert(SOURCE_WAV, pair, ConvertOptions(k=8))
+    speaker_mkl = Pair(torch.eye(96), torch.zeros(96), "mkl", voice.encoder, voice.encoder_fingerprint, 6)
+    with pytest.raises(UsageError, match="holds an MKL-VC map"):
+        vc.convert(SOURCE_WAV, speaker_mkl, ConvertOptions(method="linear"))
     other = Pair(torch.eye(96), None, "linear", "elsewhere", "0" * 16, 6)
     with pytest.raises(VoiceError, match="was fitted with encoder elsewhere"):
         vc.convert(SOURCE_WAV, other)
