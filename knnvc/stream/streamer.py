@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 
 import numpy as np
 import soxr
@@ -40,12 +39,15 @@ def stream_method(target: Target, options: ConvertOptions) -> str:
 
     ``UsageError`` for what cannot stream: MKL-VC onto a voice (its map is fitted on a whole source utterance,
     which a stream never has: fit one on the source speaker's recordings instead), LinearVC without a pair, kNN's
-    controls (match layer, weighting, morph) with a pair, method ``mkl`` with a LinearVC pair.
+    controls (k, match layer, weighting, morph) with a pair, a method other than the pair's own.
     """
     if isinstance(target, Pair):
-        if options.method == "mkl" and target.method != "mkl":
-            raise UsageError(f"pair {target.label} holds LinearVC's map, not MKL-VC's: leave out method mkl")
-        replace(options, method=target.method)  # kNN's controls with a map: ConvertOptions refuses them
+        name = {"linear": "LinearVC's map", "mkl": "an MKL-VC map"}[target.method]
+        if options.method not in ("knn", target.method):
+            raise UsageError(f"pair {target.label} holds {name}, not method {options.method}'s: leave the method out")
+        for control in options.knn_controls():
+            raise UsageError(f"{control} is a control of kNN matching; pair {target.label} streams with its fixed "
+                             "map: leave it out")  # fmt: skip
         return target.method
     if options.method == "mkl":
         raise UsageError("MKL-VC fits its map on a whole source utterance, which a stream never has: fit it on the "
