@@ -131,7 +131,7 @@ def test_fit_files_hold_out_the_converted_utterance(tmp_path: Path) -> None:
     assert fit_files(libri, libri.parent, speakers) == ("1089", [own])
     converted_too = wav(speakers / "1089" / "1089-134686-0000.wav")  # the converted file is there too: left out
     assert converted_too.exists() and fit_files(converted_too, speakers / "1089", speakers) == ("1089", [own])
-    with pytest.raises(UsageError, match="no folder of --source-speakers"):
+    with pytest.raises(UsageError, match="no folder of the source speakers"):
         fit_files(a1, src, speakers)
 
 

@@ -98,9 +98,9 @@ def parse_sweeps(specs: Sequence[str], base: ConvertOptions | None = None) -> li
     """
     grids = [parse_sweep(spec, base) for spec in specs]
     if not 1 <= len(grids) <= MAX_AXES:
-        raise UsageError(f"--sweep: give one or two settings (a line per value of the second), got {len(grids)}")
+        raise UsageError(f"sweep: give one or two settings (a line per value of the second), got {len(grids)}")
     if len({g.name for g in grids}) != len(grids):
-        raise UsageError(f"--sweep: {grids[0].name} given twice; sweep two different settings")
+        raise UsageError(f"sweep: {grids[0].name} given twice; sweep two different settings")
     return grids
 
 
@@ -306,8 +306,8 @@ def fit_files(file: Path, source: Path, source_speakers: Path | None = None) -> 
         speaker = first if first in folders else max(named, key=len) if named else ""
         if not speaker:
             raise UsageError(
-                f"{file}: no folder of --source-speakers {source_speakers} is its speaker (named as "
-                "its first folder under --source, or as the start of its name before - or _)"
+                f"{file}: no folder of the source speakers' recordings ({source_speakers}) is its speaker (named as "
+                "its first folder under the sources, or as the start of its name before - or _)"
             )
         found = files_in(folders[speaker])
     mine = file.resolve()
@@ -331,7 +331,7 @@ class _Pairs:
                 fit = [job.source]
                 point.notes.append(
                     f"linear: {job.source.name}: speaker {speaker} has no other recordings, so its W "
-                    "was fitted on this utterance itself (give --source-speakers for held-out ones)"
+                    "was fitted on this utterance itself (give source speakers' recordings for held-out ones)"
                 )
             key = (speaker, voice_key, trim, tuple(str(p) for p in fit))
             grouped.setdefault(key, []).append(job)
