@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,13 +22,73 @@ TINY_VOCODER_CONFIG = FIXTURES / "vocoder_tiny" / "config.json"
 LAYOUTS = FIXTURES / "published_layouts.json"
 
 
+# Under pytest-xdist (pyproject's addopts: two workers on a 2-core machine) each worker runs torch on one thread, and
+# so do the interpreters the tests start (OMP_NUM_THREADS is inherited): two workers on two threads each would
+# oversubscribe the cores, and the tiny models are slower on two threads than on one when the cores are busy.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# Tests that must share one xdist worker (``--dist loadgroup`` keeps a group on one worker), by module:
+# test_cluster starts one local Ray per module (two at once would fight over the 2 CPUs and Ray's session
+# folder), and test_web starts one `knnvc serve` per module (~7 s: once, not once per worker).
+XDIST_GROUPS = {"test_cluster.py": "ray", "test_web.py": "knnvc-serve"}
+# Started first, so that no worker is left alone with it at the end (it runs ~1 min on its own).
+LONGEST = ("tests/test_windows.py::test_one_hour_converts_on_cpu_in_flat_memory",)
+
+
+TERMINAL = ("COLUMNS", "LINES")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist, in the main process) Tell each worker the terminal size variables of this process."""
+    node.workerinput["knnvc_terminal"] = {name: os.environ.get(name) for name in TERMINAL}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """(in an xdist worker) An xdist worker starts with COLUMNS=80 and LINES=24 where pytest itself had none: rich's
+    consoles, made when ``knnvc.cli`` is imported, would keep those 80 columns, and so would the interpreters the
+    tests start. Give the worker the main process's values back, before the test modules are imported."""
+    terminal = getattr(config, "workerinput", {}).get("knnvc_terminal")
+    for name, value in (terminal or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.nodeid not in LONGEST)  # stable: the order is otherwise kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The knnvc and Hugging Face caches of the session (of each xdist worker) are its own temp folders: the
+    converted copies of full-size weights (~350 MB each) never pile up in ~/.cache, and workers never share one.
+    Tests that need a particular cache still set their own."""
+    root = tmp_path_factory.mktemp("cache")
+    saved = {name: os.environ.get(name) for name in ("KNNVC_CACHE", "HF_HOME")}
+    os.environ["KNNVC_CACHE"], os.environ["HF_HOME"] = str(root / "knnvc"), str(root / "huggingface")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
