@@ -1,26 +1,26 @@
-"""The start-up: models loading in the background (``knnvc.cli.loading``), errors from there surfacing as before,
-silero-vad imported only to trim, and the program ending at once (``knnvc.cli.app.exit_at_once``).
+"""The start-up as the program runs it: the program ends at once when its command is done
+(``knnvc.cli.app.exit_at_once``: the ``atexit`` functions run, every line and exit code as before), silero-vad is
+imported only when references are trimmed, and Ctrl-C while torch loads exits 130.
 
 Behaviour only; how fast it is, is ``python -m bench.startup``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from knnvc.cli import app
-from knnvc.cli.loading import Ahead
+from knnvc.cli.app import exit_at_once
 from knnvc.errors import DeviceError, InputError, WeightsError
 from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_WAVLM
 
@@ -55,98 +55,70 @@ def cli(*args: object) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args], env={"KNNVC_OFFLINE": "1"})
 
 
-def steps(log: list[str], fail: str | None = None) -> Iterator[tuple[str, Any]]:
-    for name in ("torch", "wavlm", "vocoder"):
-        log.append(name)
-        if name == fail:
-            raise WeightsError(f"{name}: bad weights")
-        yield name, name.upper()
+# -- exit_at_once: when it ends the process itself, and when it leaves the exit to Python ----------------------------
 
 
-# -- Ahead ---------------------------------------------------------------------------------------------------------
+class Exited(Exception):
+    """``os._exit`` called (in place of ending the test process)."""
 
 
-def test_ahead_hands_each_step_over_in_order() -> None:
-    log: list[str] = []
-    loads = Ahead(steps(log))
-    assert [loads.take(n) for n in ("torch", "wavlm", "vocoder")] == ["TORCH", "WAVLM", "VOCODER"]
-    assert log == ["torch", "wavlm", "vocoder"]
+def test_exit_at_once_ends_the_process_only_when_it_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
 
+    def fake_exit(code: int) -> None:
+        calls.append(code)
+        raise Exited
 
-def test_ahead_raises_a_steps_error_where_it_is_taken_and_runs_nothing_after_it() -> None:
-    log: list[str] = []
-    loads = Ahead(steps(log, fail="wavlm"))
-    assert loads.take("torch") == "TORCH"  # the steps before the failing one are handed over as usual
-    with pytest.raises(WeightsError, match="wavlm: bad weights"):
-        loads.take("wavlm")
-    with pytest.raises(WeightsError, match="wavlm: bad weights"):  # and a later step fails with the same error
-        loads.take("vocoder")
-    assert log == ["torch", "wavlm"]
-
-
-def test_ahead_close_stops_after_the_step_under_way_and_leaves_no_thread() -> None:
-    """A command that failed before taking its steps: closed, the loading stops at the next step (in process, the
-    close waits for the step under way: nothing of that command keeps running)."""
-    started, release, log = threading.Event(), threading.Event(), []
-
-    def slow() -> Iterator[tuple[str, Any]]:
-        started.set()
-        release.wait(30)
-        log.append("torch")
-        yield "torch", None
-        log.append("wavlm")  # never reached: closed during the first step
-        yield "wavlm", None
-
-    loads = Ahead(slow(), name="knnvc-test-ahead")
-    assert started.wait(30)
-    threading.Timer(0.2, release.set).start()
-    loads.close()
-    assert log == ["torch"]
-    assert not any(t.name == "knnvc-test-ahead" for t in threading.enumerate())
-
-
-def test_a_wait_for_a_step_can_be_interrupted() -> None:
-    """Ctrl-C while the command waits for a step: ``KeyboardInterrupt`` in the main thread, as in any wait."""
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
+    exit_at_once(SystemExit("a message for Python to print"))  # not a number: Python prints it, exits 1
+    assert calls == []
     release = threading.Event()
-
-    def never() -> Iterator[tuple[str, Any]]:
-        release.wait(30)
-        yield "torch", None
-
-    loads = Ahead(never())
-    interrupt = threading.Timer(0.2, lambda: signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT))
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupt.start()
+    worker = threading.Thread(target=release.wait, args=(30,))  # not a daemon: a normal exit waits for it
+    worker.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
-            loads.take("torch")
+        exit_at_once(SystemExit(0))
+        assert calls == []
     finally:
-        signal.signal(signal.SIGINT, previous)
         release.set()
-        loads.close()
+        worker.join()
+    with pytest.raises(Exited):
+        exit_at_once(SystemExit(4))
+    assert calls == ["atexit", 4]  # the atexit functions first, then the status as it was
+    calls.clear()
+    with pytest.raises(Exited):
+        exit_at_once(SystemExit(None))
+    assert calls == ["atexit", 0]
+    calls.clear()
+
+    class Broken:
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(sys, "stdout", Broken())
+    exit_at_once(SystemExit(0))  # a flush that fails: Python reports it and exits 120, as always
+    assert calls == ["atexit"]
 
 
-# -- convert: errors from the loading thread, in process -------------------------------------------------------------
+# -- in process: the errors of the start, in their order ---------------------------------------------------------
 
 
-def test_missing_weights_fail_from_the_background_with_one_line_and_exit_4(tmp_path: Path) -> None:
+def test_missing_weights_fail_with_one_line_and_exit_4(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "wavlm.pt"
     result = cli("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "o.wav", *MODELS, "--wavlm", missing, "--offline")
     assert result.exit_code == WeightsError.exit_code, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: WavLM weights {missing}: no such file or folder"]
-    assert not any(t.name == "knnvc-load-ahead" for t in threading.enumerate())  # closed with the command
 
 
-def test_a_bad_input_still_fails_first_whatever_the_loading_meets(tmp_path: Path) -> None:
-    """A text file as the source and weights that do not exist: the input's error (exit 3), checked first as
-    before; the loading's error is never shown, and its thread is gone when the command returns."""
+def test_a_bad_input_fails_before_any_weights_are_looked_at(tmp_path: Path) -> None:
+    """A text file as the source and weights that do not exist: the input's error (exit 3), checked before any
+    model loads."""
     fake = tmp_path / "text.wav"
     fake.write_text("not audio\n" * 50)
     result = cli("convert", fake, REF_DIR, "-o", tmp_path / "o.wav", *MODELS, "--wavlm", tmp_path / "no.pt")
     assert result.exit_code == InputError.exit_code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot decode {fake}"), lines
-    assert not any(t.name == "knnvc-load-ahead" for t in threading.enumerate())
 
 
 def test_a_missing_vocoder_fails_after_wavlm_loaded(tmp_path: Path) -> None:
@@ -162,8 +134,8 @@ def test_a_missing_vocoder_fails_after_wavlm_loaded(tmp_path: Path) -> None:
 @pytest.mark.slow  # five knnvc processes (torch imported in each): ~30 s on 2 cores
 def test_the_program_fails_and_succeeds_as_before(tmp_path: Path) -> None:
     """The program, whose exit skips the interpreter's teardown: each error is one line with its exit code (the
-    device, checked in the loading thread; missing weights; a bad input met while torch loads), the ``atexit``
-    functions run, ``--json`` reaches stdout whole, and silero-vad is imported only when references are trimmed."""
+    device, missing weights), the ``atexit`` functions run, ``--json`` reaches stdout whole, the output is written,
+    and silero-vad is imported only when references are trimmed."""
     missing = tmp_path / "none.pt"
     runs = {
         "device": program("convert", SOURCE_WAV, REF_DIR, "-o", tmp_path / "d.wav", *MODELS, "--device", "cuda:99"),
@@ -189,8 +161,7 @@ def test_the_program_fails_and_succeeds_as_before(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # one knnvc process interrupted while torch loads: ~3 s
 def test_ctrl_c_while_the_models_load_exits_130(tmp_path: Path) -> None:
-    """SIGINT as torch is being imported in the background: the one ``interrupted`` line and exit 130, at once (the
-    loading is not waited for), nothing written."""
+    """SIGINT as torch is being imported: the one ``interrupted`` line and exit 130, nothing written."""
     command = [sys.executable, "-c", SPY, "convert", str(SOURCE_WAV), str(REF_DIR), "-o", str(tmp_path / "o.wav"),
                *MODELS]  # fmt: skip
     previous = signal.getsignal(signal.SIGINT)

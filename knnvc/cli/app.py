@@ -155,21 +155,11 @@ class KnnvcTyper(typer.Typer):
         (a caller's own ``app([...])``), it raises ``SystemExit`` as typer does."""
         if args or kwargs:
             return super().__call__(*args, **kwargs)
-        global _whole_program
-        _whole_program = True
         try:
             return super().__call__()
         except SystemExit as done:
             exit_at_once(done)
             raise
-
-
-_whole_program = False
-
-
-def whole_program() -> bool:
-    """Whether this process is ``knnvc`` the program (``app()`` called bare), which ends when its command does."""
-    return _whole_program
 
 
 def exit_at_once(done: SystemExit) -> None:
@@ -181,11 +171,9 @@ def exit_at_once(done: SystemExit) -> None:
     batch's worker threads are joined. What a normal exit does that matters is done here, in its order: threads
     that are not daemons are waited for (while one runs, this returns and Python waits as it always does), the
     ``atexit`` functions run (logging flushed and closed, temporary folders removed, child processes of
-    ``multiprocessing`` and Ray ended), then stdout and stderr are flushed. Daemon threads end with the process, as
-    they would: a command that failed while its models were loading in the background (``knnvc.cli.loading``) does
-    not wait for them, and no import is left half done while the interpreter tears down. A status that is not a
-    number (a message for Python to print) or a flush that fails (Python reports it, and exits 120) leave the exit
-    to Python.
+    ``multiprocessing`` and Ray ended), then stdout and stderr are flushed; daemon threads end with the process, as
+    they would. A status that is not a number (a message for Python to print) or a flush that fails (Python reports
+    it, and exits 120) leave the exit to Python.
     """
     code = 0 if done.code is None else done.code
     if not isinstance(code, int):

@@ -7,11 +7,11 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from knnvc.cli import common, loading
+from knnvc.cli import common
 from knnvc.cli.app import app
 from knnvc.cli.controls import (
     MatchLayerOpt,
@@ -37,12 +37,10 @@ from knnvc.options import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from types import ModuleType
 
     from knnvc.batch.plan import Report
-    from knnvc.options import ConvertOptions, Models
-    from knnvc.pipeline import KnnVC
+    from knnvc.options import ConvertOptions
 
 
 @app.command()
@@ -123,11 +121,6 @@ def convert(
                                                 method=method, mkl_block=mkl_block))  # fmt: skip
             check_method(options, reference, morph)
             running = PipelineSettings(device, precision, batch_size, compile=compile_)
-            # torch and the models load in the background while the inputs are checked, each taken below where it
-            # used to load: what fails first still fails first, with the same line (knnvc.cli.loading)
-            driver = running if ray is None else PipelineSettings("cpu", "fp32", batch_size)  # --ray: see below
-            loaded = Models(wavlm, vocoder, driver, offline or None)
-            loads = loading.ahead(_load(device, precision, loaded, match_layer))
             common.require_inputs(source, reference, morph)
             inputs = {**_inputs("reference", reference), **_inputs("morph reference", morph)}
             if source.is_file():  # a folder's bad files fail one by one, as the batch meets them
@@ -139,7 +132,7 @@ def convert(
                 jobs = plan.plan(source, output, _name(reference), extension=fmt, inputs=inputs)
                 plan.check_outputs(plan.pending(jobs, overwrite=overwrite))
             stages.now("loading torch")
-            loads.take("torch")  # --device and --precision checked
+            common.check_device(device, precision)
             from knnvc.voice import Pair, Voice
 
             if is_saved(reference):  # its saved name names the outputs
@@ -155,11 +148,13 @@ def convert(
             if ray is not None:  # the driver builds the voice on its CPU; Ray's actors convert
                 models = Models(wavlm, vocoder, replace(running, compile=False), offline or None)
                 _cluster().connect(ray)
-                running = driver  # with --ray the driver only builds voices
+                running = PipelineSettings("cpu", "fp32", batch_size)  # with --ray the driver only builds voices
             stages.now(f"loading models: {weights_name(wavlm)}")
-            vc: KnnVC = loads.take("wavlm")
+            from knnvc.pipeline import KnnVC
+
+            vc = KnnVC.from_pretrained(Models(wavlm, vocoder, running, offline or None), match_layer=match_layer)
             stages.now(f"loading models: the vocoder ({weights_name(vocoder)})")
-            loads.take("vocoder")  # missing or bad vocoder weights fail before any file is read
+            vc.load_vocoder()  # missing or bad vocoder weights fail before any file is read
             if running.compile:
                 stages.now("compiling the networks")
                 vc.warm_up()
@@ -273,19 +268,6 @@ def reference_files(reference: Path) -> list[Path]:
     for path in found:
         _probe(path)
     return found
-
-
-def _load(device: str, precision: str, models: Models, match_layer: int) -> Iterator[tuple[str, Any]]:
-    """What ``convert`` loads before its first file, step by step (``knnvc.cli.loading``): torch, with ``--device``
-    and ``--precision`` checked; the pipeline with its WavLM; the vocoder."""
-    common.check_device(device, precision)
-    yield "torch", None
-    from knnvc.pipeline import KnnVC
-
-    vc = KnnVC.from_pretrained(models, match_layer=match_layer)
-    yield "wavlm", vc
-    vc.load_vocoder()
-    yield "vocoder", vc
 
 
 def _cluster() -> ModuleType:
