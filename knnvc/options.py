@@ -43,6 +43,7 @@ MKL_BLOCK = 2  # K: dimensions MKL-VC maps jointly (the authors' default; they s
 MKL_MIN_SECONDS = 1.0  # s of target speech MKL needs at least (50 frames; the authors report from 5 s)
 LINEAR_MAX_FRAMES = 8_192  # frames of each speaker a non-parallel LinearVC fit keeps (2 min 44 s at 50 Hz)
 LINEAR_LASSO = 0.3  # the lasso's alpha for a parallel LinearVC pair (the authors' default)
+LINEAR_ADVISED_SECONDS = 180  # s of each speaker LinearVC's authors advise ("3 minutes per speaker is good")
 
 # Limits of the options.
 MIN_SAMPLE_RATE = 8_000  # Hz: the lowest output rate offered

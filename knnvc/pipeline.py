@@ -42,6 +42,7 @@ from knnvc.options import (
     DEFAULT_OPTIONS,
     DEFAULT_SETTINGS,
     FRAME_RATE,
+    LINEAR_ADVISED_SECONDS,
     LINEAR_LASSO,
     LINEAR_MAX_FRAMES,
     MKL_BLOCK,
@@ -324,6 +325,10 @@ class KnnVC:
         """
         if method not in ("linear", "mkl"):
             raise UsageError(f"a pair is fitted by method linear or mkl, got {method!r}")
+        if isinstance(target, Pair) or (isinstance(target, (str, os.PathLike)) and str(target).endswith(PAIR_SUFFIX)):
+            raise UsageError("a pair maps onto a voice or reference speech, not onto another pair")
+        if method == "mkl" and (isinstance(mkl_block, bool) or not isinstance(mkl_block, int) or mkl_block < 1):
+            raise UsageError(f"MKL block size must be a whole number, at least 1; got {mkl_block}")
         if method == "mkl" and parallel:
             raise UsageError("MKL-VC fits on the two speakers' statistics, not on parallel utterances: leave out "
                              "parallel")  # fmt: skip
@@ -367,6 +372,7 @@ class KnnVC:
         self, source: Tensor, target: Voice, method: str, lasso: float | None, mkl_block: int
     ) -> tuple[Tensor, Tensor | None, tuple[int, int]]:
         """(matrix, bias, (source frames, target frames) used) of a non-parallel fit."""
+        _check_source_speaker(source, method)
         if method == "mkl":
             _check_mkl_voice(target)
             fitted = fit_mkl(source.float(), target.frames.float(), mkl_block)
@@ -400,6 +406,7 @@ class KnnVC:
             pairs.append((one.frames.float(), two.frames.float()))
             sources += one.sources
             targets += two.sources
+        _check_source_speaker(torch.cat([a for a, _ in pairs]), "linear")
         weights = linear.fit_parallel(pairs, _alpha(lasso, True))
         used = (sum(a.shape[0] for a, _ in pairs), sum(b.shape[0] for _, b in pairs))
         return sources, targets, (weights, None, used)
@@ -530,11 +537,12 @@ class KnnVC:
             target.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
             return target.apply(source)
         _check_mkl_voice(target)
-        frames = self._held(target, target.layer)[0]
         if source.shape[0] < 2:
             raise AudioError(f"a source of {source.shape[0]} frame is too short for MKL-VC: its statistics need at "
                              "least 2 frames (45 ms)")  # fmt: skip
-        return mkl_transfer(source, frames, options.mkl_block).float()
+        where = torch.device("cpu") if self.device.type == "mps" else self.device  # MPS has no float64
+        frames = target.frames.to(where, torch.float32)
+        return mkl_transfer(source.to(where), frames, options.mkl_block).to(self.device, torch.float32)
 
     @oom.retries_smaller("matching")
     def match_many(
@@ -782,11 +790,13 @@ def method_for(target: Target, options: ConvertOptions) -> str:
     LinearVC's, ``mkl`` for a speaker-level MKL map); a voice takes ``knn`` or ``mkl``. ``UsageError`` when they do
     not fit together."""
     if isinstance(target, Pair):
-        if options.method == "mkl":
-            raise UsageError(f"pair {target.label} holds a fixed map; method mkl fits one per utterance from a voice "
-                             "or references: give those as the target, or leave the method out")  # fmt: skip
-        if options.method == "linear" and target.method != "linear":
-            raise UsageError(f"pair {target.label} holds an MKL-VC map, not LinearVC's: leave the method out")
+        if options.method not in ("knn", target.method):  # knn: the default, which a pair's map replaces
+            held = {"linear": "LinearVC's map", "mkl": "a speaker-level MKL-VC map"}[target.method]
+            per_utterance = " (method mkl onto a voice or references fits a map per utterance)" * (
+                options.method == "mkl"
+            )
+            raise UsageError(f"pair {target.label} holds a fixed map, {held}, not method {options.method}'s: leave "
+                             f"the method out{per_utterance}")  # fmt: skip
         for control in options.knn_controls():
             raise UsageError(f"{control} is a control of kNN matching; pair {target.label} converts with its fixed "
                              "map: leave it out")  # fmt: skip
@@ -815,6 +825,22 @@ def _speaker_name(given: object) -> str:
     return "speaker"
 
 
+def _check_source_speaker(frames: Tensor, method: str) -> None:
+    """``UsageError`` unless a source speaker's (N, D) frames can fit a pair: MKL-VC needs ``MKL_MIN_SECONDS`` of
+    speech; LinearVC at least D frames (else W is underdetermined); below its authors' 3 minutes it is logged (info)."""
+    seconds, width = frames.shape[0] / FRAME_RATE, frames.shape[1]
+    if method == "mkl" and frames.shape[0] < round(MKL_MIN_SECONDS * FRAME_RATE):
+        raise UsageError(f"the source speaker has {seconds:.2f} s of speech; MKL-VC needs at least "
+                         f"{MKL_MIN_SECONDS:g} s of it: give more of the source speaker's recordings")  # fmt: skip
+    if method == "linear" and frames.shape[0] < width:
+        raise UsageError(f"the source speaker has {seconds:.2f} s of speech ({frames.shape[0]} frames); LinearVC fits "
+                         f"a {width}x{width} W and needs at least {width} frames ({width / FRAME_RATE:.1f} s): give "
+                         "more of the source speaker's recordings")  # fmt: skip
+    if method == "linear" and seconds < LINEAR_ADVISED_SECONDS:
+        log.info("the source speaker has %.0f s of speech; LinearVC's authors advise about %d minutes per speaker",
+                 seconds, LINEAR_ADVISED_SECONDS // 60)  # fmt: skip
+
+
 def _check_mkl_voice(voice: Voice) -> None:
     """``UsageError`` unless ``voice`` can be MKL-VC's target: full frames, at least ``MKL_MIN_SECONDS`` of them."""
     if voice.counts is not None:
@@ -822,8 +848,9 @@ def _check_mkl_voice(voice: Voice) -> None:
                          "statistics; use the full voice or its references")  # fmt: skip
     if voice.num_frames < round(MKL_MIN_SECONDS * FRAME_RATE):
         raise UsageError(
-            f"voice {voice.label} has {voice.seconds:.2f} s of speech; MKL-VC needs at least {MKL_MIN_SECONDS:g} s "
-            "of the target's speech (its authors report from 5 s): give more reference speech"
+            f"voice {voice.label} has {voice.seconds:.2f} s of speech{' after trimming silence' * bool(voice.trim)}; "
+            f"MKL-VC needs at least {MKL_MIN_SECONDS:g} s of the target's speech (its authors report from 5 s): give "
+            "more reference speech"
         )
 
 

@@ -317,14 +317,12 @@ class Pair:
     def map(self) -> AffineMap:
         """The map as an ``AffineMap`` (a zero bias for LinearVC)."""
         bias = self.bias if self.bias is not None else torch.zeros(self.dim, dtype=self.matrix.dtype)
-        return AffineMap(self.matrix, bias)
+        return AffineMap(self.matrix, bias)  # LinearVC: x @ W + 0, the same float32 sum as x @ W
 
     def apply(self, frames: Tensor) -> Tensor:
         """(T, D) layer-``layer`` frames at 50 Hz -> (T, D) in the target's voice, in the frames' dtype and device."""
         if frames.shape[-1] != self.dim:
             raise ValueError(f"pair {self.label} maps {self.dim}-d frames, got {frames.shape[-1]}-d")
-        if self.bias is None:
-            return (frames.to(self.matrix.dtype) @ self.matrix.to(frames.device)).to(frames.dtype)
         return self.map(frames)
 
     def check_compatible(self, encoder_fingerprint: str, layer: int, encoder_name: str = "") -> None:
@@ -405,6 +403,8 @@ class Pair:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VoiceError(f"{path}: damaged pair ({exc}); {PAIR_REBUILD}") from exc
-        if not pair.matrix.is_floating_point() or not bool(pair.matrix.isfinite().all()):
-            raise VoiceError(f"{path}: damaged pair (a {pair.matrix.dtype} matrix, or not finite); {PAIR_REBUILD}")
+        tensors_ok = all(t.is_floating_point() and bool(t.isfinite().all()) for t in (pair.matrix, pair.map.bias))
+        if not tensors_ok or pair.dim != meta.get("dim", pair.dim):
+            raise VoiceError(f"{path}: damaged pair (a {pair.matrix.dtype} {tuple(pair.matrix.shape)} matrix, metadata "
+                             f"dim {meta.get('dim')}, or values not finite); {PAIR_REBUILD}")  # fmt: skip
         return pair

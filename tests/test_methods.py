@@ -8,6 +8,7 @@ features within 1e-4. The CLI's side is in ``tests/test_methods_cli.py``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,32 @@ def test_an_mkl_pair_is_the_speaker_level_map(vc: KnnVC, voice: Voice) -> None:
     assert pair.bias is not None and pair.mkl_block == 2 and pair.lasso is None
 
 
+def test_a_pair_needs_enough_of_the_source_speaker_and_a_voice_or_references(
+    vc: KnnVC, voice: Voice, tmp_path: Path
+) -> None:
+    speech, rate = sf.read(PAIR_SOURCE / "s01.wav", dtype="float32")
+    short = tmp_path / "short"
+    short.mkdir()
+    sf.write(short / "a.wav", speech[rate // 2 : rate // 2 + int(0.8 * rate)], rate)
+    with pytest.raises(UsageError, match=r"source speaker has 0\.\d+ s of speech; MKL-VC needs at least 1 s"):
+        vc.build_pair(short, REF_DIR, method="mkl", trim=False)
+    with pytest.raises(UsageError, match=r"LinearVC fits a 96x96 W and needs at least 96 frames \(1\.9 s\)"):
+        vc.build_pair(short, REF_DIR, trim=False)
+    pair_file = vc.build_pair(PAIR_SOURCE, voice, trim=False).save(tmp_path / "p.pair")
+    with pytest.raises(UsageError, match="not onto another pair"):
+        vc.build_pair(PAIR_SOURCE, pair_file)
+    with pytest.raises(UsageError, match="MKL block size must be a whole number"):
+        vc.build_pair(PAIR_SOURCE, voice, method="mkl", mkl_block=0)
+
+
+def test_a_pair_file_with_a_damaged_bias_or_width_is_refused(vc: KnnVC, voice: Voice, tmp_path: Path) -> None:
+    pair = vc.build_pair(PAIR_SOURCE, voice, method="mkl", trim=False)
+    bad_bias = replace(pair, bias=torch.full_like(pair.map.bias, float("nan"))).save(tmp_path / "nan.pair")
+    with pytest.raises(VoiceError, match="damaged pair"):
+        Pair.load(bad_bias)
+    assert Pair.load(pair.save(tmp_path / "ok.pair")).method == "mkl"
+
+
 def test_parallel_pairs_need_namesakes_and_files(vc: KnnVC, voice: Voice, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no file names in common"):
         vc.build_pair(PAIR_SOURCE, REF_DIR, parallel=True, trim=False)
@@ -192,7 +219,7 @@ def test_a_method_and_a_target_must_fit(vc: KnnVC, voice: Voice, tmp_path: Path)
     with pytest.raises(UsageError, match="k=8 is a control of kNN matching; pair"):
         vc.convert(SOURCE_WAV, pair, ConvertOptions(k=8))
     speaker_mkl = Pair(torch.eye(96), torch.zeros(96), "mkl", voice.encoder, voice.encoder_fingerprint, 6)
-    with pytest.raises(UsageError, match="holds an MKL-VC map"):
+    with pytest.raises(UsageError, match="holds a fixed map, a speaker-level MKL-VC map, not method linear"):
         vc.convert(SOURCE_WAV, speaker_mkl, ConvertOptions(method="linear"))
     other = Pair(torch.eye(96), None, "linear", "elsewhere", "0" * 16, 6)
     with pytest.raises(VoiceError, match="was fitted with encoder elsewhere"):

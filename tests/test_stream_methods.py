@@ -159,10 +159,10 @@ def test_what_cannot_stream_is_refused(vc: KnnVC, voice: Voice, linear_pair: Pai
         Streamer(vc, voice, ConvertOptions(method="mkl"))
     with pytest.raises(UsageError, match="pair build"):
         Streamer(vc, voice, ConvertOptions(method="linear"))
-    with pytest.raises(UsageError, match="holds LinearVC's map, not method mkl's"):
+    with pytest.raises(UsageError, match="holds a fixed map, LinearVC's map, not method mkl's"):
         Streamer(vc, linear_pair, ConvertOptions(method="mkl"))
     mkl_pair = replace(linear_pair, method="mkl", mkl_block=2)
-    with pytest.raises(UsageError, match="holds an MKL-VC map, not method linear's"):
+    with pytest.raises(UsageError, match="a speaker-level MKL-VC map, not method linear's"):
         Streamer(vc, mkl_pair, ConvertOptions(method="linear"))
     assert Streamer(vc, mkl_pair, ConvertOptions(method="mkl", loudness=None)).method == "mkl"
     with pytest.raises(UsageError, match="a match layer is a control of kNN matching"):

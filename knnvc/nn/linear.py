@@ -41,9 +41,10 @@ class AffineMap:
     bias: Tensor
 
     def __call__(self, frames: Tensor) -> Tensor:
-        """(T, D) frames -> (T, D) mapped, in the map's precision, returned in the frames' dtype and device."""
-        dtype = self.matrix.dtype
-        out = frames.to(dtype) @ self.matrix.to(frames.device) + self.bias.to(frames.device)
+        """(T, D) frames -> (T, D) mapped, in the map's precision (float32 on MPS, which has no float64), returned in
+        the frames' dtype and device."""
+        dtype = torch.float32 if frames.device.type == "mps" else self.matrix.dtype  # MPS has no float64
+        out = frames.to(dtype) @ self.matrix.to(frames.device, dtype) + self.bias.to(frames.device, dtype)
         return out.to(frames.dtype)
 
 

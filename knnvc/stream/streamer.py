@@ -42,13 +42,7 @@ def stream_method(target: Target, options: ConvertOptions) -> str:
     controls (k, match layer, weighting, morph) with a pair, a method other than the pair's own.
     """
     if isinstance(target, Pair):
-        name = {"linear": "LinearVC's map", "mkl": "an MKL-VC map"}[target.method]
-        if options.method not in ("knn", target.method):
-            raise UsageError(f"pair {target.label} holds {name}, not method {options.method}'s: leave the method out")
-        for control in options.knn_controls():
-            raise UsageError(f"{control} is a control of kNN matching; pair {target.label} streams with its fixed "
-                             "map: leave it out")  # fmt: skip
-        return target.method
+        return method_for(target, options)  # the pair's own method, as an offline conversion takes it
     if options.method == "mkl":
         raise UsageError("MKL-VC fits its map on a whole source utterance, which a stream never has: fit it on the "
                          "source speaker's recordings, KnnVC.build_pair(DIR, target, method='mkl') "

@@ -81,7 +81,7 @@ def _convert_tab(service: Service, pickers: Pickers) -> None:
                 type="filepath", label="Result", interactive=False, buttons=["download"], elem_id="result"
             )
             status = _status("convert")
-    _method_follows(pair, widgets)
+    _method_follows(service, pair, widgets)
 
     def run(values: Inputs, progress: gr.Progress) -> tuple[str | None, str]:
         def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
@@ -110,7 +110,7 @@ def _batch_tab(service: Service, pickers: Pickers) -> None:
         with gr.Column():
             result = gr.File(label="Results (.zip, with report.json)", interactive=False, elem_id="batch-result")
             status = _status("batch")
-    _method_follows(pair, widgets)
+    _method_follows(service, pair, widgets)
 
     def run(values: Inputs, progress: gr.Progress) -> tuple[str | None, str]:
         def work(uploads: Uploads, notify: Notify) -> tuple[str | None, str]:
@@ -184,16 +184,22 @@ def _target_inputs(service: Service, tab: str, pickers: Pickers) -> tuple[gr.Fil
     return refs, voice, pair
 
 
-def _method_follows(pair: gr.Dropdown, widgets: dict[str, gr.components.Component]) -> None:
-    """A UI event: choosing a pair sets the method to LinearVC's (a pair converts with its map); clearing it goes
-    back from linear to kNN."""
+def _method_follows(service: Service, pair: gr.Dropdown, widgets: dict[str, gr.components.Component]) -> None:
+    """A UI event: choosing a pair sets the method to the pair's own (``linear`` for LinearVC's W, ``mkl`` for a
+    speaker-level MKL-VC map: a pair converts with its map); clearing it goes back from a pair's method to kNN."""
     method = widgets.get("method")
     if method is None:
         return
 
     def follow(chosen: str | None, current: str | None) -> Any:
         if chosen:
-            return gr.Dropdown(value="linear")
+            from knnvc.errors import KnnvcError
+            from knnvc.voice import Pair
+
+            try:
+                return gr.Dropdown(value=Pair.load(service.pair(chosen)).method)
+            except KnnvcError:  # a pair that cannot load says so when it is used: the method stays as it is
+                return gr.Dropdown(value=current)
         return gr.Dropdown(value="knn" if current == "linear" else current)
 
     pair.change(follow, inputs=[pair, method], outputs=[method], api_visibility="private")
