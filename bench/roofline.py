@@ -50,7 +50,7 @@ RESULTS = ROOT / "bench" / "results"
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 SR = 16_000
 FULL = {"seconds": 10.0, "new_seconds": (7.37, 12.61), "peak_n": 4096, "ffn_t": 500, "repeats": 3, "profile": 10.0}
-QUICK = {"seconds": 1.0, "new_seconds": (0.73,), "peak_n": 256, "ffn_t": 50, "repeats": 2, "profile": 1.0}
+QUICK = {"seconds": 1.0, "new_seconds": (0.73,), "peak_n": 256, "ffn_t": 50, "repeats": 1, "profile": 0.5}
 
 
 def load_avg() -> float:

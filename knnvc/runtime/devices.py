@@ -121,10 +121,11 @@ def warn_emulated_bf16() -> None:
     )
 
 
-MALLOC_MMAP_THRESHOLD = 512 * 2**20
+MALLOC_MMAP_THRESHOLD = 128 * 2**20
 """Bytes: blocks up to this size come from malloc's heap and are reused once freed (glibc's default maps each
-block over 128 KiB to fresh pages, then 32 MiB once it adapts: WavLM's conv stack allocates 65 MB per 10 s)."""
-MALLOC_TRIM_THRESHOLD = 2**30
+block over 128 KiB to fresh pages, then 32 MiB once it adapts: WavLM's conv stack allocates 65 MB per 10 s).
+Larger blocks (an hour of audio is 230 MB) are still mapped and given back, so long inputs stay in flat memory."""
+MALLOC_TRIM_THRESHOLD = 512 * 2**20
 """Bytes of freed memory at the heap's top kept for reuse before malloc gives any back to the system."""
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
