@@ -40,7 +40,7 @@ import torch
 from typer.testing import CliRunner
 
 from knnvc.cli import app
-from tests.conftest import REF_DIR, SOURCE_WAV, TINY_VOCODER, TINY_VOCODER_CONFIG, TINY_WAVLM
+from tests.conftest import REF_DIR, SOURCE_WAV, SPEECH, TINY_VOCODER, TINY_VOCODER_CONFIG, TINY_WAVLM
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -128,6 +128,8 @@ def make_sandbox(root: Path) -> Path:
         (root / folder).mkdir()
         for i, ref in enumerate(sorted(REF_DIR.glob("*.wav")), 1):
             shutil.copy(ref, root / folder / f"{i:02d}.wav")
+    for folder, speech in (("me", SPEECH / "pair" / "source"), ("alice_same_words", SPEECH / "pair" / "target")):
+        shutil.copytree(speech, root / folder)  # a source speaker's recordings; the target saying the same words
     for rel in ("ep1/interview.wav", "ep1/intro.wav", "ep2/outro.wav"):
         (root / "podcast" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(SOURCE_WAV, root / "podcast" / rel)

@@ -6,6 +6,7 @@ A pair converts with ``knnvc convert SOURCE NAME.pair``; its map fits the source
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from knnvc.cli.app import KnnvcTyper, app
 from knnvc.cli.controls import MklBlockOpt
 from knnvc.cli.convert import is_pair, is_voice, reference_files, weights_name
 from knnvc.cli.view import Stages
-from knnvc.errors import OutputError, UsageError
+from knnvc.errors import OutputError, UsageError, missing_extra
 from knnvc.options import DEFAULT_WAVLM, MKL_BLOCK, PAIR_SUFFIX
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ def check_fit(method: str, *, parallel: bool, lasso: float | None, mkl_block: in
         raise UsageError("--mkl-block is MKL-VC's block size: it needs --method mkl")
     if lasso is not None and lasso < 0:
         raise UsageError(f"--lasso takes an alpha of 0 or more (0: least squares), got {lasso}")
+    if method == "linear" and (parallel or lasso) and lasso != 0 and importlib.util.find_spec("celer") is None:
+        raise missing_extra("a lasso fit (a parallel LinearVC pair, or --lasso)", "linear", "celer")
 
 
 def _target_files(target: Path, parallel: bool) -> dict[str, list[Path]]:
