@@ -13,8 +13,6 @@ import logging
 import math
 
 import numpy as np
-from scipy.ndimage import minimum_filter1d, uniform_filter1d
-from scipy.signal import firwin, lfilter, upfirdn
 
 from knnvc.errors import AudioError
 from knnvc.options import DEFAULT_LOUDNESS, SAMPLE_RATE
@@ -63,6 +61,8 @@ def _prefix_at(wav: np.ndarray, rate: int, positions: np.ndarray) -> np.ndarray:
 
     Filters chunk by chunk with carried state; memory is one chunk plus one value per position.
     """
+    from scipy.signal import lfilter  # scipy.signal and .ndimage load in ~1 s: when audio is measured, not at start-up
+
     filters = k_weighting(rate)
     states = [np.zeros(len(a) - 1) for _, a in filters]
     out = np.zeros(len(positions))
@@ -121,6 +121,8 @@ def loudness_lufs(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
 @functools.cache
 def _interpolator(oversample: int) -> np.ndarray:
     """A Nyquist low-pass FIR at ``oversample`` times the rate: 12 taps a phase, phase 0 the samples themselves."""
+    from scipy.signal import firwin
+
     taps = 12 * oversample + 1  # odd: centred on a sample, so the other phases are the in-between points
     return (firwin(taps, 1.0 / oversample) * oversample).astype(np.float32)
 
@@ -132,6 +134,8 @@ def true_peak_envelope(
     between it and the next (BS.1770-4 Annex 2's true peak, per sample); never below the sample's own
     magnitude. Computed chunk by chunk (``offset`` is subtracted per chunk: no copy of the signal). Stored in half
     precision, rounded up (never below the true value, at most 0.01 dB above it): half the memory of the audio."""
+    from scipy.signal import upfirdn
+
     h = _interpolator(oversample)
     half = len(h) // 2
     margin = half // oversample + 1
@@ -163,6 +167,8 @@ def _limiter_gains(envelope: np.ndarray, gain: float, ceiling: float, sample_rat
     every sample (the average only spans samples whose minimum covers it) and changes over milliseconds, not
     from one sample to the next. Chunks that stay under the ceiling are skipped.
     """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
     hold = max(1, round(LIMITER_HOLD_S * sample_rate))
     margin = 2 * hold + 2  # the two filters' reach
     gains = np.ones(len(envelope), dtype=np.float32)
