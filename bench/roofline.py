@@ -4,7 +4,8 @@
     python -m bench.roofline --quick               # a smoke run (small sizes), nothing written
     python -m bench.roofline --before /tmp/before  # also run another checkout (a ``git worktree``), A B B A
 
-One process per run, fp32, the intra-op threads torch uses (``--threads`` to force a count). It measures:
+One process per run, fp32, the intra-op threads torch uses (``--threads`` to force a count), wall seconds
+(``--clock cpu``: the process's CPU seconds, which with ``--threads 1`` hold on a loaded machine). It measures:
 
 - the machine: the CPU model (``lscpu``), its relevant flags (avx2, avx512f, avx512_bf16, amx), the threads;
 - the fp32 matmul peak: a 4096 x 4096 x 4096 ``torch.mm``, warm, and the encoder's FFN shape (T x 1024 x 4096
@@ -28,6 +29,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,12 +81,7 @@ def machine() -> dict[str, Any]:
 def best_seconds(fn: Callable[[], object], repeats: int) -> list[float]:
     """Wall seconds of ``repeats`` calls of ``fn`` (after one untimed warm-up call)."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return [timed(fn) for _ in range(repeats)]
 
 
 def matmul_peak(n: int, ffn_t: int, repeats: int) -> dict[str, Any]:
@@ -113,10 +110,19 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def process_seconds() -> float:
+    """CPU seconds this process has used, user and system (page faults included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+CLOCK: Callable[[], float] = time.perf_counter  # ``--clock cpu``: process_seconds
+
+
 def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def shapes(
@@ -188,7 +194,8 @@ def run(wavlm: Path, vocoder_path: Path, sizes: dict[str, Any]) -> dict[str, Any
     from knnvc.weights.loaded import cached_encoder, cached_vocoder
 
     cpu = torch.device("cpu")
-    result: dict[str, Any] = {"machine": machine(), "load_start": load_avg()}
+    result: dict[str, Any] = {"machine": machine(), "clock": "cpu" if CLOCK is process_seconds else "wall"}
+    result["load_start"] = load_avg()
     peak = matmul_peak(sizes["peak_n"], sizes["ffn_t"], sizes["repeats"])
     result["matmul"] = peak
     start = time.perf_counter()
@@ -239,7 +246,8 @@ def table(label: str, result: dict[str, Any]) -> str:
     m, mm = result["machine"], result["matmul"]
     flags = ", ".join(f for f, on in m["flags"].items() if on) or "none"
     lines = [
-        f"## {label}: {m['cpu']}, {m['threads']} threads, flags: {flags}, torch {m['torch']}",
+        f"## {label}: {m['cpu']}, {m['threads']} threads, flags: {flags}, torch {m['torch']}, "
+        f"{result['clock']} seconds",
         f"fp32 matmul peak: {mm['square_n']}^2 {mm['square_gflops']} GFLOP/s; FFN T={mm['ffn_t']} up "
         f"{mm['ffn_up_gflops']}, down {mm['ffn_down_gflops']} GFLOP/s (load {mm['load']})",
         "| network | call | input | GFLOP | first s | warm s | first GFLOP/s | warm GFLOP/s | warm % peak "
@@ -270,6 +278,7 @@ def side(root: Path, args: argparse.Namespace, wavlm: Path, vocoder: Path) -> di
         command = [sys.executable, str(Path(__file__).resolve()), "--side", str(out), "--wavlm", str(wavlm)]
         command += ["--vocoder", str(vocoder), *(["--quick"] if args.quick else [])]
         command += ["--threads", str(args.threads)] if args.threads else []
+        command += ["--clock", args.clock]
         env = {**os.environ, "PYTHONPATH": str(root), "KNNVC_CACHE": str(args.workdir / f"cache-{slug(str(root))}")}
         subprocess.run(command, env=env, check=True)
         side_result: dict[str, Any] = json.loads(out.read_text())
@@ -283,12 +292,19 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--vocoder", type=Path, help="a vocoder checkpoint (default: full-size random weights)")
     parser.add_argument("--before", type=Path, help="another checkout to run beside this one, A B B A")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="cpu: the process's CPU seconds instead of wall seconds; with --threads 1, figures that hold on a "
+        "shared, loaded machine",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="where to write the JSON (default: bench/results/roofline-<cpu>.json)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "knnvc-bench-roofline")
     parser.add_argument("--side", type=Path, help=argparse.SUPPRESS)  # internal: one run, its JSON to this path
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = process_seconds if args.clock == "cpu" else time.perf_counter
     sizes = QUICK if args.quick else FULL
     wavlm, vocoder = args.wavlm, args.vocoder
     if wavlm is None or vocoder is None:

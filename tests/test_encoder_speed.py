@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from knnvc.nn import encoder as encoder_module
-from knnvc.nn.encoder import WavLMEncoder
+from knnvc.nn.encoder import WavLMEncoder, channels_last
 from knnvc.runtime import devices
-from knnvc.weights.formats import load_encoder
+from knnvc.weights import formats
 from knnvc.weights.loaded import prepare_encoder
 from tests.conftest import TINY_WAVLM
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> WavLMEncoder:
-    return load_encoder(TINY_WAVLM)
+    return formats.load_encoder(TINY_WAVLM).eval()
 
 
 def test_transformers_still_has_the_patched_attention_method() -> None:
@@ -61,8 +61,9 @@ def test_the_patched_attention_runs_in_every_layer(tiny_encoder: WavLMEncoder) -
 
 
 def test_channels_last_layout_is_the_same_maths(tiny_encoder: WavLMEncoder) -> None:
-    plain = tiny_encoder
-    fast = copy.deepcopy(plain).channels_last()
+    config, state = formats.read_original(TINY_WAVLM)
+    plain = WavLMEncoder(formats.wavlm_model(config, state, config.num_hidden_layers), "plain", layout_2d=False).eval()
+    fast = tiny_encoder
     assert fast.layout_2d and not plain.layout_2d and fast.fingerprint == plain.fingerprint
     gen = torch.Generator().manual_seed(0)
     wavs = [0.1 * torch.randn(n, generator=gen) for n in (16_000, 9_931, 400)]
@@ -70,14 +71,14 @@ def test_channels_last_layout_is_the_same_maths(tiny_encoder: WavLMEncoder) -> N
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.frontend(wavs[0]), plain.frontend(wavs[0]), rtol=1e-5, atol=1e-5)
-    assert fast.channels_last() is fast  # idempotent
+    channels_last(fast.model)  # idempotent
+    assert fast.layout_2d
 
 
-def test_a_cpu_encoder_is_prepared_channels_last_on_a_copy(tiny_encoder: WavLMEncoder) -> None:
-    prepared = prepare_encoder(tiny_encoder, torch.device("cpu"), torch.float32)
-    assert prepared.layout_2d and prepared is not tiny_encoder and not tiny_encoder.layout_2d
-    assert prepare_encoder(prepared, torch.device("cpu"), torch.float32) is prepared
+def test_a_channels_last_encoder_casts_with_its_fp32_island(tiny_encoder: WavLMEncoder) -> None:
+    assert prepare_encoder(tiny_encoder, torch.device("cpu"), torch.float32) is tiny_encoder
     bf16 = prepare_encoder(tiny_encoder, torch.device("cpu"), torch.bfloat16)
+    assert bf16 is not tiny_encoder and bf16.layout_2d
     first = bf16.model.feature_extractor.conv_layers
     assert first[0].conv.weight.dtype == torch.float32 and first[1].conv.weight.dtype == torch.bfloat16
     assert bf16.encode(torch.randn(4_000) * 0.1).dtype == torch.bfloat16

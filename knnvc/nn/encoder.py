@@ -225,6 +225,8 @@ class WavLMEncoder(nn.Module):
         depth: transformer layers kept and run (default ``layer``); ``encode_batch(..., layers=)`` can return
             any layer up to it.
         num_layers: layers the checkpoint has (default: the model's), for messages about deeper layers.
+        layout_2d: run the convolutions in channels-last 2-D layout (``channels_last``; the same maths, faster in
+            oneDNN on a CPU); False keeps transformers' 1-D layout, for comparisons.
     """
 
     def __init__(
@@ -235,6 +237,7 @@ class WavLMEncoder(nn.Module):
         *,
         depth: int | None = None,
         num_layers: int | None = None,
+        layout_2d: bool = True,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers or len(model.encoder.layers)
@@ -245,6 +248,8 @@ class WavLMEncoder(nn.Module):
         self.fingerprint = fingerprint(self.model, min(self.depth, WAVLM_LAYER))
         fold_weight_norm(self.model)
         use_fused_attention(self.model)
+        if layout_2d:
+            channels_last(self.model)
         for conv_layer in list(self.model.feature_extractor.conv_layers)[:2]:  # into and out of the fp32 island
             conv_layer.register_forward_pre_hook(_input_to_weight_dtype)
         self.name = name
@@ -256,14 +261,9 @@ class WavLMEncoder(nn.Module):
         self.model.feature_extractor.conv_layers[0].float()
         return self
 
-    def channels_last(self) -> WavLMEncoder:
-        """Run the convolutions in channels-last 2-D layout (``channels_last``): faster on a CPU; returns ``self``."""
-        channels_last(self.model)
-        return self
-
     @property
     def layout_2d(self) -> bool:
-        """True after ``channels_last``."""
+        """True when the convolutions run in channels-last 2-D layout (``channels_last``, the default)."""
         return is_channels_last(self.model)
 
     @property

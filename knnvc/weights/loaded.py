@@ -5,8 +5,8 @@ in eval mode on the device, in the precision asked for, is copied first and the 
 its fp32 islands, see ``WavLMEncoder.cast`` and ``Generator.cast``). ``cached_encoder`` / ``cached_vocoder``
 load weights once per (weights, device, precision) and hand out the same prepared module, which
 ``KnnVC.from_pretrained`` uses, so repeated pipelines (and repeated calls of ``knnvc.convert``) load nothing
-twice. transformers is imported only when a WavLM is loaded. On a CPU both networks run their convolutions in
-channels-last layout (faster in oneDNN, same arithmetic), and the process is tuned once (``tune_cpu``).
+twice. transformers is imported only when a WavLM is loaded. On a CPU the vocoder runs its convolutions in
+channels-last layout (the encoder always does, ``WavLMEncoder``), and the process is tuned once (``tune_cpu``).
 """
 
 from __future__ import annotations
@@ -53,13 +53,10 @@ def _prepared(module: M, device: torch.device, dtype: torch.dtype, island: nn.Mo
 
 def prepare_encoder(encoder: WavLMEncoder, device: torch.device, dtype: torch.dtype) -> WavLMEncoder:
     """``encoder`` itself when it already runs on ``device`` in ``dtype`` (eval mode), else a prepared copy; on a
-    CPU the copy gets the channels-last layout (``WavLMEncoder.channels_last``), and the process ``tune_cpu``."""
-    prepared = _prepared(encoder, device, dtype, encoder.model.feature_extractor.conv_layers[0], "cast")
+    CPU the process is tuned once (``tune_cpu``)."""
     if device.type == "cpu":
         tune_cpu()
-        if not prepared.layout_2d:
-            prepared = (copy.deepcopy(prepared) if prepared is encoder else prepared).channels_last()
-    return prepared
+    return _prepared(encoder, device, dtype, encoder.model.feature_extractor.conv_layers[0], "cast")
 
 
 def prepare_vocoder(vocoder: Generator, device: torch.device, dtype: torch.dtype) -> Generator:
@@ -110,8 +107,7 @@ def cached_encoder(
     if key not in _CACHE:
         from knnvc.weights.formats import load_encoder
 
-        encoder = _owned(load_encoder(name, offline=offline, depth=depth), device, dtype)
-        _CACHE[key] = encoder.channels_last() if device.type == "cpu" else encoder
+        _CACHE[key] = _owned(load_encoder(name, offline=offline, depth=depth), device, dtype)
     found: WavLMEncoder = _CACHE[key]
     return found
 
