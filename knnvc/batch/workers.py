@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,19 +12,6 @@ import numpy as np
 from knnvc.audio import write
 from knnvc.errors import DiskFullError, KnnvcError
 from knnvc.progress import Job
-
-WORKER_NICE = 10
-"""Niceness of the worker threads (Linux sets it per thread): decoding, loudness and writing use the cycles the
-networks' math threads leave, and never take a core from them (torch runs one math thread per physical core)."""
-
-
-def _below_compute() -> None:
-    """Worker-thread initializer: lower this thread's priority (``WORKER_NICE``); nothing off Linux, where the
-    call would lower the whole process."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError):  # a sandbox that forbids it: the workers keep the compute's priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
 def save(path: Path, wav: np.ndarray, rate: int, tags: Mapping[str, str] | None = None) -> None:
@@ -43,10 +27,8 @@ class Overlap:
     ``load`` decodes a source ((N,) float32; a ``KnnvcError`` fails that file), ``finish`` turns a synthesised
     output into the final one at ``rate`` Hz (loudness, resampling); both run in worker threads. libsndfile, soxr
     and file writes release the GIL, so a GPU (or the CPU's math threads) keeps working while the next group is
-    decoded and the last one is encoded to disk. The worker threads run at a lower priority than the compute
-    (``WORKER_NICE``), so they never oversubscribe its cores: they use what it leaves. Writes stay atomic
-    (``save``), each output carrying ``tags`` in its metadata; leaving the ``with`` block waits for every write
-    already handed over, so Ctrl-C never loses one.
+    decoded and the last one is encoded to disk. Writes stay atomic (``save``), each output carrying ``tags`` in
+    its metadata; leaving the ``with`` block waits for every write already handed over, so Ctrl-C never loses one.
     """
 
     def __init__(
@@ -58,12 +40,11 @@ class Overlap:
         tags: Mapping[str, str] | None = None,
     ) -> None:
         self._decode, self._finish, self.rate, self.tags = load, finish, rate, tags
-        low = _below_compute  # every worker thread runs below the compute (WORKER_NICE)
-        self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read", initializer=low)
+        self._readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-read")
         # Loudness and resampling of finished outputs (numpy and soxr release the GIL), off the compute thread.
-        self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish", initializer=low)
+        self._chores = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knnvc-finish")
         # One writer keeps outputs in order, so a full disk stops the batch at the first file it hits.
-        self._writers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnvc-write", initializer=low)
+        self._writers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnvc-write")
         self._writes: list[tuple[int, Job, Future[float | None]]] = []
         self._disk_full = threading.Event()
         self.interrupted = False
