@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from bench import agreement, compare, table
+from bench import agreement, compare, roofline, table
 from bench.layouts import write_prematch_vocoder, write_wavlm_large
 from bench.measure import write_clip
 from knnvc.runtime.devices import precision_name, resolve_precision
@@ -99,7 +99,8 @@ def main() -> None:
     out = RESULTS / f"{machine_name(device)}.json"
     result: dict[str, Any] = {
         "machine": machine_name(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": roofline.machine()["cpu"],  # the model name (lscpu), and its fast paths beside it
+        "cpu_flags": [flag for flag, on in roofline.machine()["flags"].items() if on],
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "device": args.device,

@@ -65,8 +65,9 @@ def _rows(name: str, result: dict[str, Any]) -> list[str]:
             continue
         ref, fast = task["reference"], task["knnvc"]
         label += f", knnvc in {result.get('knnvc_precision', '?')}"
+        cpu = f"{result['cpu']} ({', '.join(result['cpu_flags']) or 'no AVX'})" if "cpu_flags" in result else "?"
         rows.append(
-            f"| {name} | {label} ({task['audio_seconds']:g} s) "
+            f"| {name}, {cpu} | {label} ({task['audio_seconds']:g} s) "
             f"| {ref['wall_seconds']:g} s | {fast['wall_seconds']:g} s "
             f"| **{task['speedup']:g}x** | {ref['audio_per_wall_second']:g} / {fast['audio_per_wall_second']:g} "
             f"| {ref['peak_rss_gib']:g} / {fast['peak_rss_gib']:g} GiB | {_load_range(task)} |"
