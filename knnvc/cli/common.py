@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
@@ -253,3 +254,35 @@ def shown(path: Path) -> str:
 def nothing() -> Iterator[None]:
     """A context that does nothing (in place of a spinner when output is quiet)."""
     yield
+
+
+def show_saved(meta: Mapping[str, Any], keys: Sequence[str], sides: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Print what a saved voice or pair holds: ``keys`` of its metadata as a two-column table, then the files of
+    each side (``sources``, ``targets``...: their paths relative to the side's common folder, seconds, sha256)."""
+    from rich.table import Column, Table
+
+    table = Table(show_header=False, box=None)
+    for key in keys:
+        table.add_row(key, "none" if meta[key] is None else str(meta[key]))
+    found = {side: _relative(files) for side, files in sides.items()}
+    for side, (root, _) in found.items():
+        table.add_row(f"{side} in", root or ".")
+    out.print(table)
+    labelled = len(sides) > 1
+    files = Table(*(["side"] if labelled else []), Column("file", overflow="fold"), "seconds", "sha256")
+    for side, (_, listed) in found.items():
+        for src in listed:
+            cells = [src["path"], f"{src['seconds']:.2f}", src["sha256"][:16]]
+            files.add_row(*([side.removesuffix("s")] if labelled else []), *cells)
+    out.print(files)
+
+
+def _relative(files: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The common folder of ``files`` ("" when none), and ``files`` with their paths relative to it (so long paths
+    stay readable)."""
+    paths = [f["path"] for f in files]
+    try:
+        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
+    except ValueError:  # absolute and relative paths mixed
+        root = ""
+    return root, [{**f, "path": os.path.relpath(f["path"], root)} for f in files] if root else files

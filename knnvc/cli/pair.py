@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -174,30 +173,6 @@ def pair_info(
         if json_out:
             typer.echo(json.dumps(meta, indent=2))
             return
-        from rich.table import Column, Table
-
-        table = Table(show_header=False, box=None)
         keys = ("name", "method", "parallel", "lasso", "mkl_block", "encoder", "encoder_fingerprint", "layer", "dim",
                 "source_frames", "target_frames", "target_voice", "trim", "created")  # fmt: skip
-        for key in keys:
-            table.add_row(key, "none" if meta[key] is None else str(meta[key]))
-        sides = {side: _relative(meta[side]) for side in ("sources", "targets")}
-        for side, (root, _) in sides.items():
-            table.add_row(f"{side} in", root or ".")
-        common.out.print(table)
-        files = Table("side", Column("file", overflow="fold"), "seconds", "sha256")
-        for side, (_, found) in sides.items():
-            for src in found:
-                files.add_row(side.removesuffix("s"), src["path"], f"{src['seconds']:.2f}", src["sha256"][:16])
-        common.out.print(files)
-
-
-def _relative(files: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """The common folder of ``files`` ("" when none), and ``files`` with their paths relative to it (so long paths
-    stay readable)."""
-    paths = [f["path"] for f in files]
-    try:
-        root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
-    except ValueError:  # absolute and relative paths mixed
-        root = ""
-    return root, [{**f, "path": os.path.relpath(f["path"], root)} for f in files] if root else files
+        common.show_saved(meta, keys, {side: meta[side] for side in ("sources", "targets")})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -104,23 +103,7 @@ def voice_info(path: Annotated[Path, typer.Argument(help="A .voice file.")], jso
         if json_out:
             typer.echo(json.dumps(meta, indent=2))
             return
-        from rich.table import Column, Table
-
-        table = Table(show_header=False, box=None)
         keys = ("name", "encoder", "encoder_fingerprint", "layer", "match_layers", "frames", "compact", "dim",
                 "speech_seconds", "created")  # fmt: skip
-        for key in keys:
-            table.add_row(key, str(meta[key]))
-        paths = [src["path"] for src in meta["sources"]]
-        try:
-            root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
-        except ValueError:  # absolute and relative paths mixed
-            root = ""
-        table.add_row("sources in", root or ".")
-        common.out.print(table)
-        sources = Table(Column("source", overflow="fold"), "seconds", "sha256")
-        for src in meta["sources"]:  # relative to their common folder, so long paths stay readable
-            sources.add_row(os.path.relpath(src["path"], root) if root else src["path"], f"{src['seconds']:.2f}",
-                            src["sha256"][:16])  # fmt: skip
-        common.out.print(sources)
+        common.show_saved(meta, keys, {"sources": meta["sources"]})
 
