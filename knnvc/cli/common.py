@@ -36,6 +36,10 @@ VocoderOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32), fp32, bf16 (GPU, AMX/AVX512 CPU), fp16.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use cached or local weights.")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="Its name, which converted files are named after.", show_default="the output's stem"),
+]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist (never an input).")]
 BatchOpt = Annotated[
     int | None,

@@ -64,12 +64,7 @@ def pair_build(
         ),
     ] = None,
     mkl_block: MklBlockOpt = MKL_BLOCK,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name", help="Its name, which converted files are named after.", show_default="the output's stem"
-        ),
-    ] = None,
+    name: common.NameOpt = None,
     wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     device: common.DeviceOpt = "auto",
     precision: common.PrecisionOpt = "auto",

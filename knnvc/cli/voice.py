@@ -23,12 +23,7 @@ def voice_build(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write NAME.voice (never over a reference).")
     ],
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name", help="Its name, which converted files are named after.", show_default="the output's stem"
-        ),
-    ] = None,
+    name: common.NameOpt = None,
     wavlm: common.WavlmOpt = DEFAULT_WAVLM,
     device: common.DeviceOpt = "auto",
     precision: common.PrecisionOpt = "auto",
