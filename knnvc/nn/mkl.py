@@ -41,9 +41,12 @@ def dimension_order(source: Tensor) -> Tensor:
     return torch.argsort(source.std(0), descending=True)
 
 
-def _blocks(width: int, size: int) -> list[tuple[int, int]]:
-    """Consecutive [start, stop) blocks of ``size`` over ``width`` dimensions, the last taking what is left."""
-    return [(start, min(start + size, width)) for start in range(0, width, size)]
+def _block_runs(width: int, size: int) -> list[tuple[int, int, int]]:
+    """Consecutive blocks of ``size`` over ``width`` dimensions, the last taking what is left, as runs of equal
+    blocks, (start, stop, count): at most two, each one batched eigh."""
+    full = width // size
+    runs = [(0, full * size, full)] if full else []
+    return runs + ([(full * size, width, 1)] if width % size else [])
 
 
 def _sqrt_psd(eigenvalues: Tensor) -> Tensor:
@@ -102,8 +105,7 @@ def fit_mkl(source: Tensor, target: Tensor, block: int = MKL_BLOCK, order: Tenso
     width = x0.shape[1]
     matrix = torch.zeros(width, width, dtype=torch.float64, device=source.device)
     size = block_used(target.shape[0], block)
-    for sizes in _same_size_runs(_blocks(width, size)):
-        start, stop, count = sizes
+    for start, stop, count in _block_runs(width, size):
         k = (stop - start) // count
         a = _covariance(x0[:, start:stop].reshape(-1, count, k).transpose(0, 1))
         b = _covariance(x1[:, start:stop].reshape(-1, count, k).transpose(0, 1))
@@ -117,18 +119,6 @@ def fit_mkl(source: Tensor, target: Tensor, block: int = MKL_BLOCK, order: Tenso
     permuted = matrix[inverse][:, inverse]
     bias = (mean1 - mean0 @ matrix)[inverse]
     return AffineMap(permuted, bias)
-
-
-def _same_size_runs(blocks: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
-    """Blocks grouped into runs of equal size, (start, stop, count), so each run is one batched eigh."""
-    runs: list[tuple[int, int, int]] = []
-    for start, stop in blocks:
-        if runs and (runs[-1][1] - runs[-1][0]) // runs[-1][2] == stop - start and runs[-1][1] == start:
-            first, _, count = runs[-1]
-            runs[-1] = (first, stop, count + 1)
-        else:
-            runs.append((start, stop, 1))
-    return runs
 
 
 def mkl_transfer(source: Tensor, target: Tensor, block: int = MKL_BLOCK) -> Tensor:
