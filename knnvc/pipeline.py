@@ -33,6 +33,7 @@ from knnvc.errors import AudioError, UsageError, VoiceError
 from knnvc.files import check_not_inputs, sha256
 from knnvc.nn import linear
 from knnvc.nn.encoder import WavLMEncoder, num_frames, split_layers
+from knnvc.nn.linear import AffineMap
 from knnvc.nn.matcher import blend, knn_regression, morph
 from knnvc.nn.mkl import fit_mkl, mkl_transfer
 from knnvc.options import (
@@ -139,6 +140,7 @@ class KnnVC:
         if vocoder is not None:
             self._set_vocoder(prepare_vocoder(vocoder, self.device, self.dtype))
         self._held_voices: dict[tuple[int, int], tuple[Voice, Tensor, Tensor]] = {}  # (id, layer): on the device
+        self._held_maps: dict[int, tuple[Pair, AffineMap]] = {}  # id(pair): its map on the device
 
     @classmethod
     def from_pretrained(
@@ -523,6 +525,21 @@ class KnnVC:
             found = self._held_voices[key] = (voice, frames, torch.nn.functional.normalize(keys, dim=-1))
         return found[1], found[2]
 
+    def _held_map(self, pair: Pair) -> AffineMap:
+        """``pair``'s map on the device (float32 on MPS, which has no float64), checked and moved once per pair
+        (the last ``HELD_VOICES`` are kept): a stream applies it every step."""
+        found = self._held_maps.get(id(pair))
+        if found is None or found[0] is not pair:
+            pair.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
+            whole = pair.map
+            dtype = torch.float32 if self.device.type == "mps" else whole.matrix.dtype
+            if len(self._held_maps) >= HELD_VOICES:
+                self._held_maps.clear()
+            found = self._held_maps[id(pair)] = (
+                pair, AffineMap(whole.matrix.to(self.device, dtype), whole.bias.to(self.device, dtype))
+            )
+        return found[1]
+
     def _match_voice(self, query: Tensor, voice: Voice, options: ConvertOptions) -> Tensor:
         """kNN regression of (T, D) match-layer frames onto one voice -> (T, D) mean of its layer-6 frames."""
         voice.check_neighbours(options.k)
@@ -534,8 +551,7 @@ class KnnVC:
     def _mapped(self, source: Tensor, target: Target, options: ConvertOptions) -> Tensor:
         """(T, D) layer-6 frames of one source utterance mapped by MKL-VC (onto a voice) or by a pair's map."""
         if isinstance(target, Pair):
-            target.check_compatible(self.encoder.fingerprint, self.encoder.layer, self.encoder.name)
-            return target.apply(source)
+            return self._held_map(target)(source)
         _check_mkl_voice(target)
         if source.shape[0] < 2:
             raise AudioError(f"a source of {source.shape[0]} frame is too short for MKL-VC: its statistics need at "

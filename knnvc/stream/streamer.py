@@ -12,7 +12,6 @@ from torch import Tensor
 
 from knnvc.errors import AudioError, UsageError
 from knnvc.nn.encoder import num_frames, split_layers
-from knnvc.nn.matcher import blend
 from knnvc.options import DEFAULT_OPTIONS, HOP, SAMPLE_RATE, ConvertOptions
 from knnvc.pipeline import KnnVC, Target, method_for
 from knnvc.runtime.windows import Window
@@ -204,11 +203,9 @@ class Streamer:
         return out * np.float32(self.gain)
 
     def _match(self, query: dict[int, Tensor]) -> Tensor:
-        """{layer: (T, D)} final and provisional frames -> (T, D) fp32 layer-6 frames for the vocoder: kNN onto the
-        voice (``vc.match``, every control), or the pair's map applied to each frame; then the strength blend."""
-        if isinstance(self.target, Pair):  # a fixed per-frame map: no matching set, no search
-            source = query[self.vc.encoder.layer]
-            return blend(self.target.apply(source), source, self.options.strength)
+        """{layer: (T, D)} final and provisional frames -> (T, D) fp32 layer-6 frames for the vocoder (``vc.match``):
+        kNN onto the voice with every control, or a pair's fixed map applied to each frame (no matching set, no
+        search); then the strength blend."""
         return self.vc.match(query, self.target, self.options)
 
     def _crossfade(self, out: np.ndarray) -> np.ndarray:
